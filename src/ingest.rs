@@ -1,0 +1,469 @@
+//! `prism ingest`: reads archives into the lake.
+//!
+//! Files are parsed in parallel on blocking threads, each streaming its records through the
+//! [`RecordReader`](crate::source::RecordReader) into Arrow batches. The main task buffers
+//! batches up to a memory budget, then commits them to `events` (dropping duplicates), and
+//! after that journals, in one `ingest_log` commit, every file whose records are all committed
+//! together with its rejects. A killed run therefore leaves: committed events (consistent),
+//! and files not yet journaled, which the next run reads again; their already-committed events
+//! are then recognised as duplicates, so counts come out exact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::lake::{EventIndex, Lake, LakeError};
+use crate::schema::{self, EventBatchBuilder, Granularity};
+use crate::source::{DateRange, Item, Location, RecordReader, SourceError, SourceObject, StreamErrorKind};
+
+/// Errors that stop an ingest run (bad input never does: it is counted and reported).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("a parser thread failed: {0}")]
+    Worker(String),
+}
+
+/// What to ingest and how.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub sources: Vec<String>,
+    pub lake: String,
+    pub range: DateRange,
+    /// For a new lake only; an existing lake keeps its own.
+    pub granularity: Option<Granularity>,
+    /// Memory for buffered events between commits. Larger means fewer, larger files per commit.
+    pub buffer_bytes: usize,
+    /// Files parsed at once.
+    pub parallelism: usize,
+}
+
+impl IngestOptions {
+    pub fn new(sources: Vec<String>, lake: impl Into<String>) -> Self {
+        IngestOptions {
+            sources,
+            lake: lake.into(),
+            range: DateRange::default(),
+            granularity: None,
+            buffer_bytes: 256 << 20,
+            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+}
+
+/// Live counters, for a progress display polled from another thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub files_done: AtomicU64,
+    /// Bytes read from sources (compressed).
+    pub raw_bytes: AtomicU64,
+    /// Bytes of JSON after decompression.
+    pub json_bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub written: AtomicU64,
+}
+
+/// A rejected record or damaged file, as reported in the summary and `rejects` table.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rejection {
+    pub source: String,
+    /// The record's position in its file (0-based), when the problem is one record.
+    pub record_index: Option<u64>,
+    pub reason: String,
+    pub message: String,
+    #[serde(skip)]
+    pub record: Option<String>,
+}
+
+/// The final account of a run. Every listed object is in exactly one of: read, already
+/// ingested, skipped; every record read is exactly one of: written, duplicate, rejected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestSummary {
+    pub lake: String,
+    pub granularity: String,
+    pub files_listed: u64,
+    pub files_read: u64,
+    pub files_already_ingested: u64,
+    pub files_skipped: u64,
+    pub skipped_by_reason: BTreeMap<String, u64>,
+    /// Files that could not be read to the end (truncated, invalid JSON, read errors).
+    pub files_damaged: u64,
+    pub records_read: u64,
+    pub records_written: u64,
+    pub duplicates_dropped: u64,
+    pub records_rejected: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Every damaged file and up to 100 record rejections, with where and why.
+    pub problems: Vec<Rejection>,
+    pub problems_not_shown: u64,
+    pub files_written: u64,
+    pub commits: u64,
+    pub bytes_read: u64,
+    pub json_bytes: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    /// Files that failed to open or read and will be retried by the next run.
+    pub files_to_retry: u64,
+}
+
+impl IngestSummary {
+    /// True when every file was read completely and no record was rejected.
+    pub fn is_clean(&self) -> bool {
+        self.files_damaged == 0 && self.records_rejected == 0
+    }
+}
+
+const MAX_PROBLEMS_SHOWN: usize = 100;
+const MAX_RECORD_TEXT: usize = 16 << 10;
+const ROWS_PER_BATCH: usize = 8192;
+
+enum Msg {
+    Batch { batch: RecordBatch },
+    Done(FileResult),
+}
+
+struct FileResult {
+    file: usize,
+    records: u64,
+    rejects: Vec<Rejection>,
+    /// The stream broke; `retry` when the cause may be transient (not the content).
+    broken: Option<(Rejection, bool)>,
+}
+
+/// Runs an ingest. `progress` is updated as it goes.
+pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<IngestSummary, IngestError> {
+    let started = Instant::now();
+    let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let granularity = lake.config().granularity;
+    let mut summary = IngestSummary {
+        lake: lake.url().to_string(),
+        granularity: granularity.to_string(),
+        ..Default::default()
+    };
+
+    // 1. List.
+    let mut objects: Vec<SourceObject> = Vec::new();
+    for s in &opts.sources {
+        let location = Location::parse(s)?;
+        let listing = location.list(&opts.range).await?;
+        summary.files_listed += (listing.objects.len() + listing.skipped.len()) as u64;
+        summary.files_skipped += listing.skipped.len() as u64;
+        for sk in listing.skipped {
+            *summary.skipped_by_reason.entry(sk.reason.code()).or_default() += 1;
+        }
+        objects.extend(listing.objects);
+    }
+    // The same object named twice (overlapping arguments) is read once.
+    let mut seen = std::collections::HashSet::new();
+    objects.retain(|o| seen.insert(o.location.clone()));
+
+    // 2. Leave out what earlier runs completed.
+    let done = lake.ingested_sources().await?;
+    let before = objects.len();
+    objects.retain(|o| !done.contains(&o.location));
+    summary.files_already_ingested = (before - objects.len()) as u64;
+    progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(objects.iter().map(|o| o.size).sum(), Ordering::Relaxed);
+
+    // 3. Parse in parallel, commit as the buffer fills.
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let objects = Arc::new(objects);
+    let (tx, mut rx) = mpsc::channel::<Msg>(opts.parallelism * 2 + 2);
+    let producer = {
+        let objects = objects.clone();
+        let progress = progress.clone();
+        let parallelism = opts.parallelism.max(1);
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let results = futures::stream::iter(0..objects.len())
+                .map(|i| {
+                    let (objects, tx, progress) = (objects.clone(), tx.clone(), progress.clone());
+                    tokio::task::spawn_blocking(move || parse_file(i, &objects[i], granularity, &tx, &progress))
+                })
+                .buffer_unordered(parallelism)
+                .collect::<Vec<_>>()
+                .await;
+            results.into_iter().find_map(|r| r.err()).map(|e| e.to_string())
+        })
+    };
+
+    let mut index = EventIndex::new(lake.events(), 8_000_000)?;
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut finished: Vec<FileResult> = Vec::new();
+    let mut dups_by_source: HashMap<String, u64> = HashMap::new();
+    let mut last_commit = Instant::now();
+
+    loop {
+        let msg = rx.recv().await;
+        let end = msg.is_none();
+        match msg {
+            Some(Msg::Batch { batch }) => {
+                pending_bytes += batch.get_array_memory_size();
+                pending.push(batch);
+            }
+            Some(Msg::Done(result)) => finished.push(result),
+            None => {}
+        }
+        let due = pending_bytes >= opts.buffer_bytes || (last_commit.elapsed().as_secs() >= 60 && !finished.is_empty());
+        if end || due {
+            flush(&mut lake, &mut index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
+            pending_bytes = 0;
+            last_commit = Instant::now();
+        }
+        if end {
+            break;
+        }
+    }
+    if let Ok(Some(err)) = producer.await {
+        return Err(IngestError::Worker(err));
+    }
+
+    summary.bytes_read = progress.raw_bytes.load(Ordering::Relaxed);
+    summary.json_bytes = progress.json_bytes.load(Ordering::Relaxed);
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.events_per_second = if summary.seconds > 0.0 { summary.records_read as f64 / summary.seconds } else { 0.0 };
+    Ok(summary)
+}
+
+/// Commits buffered events, then journals the files that are complete.
+#[allow(clippy::too_many_arguments)]
+async fn flush(
+    lake: &mut Lake,
+    index: &mut EventIndex,
+    pending: &mut Vec<RecordBatch>,
+    objects: &[SourceObject],
+    finished: &mut Vec<FileResult>,
+    dups_by_source: &mut HashMap<String, u64>,
+    run_id: &str,
+    summary: &mut IngestSummary,
+    progress: &Progress,
+) -> Result<(), IngestError> {
+    if !pending.is_empty() {
+        let batch = arrow::compute::concat_batches(&schema::events_schema(), pending.iter())
+            .map_err(|source| LakeError::Arrow { context: "buffering events".into(), source })?;
+        pending.clear();
+        let metadata = serde_json::json!({"operation": "ingest", "run": run_id});
+        let outcome = lake.append_events(batch, index, metadata).await?;
+        summary.records_written += outcome.written;
+        summary.files_written += outcome.files;
+        if outcome.version.is_some() {
+            summary.commits += 1;
+        }
+        progress.written.fetch_add(outcome.written, Ordering::Relaxed);
+        for (src, n) in outcome.duplicates_by_source {
+            summary.duplicates_dropped += n;
+            *dups_by_source.entry(src).or_default() += n;
+        }
+    }
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let mut log = IngestLogBuilder::default();
+    for f in finished.drain(..) {
+        let obj = &objects[f.file];
+        summary.files_read += 1;
+        summary.records_read += f.records;
+        let rejected = f.rejects.len() as u64;
+        summary.records_rejected += rejected;
+        for r in &f.rejects {
+            *summary.rejected_by_reason.entry(r.reason.clone()).or_default() += 1;
+        }
+        let dups = dups_by_source.remove(&obj.location).unwrap_or(0);
+        let mut shown = summary.problems.len();
+        let mut push_problem = |r: &Rejection, summary: &mut IngestSummary| {
+            if shown < MAX_PROBLEMS_SHOWN {
+                summary.problems.push(r.clone());
+                shown += 1;
+            } else {
+                summary.problems_not_shown += 1;
+            }
+        };
+        for r in &f.rejects {
+            push_problem(r, summary);
+            log.reject(r, run_id);
+        }
+        let retry = match &f.broken {
+            Some((r, retry)) => {
+                summary.files_damaged += 1;
+                *summary.rejected_by_reason.entry(format!("file:{}", r.reason)).or_default() += 1;
+                push_problem(r, summary);
+                if !retry {
+                    log.reject(r, run_id);
+                }
+                *retry
+            }
+            None => false,
+        };
+        if retry {
+            // Not journaled: the next run reads it again (its committed events dedupe).
+            summary.files_to_retry += 1;
+        } else {
+            let status = if f.broken.is_some() { "damaged" } else { "complete" };
+            let kept = f.records.saturating_sub(rejected + dups);
+            log.file(&obj.location, obj.size, status, f.records, kept, dups, rejected, run_id);
+        }
+    }
+    lake.append_ingest_log(log.finish()).await?;
+    Ok(())
+}
+
+/// Reads one file to the end, sending batches of checked records.
+fn parse_file(file: usize, obj: &SourceObject, granularity: Granularity, tx: &mpsc::Sender<Msg>, progress: &Progress) {
+    let mut result = FileResult { file, records: 0, rejects: Vec::new(), broken: None };
+    let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
+        source: obj.location.clone(),
+        record_index: index,
+        reason: reason.to_owned(),
+        message,
+        record: record.map(|b| String::from_utf8_lossy(&b[..b.len().min(MAX_RECORD_TEXT)]).into_owned()),
+    };
+    let raw = Arc::new(AtomicU64::new(0));
+    let json = Arc::new(AtomicU64::new(0));
+    let reader = match obj.open(raw.clone(), json.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            result.broken = Some((reject(None, "read_error", e.to_string(), None), true));
+            let _ = tx.blocking_send(Msg::Done(result));
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut records = RecordReader::new(reader);
+    let mut builder = EventBatchBuilder::new(granularity);
+    let (mut last_raw, mut last_json) = (0, 0);
+    let mut sync_progress = |progress: &Progress| {
+        let (r, j) = (raw.load(Ordering::Relaxed), json.load(Ordering::Relaxed));
+        progress.raw_bytes.fetch_add(r - last_raw, Ordering::Relaxed);
+        progress.json_bytes.fetch_add(j - last_json, Ordering::Relaxed);
+        (last_raw, last_json) = (r, j);
+    };
+    loop {
+        match records.next_item() {
+            Ok(None) => break,
+            Ok(Some(Item::BadLine { index, message })) => {
+                result.records += 1;
+                result.rejects.push(reject(Some(index as u64), "invalid_json", message, None));
+            }
+            Ok(Some(Item::Record { index, bytes })) => {
+                result.records += 1;
+                let checked = schema::parse_record(bytes).and_then(|mut ev| {
+                    let c = schema::check_record(&ev, bytes)?;
+                    builder.append(&mut ev, c, &obj.location);
+                    Ok(())
+                });
+                if let Err(e) = checked {
+                    result.rejects.push(reject(Some(index as u64), e.reason.code(), e.message, Some(bytes)));
+                }
+                if builder.len() >= ROWS_PER_BATCH {
+                    progress.records.fetch_add(builder.len() as u64, Ordering::Relaxed);
+                    sync_progress(progress);
+                    if tx.blocking_send(Msg::Batch { batch: builder.finish() }).is_err() {
+                        return; // the run is stopping
+                    }
+                }
+            }
+            Err(e) => {
+                let retry = e.kind == StreamErrorKind::Read;
+                let message = format!("{} (at record {}, byte {} of the decompressed stream)", e.message, e.record_index, e.offset);
+                result.broken = Some((reject(Some(e.record_index as u64), e.kind.code(), message, None), retry));
+                break;
+            }
+        }
+    }
+    progress.records.fetch_add(builder.len() as u64, Ordering::Relaxed);
+    sync_progress(progress);
+    if !builder.is_empty() && tx.blocking_send(Msg::Batch { batch: builder.finish() }).is_err() {
+        return;
+    }
+    let _ = tx.blocking_send(Msg::Done(result));
+    progress.files_done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Rows for the `ingest_log` table.
+#[derive(Default)]
+struct IngestLogBuilder {
+    kind: StringBuilder,
+    source: StringBuilder,
+    index: Int64Builder,
+    reason: StringBuilder,
+    message: StringBuilder,
+    record: StringBuilder,
+    size: Int64Builder,
+    records: Int64Builder,
+    kept: Int64Builder,
+    dups: Int64Builder,
+    rejected: Int64Builder,
+    run: StringBuilder,
+    at: TimestampMicrosecondBuilder,
+}
+
+impl IngestLogBuilder {
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp_micros()
+    }
+
+    fn reject(&mut self, r: &Rejection, run: &str) {
+        self.kind.append_value("reject");
+        self.source.append_value(&r.source);
+        self.index.append_option(r.record_index.map(|i| i as i64));
+        self.reason.append_value(&r.reason);
+        self.message.append_value(&r.message);
+        self.record.append_option(r.record.as_deref());
+        self.size.append_null();
+        self.records.append_null();
+        self.kept.append_null();
+        self.dups.append_null();
+        self.rejected.append_null();
+        self.run.append_value(run);
+        self.at.append_value(Self::now());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn file(&mut self, source: &str, size: u64, status: &str, records: u64, kept: u64, dups: u64, rejected: u64, run: &str) {
+        self.kind.append_value("file");
+        self.source.append_value(source);
+        self.index.append_null();
+        self.reason.append_value(status);
+        self.message.append_null();
+        self.record.append_null();
+        self.size.append_value(size as i64);
+        self.records.append_value(records as i64);
+        self.kept.append_value(kept as i64);
+        self.dups.append_value(dups as i64);
+        self.rejected.append_value(rejected as i64);
+        self.run.append_value(run);
+        self.at.append_value(Self::now());
+    }
+
+    fn finish(mut self) -> RecordBatch {
+        use std::sync::Arc as A;
+        let columns: Vec<arrow::array::ArrayRef> = vec![
+            A::new(self.kind.finish()),
+            A::new(self.source.finish()),
+            A::new(self.index.finish()),
+            A::new(self.reason.finish()),
+            A::new(self.message.finish()),
+            A::new(self.record.finish()),
+            A::new(self.size.finish()),
+            A::new(self.records.finish()),
+            A::new(self.kept.finish()),
+            A::new(self.dups.finish()),
+            A::new(self.rejected.finish()),
+            A::new(self.run.finish()),
+            A::new(self.at.finish().with_timezone("UTC")),
+        ];
+        RecordBatch::try_new(crate::lake::ingest_log_schema(), columns)
+            .unwrap_or_else(|e| panic!("ingest_log schema mismatch: {e}"))
+    }
+}

@@ -1,0 +1,598 @@
+//! The lake: a folder (or S3 prefix) holding
+//!
+//! ```text
+//! <lake>/prism.json     lake settings, written once when the lake is created
+//! <lake>/events/        Delta table of events, partitioned awsregion=…/eventperiod=…
+//! <lake>/ingest_log/    Delta table: one row per ingested file and one per rejected record
+//! ```
+//!
+//! Delta gives atomic commits: Parquet files are written first and become visible only when
+//! the commit naming them lands, so a process killed at any point leaves the previous,
+//! consistent version. Files a killed run wrote but never committed are invisible (and
+//! removed by `vacuum`). One writer at a time per lake.
+//!
+//! Deduplication: an event ID's partition is fixed by its region and time, so a duplicate can
+//! only be in the partition its twin is in. The [`EventIndex`] keeps 128-bit hashes of the IDs
+//! of recently touched partitions and loads a partition's IDs from its files when needed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::Action;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::schema::{self, Granularity, AWS_REGION, EVENT_ID, EVENT_PERIOD, EVENT_TIME, SOURCE_FILE};
+
+/// Errors of the lake layer, each naming the table or object concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("`{location}` is not a usable lake location: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    #[error("{context}: {source}")]
+    Delta {
+        context: String,
+        #[source]
+        source: DeltaTableError,
+    },
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{context}: {source}")]
+    Parquet {
+        context: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    #[error("lake settings `{path}`: {reason}")]
+    Config { path: String, reason: String },
+}
+
+type Result<T, E = LakeError> = std::result::Result<T, E>;
+
+fn delta(context: impl Into<String>) -> impl FnOnce(DeltaTableError) -> LakeError {
+    let context = context.into();
+    move |source| LakeError::Delta { context, source }
+}
+
+/// Settings fixed when a lake is created (`prism.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LakeConfig {
+    /// Version of the lake layout.
+    pub format: u32,
+    /// Time granularity of the `eventperiod` partitions.
+    pub granularity: Granularity,
+    /// Whether the trail logs management events (Insights need them).
+    #[serde(default = "default_true")]
+    pub management_events: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig { format: 1, granularity: Granularity::Minute, management_events: true }
+    }
+}
+
+pub const CONFIG_FILE: &str = "prism.json";
+pub const EVENTS_TABLE: &str = "events";
+pub const INGEST_LOG_TABLE: &str = "ingest_log";
+
+/// An open lake.
+pub struct Lake {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    config: LakeConfig,
+    events: DeltaTable,
+    ingest_log: DeltaTable,
+}
+
+/// Turns a lake argument (a path, `file://` or `s3://` URL) into a URL ending in `/`.
+pub fn lake_url(location: &str) -> Result<Url> {
+    let invalid = |reason: String| LakeError::InvalidLocation { location: location.to_owned(), reason };
+    let mut url = if location.contains("://") {
+        Url::parse(location).map_err(|e| invalid(e.to_string()))?
+    } else {
+        let path = std::path::Path::new(location);
+        std::fs::create_dir_all(path).map_err(|e| invalid(e.to_string()))?;
+        let abs = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+        Url::from_directory_path(&abs).map_err(|_| invalid("not an absolute path".into()))?
+    };
+    if !matches!(url.scheme(), "file" | "s3" | "s3a" | "memory") {
+        return Err(invalid(format!("unsupported scheme `{}`", url.scheme())));
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+impl Lake {
+    /// Opens the lake at `location`, creating it (with `granularity`, default minute) when it
+    /// does not exist. A granularity that differs from an existing lake's is an error.
+    pub async fn open_or_create(location: &str, granularity: Option<Granularity>) -> Result<Lake> {
+        crate::source::register_object_stores();
+        let url = lake_url(location)?;
+        let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
+            .map_err(delta(format!("lake `{url}`")))?;
+        let wanted = LakeConfig { granularity: granularity.unwrap_or_default(), ..LakeConfig::default() };
+        let config = read_or_create_config(store.as_ref(), &url, &wanted).await?;
+        if let Some(g) = granularity
+            && g != config.granularity
+        {
+            return Err(LakeError::Config {
+                path: format!("{url}{CONFIG_FILE}"),
+                reason: format!(
+                    "this lake was created with {} partitions; --granularity {g} applies only to a new lake",
+                    config.granularity
+                ),
+            });
+        }
+        let events = open_or_create_table(&url, EVENTS_TABLE, schema::events_schema(), &schema::PARTITION_COLUMNS).await?;
+        let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, ingest_log_schema(), &[]).await?;
+        Ok(Lake { url, store, config, events, ingest_log })
+    }
+
+    /// Opens an existing lake; an error if there is none at `location`.
+    pub async fn open(location: &str) -> Result<Lake> {
+        crate::source::register_object_stores();
+        let url = lake_url(location)?;
+        let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
+            .map_err(delta(format!("lake `{url}`")))?;
+        let path = ObjectPath::from(CONFIG_FILE);
+        if store.head(&path).await.is_err() {
+            return Err(LakeError::InvalidLocation {
+                location: location.to_owned(),
+                reason: "no lake here (no prism.json); create one with `prism ingest … --lake` first".into(),
+            });
+        }
+        Lake::open_or_create(location, None).await
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn config(&self) -> &LakeConfig {
+        &self.config
+    }
+
+    pub fn events(&self) -> &DeltaTable {
+        &self.events
+    }
+
+    pub fn ingest_log(&self) -> &DeltaTable {
+        &self.ingest_log
+    }
+
+    /// The object store rooted at the lake.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// Sources whose ingestion completed in an earlier run.
+    pub async fn ingested_sources(&self) -> Result<HashSet<String>> {
+        let batches = read_table_columns(&self.ingest_log, &["kind", "sourcefile"], None).await?;
+        let mut out = HashSet::new();
+        for b in batches {
+            let (Some(kind), Some(src)) = (b.column(0).as_string_opt::<i32>(), b.column(1).as_string_opt::<i32>()) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                if kind.is_valid(i) && kind.value(i) == "file" && src.is_valid(i) {
+                    out.insert(src.value(i).to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends journal rows (files and rejects) in one commit.
+    pub async fn append_ingest_log(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let table = self.ingest_log.clone();
+        self.ingest_log = table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(delta(format!("writing {}{INGEST_LOG_TABLE}", self.url)))?;
+        Ok(())
+    }
+
+    /// Writes `batch` (the `events` schema) to the events table in one commit, dropping rows
+    /// whose eventID is already stored or repeated within the batch.
+    pub async fn append_events(
+        &mut self,
+        batch: RecordBatch,
+        index: &mut EventIndex,
+        metadata: serde_json::Value,
+    ) -> Result<AppendOutcome> {
+        let mut outcome = AppendOutcome::default();
+        if batch.num_rows() == 0 {
+            return Ok(outcome);
+        }
+        let arrow_err = |context: &str| {
+            let context = context.to_owned();
+            move |source| LakeError::Arrow { context, source }
+        };
+        // Sort by partition, then time: one run of rows per partition, time-ordered in files.
+        let col = |name: &str| batch.column_by_name(name).cloned();
+        let (Some(region), Some(period), Some(time)) = (col(AWS_REGION), col(EVENT_PERIOD), col(EVENT_TIME)) else {
+            return Err(LakeError::Config { path: EVENTS_TABLE.into(), reason: "batch lacks partition columns".into() });
+        };
+        let order = lexsort_to_indices(
+            &[
+                SortColumn { values: region, options: None },
+                SortColumn { values: period, options: None },
+                SortColumn { values: time, options: None },
+            ],
+            None,
+        )
+        .map_err(arrow_err("sorting events"))?;
+        let sorted = take_record_batch(&batch, &order).map_err(arrow_err("sorting events"))?;
+        drop(batch);
+
+        let regions = string_column(&sorted, AWS_REGION)?;
+        let periods = string_column(&sorted, EVENT_PERIOD)?;
+        let ids = string_column(&sorted, EVENT_ID)?;
+        let sources = string_column(&sorted, SOURCE_FILE)?;
+
+        let mut writer = RecordBatchWriter::for_table(&self.events)
+            .map_err(delta("preparing the events writer"))?
+            .with_writer_properties(writer_properties());
+        let mut adds = Vec::new();
+        let mut start = 0;
+        let n = sorted.num_rows();
+        while start < n {
+            let key = (regions.value(start).to_owned(), periods.value(start).to_owned());
+            let mut end = start + 1;
+            while end < n && regions.value(end) == key.0 && periods.value(end) == key.1 {
+                end += 1;
+            }
+            let known = index.partition(&self.events, &key).await?;
+            let mut keep = arrow::array::BooleanBufferBuilder::new(end - start);
+            let mut kept = 0usize;
+            for row in start..end {
+                let fresh = known.insert(id_hash(ids.value(row)));
+                keep.append(fresh);
+                if fresh {
+                    kept += 1;
+                } else {
+                    *outcome.duplicates_by_source.entry(sources.value(row).to_owned()).or_default() += 1;
+                }
+            }
+            index.note_len(&key);
+            if kept > 0 {
+                let slice = sorted.slice(start, end - start);
+                let mask = arrow::array::BooleanArray::new(keep.finish(), None);
+                let rows = arrow::compute::filter_record_batch(&slice, &mask).map_err(arrow_err("dropping duplicates"))?;
+                let mut values = indexmap::IndexMap::new();
+                values.insert(AWS_REGION.to_owned(), delta_kernel::expressions::Scalar::String(key.0.clone()));
+                values.insert(EVENT_PERIOD.to_owned(), delta_kernel::expressions::Scalar::String(key.1.clone()));
+                writer
+                    .write_partition(rows, &values, deltalake::writer::WriteMode::Default)
+                    .await
+                    .map_err(delta(format!("writing partition {}/{}", key.0, key.1)))?;
+                // Closing each partition's file at once keeps one Parquet writer in memory.
+                let new = writer.flush().await.map_err(delta("writing events"))?;
+                index.add_files(&key, new.iter().map(|a| a.path.clone()));
+                adds.extend(new);
+                outcome.written += kept as u64;
+            }
+            start = end;
+        }
+        index.evict();
+        if adds.is_empty() {
+            return Ok(outcome);
+        }
+        outcome.files = adds.len() as u64;
+        let snapshot = self.events.snapshot().map_err(delta("events table"))?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(schema::PARTITION_COLUMNS.iter().map(|s| s.to_string()).collect()),
+            predicate: None,
+        };
+        let props = CommitProperties::default().with_metadata([("prism".to_owned(), metadata)]);
+        let finalized = CommitBuilder::from(props)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot), self.events.log_store(), operation)
+            .await
+            .map_err(|e| {
+                index.clear();
+                delta(format!("committing to {}{EVENTS_TABLE}", self.url))(e)
+            })?;
+        outcome.version = Some(finalized.version() as i64);
+        self.events.state = Some(finalized.snapshot());
+        Ok(outcome)
+    }
+}
+
+/// What one [`Lake::append_events`] did.
+#[derive(Debug, Default)]
+pub struct AppendOutcome {
+    pub written: u64,
+    pub files: u64,
+    pub version: Option<i64>,
+    /// Rows dropped as duplicates, by source file.
+    pub duplicates_by_source: HashMap<String, u64>,
+}
+
+impl AppendOutcome {
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates_by_source.values().sum()
+    }
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .build()
+}
+
+/// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
+/// partition's IDs cost 16 bytes each in memory.
+pub fn id_hash(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// Which event IDs each partition holds, for deduplication, within a memory budget.
+pub struct EventIndex {
+    /// Data files of every partition (relative paths), from the snapshot and this run's writes.
+    files: HashMap<(String, String), Vec<String>>,
+    cache: HashMap<(String, String), (u64, HashSet<u128>)>,
+    clock: u64,
+    cached_ids: usize,
+    max_ids: usize,
+}
+
+impl EventIndex {
+    /// Builds the partition → files map from the table's current snapshot. `max_ids` bounds
+    /// the IDs kept in memory (16 bytes each plus overhead).
+    pub fn new(table: &DeltaTable, max_ids: usize) -> Result<EventIndex> {
+        let mut files: HashMap<(String, String), Vec<String>> = HashMap::new();
+        if let Ok(state) = table.snapshot() {
+            for f in state.log_data().iter() {
+                let Some(pv) = f.partition_values() else { continue };
+                let mut region = None;
+                let mut period = None;
+                for (field, value) in pv.fields().iter().zip(pv.values().iter()) {
+                    let text = match value {
+                        delta_kernel::expressions::Scalar::String(s) => Some(s.clone()),
+                        _ => None,
+                    };
+                    match field.name().as_str() {
+                        AWS_REGION => region = text,
+                        EVENT_PERIOD => period = text,
+                        _ => {}
+                    }
+                }
+                if let (Some(r), Some(p)) = (region, period) {
+                    files.entry((r, p)).or_default().push(f.object_store_path().to_string());
+                }
+            }
+        }
+        Ok(EventIndex { files, cache: HashMap::new(), clock: 0, cached_ids: 0, max_ids })
+    }
+
+    /// The IDs of a partition, loading them from its files when not cached.
+    async fn partition(&mut self, table: &DeltaTable, key: &(String, String)) -> Result<&mut HashSet<u128>> {
+        self.clock += 1;
+        if !self.cache.contains_key(key) {
+            let mut ids = HashSet::new();
+            if let Some(paths) = self.files.get(key) {
+                let batches = read_files_columns(table, paths, &[EVENT_ID]).await?;
+                for b in batches {
+                    if let Some(col) = b.column(0).as_string_opt::<i32>() {
+                        ids.extend(col.iter().flatten().map(id_hash));
+                    }
+                }
+            }
+            self.cached_ids += ids.len();
+            self.cache.insert(key.clone(), (self.clock, ids));
+        }
+        let clock = self.clock;
+        let entry = self.cache.get_mut(key).map(|e| {
+            e.0 = clock;
+            &mut e.1
+        });
+        entry.ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: "partition index lost".into() })
+    }
+
+    /// Re-counts a partition's cached IDs after inserts.
+    fn note_len(&mut self, _key: &(String, String)) {
+        self.cached_ids = self.cache.values().map(|(_, s)| s.len()).sum();
+    }
+
+    fn add_files(&mut self, key: &(String, String), paths: impl Iterator<Item = String>) {
+        self.files.entry(key.clone()).or_default().extend(paths);
+    }
+
+    /// Drops the least recently used partitions until the budget holds.
+    fn evict(&mut self) {
+        if self.cached_ids <= self.max_ids {
+            return;
+        }
+        let mut by_age: Vec<_> = self.cache.iter().map(|(k, (t, s))| (*t, s.len(), k.clone())).collect();
+        by_age.sort();
+        for (_, len, key) in by_age {
+            if self.cached_ids <= self.max_ids / 2 {
+                break;
+            }
+            self.cache.remove(&key);
+            self.cached_ids -= len;
+        }
+    }
+
+    /// Forgets every cached ID (after a failed commit the cache may hold IDs never stored).
+    fn clear(&mut self) {
+        self.cache.clear();
+        self.cached_ids = 0;
+    }
+
+    /// Number of partitions with data.
+    pub fn partitions(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// Reads `columns` of every active file of `table` (or only of `paths`).
+pub async fn read_table_columns(
+    table: &DeltaTable,
+    columns: &[&str],
+    paths: Option<&[String]>,
+) -> Result<Vec<RecordBatch>> {
+    let all: Vec<String>;
+    let paths = match paths {
+        Some(p) => p,
+        None => {
+            all = match table.snapshot() {
+                Ok(state) => state.log_data().iter().map(|f| f.object_store_path().to_string()).collect(),
+                Err(_) => Vec::new(),
+            };
+            &all
+        }
+    };
+    read_files_columns(table, paths, columns).await
+}
+
+async fn read_files_columns(table: &DeltaTable, paths: &[String], columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    let store = table.log_store().object_store(None);
+    let mut out = Vec::new();
+    for path in paths {
+        let path = ObjectPath::from(path.as_str());
+        let context = || format!("reading {path}");
+        // Deprecated in parquet 59 in favour of a hand-written AsyncFileReader; it still does
+        // exactly this job (ranged reads of one column) with no extra code here.
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(store.clone(), path.clone());
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|source| LakeError::Parquet { context: context(), source })?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        let stream = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|source| LakeError::Parquet { context: context(), source })?;
+        let batches: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|source| LakeError::Parquet { context: context(), source })?;
+        out.extend(batches);
+    }
+    Ok(out)
+}
+
+async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &LakeConfig) -> Result<LakeConfig> {
+    let path = ObjectPath::from(CONFIG_FILE);
+    let shown = format!("{url}{CONFIG_FILE}");
+    let read = |bytes: &[u8]| {
+        serde_json::from_slice::<LakeConfig>(bytes).map_err(|e| LakeError::Config { path: shown.clone(), reason: e.to_string() })
+    };
+    match store.get(&path).await {
+        Ok(r) => {
+            let bytes = r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
+            read(&bytes)
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            let body = serde_json::to_vec_pretty(wanted).map_err(|e| LakeError::Config { path: shown.clone(), reason: e.to_string() })?;
+            // Create-only, so two processes creating the same lake agree on one config.
+            match store.put_opts(&path, PutPayload::from(body), PutMode::Create.into()).await {
+                Ok(_) => Ok(wanted.clone()),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let r = store.get(&path).await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
+                    let bytes = r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
+                    read(&bytes)
+                }
+                Err(source) => Err(LakeError::Store { context: shown.clone(), source }),
+            }
+        }
+        Err(source) => Err(LakeError::Store { context: shown, source }),
+    }
+}
+
+async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
+    let url = lake.join(&format!("{name}/")).map_err(|e| LakeError::InvalidLocation { location: lake.to_string(), reason: e.to_string() })?;
+    if url.scheme() == "file"
+        && let Ok(dir) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&dir).map_err(|e| LakeError::InvalidLocation { location: url.to_string(), reason: e.to_string() })?;
+    }
+    let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta(format!("opening {url}")))?;
+    if table.version().is_some() {
+        return Ok(table);
+    }
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    let kernel_schema: deltalake::kernel::StructType =
+        schema.as_ref().try_into_kernel().map_err(|e| LakeError::Delta { context: format!("schema of {url}"), source: e.into() })?;
+    let created = table
+        .create()
+        .with_columns(kernel_schema.fields().cloned())
+        .with_partition_columns(partitions.iter().map(|s| s.to_string()))
+        .with_table_name(name)
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        // Another process created it first: use theirs.
+        Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(delta(format!("opening {url}"))),
+    }
+}
+
+/// Schema of `ingest_log`: `kind` is `file` (one row per ingested file) or `reject` (one row
+/// per rejected record or damaged file).
+pub fn ingest_log_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("kind", DataType::Utf8, true),
+        Field::new("sourcefile", DataType::Utf8, true),
+        Field::new("recordindex", DataType::Int64, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("message", DataType::Utf8, true),
+        Field::new("record", DataType::Utf8, true),
+        Field::new("filesize", DataType::Int64, true),
+        Field::new("records", DataType::Int64, true),
+        Field::new("kept", DataType::Int64, true),
+        Field::new("duplicates", DataType::Int64, true),
+        Field::new("rejected", DataType::Int64, true),
+        Field::new("runid", DataType::Utf8, true),
+        Field::new("ingestedat", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+    ]))
+}

@@ -1,0 +1,293 @@
+//! `prism`: the command-line layer. It parses arguments, calls the library and prints.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use prism::ingest::{IngestOptions, IngestSummary, Progress};
+use prism::schema::Granularity;
+use prism::source::DateRange;
+
+/// Exit codes (README, "Exit codes").
+const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "prism",
+    version,
+    about = "CloudTrail archives to a SQL-queryable Parquet lake",
+    long_about = "Prism turns AWS CloudTrail log archives into a Parquet lake (Delta tables) that \
+                  you can query with SQL.\n\nStart with:\n  prism ingest ./AWSLogs --lake ./lake\n  \
+                  prism sql --lake ./lake -c \"SELECT eventname, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC LIMIT 10\""
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read CloudTrail archives into the lake (only files not ingested before).
+    #[command(after_help = "\
+Examples:
+  prism ingest ./AWSLogs --lake ./lake
+  prism ingest s3://my-trail-bucket/AWSLogs/ --lake ./lake --from 2024-06-01 --to 2024-06-30
+  prism ingest exports/*.ndjson.gz --lake ./lake --json > summary.json
+
+Sources are files or folders (read recursively) or s3://bucket/prefix. Files may be .json or
+.json.gz holding {\"Records\":[...]}, a bare JSON array, or one record per line.
+CloudTrail-Digest, CloudTrail-Insight and other services' files are skipped and counted.
+
+Exit status: 0 all read cleanly; 3 finished, but some records were rejected or some files
+were damaged (see the summary and the `rejects` table); 1 the run failed; 2 bad arguments.")]
+    Ingest(IngestArgs),
+    /// Run SQL against the lake.
+    #[command(after_help = "\
+Tables: events, ingest_log, and the views rejects and ingested_files.
+
+Examples:
+  prism sql --lake ./lake -c \"SELECT count(*) FROM events\"
+  prism sql --lake ./lake -c \"SELECT reason, count(*) FROM rejects GROUP BY 1\" --format csv")]
+    Sql(SqlArgs),
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Files, folders or s3://bucket/prefix URLs to read.
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<String>,
+    /// The lake: a folder, or s3://bucket/prefix. Created when missing.
+    #[arg(long, env = "PRISM_LAKE")]
+    lake: String,
+    /// First delivery day to read (YYYY-MM-DD), by the archive's date folders.
+    #[arg(long, value_parser = parse_date)]
+    from: Option<NaiveDate>,
+    /// Last day to read (YYYY-MM-DD). The following day's folder is read too, for late deliveries.
+    #[arg(long, value_parser = parse_date)]
+    to: Option<NaiveDate>,
+    /// Time partitioning of a new lake: minute (most files), hour or day (fewest, fastest
+    /// ingest). Fixed once the lake exists.
+    #[arg(long, value_parser = clap::value_parser!(Granularity))]
+    granularity: Option<Granularity>,
+    /// Memory for events buffered between commits, in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    buffer_mb: usize,
+    /// Files parsed at once (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no summary text (errors still go to stderr).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SqlArgs {
+    /// The lake folder or s3:// URL.
+    #[arg(long, env = "PRISM_LAKE")]
+    lake: String,
+    /// SQL to run.
+    #[arg(short = 'c', long = "command")]
+    command: Vec<String>,
+    /// Files of SQL to run.
+    #[arg(short = 'f', long = "file")]
+    file: Vec<std::path::PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("`{s}` is not a date like 2024-06-30"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        // Dependencies log routine conditions as errors (e.g. "no files in log segment" while a
+        // table is being created); show only Prism's own warnings unless PRISM_LOG asks.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("prism=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Ingest(args) => run_ingest(args).await,
+            Command::Sql(args) => run_sql(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(f), Some(t)) = (args.from, args.to)
+        && f > t
+    {
+        anyhow::bail!("--from {f} is after --to {t}");
+    }
+    let mut opts = IngestOptions::new(args.sources, args.lake);
+    opts.range = DateRange { from: args.from, to: args.to };
+    opts.granularity = args.granularity;
+    opts.buffer_bytes = args.buffer_mb.max(1) << 20;
+    if let Some(j) = args.jobs {
+        opts.parallelism = j.max(1);
+    }
+    let progress = Arc::new(Progress::default());
+    let show_bar = !args.quiet && std::io::stderr().is_terminal();
+    let bar = show_bar.then(|| spawn_progress_bar(progress.clone()));
+    let result = prism::ingest(&opts, progress).await;
+    if let Some((bar, stop)) = bar {
+        stop.store(true, Ordering::Relaxed);
+        let _ = bar.join();
+    }
+    let summary = result.context("ingest failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !args.quiet {
+        print_summary(&summary);
+    }
+    Ok(if summary.is_clean() && summary.files_to_retry == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+}
+
+/// Draws files, events, MB/s and ETA on stderr until `stop` is set.
+fn spawn_progress_bar(progress: Arc<Progress>) -> (std::thread::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        while !stop2.load(Ordering::Relaxed) {
+            bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
+            bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "files {}/{} · events {}",
+                progress.files_done.load(Ordering::Relaxed),
+                progress.files_total.load(Ordering::Relaxed),
+                progress.records.load(Ordering::Relaxed)
+            ));
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        bar.finish_and_clear();
+    });
+    (handle, stop)
+}
+
+fn print_summary(s: &IngestSummary) {
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "Ingested into {} ({} partitions)", s.lake, s.granularity);
+    let _ = writeln!(
+        out,
+        "  files:   {} listed, {} read, {} already ingested, {} skipped",
+        s.files_listed, s.files_read, s.files_already_ingested, s.files_skipped
+    );
+    for (reason, n) in &s.skipped_by_reason {
+        let _ = writeln!(out, "           skipped {n}: {reason}");
+    }
+    if s.files_damaged > 0 {
+        let _ = writeln!(out, "           {} damaged (kept what was readable)", s.files_damaged);
+    }
+    if s.files_to_retry > 0 {
+        let _ = writeln!(out, "           {} could not be read and will be retried next run", s.files_to_retry);
+    }
+    let _ = writeln!(
+        out,
+        "  records: {} read, {} written, {} duplicates dropped, {} rejected",
+        s.records_read, s.records_written, s.duplicates_dropped, s.records_rejected
+    );
+    for (reason, n) in &s.rejected_by_reason {
+        let _ = writeln!(out, "           {reason}: {n}");
+    }
+    let _ = writeln!(
+        out,
+        "  output:  {} Parquet files in {} commits",
+        s.files_written, s.commits
+    );
+    let _ = writeln!(
+        out,
+        "  time:    {:.2} s, {:.0} events/s, {:.1} MB/s of JSON",
+        s.seconds,
+        s.events_per_second,
+        if s.seconds > 0.0 { s.json_bytes as f64 / 1e6 / s.seconds } else { 0.0 }
+    );
+    if !s.problems.is_empty() {
+        let _ = writeln!(out, "Problems (also in the `rejects` table):");
+        for p in &s.problems {
+            let at = p.record_index.map(|i| format!(" record {i}")).unwrap_or_default();
+            let _ = writeln!(out, "  {}{at}: {}: {}", p.source, p.reason, p.message);
+        }
+        if s.problems_not_shown > 0 {
+            let _ = writeln!(out, "  … and {} more", s.problems_not_shown);
+        }
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+async fn run_sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
+    let lake = prism::Lake::open(&args.lake).await?;
+    let ctx = prism::sql::session(&lake).await?;
+    let mut statements = args.command.clone();
+    for f in &args.file {
+        statements.push(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);
+    }
+    if statements.is_empty() {
+        anyhow::bail!("give SQL with -c or -f");
+    }
+    for sql in statements {
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let mut out = std::io::stdout().lock();
+        match args.format {
+            Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?,
+            Format::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                for b in &batches {
+                    w.write(b)?;
+                }
+            }
+            Format::Json => {
+                let mut w = arrow::json::ArrayWriter::new(&mut out);
+                for b in &batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+                writeln!(out)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,405 @@
+//! Finding and reading CloudTrail archives: local files and folders, or `s3://bucket/prefix`.
+//!
+//! Keys are classified by the layout AWS delivers
+//! (`[prefix/]AWSLogs/[o-…/]<account>/CloudTrail/<region>/YYYY/MM/DD/<file>`): event logs are
+//! read, while digests, Insights files and other services' logs in a shared bucket are skipped
+//! and counted. Files outside that layout (exports, test corpora) are read when they look like
+//! JSON. Compression is detected from the bytes, not the name.
+
+pub mod records;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use url::Url;
+
+pub use records::{Item, Layout, RecordReader, StreamError, StreamErrorKind};
+
+/// Errors finding or opening sources. Each names the location it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("`{location}` is not a readable source: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    #[error("cannot list `{location}`: {source}")]
+    List {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot open `{location}`: {source}")]
+    Open {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Where archives are read from.
+#[derive(Clone)]
+pub enum Location {
+    /// A file or a folder on this machine (absolute).
+    Local(PathBuf),
+    /// An object store prefix (`s3://bucket/prefix`). `store` is rooted at the prefix.
+    Remote { url: Url, store: Arc<dyn ObjectStore> },
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Remote { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+/// Registers the `s3://` scheme with the object-store factories (once per process). The S3
+/// store uses the AWS SDK's default credential chain (environment, profile, SSO, container and
+/// instance roles) and honours `AWS_ENDPOINT_URL` for S3-compatible stores.
+pub fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
+impl Location {
+    /// Parses a command-line location: `s3://bucket/prefix`, `file:///path`, or a path.
+    pub fn parse(s: &str) -> Result<Location, SourceError> {
+        let invalid = |reason: String| SourceError::InvalidLocation { location: s.to_owned(), reason };
+        if let Some((scheme, _)) = s.split_once("://") {
+            let url = Url::parse(s).map_err(|e| invalid(e.to_string()))?;
+            if scheme == "file" {
+                let path = url.to_file_path().map_err(|_| invalid("not a local file URL".into()))?;
+                return Location::parse_local(&path).map_err(invalid);
+            }
+            if !matches!(scheme, "s3" | "s3a") {
+                return Err(invalid(format!("unsupported scheme `{scheme}://` (use a path or s3://bucket/prefix)")));
+            }
+            if url.host_str().unwrap_or("").is_empty() {
+                return Err(invalid("the URL names no bucket".into()));
+            }
+            register_object_stores();
+            let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
+                .map_err(|e| invalid(e.to_string()))?;
+            return Ok(Location::Remote { url, store });
+        }
+        Location::parse_local(Path::new(s)).map_err(invalid)
+    }
+
+    fn parse_local(path: &Path) -> Result<Location, String> {
+        let abs = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+        Ok(Location::Local(abs))
+    }
+
+    /// Lists every object below this location, sorted by key, classified.
+    pub async fn list(&self, range: &DateRange) -> Result<Listing, SourceError> {
+        let mut listing = Listing::default();
+        match self {
+            Location::Local(root) => {
+                let root = root.clone();
+                let found = tokio::task::spawn_blocking(move || walk_local(&root))
+                    .await
+                    .map_err(|e| SourceError::List { location: self.to_string(), source: e.into() })?
+                    .map_err(|e| SourceError::List { location: self.to_string(), source: e.into() })?;
+                for (path, size) in found {
+                    let display = path.display().to_string();
+                    listing.push(display, size, ObjectRef::Local(path), range);
+                }
+            }
+            Location::Remote { url, store } => {
+                let mut objects: Vec<_> = store
+                    .list(None)
+                    .try_collect()
+                    .await
+                    .map_err(|e| SourceError::List { location: url.to_string(), source: e.into() })?;
+                objects.sort_by(|a, b| a.location.cmp(&b.location));
+                let base = url.as_str().trim_end_matches('/');
+                for meta in objects {
+                    let display = format!("{base}/{}", meta.location);
+                    listing.push(display, meta.size, ObjectRef::Remote { store: store.clone(), path: meta.location }, range);
+                }
+            }
+        }
+        Ok(listing)
+    }
+}
+
+/// Recursively lists regular files, sorted, not following symlinked folders (no loops).
+fn walk_local(root: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
+    let meta = std::fs::metadata(root)?;
+    if meta.is_file() {
+        return Ok(vec![(root.to_path_buf(), meta.len())]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries.into_iter().rev() {
+            let ft = entry.file_type()?;
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
+                let len = std::fs::metadata(&path)?.len();
+                out.push((path, len));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How to fetch one object.
+#[derive(Clone)]
+pub enum ObjectRef {
+    Local(PathBuf),
+    Remote { store: Arc<dyn ObjectStore>, path: ObjectPath },
+}
+
+/// An object to read.
+#[derive(Clone)]
+pub struct SourceObject {
+    /// The path or URL, as shown to users and stored in `sourcefile`.
+    pub location: String,
+    pub size: u64,
+    pub key: KeyInfo,
+    pub object: ObjectRef,
+}
+
+/// An object that was listed but is not read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub location: String,
+    pub reason: SkipReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// `CloudTrail-Digest/`: integrity digests, not events.
+    Digest,
+    /// `CloudTrail-Insight/`: Insights records, not events.
+    Insight,
+    /// Another service's logs in a shared bucket (`Config/`, `GuardDuty/`, …).
+    OtherService(String),
+    /// Not a `.json`, `.json.gz`, `.jsonl` or `.ndjson` file.
+    NotJson,
+    /// Its delivery date folder is outside `--from/--to`.
+    OutsideDateRange,
+}
+
+impl SkipReason {
+    pub fn code(&self) -> String {
+        match self {
+            SkipReason::Digest => "digest".into(),
+            SkipReason::Insight => "insight".into(),
+            SkipReason::OtherService(s) => format!("not_cloudtrail:{s}"),
+            SkipReason::NotJson => "not_json".into(),
+            SkipReason::OutsideDateRange => "outside_date_range".into(),
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Digest => f.write_str("CloudTrail digest file"),
+            SkipReason::Insight => f.write_str("CloudTrail Insights file"),
+            SkipReason::OtherService(s) => write!(f, "{s} log, not CloudTrail"),
+            SkipReason::NotJson => f.write_str("not a JSON log file"),
+            SkipReason::OutsideDateRange => f.write_str("delivered outside --from/--to"),
+        }
+    }
+}
+
+/// What the key says about an object, when it follows the AWS layout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub account: Option<String>,
+    pub region: Option<String>,
+    /// The delivery date folder.
+    pub date: Option<NaiveDate>,
+}
+
+/// Days to read, by delivery date folder. `to` is inclusive, and files delivered the day after
+/// `to` are read too, since CloudTrail delivers up to ~15 minutes late and events from just
+/// before midnight land in the next day's folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DateRange {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl DateRange {
+    pub fn admits(&self, folder: NaiveDate) -> bool {
+        self.from.is_none_or(|f| folder >= f) && self.to.is_none_or(|t| folder <= t + chrono::Days::new(1))
+    }
+}
+
+#[derive(Default)]
+pub struct Listing {
+    pub objects: Vec<SourceObject>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Listing {
+    fn push(&mut self, location: String, size: u64, object: ObjectRef, range: &DateRange) {
+        match classify(&location) {
+            Err(reason) => self.skipped.push(Skipped { location, reason }),
+            Ok(key) => {
+                if let Some(date) = key.date
+                    && !range.admits(date)
+                {
+                    self.skipped.push(Skipped { location, reason: SkipReason::OutsideDateRange });
+                    return;
+                }
+                self.objects.push(SourceObject { location, size, key, object });
+            }
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+}
+
+/// Classifies a key or path: an event log to read, or a reason to skip it.
+pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
+    let name = location.rsplit(['/', '\\']).next().unwrap_or(location);
+    let lower = name.to_ascii_lowercase();
+    let stem = lower.strip_suffix(".gz").unwrap_or(&lower);
+    if !(stem.ends_with(".json") || stem.ends_with(".jsonl") || stem.ends_with(".ndjson")) {
+        return Err(SkipReason::NotJson);
+    }
+    let parts: Vec<&str> = location.split(['/', '\\']).collect();
+    // The last `AWSLogs` segment anchors the layout; a file outside it is read as is.
+    let Some(at) = parts.iter().rposition(|p| *p == "AWSLogs") else {
+        return Ok(KeyInfo::default());
+    };
+    let mut rest = &parts[at + 1..];
+    if rest.first().is_some_and(|p| p.starts_with("o-")) {
+        rest = &rest[1..];
+    }
+    let (account, service) = match rest {
+        [account, service, _, ..] => (*account, *service),
+        _ => return Ok(KeyInfo::default()),
+    };
+    match service {
+        "CloudTrail" => {}
+        "CloudTrail-Digest" => return Err(SkipReason::Digest),
+        "CloudTrail-Insight" => return Err(SkipReason::Insight),
+        other => return Err(SkipReason::OtherService(other.to_owned())),
+    }
+    let region = rest.get(2).map(|s| s.to_string());
+    let date = match rest.get(3..6) {
+        Some([y, m, d]) => NaiveDate::from_ymd_opt(
+            y.parse().unwrap_or(0),
+            m.parse().unwrap_or(0),
+            d.parse().unwrap_or(0),
+        ),
+        _ => None,
+    };
+    Ok(KeyInfo { account: Some(account.to_string()), region, date })
+}
+
+/// Counts bytes read, for progress.
+pub struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl SourceObject {
+    /// Opens the object as a stream of decompressed bytes. Must run on a blocking thread
+    /// (remote objects are bridged from async). `raw_bytes` and `json_bytes` count what was
+    /// read before and after decompression.
+    pub fn open(
+        &self,
+        raw_bytes: Arc<AtomicU64>,
+        json_bytes: Arc<AtomicU64>,
+    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        let open_err = |e: Box<dyn std::error::Error + Send + Sync>| SourceError::Open { location: self.location.clone(), source: e };
+        let raw: Box<dyn Read + Send> = match &self.object {
+            ObjectRef::Local(path) => Box::new(File::open(path).map_err(|e| open_err(e.into()))?),
+            ObjectRef::Remote { store, path } => {
+                let handle = tokio::runtime::Handle::current();
+                let result = handle
+                    .block_on(store.get(path))
+                    .map_err(|e| open_err(e.into()))?;
+                let stream = result.into_stream().map_err(io::Error::other);
+                Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
+                    tokio_util::io::StreamReader::new(stream),
+                    handle,
+                ))
+            }
+        };
+        let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: raw, counter: raw_bytes });
+        let head = buffered.fill_buf().map_err(|e| open_err(e.into()))?;
+        let decoded: Box<dyn Read + Send> = if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+        } else {
+            Box::new(buffered)
+        };
+        Ok(Box::new(Counting { inner: decoded, counter: json_bytes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_aws_layout() {
+        let k = classify("b/AWSLogs/o-1234abcde/222222222222/CloudTrail/us-east-1/2025/03/06/222222222222_CloudTrail_us-east-1_20250306T0230Z_QF6qcgyiaVnSueXa.json.gz").unwrap();
+        assert_eq!(k.account.as_deref(), Some("222222222222"));
+        assert_eq!(k.region.as_deref(), Some("us-east-1"));
+        assert_eq!(k.date, NaiveDate::from_ymd_opt(2025, 3, 6));
+
+        let k = classify("AWSLogs/333333333333/CloudTrail/eu-west-1/2024/12/31/x.json.gz").unwrap();
+        assert_eq!(k.account.as_deref(), Some("333333333333"));
+
+        assert_eq!(
+            classify("AWSLogs/1/CloudTrail-Digest/us-east-1/2024/01/01/1_CloudTrail-Digest_us-east-1_x_20240101T000000Z.json.gz"),
+            Err(SkipReason::Digest)
+        );
+        assert_eq!(classify("AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz"), Err(SkipReason::Insight));
+        assert_eq!(
+            classify("AWSLogs/1/Config/us-east-1/2024/01/01/ConfigSnapshot/x.json.gz"),
+            Err(SkipReason::OtherService("Config".into()))
+        );
+        assert_eq!(classify("AWSLogs/1/CloudTrail/us-east-1/2024/01/01/README.txt"), Err(SkipReason::NotJson));
+        assert_eq!(classify("data/events.ndjson.gz"), Ok(KeyInfo::default()));
+        assert_eq!(classify("data/events.JSON"), Ok(KeyInfo::default()));
+        assert_eq!(classify("LICENSE"), Err(SkipReason::NotJson));
+    }
+
+    #[test]
+    fn date_range_allows_late_delivery() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let r = DateRange { from: Some(d("2024-06-01")), to: Some(d("2024-06-30")) };
+        assert!(!r.admits(d("2024-05-31")));
+        assert!(r.admits(d("2024-06-01")));
+        assert!(r.admits(d("2024-07-01")), "the day after `to` holds late deliveries");
+        assert!(!r.admits(d("2024-07-02")));
+        assert!(DateRange::default().admits(d("1999-01-01")));
+    }
+}

@@ -1,0 +1,53 @@
+//! The DataFusion session over a lake: one builder used by every entry point.
+
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::lake::{Lake, LakeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("registering table `{table}`: {source}")]
+    Register {
+        table: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// Views over `ingest_log` that users query by name.
+const VIEWS: &[(&str, &str)] = &[
+    (
+        "rejects",
+        "SELECT sourcefile, recordindex, reason, message, record, runid, ingestedat \
+         FROM ingest_log WHERE kind = 'reject'",
+    ),
+    (
+        "ingested_files",
+        "SELECT sourcefile, reason AS status, filesize, records, kept, duplicates, rejected, runid, ingestedat \
+         FROM ingest_log WHERE kind = 'file'",
+    ),
+];
+
+/// A session with the lake's tables registered and the time zone set to UTC.
+pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    config.options_mut().execution.time_zone = Some("UTC".to_owned());
+    let ctx = SessionContext::new_with_config(config);
+    for (name, table) in [("events", lake.events()), ("ingest_log", lake.ingest_log())] {
+        let register = |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Register { table: name.to_owned(), source: e };
+        table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.into()))?;
+        let provider = table.table_provider().await.map_err(|e| register(e.into()))?;
+        ctx.register_table(name, provider).map_err(|e| register(e.into()))?;
+    }
+    for (name, sql) in VIEWS {
+        let df = ctx.sql(sql).await?;
+        ctx.register_table(*name, df.into_view())
+            .map_err(|e| SqlError::Register { table: (*name).to_owned(), source: e.into() })?;
+    }
+    Ok(ctx)
+}
