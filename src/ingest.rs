@@ -53,7 +53,7 @@ impl IngestOptions {
             lake: lake.into(),
             range: DateRange::default(),
             granularity: None,
-            buffer_bytes: 256 << 20,
+            buffer_bytes: 128 << 20,
             parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         }
     }
@@ -250,11 +250,9 @@ async fn flush(
     progress: &Progress,
 ) -> Result<(), IngestError> {
     if !pending.is_empty() {
-        let batch = arrow::compute::concat_batches(&schema::events_schema(), pending.iter())
-            .map_err(|source| LakeError::Arrow { context: "buffering events".into(), source })?;
-        pending.clear();
         let metadata = serde_json::json!({"operation": "ingest", "run": run_id});
-        let outcome = lake.append_events(batch, index, metadata).await?;
+        let outcome = lake.append_events(pending, index, metadata).await?;
+        pending.clear();
         summary.records_written += outcome.written;
         summary.files_written += outcome.files;
         if outcome.version.is_some() {

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{lexsort_to_indices, SortColumn};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::Action;
@@ -230,16 +230,20 @@ impl Lake {
         Ok(())
     }
 
-    /// Writes `batch` (the `events` schema) to the events table in one commit, dropping rows
-    /// whose eventID is already stored or repeated within the batch.
+    /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
+    /// rows whose eventID is already stored or repeated within them.
+    ///
+    /// Only the key columns are concatenated and sorted; each partition's rows are then
+    /// gathered from the batches on their own, so peak memory is the input plus one partition.
     pub async fn append_events(
         &mut self,
-        batch: RecordBatch,
+        batches: &[RecordBatch],
         index: &mut EventIndex,
         metadata: serde_json::Value,
     ) -> Result<AppendOutcome> {
         let mut outcome = AppendOutcome::default();
-        if batch.num_rows() == 0 {
+        let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+        if batches.is_empty() {
             return Ok(outcome);
         }
         let arrow_err = |context: &str| {
@@ -247,33 +251,41 @@ impl Lake {
             move |source| LakeError::Arrow { context, source }
         };
         // Sort by partition, then time: one run of rows per partition, time-ordered in files.
-        let col = |name: &str| batch.column_by_name(name).cloned();
-        let (Some(region), Some(period), Some(time)) = (col(AWS_REGION), col(EVENT_PERIOD), col(EVENT_TIME)) else {
-            return Err(LakeError::Config { path: EVENTS_TABLE.into(), reason: "batch lacks partition columns".into() });
+        // One concatenation and one `take` (each intermediate dropped at once) cost less than
+        // gathering every partition from many batches, and leave zero-copy slices.
+        let all = arrow::compute::concat_batches(&batches[0].schema(), batches.iter().copied())
+            .map_err(arrow_err("buffering events"))?;
+        let col = |name: &str| {
+            all.column_by_name(name)
+                .cloned()
+                .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("batch lacks column {name}") })
         };
         let order = lexsort_to_indices(
             &[
-                SortColumn { values: region, options: None },
-                SortColumn { values: period, options: None },
-                SortColumn { values: time, options: None },
+                SortColumn { values: col(AWS_REGION)?, options: None },
+                SortColumn { values: col(EVENT_PERIOD)?, options: None },
+                SortColumn { values: col(EVENT_TIME)?, options: None },
             ],
             None,
         )
         .map_err(arrow_err("sorting events"))?;
-        let sorted = take_record_batch(&batch, &order).map_err(arrow_err("sorting events"))?;
-        drop(batch);
+        let sorted = arrow::compute::take_record_batch(&all, &order).map_err(arrow_err("sorting events"))?;
+        drop(all);
+        let as_str = |name: &str| -> Result<StringArray> {
+            sorted
+                .column_by_name(name)
+                .and_then(|a| a.as_string_opt::<i32>())
+                .cloned()
+                .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
+        };
+        let (regions, periods) = (as_str(AWS_REGION)?, as_str(EVENT_PERIOD)?);
+        let (ids, sources) = (as_str(EVENT_ID)?, as_str(SOURCE_FILE)?);
 
-        let regions = string_column(&sorted, AWS_REGION)?;
-        let periods = string_column(&sorted, EVENT_PERIOD)?;
-        let ids = string_column(&sorted, EVENT_ID)?;
-        let sources = string_column(&sorted, SOURCE_FILE)?;
-
-        let mut writer = RecordBatchWriter::for_table(&self.events)
-            .map_err(delta("preparing the events writer"))?
-            .with_writer_properties(writer_properties());
-        let mut adds = Vec::new();
-        let mut start = 0;
+        // Deduplicate partition by partition (sequential: it owns the index), then write the
+        // partitions' files concurrently.
+        let mut parts: Vec<((String, String), RecordBatch)> = Vec::new();
         let n = sorted.num_rows();
+        let mut start = 0;
         while start < n {
             let key = (regions.value(start).to_owned(), periods.value(start).to_owned());
             let mut end = start + 1;
@@ -281,38 +293,37 @@ impl Lake {
                 end += 1;
             }
             let known = index.partition(&self.events, &key).await?;
+            let before = known.len();
             let mut keep = arrow::array::BooleanBufferBuilder::new(end - start);
-            let mut kept = 0usize;
             for row in start..end {
                 let fresh = known.insert(id_hash(ids.value(row)));
                 keep.append(fresh);
-                if fresh {
-                    kept += 1;
-                } else {
+                if !fresh {
                     *outcome.duplicates_by_source.entry(sources.value(row).to_owned()).or_default() += 1;
                 }
             }
-            index.note_len(&key);
-            if kept > 0 {
+            let added = known.len() - before;
+            index.cached_ids += added;
+            if added > 0 {
                 let slice = sorted.slice(start, end - start);
-                let mask = arrow::array::BooleanArray::new(keep.finish(), None);
-                let rows = arrow::compute::filter_record_batch(&slice, &mask).map_err(arrow_err("dropping duplicates"))?;
-                let mut values = indexmap::IndexMap::new();
-                values.insert(AWS_REGION.to_owned(), delta_kernel::expressions::Scalar::String(key.0.clone()));
-                values.insert(EVENT_PERIOD.to_owned(), delta_kernel::expressions::Scalar::String(key.1.clone()));
-                writer
-                    .write_partition(rows, &values, deltalake::writer::WriteMode::Default)
-                    .await
-                    .map_err(delta(format!("writing partition {}/{}", key.0, key.1)))?;
-                // Closing each partition's file at once keeps one Parquet writer in memory.
-                let new = writer.flush().await.map_err(delta("writing events"))?;
-                index.add_files(&key, new.iter().map(|a| a.path.clone()));
-                adds.extend(new);
-                outcome.written += kept as u64;
+                let part = if added == end - start {
+                    slice
+                } else {
+                    let mask = arrow::array::BooleanArray::new(keep.finish(), None);
+                    arrow::compute::filter_record_batch(&slice, &mask).map_err(arrow_err("dropping duplicates"))?
+                };
+                outcome.written += added as u64;
+                parts.push((key, part));
             }
             start = end;
         }
         index.evict();
+        let adds = self.write_partitions(parts).await?;
+        for add in &adds {
+            if let Some(key) = partition_key(&add.partition_values) {
+                index.add_files(&key, std::iter::once(add.path.clone()));
+            }
+        }
         if adds.is_empty() {
             return Ok(outcome);
         }
@@ -336,6 +347,53 @@ impl Lake {
         self.events.state = Some(finalized.snapshot());
         Ok(outcome)
     }
+
+    /// Writes one Parquet file per partition, [`WRITE_LANES`] at a time, each lane with its
+    /// own writer; returns the Add actions to commit.
+    async fn write_partitions(&self, parts: Vec<((String, String), RecordBatch)>) -> Result<Vec<deltalake::kernel::Add>> {
+        let lanes = WRITE_LANES.min(parts.len()).max(1);
+        let mut groups: Vec<Vec<((String, String), RecordBatch)>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, p) in parts.into_iter().enumerate() {
+            groups[i % lanes].push(p);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for group in groups {
+            let table = self.events.clone();
+            let props = writer_properties(self.config.granularity);
+            tasks.spawn(async move {
+                let mut writer = RecordBatchWriter::for_table(&table)
+                    .map_err(delta("preparing the events writer"))?
+                    .with_writer_properties(props);
+                let mut adds = Vec::new();
+                for ((region, period), batch) in group {
+                    let mut values = indexmap::IndexMap::new();
+                    values.insert(AWS_REGION.to_owned(), delta_kernel::expressions::Scalar::String(region.clone()));
+                    values.insert(EVENT_PERIOD.to_owned(), delta_kernel::expressions::Scalar::String(period.clone()));
+                    writer
+                        .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
+                        .await
+                        .map_err(delta(format!("writing partition {region}/{period}")))?;
+                    // Closing each partition's file at once keeps one Parquet writer per lane.
+                    adds.extend(writer.flush().await.map_err(delta("writing events"))?);
+                }
+                Ok::<_, LakeError>(adds)
+            });
+        }
+        let mut adds = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let lane = joined.map_err(|e| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("a writer task failed: {e}") })?;
+            adds.extend(lane?);
+        }
+        Ok(adds)
+    }
+}
+
+/// Partition files written at once.
+const WRITE_LANES: usize = 4;
+
+/// The (region, period) of an Add action's partition values.
+fn partition_key(values: &HashMap<String, Option<String>>) -> Option<(String, String)> {
+    Some((values.get(AWS_REGION)?.clone()?, values.get(EVENT_PERIOD)?.clone()?))
 }
 
 /// What one [`Lake::append_events`] did.
@@ -354,17 +412,14 @@ impl AppendOutcome {
     }
 }
 
-fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
-}
-
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
-        .build()
+/// Minute partitions hold small files, where parquet-rs's per-column zstd context setup costs
+/// more than the whole file's encoding: they use Snappy. Larger files use zstd for size.
+fn writer_properties(granularity: Granularity) -> WriterProperties {
+    let compression = match granularity {
+        Granularity::Minute => Compression::SNAPPY,
+        Granularity::Hour | Granularity::Day => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+    };
+    WriterProperties::builder().set_compression(compression).build()
 }
 
 /// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
@@ -434,11 +489,6 @@ impl EventIndex {
             &mut e.1
         });
         entry.ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: "partition index lost".into() })
-    }
-
-    /// Re-counts a partition's cached IDs after inserts.
-    fn note_len(&mut self, _key: &(String, String)) {
-        self.cached_ids = self.cache.values().map(|(_, s)| s.len()).sum();
     }
 
     fn add_files(&mut self, key: &(String, String), paths: impl Iterator<Item = String>) {

@@ -12,6 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use prism::ingest::{IngestOptions, IngestSummary, Progress};
 use prism::schema::Granularity;
+
+/// mimalloc: the many short-lived allocations of parsing and small-file writing are markedly
+/// cheaper than with the system allocator (the same choice as datafusion-cli).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use prism::source::DateRange;
 
 /// Exit codes (README, "Exit codes").
@@ -76,7 +81,7 @@ struct IngestArgs {
     #[arg(long, value_parser = clap::value_parser!(Granularity))]
     granularity: Option<Granularity>,
     /// Memory for events buffered between commits, in MiB.
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    #[arg(long, default_value_t = 128, value_name = "MIB")]
     buffer_mb: usize,
     /// Files parsed at once (default: the number of CPUs).
     #[arg(long)]

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: Prism against DuckDB on the same gzipped CloudTrail archive.
+
+For each granularity (minute, day) it runs, in this order and one at a time:
+  - `prism ingest ARCHIVE --lake fresh-lake --granularity G`
+  - DuckDB reading the same files and writing Parquet partitioned the same way
+    (by region and the same time bucket), ZSTD-compressed like Prism.
+and reports events/s, decompressed JSON MB/s, Parquet files written, output size and the peak
+RSS of each process (from wait4, so only that process and not this script).
+
+Usage:
+  pip install duckdb==2.0.0
+  cargo build --release
+  python3 benches/ingest_vs_duckdb.py ARCHIVE [--prism target/release/prism] [--work DIR]
+
+ARCHIVE is a folder of *.json.gz files in the AWS layout, e.g. from `prism generate`.
+"""
+import argparse
+import glob
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+DUCKDB_SCRIPT = r"""
+import sys, duckdb
+archive, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+con.execute("SET preserve_insertion_order = false")
+con.execute(f'''
+COPY (
+  SELECT r.*, strftime(CAST(r.eventTime AS TIMESTAMP), '{fmt}') AS eventperiod
+  FROM (
+    SELECT unnest(Records) AS r
+    FROM read_json('{archive}/**/*.json.gz', maximum_object_size = 1073741824,
+                   union_by_name = true, sample_size = 2048)
+  )
+) TO '{out}' (FORMAT parquet, PARTITION_BY (awsRegion, eventperiod), COMPRESSION zstd)
+''')
+"""
+
+BUCKET_FORMATS = {"minute": "%Y%m%dT%H%MZ", "day": "%Y%m%d"}
+
+
+def run(cmd):
+    """Runs cmd; returns (seconds, peak RSS in MiB, exit code, stdout)."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 3):
+        sys.stderr.write(err.decode(errors="replace"))
+        raise SystemExit(f"{cmd[0]} failed with {code}")
+    return seconds, usage.ru_maxrss / 1024, code, out
+
+
+def tree_size(path):
+    files = [f for f in glob.glob(f"{path}/**/*.parquet", recursive=True)]
+    total = sum(os.path.getsize(f) for f in glob.glob(f"{path}/**/*", recursive=True) if os.path.isfile(f))
+    return len(files), total
+
+
+def archive_facts(archive):
+    files = glob.glob(f"{archive}/**/*.json.gz", recursive=True)
+    raw = sum(os.path.getsize(f) for f in files)
+    return files, raw
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("archive")
+    ap.add_argument("--prism", default="target/release/prism")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--granularity", action="append", choices=list(BUCKET_FORMATS), help="repeatable; default both")
+    args = ap.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="prism-bench-")
+    archive = os.path.abspath(args.archive)
+    files, raw = archive_facts(archive)
+    print(f"archive: {archive}: {len(files)} files, {raw / 1e6:.1f} MB gzipped", flush=True)
+
+    rows = []
+    for g in args.granularity or ["minute", "day"]:
+        lake = os.path.join(work, f"prism-{g}")
+        shutil.rmtree(lake, ignore_errors=True)
+        secs, rss, code, out = run([args.prism, "ingest", archive, "--lake", lake, "--granularity", g, "--json", "--quiet"])
+        summary = json.loads(out)
+        events = summary["records_read"]
+        json_mb = summary["json_bytes"] / 1e6
+        nfiles, size = tree_size(os.path.join(lake, "events"))
+        rows.append(("prism", g, events, secs, json_mb, nfiles, size, rss))
+        print(f"prism  {g}: {events / secs:,.0f} events/s", flush=True)
+
+        out_dir = os.path.join(work, f"duckdb-{g}")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        secs, rss, _, _ = run([sys.executable, "-c", DUCKDB_SCRIPT, archive, out_dir, BUCKET_FORMATS[g]])
+        nfiles, size = tree_size(out_dir)
+        rows.append(("duckdb", g, events, secs, json_mb, nfiles, size, rss))
+        print(f"duckdb {g}: {events / secs:,.0f} events/s", flush=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+    print()
+    print("| engine | granularity | events | seconds | events/s | JSON MB/s | files | output MB | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for eng, g, ev, s, mb, nf, size, rss in rows:
+        print(f"| {eng} | {g} | {ev:,} | {s:.1f} | {ev / s:,.0f} | {mb / s:.0f} | {nf:,} | {size / 1e6:.0f} | {rss:.0f} |")
+    by = {(r[0], r[1]): r for r in rows}
+    print()
+    for g in args.granularity or ["minute", "day"]:
+        p, d = by[("prism", g)], by[("duckdb", g)]
+        print(f"{g}: Prism is {d[3] / p[3]:.2f}x DuckDB's events/s; Prism peak RSS {p[7]:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
