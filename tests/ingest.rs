@@ -351,11 +351,14 @@ fn kill_at_any_point_leaves_a_consistent_lake_and_the_rerun_completes_it() {
         ]
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Kill at growing delays, each run resuming the last, until one finishes by itself.
     let mut killed = 0;
-    for delay_ms in [300u64, 900, 1500, 2500] {
+    let mut delay_ms = 100u64;
+    loop {
         let mut child = std::process::Command::new(prism_bin()).args(args(&lake)).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
             child.kill().unwrap(); // SIGKILL
             killed += 1;
         }
@@ -371,10 +374,15 @@ fn kill_at_any_point_leaves_a_consistent_lake_and_the_rerun_completes_it() {
                 assert_eq!(dup_rejects, 0);
             });
         }
+        if finished || delay_ms > 60_000 {
+            break;
+        }
+        delay_ms = delay_ms * 3 / 2;
     }
-    assert!(killed >= 1, "the ingest finished before any kill; make the data larger");
+    assert!(killed >= 2, "only {killed} kills landed before the ingest finished; make the data larger");
+    // One more run completes whatever is left.
     let status = std::process::Command::new(prism_bin()).args(args(&lake)).status().unwrap();
-    assert_eq!(status.code(), Some(3), "rejects make it a partial success");
+    assert!(matches!(status.code(), Some(0) | Some(3)), "{status:?}");
     rt.block_on(async {
         assert_eq!(scalar(&lake, "SELECT count(*) FROM events").await as usize, expected.len());
         assert_eq!(scalar(&lake, "SELECT count(DISTINCT eventid) FROM events").await as usize, expected.len());
