@@ -166,6 +166,9 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
     // The same object named twice (overlapping arguments) is read once.
     let mut seen = std::collections::HashSet::new();
     objects.retain(|o| seen.insert(o.location.clone()));
+    // Read in delivery order across accounts and regions, so each commit covers a stretch of
+    // time: a partition then gets one file per commit that reaches it, not one per account.
+    objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
 
     // 2. Leave out what earlier runs completed.
     let done = lake.ingested_sources().await?;

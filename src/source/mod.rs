@@ -329,6 +329,15 @@ impl<R: Read> Read for Counting<R> {
 }
 
 impl SourceObject {
+    /// Sorts objects by delivery time: the date folder, then the `YYYYMMDDTHHmmZ` stamp of
+    /// CloudTrail file names, then the location. Objects outside the AWS layout sort first.
+    pub fn delivery_order_key(&self) -> (Option<NaiveDate>, &str, &str) {
+        let name = self.location.rsplit(['/', '\\']).next().unwrap_or(&self.location);
+        // `<account>_CloudTrail_<region>_<stamp>_<random>.json.gz`: the stamp is the 4th field.
+        let stamp = name.split('_').nth(3).unwrap_or("");
+        (self.key.date, stamp, &self.location)
+    }
+
     /// Opens the object as a stream of decompressed bytes. Must run on a blocking thread
     /// (remote objects are bridged from async). `raw_bytes` and `json_bytes` count what was
     /// read before and after decompression.
@@ -390,6 +399,25 @@ mod tests {
         assert_eq!(classify("data/events.ndjson.gz"), Ok(KeyInfo::default()));
         assert_eq!(classify("data/events.JSON"), Ok(KeyInfo::default()));
         assert_eq!(classify("LICENSE"), Err(SkipReason::NotJson));
+    }
+
+    #[test]
+    fn delivery_order_interleaves_accounts_and_regions_by_time() {
+        let obj = |loc: &str| SourceObject {
+            location: loc.to_owned(),
+            size: 0,
+            key: classify(loc).unwrap(),
+            object: ObjectRef::Local(PathBuf::from(loc)),
+        };
+        let mut objs = vec![
+            obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/02/1_CloudTrail_us-east-1_20240602T0000Z_a.json.gz"),
+            obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/01/1_CloudTrail_us-east-1_20240601T0005Z_b.json.gz"),
+            obj("AWSLogs/2/CloudTrail/eu-west-1/2024/06/01/2_CloudTrail_eu-west-1_20240601T0000Z_c.json.gz"),
+            obj("exports/plain.json"),
+        ];
+        objs.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
+        let names: Vec<_> = objs.iter().map(|o| o.location.rsplit('_').next().unwrap().to_owned()).collect();
+        assert_eq!(names, ["exports/plain.json", "c.json.gz", "b.json.gz", "a.json.gz"]);
     }
 
     #[test]
