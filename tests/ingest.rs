@@ -409,3 +409,28 @@ fn cli_help_and_errors() {
     let out = std::process::Command::new(prism_bin()).args(["ingest", "x", "--lake", "y", "--from", "June"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shipped_ingest_problems_query_lists_rejects_by_reason_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    ingest(&[&corpus().join("aws-processing-library-fixtures")], &lake).await;
+    let query = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/ingest_problems.sql");
+    let out = std::process::Command::new(prism_bin())
+        .args(["sql", "--lake", lake.to_str().unwrap(), "-f", query.to_str().unwrap(), "--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    // Fixtures: 3 records without eventTime in 3 files, 1 invalid eventTime, and the invalid
+    // JSON file (one unparseable span plus the structural break).
+    let summary: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r[0], r[1].rsplit('/').next().unwrap(), r[2]))
+        .collect();
+    assert_eq!(summary.len(), 5, "{csv}");
+    assert_eq!(summary[0], ("invalid_json", "SerializerTestFileBadJsonFormat.json", "2"));
+    assert!(summary.contains(&("invalid_eventtime", "SerializerTestFileMissField.json", "1")));
+    assert_eq!(summary.iter().filter(|r| r.0 == "missing_eventtime").count(), 3);
+}
