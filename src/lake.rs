@@ -75,6 +75,15 @@ pub enum LakeError {
 
 type Result<T, E = LakeError> = std::result::Result<T, E>;
 
+/// The lake's URL and the object store rooted at it.
+fn connect(location: &str, create: bool) -> Result<(Url, Arc<dyn ObjectStore>)> {
+    crate::source::register_object_stores();
+    let url = lake_url(location, create)?;
+    let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
+        .map_err(delta(format!("lake `{url}`")))?;
+    Ok((url, store))
+}
+
 fn delta(context: impl Into<String>) -> impl FnOnce(DeltaTableError) -> LakeError {
     let context = context.into();
     move |source| LakeError::Delta { context, source }
@@ -115,14 +124,17 @@ pub struct Lake {
     ingest_log: DeltaTable,
 }
 
-/// Turns a lake argument (a path, `file://` or `s3://` URL) into a URL ending in `/`.
-pub fn lake_url(location: &str) -> Result<Url> {
+/// Turns a lake argument (a path, `file://` or `s3://` URL) into a URL ending in `/`; a local
+/// folder is created when `create` is set, and must exist otherwise.
+pub fn lake_url(location: &str, create: bool) -> Result<Url> {
     let invalid = |reason: String| LakeError::InvalidLocation { location: location.to_owned(), reason };
     let mut url = if location.contains("://") {
         Url::parse(location).map_err(|e| invalid(e.to_string()))?
     } else {
         let path = std::path::Path::new(location);
-        std::fs::create_dir_all(path).map_err(|e| invalid(e.to_string()))?;
+        if create {
+            std::fs::create_dir_all(path).map_err(|e| invalid(e.to_string()))?;
+        }
         let abs = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
         Url::from_directory_path(&abs).map_err(|_| invalid("not an absolute path".into()))?
     };
@@ -140,10 +152,24 @@ impl Lake {
     /// Opens the lake at `location`, creating it (with `granularity`, default minute) when it
     /// does not exist. A granularity that differs from an existing lake's is an error.
     pub async fn open_or_create(location: &str, granularity: Option<Granularity>) -> Result<Lake> {
-        crate::source::register_object_stores();
-        let url = lake_url(location)?;
-        let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
-            .map_err(delta(format!("lake `{url}`")))?;
+        let (url, store) = connect(location, true)?;
+        Lake::load(url, store, granularity).await
+    }
+
+    /// Opens an existing lake; an error if there is none at `location` (nothing is created).
+    pub async fn open(location: &str) -> Result<Lake> {
+        let no_lake = || LakeError::InvalidLocation {
+            location: location.to_owned(),
+            reason: "no lake here (no prism.json); create one with `prism ingest … --lake` first".into(),
+        };
+        let (url, store) = connect(location, false).map_err(|_| no_lake())?;
+        if store.head(&ObjectPath::from(CONFIG_FILE)).await.is_err() {
+            return Err(no_lake());
+        }
+        Lake::load(url, store, None).await
+    }
+
+    async fn load(url: Url, store: Arc<dyn ObjectStore>, granularity: Option<Granularity>) -> Result<Lake> {
         let wanted = LakeConfig { granularity: granularity.unwrap_or_default(), ..LakeConfig::default() };
         let config = read_or_create_config(store.as_ref(), &url, &wanted).await?;
         if let Some(g) = granularity
@@ -160,22 +186,6 @@ impl Lake {
         let events = open_or_create_table(&url, EVENTS_TABLE, schema::events_schema(), &schema::PARTITION_COLUMNS).await?;
         let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, ingest_log_schema(), &[]).await?;
         Ok(Lake { url, store, config, events, ingest_log })
-    }
-
-    /// Opens an existing lake; an error if there is none at `location`.
-    pub async fn open(location: &str) -> Result<Lake> {
-        crate::source::register_object_stores();
-        let url = lake_url(location)?;
-        let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
-            .map_err(delta(format!("lake `{url}`")))?;
-        let path = ObjectPath::from(CONFIG_FILE);
-        if store.head(&path).await.is_err() {
-            return Err(LakeError::InvalidLocation {
-                location: location.to_owned(),
-                reason: "no lake here (no prism.json); create one with `prism ingest … --lake` first".into(),
-            });
-        }
-        Lake::open_or_create(location, None).await
     }
 
     pub fn url(&self) -> &Url {

@@ -434,3 +434,16 @@ async fn shipped_ingest_problems_query_lists_rejects_by_reason_and_file() {
     assert!(summary.contains(&("invalid_eventtime", "SerializerTestFileMissField.json", "1")));
     assert_eq!(summary.iter().filter(|r| r.0 == "missing_eventtime").count(), 3);
 }
+
+#[test]
+fn sql_on_a_missing_lake_is_a_clear_error_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("typo");
+    let out = std::process::Command::new(prism_bin())
+        .args(["sql", "--lake", missing.to_str().unwrap(), "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no lake here"));
+    assert!(!missing.exists());
+}
