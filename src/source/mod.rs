@@ -409,7 +409,7 @@ mod tests {
             key: classify(loc).unwrap(),
             object: ObjectRef::Local(PathBuf::from(loc)),
         };
-        let mut objs = vec![
+        let mut objs = [
             obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/02/1_CloudTrail_us-east-1_20240602T0000Z_a.json.gz"),
             obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/01/1_CloudTrail_us-east-1_20240601T0005Z_b.json.gz"),
             obj("AWSLogs/2/CloudTrail/eu-west-1/2024/06/01/2_CloudTrail_eu-west-1_20240601T0000Z_c.json.gz"),
