@@ -5,10 +5,12 @@
 //! - [`schema`]: the `events` table schema, record parsing and checks;
 //! - [`lake`]: the Delta tables, deduplication and atomic commits;
 //! - [`ingest`]: the pipeline from sources to the lake, with its summary;
-//! - [`sql`]: the DataFusion session over the lake.
+//! - [`sql`]: the DataFusion session over the lake;
+//! - [`generate`]: realistic archives with labelled anomalies.
 //!
 //! The `prism` binary is a thin command-line layer over these.
 
+pub mod generate;
 pub mod ingest;
 pub mod lake;
 pub mod schema;

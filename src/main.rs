@@ -52,6 +52,18 @@ CloudTrail-Digest, CloudTrail-Insight and other services' files are skipped and 
 Exit status: 0 all read cleanly; 3 finished, but some records were rejected or some files
 were damaged (see the summary and the `rejects` table); 1 the run failed; 2 bad arguments.")]
     Ingest(IngestArgs),
+    /// Write a realistic CloudTrail archive with labelled anomalies (labels.json).
+    #[command(after_help = "\
+Example:
+  prism generate --out ./sample --accounts 2 --regions us-east-1,eu-west-1 --days 10 \\
+      --events-per-day 200000 --anomalies 12 --seed 7
+
+Writes ./sample/AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/*.json.gz, one file per account
+and region every 5 minutes, and ./sample/labels.json: each anomaly's account, region, API,
+insight type, error code, start and end minute and magnitude, and the scheduled jobs (normal
+bursts). Anomalies start after a 7-day baseline, so they need --days 8 or more.
+The same --seed gives byte-identical output.")]
+    Generate(GenerateArgs),
     /// Run SQL against the lake.
     #[command(after_help = "\
 Tables: events, ingest_log, and the views rejects and ingested_files.
@@ -92,6 +104,43 @@ struct IngestArgs {
     /// No progress bar and no summary text (errors still go to stderr).
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Folder to write (created if missing).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Number of AWS accounts.
+    #[arg(long, default_value_t = 2)]
+    accounts: u32,
+    /// Regions, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "us-east-1,eu-west-1")]
+    regions: Vec<String>,
+    /// Days of history.
+    #[arg(long, default_value_t = 10)]
+    days: u32,
+    /// Average events per day for each account and region.
+    #[arg(long, default_value_t = 100_000)]
+    events_per_day: u64,
+    /// Anomalies to inject (spikes, drops to zero, error bursts).
+    #[arg(long, default_value_t = 12)]
+    anomalies: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// First day (YYYY-MM-DD, UTC).
+    #[arg(long, value_parser = parse_date, default_value = "2024-01-01")]
+    start: NaiveDate,
+    /// Share of events delivered twice.
+    #[arg(long, default_value_t = 0.001)]
+    duplicate_rate: f64,
+    /// Share of events delivered late (in the next file).
+    #[arg(long, default_value_t = 0.01)]
+    late_rate: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -143,6 +192,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ingest(args) => run_ingest(args).await,
             Command::Sql(args) => run_sql(args).await,
+            Command::Generate(args) => run_generate(args).await,
         }
     });
     match result {
@@ -261,6 +311,29 @@ fn print_summary(s: &IngestSummary) {
         }
     }
     let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+async fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = prism::generate::GenerateOptions::new(args.out);
+    opts.accounts = args.accounts;
+    opts.regions = args.regions;
+    opts.days = args.days;
+    opts.events_per_day = args.events_per_day;
+    opts.anomalies = args.anomalies;
+    opts.seed = args.seed;
+    opts.start = args.start;
+    opts.duplicate_rate = args.duplicate_rate;
+    opts.late_rate = args.late_rate;
+    let summary = tokio::task::spawn_blocking(move || prism::generate::generate(&opts)).await??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "Generated {} events ({} delivered twice) in {} files, {:.1} MB of JSON, {} anomalies labelled; {:.2} s, {:.0} events/s",
+            summary.events, summary.duplicates, summary.files, summary.bytes as f64 / 1e6, summary.anomalies, summary.seconds, summary.events_per_second
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_sql(args: SqlArgs) -> anyhow::Result<ExitCode> {

@@ -198,6 +198,8 @@ pub enum SkipReason {
     NotJson,
     /// Its delivery date folder is outside `--from/--to`.
     OutsideDateRange,
+    /// `labels.json`, the ground truth `prism generate` writes beside its archive.
+    GeneratorLabels,
 }
 
 impl SkipReason {
@@ -208,6 +210,7 @@ impl SkipReason {
             SkipReason::OtherService(s) => format!("not_cloudtrail:{s}"),
             SkipReason::NotJson => "not_json".into(),
             SkipReason::OutsideDateRange => "outside_date_range".into(),
+            SkipReason::GeneratorLabels => "generator_labels".into(),
         }
     }
 }
@@ -220,6 +223,7 @@ impl fmt::Display for SkipReason {
             SkipReason::OtherService(s) => write!(f, "{s} log, not CloudTrail"),
             SkipReason::NotJson => f.write_str("not a JSON log file"),
             SkipReason::OutsideDateRange => f.write_str("delivered outside --from/--to"),
+            SkipReason::GeneratorLabels => f.write_str("prism generate's labels.json"),
         }
     }
 }
@@ -278,6 +282,9 @@ impl Listing {
 /// Classifies a key or path: an event log to read, or a reason to skip it.
 pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
     let name = location.rsplit(['/', '\\']).next().unwrap_or(location);
+    if name == "labels.json" {
+        return Err(SkipReason::GeneratorLabels);
+    }
     let lower = name.to_ascii_lowercase();
     let stem = lower.strip_suffix(".gz").unwrap_or(&lower);
     if !(stem.ends_with(".json") || stem.ends_with(".jsonl") || stem.ends_with(".ndjson")) {
@@ -399,6 +406,7 @@ mod tests {
         assert_eq!(classify("data/events.ndjson.gz"), Ok(KeyInfo::default()));
         assert_eq!(classify("data/events.JSON"), Ok(KeyInfo::default()));
         assert_eq!(classify("LICENSE"), Err(SkipReason::NotJson));
+        assert_eq!(classify("sample/labels.json"), Err(SkipReason::GeneratorLabels));
     }
 
     #[test]

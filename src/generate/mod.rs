@@ -1,0 +1,748 @@
+//! `prism generate`: CloudTrail archives that look like a real account's, with labelled
+//! anomalies whose place is known, for tests, benchmarks, the demo and detector quality.
+//!
+//! Each (account, region) is an independent stream with its own seed, generated minute by
+//! minute: every API's calls are Poisson-distributed around a rate shaped by a diurnal and
+//! weekly rhythm, scheduled jobs burst at fixed minutes (normal traffic a good detector must
+//! not flag), and the planned anomalies add or remove calls. Events are delivered as
+//! CloudTrail does: one gzipped file about every 5 minutes, records unordered, a few events
+//! late (in the next file) and a few delivered twice. Streams run in parallel, and the same
+//! seed gives byte-identical files whatever the scheduling.
+
+pub mod catalogue;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::Serialize;
+
+use catalogue::{Api, Caller, APIS, SCHEDULED_JOBS};
+
+/// Errors of the generator.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("invalid generator options: {0}")]
+    Options(String),
+    #[error("writing `{path}`: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Minutes of history before the first anomaly: a full 7-day baseline plus an hour.
+pub const WARMUP_MINUTES: u32 = 7 * 1440 + 60;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub out: PathBuf,
+    pub accounts: u32,
+    pub regions: Vec<String>,
+    pub days: u32,
+    /// Events per day for each account and region, on average.
+    pub events_per_day: u64,
+    pub anomalies: u32,
+    pub seed: u64,
+    /// First day (UTC).
+    pub start: NaiveDate,
+    /// Share of events delivered twice.
+    pub duplicate_rate: f64,
+    /// Share of events delivered in the next file.
+    pub late_rate: f64,
+    /// Streams generated at once.
+    pub threads: usize,
+}
+
+impl GenerateOptions {
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        GenerateOptions {
+            out: out.into(),
+            accounts: 2,
+            regions: vec!["us-east-1".into(), "eu-west-1".into()],
+            days: 10,
+            events_per_day: 100_000,
+            anomalies: 12,
+            seed: 7,
+            start: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap_or_default(),
+            duplicate_rate: 0.001,
+            late_rate: 0.01,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+
+    fn validate(&self) -> Result<(), GenerateError> {
+        let bad = |m: String| Err(GenerateError::Options(m));
+        if self.accounts == 0 || self.regions.is_empty() || self.days == 0 {
+            return bad("--accounts, --regions and --days must be at least 1".into());
+        }
+        if let Some(r) = self.regions.iter().find(|r| !crate::schema::is_safe_name(r)) {
+            return bad(format!("region `{r}` is not a valid name"));
+        }
+        if self.anomalies > 0 && self.days * 1440 < WARMUP_MINUTES + 120 {
+            return bad(format!(
+                "anomalies start after a 7-day baseline, so --days must be at least 8 with --anomalies {} (or use --anomalies 0)",
+                self.anomalies
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.duplicate_rate) || !(0.0..=0.5).contains(&self.late_rate) {
+            return bad("duplicate and late rates must be between 0 and 0.5".into());
+        }
+        Ok(())
+    }
+}
+
+/// One injected anomaly: the ground truth the detector is scored against.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Label {
+    pub id: u32,
+    /// `spike`, `drop` or `error_burst`.
+    pub kind: &'static str,
+    pub account: String,
+    pub region: String,
+    #[serde(rename = "eventSource")]
+    pub event_source: String,
+    #[serde(rename = "eventName")]
+    pub event_name: String,
+    /// `ApiCallRateInsight` or `ApiErrorRateInsight`.
+    #[serde(rename = "insightType")]
+    pub insight_type: &'static str,
+    #[serde(rename = "errorCode")]
+    pub error_code: Option<String>,
+    /// First minute (UTC), inclusive.
+    pub start: String,
+    /// Minute after the last, exclusive.
+    pub end: String,
+    /// Spikes: the multiple of the API's usual rate. Drops: 0. Error bursts: errors per minute.
+    pub magnitude: f64,
+    #[serde(rename = "userIdentityArn")]
+    pub user_identity_arn: Option<String>,
+    #[serde(rename = "userAgent")]
+    pub user_agent: Option<String>,
+    #[serde(skip)]
+    start_minute: u32,
+    #[serde(skip)]
+    end_minute: u32,
+}
+
+/// `labels.json`.
+#[derive(Debug, Serialize)]
+pub struct Labels {
+    pub seed: u64,
+    pub start: String,
+    pub days: u32,
+    pub accounts: Vec<String>,
+    pub regions: Vec<String>,
+    pub events_per_day: u64,
+    pub anomalies: Vec<Label>,
+    pub scheduled_jobs: Vec<ScheduledJobLabel>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScheduledJobLabel {
+    #[serde(rename = "eventSource")]
+    pub event_source: &'static str,
+    #[serde(rename = "eventName")]
+    pub event_name: &'static str,
+    /// `HH:MM` daily, or `*:MM` hourly (UTC).
+    pub at: String,
+    pub calls: u32,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GenerateSummary {
+    pub files: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub anomalies: usize,
+}
+
+/// SplitMix64: small, fast, and stable across versions (a dependency's generator may change
+/// its stream in a minor release, which would break byte-identical output).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.f64() < p
+    }
+    /// Poisson-distributed count with mean `lambda` (Knuth below 30, normal approximation above).
+    pub fn poisson(&mut self, lambda: f64) -> u32 {
+        if lambda <= 0.0 {
+            return 0;
+        }
+        if lambda < 30.0 {
+            let limit = (-lambda).exp();
+            let mut k = 0;
+            let mut p = self.f64();
+            while p > limit {
+                k += 1;
+                p *= self.f64();
+            }
+            return k;
+        }
+        // Box–Muller.
+        let (u1, u2) = (self.f64().max(1e-12), self.f64());
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        (lambda + z * lambda.sqrt()).round().max(0.0) as u32
+    }
+    /// A UUID-shaped identifier.
+    pub fn uuid(&mut self, out: &mut String) {
+        let (a, b) = (self.next_u64(), self.next_u64());
+        let _ = write!(
+            out,
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            (b >> 48) & 0x3fff | 0x8000,
+            b & 0xffff_ffff_ffff
+        );
+    }
+    fn alnum(&mut self, n: usize) -> String {
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        (0..n).map(|_| CHARS[self.below(CHARS.len() as u64) as usize] as char).collect()
+    }
+}
+
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut r = Rng::new(seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    r.next_u64()
+}
+
+/// The diurnal and weekly shape of traffic: a working-hours peak around 14:00 UTC over a
+/// night floor, and weekends at half the weekday level. Averages exactly 1 over a week, so
+/// `events_per_day` holds on average.
+pub fn rhythm(minute: u32, weekday: u32) -> f64 {
+    static MEAN: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let mean = *MEAN.get_or_init(|| (0..7 * 1440).map(|m| raw_rhythm(m % 1440, m / 1440)).sum::<f64>() / (7.0 * 1440.0));
+    raw_rhythm(minute % 1440, weekday) / mean
+}
+
+fn raw_rhythm(minute_of_day: u32, weekday: u32) -> f64 {
+    let hour = minute_of_day as f64 / 60.0;
+    let day = 0.45 + 1.1 * (-((hour - 14.0) / 4.5).powi(2)).exp();
+    let week = if weekday >= 5 { 0.5 } else { 1.0 };
+    day * week
+}
+
+/// Writes the archive and `labels.json`. Returns what was written.
+pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, GenerateError> {
+    opts.validate()?;
+    let started = Instant::now();
+    let mut rng = Rng::new(opts.seed);
+    let accounts: Vec<String> = (0..opts.accounts).map(|_| format!("{:012}", 100_000_000_000 + rng.below(899_999_999_999))).collect();
+    let labels = plan_anomalies(opts, &accounts, &mut rng);
+
+    let streams: Vec<(usize, usize)> = (0..accounts.len()).flat_map(|a| (0..opts.regions.len()).map(move |r| (a, r))).collect();
+    let next = AtomicUsize::new(0);
+    let (files, events, dups, bytes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let error: Mutex<Option<GenerateError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..opts.threads.clamp(1, streams.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(a, r)) = streams.get(i) else { break };
+                let stream = Stream::new(opts, &accounts[a], &opts.regions[r], a, r, &labels);
+                match stream.run() {
+                    Ok(st) => {
+                        files.fetch_add(st.files, Ordering::Relaxed);
+                        events.fetch_add(st.events, Ordering::Relaxed);
+                        dups.fetch_add(st.duplicates, Ordering::Relaxed);
+                        bytes.fetch_add(st.bytes, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if let Ok(mut slot) = error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+
+    let doc = Labels {
+        seed: opts.seed,
+        start: opts.start.to_string(),
+        days: opts.days,
+        accounts: accounts.clone(),
+        regions: opts.regions.clone(),
+        events_per_day: opts.events_per_day,
+        anomalies: labels.clone(),
+        scheduled_jobs: SCHEDULED_JOBS
+            .iter()
+            .map(|j| ScheduledJobLabel {
+                event_source: j.source,
+                event_name: j.name,
+                at: if j.hourly { format!("*:{:02}", j.minute) } else { format!("{:02}:{:02}", j.minute / 60, j.minute % 60) },
+                calls: j.calls,
+            })
+            .collect(),
+    };
+    let path = opts.out.join("labels.json");
+    let body = serde_json::to_vec_pretty(&doc).map_err(|e| GenerateError::Write { path: path.display().to_string(), source: e.into() })?;
+    std::fs::create_dir_all(&opts.out).map_err(|source| GenerateError::Write { path: opts.out.display().to_string(), source })?;
+    std::fs::write(&path, body).map_err(|source| GenerateError::Write { path: path.display().to_string(), source })?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    let events = events.load(Ordering::Relaxed);
+    Ok(GenerateSummary {
+        files: files.load(Ordering::Relaxed),
+        events,
+        duplicates: dups.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        seconds,
+        events_per_second: events as f64 / seconds.max(1e-9),
+        anomalies: labels.len(),
+    })
+}
+
+fn minute_name(start: NaiveDate, minute: u32) -> String {
+    let t = start.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc() + chrono::Duration::minutes(i64::from(minute));
+    t.format("%Y-%m-%dT%H:%M:00Z").to_string()
+}
+
+/// Places the anomalies: kinds in a fixed mix, after the warm-up, never overlapping on one API.
+fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) -> Vec<Label> {
+    let total = opts.days * 1440;
+    let writes: Vec<&Api> = APIS.iter().filter(|a| !a.read_only).collect();
+    let busy_writes: Vec<&Api> = writes.iter().copied().filter(|a| a.weight >= 1.5).collect();
+    let mut out: Vec<Label> = Vec::new();
+    for id in 0..opts.anomalies {
+        for _attempt in 0..50 {
+            let account = rng.pick(accounts).clone();
+            let region = rng.pick(&opts.regions).clone();
+            let (kind, api, duration, magnitude, error_code, insight) = match id % 4 {
+                0 | 1 => {
+                    let api = *rng.pick(&writes);
+                    let magnitude = *rng.pick(&[2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+                    let duration = *rng.pick(&[1u32, 3, 5, 10, 20, 30, 60]);
+                    ("spike", api, duration, magnitude, None, "ApiCallRateInsight")
+                }
+                2 => {
+                    let api = *rng.pick(&busy_writes);
+                    let duration = *rng.pick(&[10u32, 20, 30, 60]);
+                    ("drop", api, duration, 0.0, None, "ApiCallRateInsight")
+                }
+                _ => {
+                    let api = rng.pick(APIS);
+                    let code = if rng.chance(0.5) { "AccessDenied" } else { "ThrottlingException" };
+                    let rate = *rng.pick(&[5.0, 10.0, 20.0, 50.0]);
+                    let duration = *rng.pick(&[3u32, 5, 10, 20, 30]);
+                    ("error_burst", api, duration, rate, Some(code.to_owned()), "ApiErrorRateInsight")
+                }
+            };
+            let start = WARMUP_MINUTES + rng.below(u64::from(total - WARMUP_MINUTES - duration - 1)) as u32;
+            let end = start + duration;
+            let clash = out.iter().any(|l| {
+                l.account == account && l.region == region && l.event_name == api.name && l.start_minute < end + 60 && start < l.end_minute + 60
+            });
+            if clash {
+                continue;
+            }
+            let (arn, ua) = if kind == "drop" {
+                (None, None)
+            } else if rng.chance(0.5) {
+                (Some(format!("arn:aws:iam::{account}:user/intruder-{id}")), Some("python-requests/2.31.0".to_owned()))
+            } else {
+                (Some(format!("arn:aws:sts::{account}:assumed-role/ci-deploy/GitHubActions")), Some(catalogue::user_agents(Caller::Automation)[0].to_owned()))
+            };
+            out.push(Label {
+                id,
+                kind,
+                account,
+                region,
+                event_source: api.source.to_owned(),
+                event_name: api.name.to_owned(),
+                insight_type: insight,
+                error_code,
+                start: minute_name(opts.start, start),
+                end: minute_name(opts.start, end),
+                magnitude,
+                user_identity_arn: arn,
+                user_agent: ua,
+                start_minute: start,
+                end_minute: end,
+            });
+            break;
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct StreamStats {
+    files: u64,
+    events: u64,
+    duplicates: u64,
+    bytes: u64,
+}
+
+/// One account and region.
+struct Stream<'a> {
+    opts: &'a GenerateOptions,
+    account: &'a str,
+    region: &'a str,
+    labels: Vec<&'a Label>,
+    rng: Rng,
+    /// Calls per minute of each API at rhythm 1.
+    base: Vec<f64>,
+    start_secs: i64,
+}
+
+/// What one event is: its API, and who calls with which error.
+struct Call<'a> {
+    api: &'a Api,
+    error: Option<&'a str>,
+    /// An anomaly's identity and agent, overriding the usual caller.
+    actor: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Stream<'a> {
+    fn new(opts: &'a GenerateOptions, account: &'a str, region: &'a str, a: usize, r: usize, labels: &'a [Label]) -> Self {
+        let total_weight: f64 = APIS.iter().map(|a| a.weight).sum();
+        let per_minute = opts.events_per_day as f64 / 1440.0;
+        Stream {
+            opts,
+            account,
+            region,
+            labels: labels.iter().filter(|l| l.account == account && l.region == region).collect(),
+            rng: Rng::new(mix(opts.seed, a as u64 + 1, r as u64 + 1)),
+            base: APIS.iter().map(|a| per_minute * a.weight / total_weight).collect(),
+            start_secs: opts.start.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp(),
+        }
+    }
+
+    fn run(mut self) -> Result<StreamStats, GenerateError> {
+        let mut stats = StreamStats::default();
+        let total = self.opts.days * 1440;
+        // Records of the current and the next 5-minute delivery.
+        let mut current: Vec<String> = Vec::new();
+        let mut next: Vec<String> = Vec::new();
+        let mut bucket = 0u32;
+        let mut calls: Vec<Call> = Vec::new();
+        for minute in 0..total {
+            if minute / 5 != bucket {
+                self.deliver(bucket, &mut current, &mut stats)?;
+                std::mem::swap(&mut current, &mut next);
+                bucket = minute / 5;
+            }
+            calls.clear();
+            self.plan_minute(minute, &mut calls);
+            for call in &calls {
+                let second = self.rng.below(60) as i64;
+                let mut rec = String::with_capacity(900);
+                self.write_record(&mut rec, call, i64::from(minute) * 60 + second);
+                stats.events += 1;
+                // Late delivery: the next file. Duplicates: delivered again in the next file.
+                let late = minute % 5 == 4 && self.rng.chance(self.opts.late_rate * 5.0);
+                if self.rng.chance(self.opts.duplicate_rate) {
+                    next.push(rec.clone());
+                    stats.duplicates += 1;
+                }
+                if late { next.push(rec) } else { current.push(rec) }
+            }
+        }
+        self.deliver(bucket, &mut current, &mut stats)?;
+        self.deliver(bucket + 1, &mut next, &mut stats)?;
+        Ok(stats)
+    }
+
+    /// The calls of one minute: the rhythm's Poisson draws, scheduled jobs and anomalies.
+    fn plan_minute(&mut self, minute: u32, calls: &mut Vec<Call<'a>>) {
+        let day_index = minute / 1440;
+        let weekday = (self.opts.start + chrono::Days::new(u64::from(day_index))).weekday().num_days_from_monday();
+        let shape = rhythm(minute, weekday);
+        let active: Vec<&'a Label> = self.labels.iter().copied().filter(|l| l.start_minute <= minute && minute < l.end_minute).collect();
+        for (i, api) in APIS.iter().enumerate() {
+            let rate = self.base[i] * shape;
+            let dropped = active.iter().any(|l| l.kind == "drop" && l.event_name == api.name && l.event_source == api.source);
+            let n = if dropped { 0 } else { self.rng.poisson(rate) };
+            for _ in 0..n {
+                let error = self.rng.chance(api.error_rate).then_some(api.error_code);
+                calls.push(Call { api, error, actor: None });
+            }
+            for l in active.iter().filter(|l| l.event_name == api.name && l.event_source == api.source) {
+                let actor = l.user_identity_arn.as_deref().zip(l.user_agent.as_deref());
+                let extra = match l.kind {
+                    // At least `magnitude` extra calls, so rare APIs show the multiple too.
+                    "spike" => self.rng.poisson((rate * (l.magnitude - 1.0)).max(l.magnitude)),
+                    "error_burst" => self.rng.poisson(l.magnitude),
+                    _ => 0,
+                };
+                let error = if l.kind == "error_burst" { l.error_code.as_deref() } else { None };
+                for _ in 0..extra {
+                    calls.push(Call { api, error, actor });
+                }
+            }
+        }
+        for job in SCHEDULED_JOBS {
+            let at = if job.hourly { minute % 60 == job.minute } else { minute % 1440 == job.minute };
+            if at && let Some(api) = APIS.iter().find(|a| a.name == job.name && a.source == job.source) {
+                for _ in 0..job.calls {
+                    calls.push(Call { api, error: None, actor: None });
+                }
+            }
+        }
+    }
+
+    /// Writes one delivery file: records shuffled, gzipped, named as CloudTrail names them.
+    fn deliver(&mut self, bucket: u32, records: &mut Vec<String>, stats: &mut StreamStats) -> Result<(), GenerateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        for i in (1..records.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            records.swap(i, j);
+        }
+        // Delivered at the end of its 5 minutes; around midnight that is the next day's folder.
+        let delivered = DateTime::<Utc>::from_timestamp(self.start_secs + i64::from(bucket + 1) * 300, 0).unwrap_or_default();
+        let name = format!(
+            "{acct}_CloudTrail_{region}_{stamp}_{rand}.json.gz",
+            acct = self.account,
+            region = self.region,
+            stamp = delivered.format("%Y%m%dT%H%MZ"),
+            rand = self.rng.alnum(16)
+        );
+        let dir = self.opts.out.join(format!(
+            "AWSLogs/{}/CloudTrail/{}/{:04}/{:02}/{:02}",
+            self.account,
+            self.region,
+            delivered.year(),
+            delivered.month(),
+            delivered.day()
+        ));
+        let path = dir.join(name);
+        let err = |source| GenerateError::Write { path: path.display().to_string(), source };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let file = std::fs::File::create(&path).map_err(err)?;
+        let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(256 << 10, file), flate2::Compression::fast());
+        let mut written = 0u64;
+        let mut put = |gz: &mut flate2::write::GzEncoder<_>, b: &[u8]| -> std::io::Result<()> {
+            written += b.len() as u64;
+            gz.write_all(b)
+        };
+        put(&mut gz, b"{\"Records\":[").map_err(err)?;
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                put(&mut gz, b",").map_err(err)?;
+            }
+            put(&mut gz, r.as_bytes()).map_err(err)?;
+        }
+        put(&mut gz, b"]}").map_err(err)?;
+        gz.finish().and_then(|mut w| w.flush()).map_err(err)?;
+        stats.files += 1;
+        stats.bytes += written;
+        records.clear();
+        Ok(())
+    }
+
+    /// One complete record as CloudTrail writes it. Values are fixed vocabulary without
+    /// characters that need JSON escaping.
+    fn write_record(&mut self, out: &mut String, call: &Call, second_of_run: i64) {
+        let api = call.api;
+        let acct = self.account;
+        let t = DateTime::<Utc>::from_timestamp(self.start_secs + second_of_run, 0).unwrap_or_default();
+        let rng = &mut self.rng;
+        out.push_str("{\"eventVersion\":\"1.09\",\"userIdentity\":");
+        let (ip, agent): (String, &str) = match (call.actor, api.caller) {
+            (Some((arn, ua)), _) => {
+                let user = arn.rsplit('/').next().unwrap_or("intruder");
+                if arn.contains(":assumed-role/") {
+                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"false\"}}}}}}", rng.alnum(16).to_uppercase(), t.format("%Y-%m-%dT%H:00:00Z"));
+                } else {
+                    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{}\",\"userName\":\"{user}\"}}", rng.alnum(16).to_uppercase());
+                }
+                (format!("185.220.101.{}", rng.below(250) + 1), ua)
+            }
+            (None, Caller::Human) => {
+                let user = *rng.pick(&["alice", "bob", "carol"]);
+                let ua = *rng.pick(catalogue::user_agents(Caller::Human));
+                if rng.chance(0.5) {
+                    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}{user}\",\"arn\":\"arn:aws:iam::{acct}:user/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{acct}{user}\",\"userName\":\"{user}\"}}");
+                } else {
+                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/Admin/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}{user}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/Admin\",\"accountId\":\"{acct}\",\"userName\":\"Admin\"}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"true\"}}}}}}", t.format("%Y-%m-%dT08:00:00Z"));
+                }
+                (format!("203.0.113.{}", rng.below(20) + 10), ua)
+            }
+            (None, Caller::App) => {
+                let instance = *rng.pick(&["i-0a1b2c3d4e5f60718", "i-0f9e8d7c6b5a40312", "i-0123456789abcdef0", "i-0fedcba9876543210"]);
+                let ua = *rng.pick(catalogue::user_agents(Caller::App));
+                let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}APP:{instance}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/app-role/{instance}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}APP\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}APP\",\"arn\":\"arn:aws:iam::{acct}:role/app-role\",\"accountId\":\"{acct}\",\"userName\":\"app-role\"}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"false\"}},\"ec2RoleDelivery\":\"2.0\"}}}}", t.format("%Y-%m-%dT%H:00:00Z"));
+                (format!("10.0.{}.{}", rng.below(4), rng.below(250) + 1), ua)
+            }
+            (None, Caller::Automation) => {
+                let ua = *rng.pick(catalogue::user_agents(Caller::Automation));
+                if rng.chance(0.7) {
+                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}CI:GitHubActions\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/ci-deploy/GitHubActions\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}CI\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}CI\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"webIdFederationData\":{{\"federatedProvider\":\"arn:aws:iam::{acct}:oidc-provider/token.actions.githubusercontent.com\",\"attributes\":{{}}}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"false\"}}}}}}", t.format("%Y-%m-%dT%H:00:00Z"));
+                } else {
+                    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}TF\",\"arn\":\"arn:aws:iam::{acct}:user/terraform\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{acct}TF\",\"userName\":\"terraform\"}}");
+                }
+                (format!("198.51.100.{}", rng.below(50) + 1), ua)
+            }
+            (None, Caller::Service) => {
+                let svc = *rng.pick(catalogue::user_agents(Caller::Service));
+                let _ = write!(out, "{{\"type\":\"AWSService\",\"invokedBy\":\"{svc}\"}}");
+                (svc.to_owned(), svc)
+            }
+        };
+        let _ = write!(
+            out,
+            ",\"eventTime\":\"{}\",\"eventSource\":\"{}\",\"eventName\":\"{}\",\"awsRegion\":\"{}\",\"sourceIPAddress\":\"{ip}\",\"userAgent\":\"{agent}\"",
+            t.format("%Y-%m-%dT%H:%M:%SZ"),
+            api.source,
+            api.name,
+            self.region
+        );
+        if let Some(code) = call.error {
+            let _ = write!(out, ",\"errorCode\":\"{code}\",\"errorMessage\":\"The request failed: {code}\"");
+        }
+        out.push_str(",\"requestParameters\":");
+        request_parameters(out, api, rng, acct);
+        out.push_str(",\"responseElements\":");
+        if api.read_only || call.error.is_some() {
+            out.push_str("null");
+        } else {
+            out.push_str("{\"requestId\":\"");
+            rng.uuid(out);
+            out.push_str("\",\"return\":true}");
+        }
+        out.push_str(",\"requestID\":\"");
+        rng.uuid(out);
+        out.push_str("\",\"eventID\":\"");
+        rng.uuid(out);
+        let _ = write!(out, "\",\"readOnly\":{}", api.read_only);
+        if let Some(arn) = resource_arn(api, acct, self.region) {
+            let _ = write!(out, ",\"resources\":[{{\"accountId\":\"{acct}\",\"type\":\"{}\",\"ARN\":\"{arn}\"}}]", resource_type(api));
+        }
+        let _ = write!(
+            out,
+            ",\"eventType\":\"AwsApiCall\",\"managementEvent\":true,\"recipientAccountId\":\"{acct}\",\"eventCategory\":\"Management\",\"tlsDetails\":{{\"tlsVersion\":\"TLSv1.3\",\"cipherSuite\":\"TLS_AES_128_GCM_SHA256\",\"clientProvidedHostHeader\":\"{}.{}.amazonaws.com\"}}}}",
+            api.source.split('.').next().unwrap_or("api"),
+            self.region
+        );
+    }
+}
+
+/// Plausible request parameters by API family.
+fn request_parameters(out: &mut String, api: &Api, rng: &mut Rng, acct: &str) {
+    let n = rng.below(40);
+    let _ = match api.name {
+        "RunInstances" => write!(out, "{{\"instancesSet\":{{\"items\":[{{\"imageId\":\"ami-0c55b159cbfafe1f0\",\"minCount\":1,\"maxCount\":{}}}]}},\"instanceType\":\"t3.micro\",\"monitoring\":{{\"enabled\":false}}}}", n % 3 + 1),
+        "AuthorizeSecurityGroupIngress" => write!(out, "{{\"groupId\":\"sg-0{n:07x}\",\"ipPermissions\":{{\"items\":[{{\"ipProtocol\":\"tcp\",\"fromPort\":22,\"toPort\":22,\"ipRanges\":{{\"items\":[{{\"cidrIp\":\"0.0.0.0/0\"}}]}}}}]}}}}"),
+        "CreateAccessKey" | "CreateUser" | "GetUser" => write!(out, "{{\"userName\":\"svc-user-{n}\"}}"),
+        "AssumeRole" => write!(out, "{{\"roleArn\":\"arn:aws:iam::{acct}:role/app-role\",\"roleSessionName\":\"session-{n}\",\"durationSeconds\":3600}}"),
+        "Decrypt" | "GenerateDataKey" => write!(out, "{{\"encryptionAlgorithm\":\"SYMMETRIC_DEFAULT\",\"keyId\":\"arn:aws:kms:us-east-1:{acct}:key/0000{n:04}-aaaa-bbbb-cccc-dddddddddddd\"}}"),
+        "GetParameter" | "PutParameter" => write!(out, "{{\"name\":\"/app/config/param-{n}\",\"withDecryption\":true}}"),
+        "GetSecretValue" => write!(out, "{{\"secretId\":\"prod/db/password-{n}\"}}"),
+        "CreateLogStream" => write!(out, "{{\"logGroupName\":\"/aws/lambda/fn-{n}\",\"logStreamName\":\"2024/01/01/[$LATEST]{n:032x}\"}}"),
+        "GetRole" | "ListAttachedRolePolicies" | "AttachRolePolicy" | "PutRolePolicy" => write!(out, "{{\"roleName\":\"role-{n}\"}}"),
+        name if name.starts_with("Describe") || name.starts_with("List") => write!(out, "{{\"maxResults\":{},\"filterSet\":{{}}}}", 50 + n * 10),
+        name if name.contains("Bucket") => write!(out, "{{\"bucketName\":\"data-bucket-{n}\",\"Host\":\"data-bucket-{n}.s3.amazonaws.com\"}}"),
+        _ => write!(out, "{{\"resourceId\":\"res-{n:06}\"}}"),
+    };
+}
+
+fn resource_arn(api: &Api, acct: &str, region: &str) -> Option<String> {
+    match api.name {
+        "AssumeRole" => Some(format!("arn:aws:iam::{acct}:role/app-role")),
+        "Decrypt" | "GenerateDataKey" => Some(format!("arn:aws:kms:{region}:{acct}:key/00000001-aaaa-bbbb-cccc-dddddddddddd")),
+        "GetSecretValue" => Some(format!("arn:aws:secretsmanager:{region}:{acct}:secret:prod/db/password")),
+        _ => None,
+    }
+}
+
+fn resource_type(api: &Api) -> &'static str {
+    match api.name {
+        "AssumeRole" => "AWS::IAM::Role",
+        "Decrypt" | "GenerateDataKey" => "AWS::KMS::Key",
+        _ => "AWS::SecretsManager::Secret",
+    }
+}
+
+/// Reads `labels.json` back (for tests and the quality scorer).
+pub fn read_labels(dir: &Path) -> Result<serde_json::Value, GenerateError> {
+    let path = dir.join("labels.json");
+    let bytes = std::fs::read(&path).map_err(|source| GenerateError::Write { path: path.display().to_string(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| GenerateError::Write { path: path.display().to_string(), source: e.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_streams_depend_only_on_the_seed() {
+        let seq = |seed| {
+            let mut r = Rng::new(seed);
+            (0..5).map(|_| r.next_u64()).collect::<Vec<_>>()
+        };
+        assert_eq!(seq(7), seq(7));
+        assert_ne!(seq(7), seq(8));
+        let mut id = String::new();
+        Rng::new(3).uuid(&mut id);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    }
+
+    #[test]
+    fn poisson_mean_is_right() {
+        let mut r = Rng::new(1);
+        for lambda in [0.3, 4.0, 80.0] {
+            let n = 20_000;
+            let sum: u64 = (0..n).map(|_| u64::from(r.poisson(lambda))).sum();
+            let mean = sum as f64 / n as f64;
+            assert!((mean - lambda).abs() < lambda.sqrt() * 0.1 + 0.02, "lambda {lambda}: mean {mean}");
+        }
+    }
+
+    #[test]
+    fn rhythm_peaks_in_working_hours_dips_at_weekends_and_averages_one() {
+        assert!(rhythm(14 * 60, 2) > 2.0 * rhythm(3 * 60, 2));
+        assert!(rhythm(14 * 60, 6) < rhythm(14 * 60, 2));
+        let mean = (0..7 * 1440).map(|m| rhythm(m % 1440, m / 1440)).sum::<f64>() / (7.0 * 1440.0);
+        assert!((mean - 1.0).abs() < 1e-9, "{mean}");
+    }
+
+    #[test]
+    fn too_few_days_for_anomalies_is_refused() {
+        let mut o = GenerateOptions::new("/tmp/x");
+        o.days = 3;
+        assert!(matches!(o.validate(), Err(GenerateError::Options(m)) if m.contains("--days")));
+        o.anomalies = 0;
+        assert!(o.validate().is_ok());
+    }
+}
