@@ -463,10 +463,13 @@ impl<'a> Stream<'a> {
             }
             calls.clear();
             self.plan_minute(minute, &mut calls);
+            // `YYYY-MM-DDTHH:MM:` once a minute: formatting dates per record is the slow part.
+            let t = DateTime::<Utc>::from_timestamp(self.start_secs + i64::from(minute) * 60, 0).unwrap_or_default();
+            let prefix = t.format("%Y-%m-%dT%H:%M:").to_string();
             for call in &calls {
-                let second = self.rng.below(60) as i64;
-                let mut rec = String::with_capacity(900);
-                self.write_record(&mut rec, call, i64::from(minute) * 60 + second);
+                let second = self.rng.below(60) as u32;
+                let mut rec = String::with_capacity(1400);
+                self.write_record(&mut rec, call, &prefix, second);
                 stats.events += 1;
                 // Late delivery: the next file. Duplicates: delivered again in the next file.
                 let late = minute % 5 == 4 && self.rng.chance(self.opts.late_rate * 5.0);
@@ -573,17 +576,17 @@ impl<'a> Stream<'a> {
 
     /// One complete record as CloudTrail writes it. Values are fixed vocabulary without
     /// characters that need JSON escaping.
-    fn write_record(&mut self, out: &mut String, call: &Call, second_of_run: i64) {
+    fn write_record(&mut self, out: &mut String, call: &Call, minute_prefix: &str, second: u32) {
         let api = call.api;
         let acct = self.account;
-        let t = DateTime::<Utc>::from_timestamp(self.start_secs + second_of_run, 0).unwrap_or_default();
+        let (day, hour) = (&minute_prefix[..10], &minute_prefix[..13]);
         let rng = &mut self.rng;
         out.push_str("{\"eventVersion\":\"1.09\",\"userIdentity\":");
         let (ip, agent): (String, &str) = match (call.actor, api.caller) {
             (Some((arn, ua)), _) => {
                 let user = arn.rsplit('/').next().unwrap_or("intruder");
                 if arn.contains(":assumed-role/") {
-                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"false\"}}}}}}", rng.alnum(16).to_uppercase(), t.format("%Y-%m-%dT%H:00:00Z"));
+                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"attributes\":{{\"creationDate\":\"{hour}:00:00Z\",\"mfaAuthenticated\":\"false\"}}}}}}", rng.alnum(16).to_uppercase());
                 } else {
                     let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{}\",\"userName\":\"{user}\"}}", rng.alnum(16).to_uppercase());
                 }
@@ -595,20 +598,20 @@ impl<'a> Stream<'a> {
                 if rng.chance(0.5) {
                     let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}{user}\",\"arn\":\"arn:aws:iam::{acct}:user/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{acct}{user}\",\"userName\":\"{user}\"}}");
                 } else {
-                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/Admin/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}{user}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/Admin\",\"accountId\":\"{acct}\",\"userName\":\"Admin\"}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"true\"}}}}}}", t.format("%Y-%m-%dT08:00:00Z"));
+                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/Admin/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}{user}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/Admin\",\"accountId\":\"{acct}\",\"userName\":\"Admin\"}},\"attributes\":{{\"creationDate\":\"{day}T08:00:00Z\",\"mfaAuthenticated\":\"true\"}}}}}}");
                 }
                 (format!("203.0.113.{}", rng.below(20) + 10), ua)
             }
             (None, Caller::App) => {
                 let instance = *rng.pick(&["i-0a1b2c3d4e5f60718", "i-0f9e8d7c6b5a40312", "i-0123456789abcdef0", "i-0fedcba9876543210"]);
                 let ua = *rng.pick(catalogue::user_agents(Caller::App));
-                let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}APP:{instance}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/app-role/{instance}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}APP\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}APP\",\"arn\":\"arn:aws:iam::{acct}:role/app-role\",\"accountId\":\"{acct}\",\"userName\":\"app-role\"}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"false\"}},\"ec2RoleDelivery\":\"2.0\"}}}}", t.format("%Y-%m-%dT%H:00:00Z"));
+                let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}APP:{instance}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/app-role/{instance}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}APP\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}APP\",\"arn\":\"arn:aws:iam::{acct}:role/app-role\",\"accountId\":\"{acct}\",\"userName\":\"app-role\"}},\"attributes\":{{\"creationDate\":\"{hour}:00:00Z\",\"mfaAuthenticated\":\"false\"}},\"ec2RoleDelivery\":\"2.0\"}}}}");
                 (format!("10.0.{}.{}", rng.below(4), rng.below(250) + 1), ua)
             }
             (None, Caller::Automation) => {
                 let ua = *rng.pick(catalogue::user_agents(Caller::Automation));
                 if rng.chance(0.7) {
-                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}CI:GitHubActions\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/ci-deploy/GitHubActions\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}CI\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}CI\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"webIdFederationData\":{{\"federatedProvider\":\"arn:aws:iam::{acct}:oidc-provider/token.actions.githubusercontent.com\",\"attributes\":{{}}}},\"attributes\":{{\"creationDate\":\"{}\",\"mfaAuthenticated\":\"false\"}}}}}}", t.format("%Y-%m-%dT%H:00:00Z"));
+                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}CI:GitHubActions\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/ci-deploy/GitHubActions\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}CI\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}CI\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"webIdFederationData\":{{\"federatedProvider\":\"arn:aws:iam::{acct}:oidc-provider/token.actions.githubusercontent.com\",\"attributes\":{{}}}},\"attributes\":{{\"creationDate\":\"{hour}:00:00Z\",\"mfaAuthenticated\":\"false\"}}}}}}");
                 } else {
                     let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}TF\",\"arn\":\"arn:aws:iam::{acct}:user/terraform\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{acct}TF\",\"userName\":\"terraform\"}}");
                 }
@@ -622,8 +625,7 @@ impl<'a> Stream<'a> {
         };
         let _ = write!(
             out,
-            ",\"eventTime\":\"{}\",\"eventSource\":\"{}\",\"eventName\":\"{}\",\"awsRegion\":\"{}\",\"sourceIPAddress\":\"{ip}\",\"userAgent\":\"{agent}\"",
-            t.format("%Y-%m-%dT%H:%M:%SZ"),
+            ",\"eventTime\":\"{minute_prefix}{second:02}Z\",\"eventSource\":\"{}\",\"eventName\":\"{}\",\"awsRegion\":\"{}\",\"sourceIPAddress\":\"{ip}\",\"userAgent\":\"{agent}\"",
             api.source,
             api.name,
             self.region
