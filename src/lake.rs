@@ -526,11 +526,6 @@ impl EventIndex {
         self.cache.clear();
         self.cached_ids = 0;
     }
-
-    /// Number of partitions with data.
-    pub fn partitions(&self) -> usize {
-        self.files.len()
-    }
 }
 
 /// Reads `columns` of every active file of `table` (or only of `paths`).

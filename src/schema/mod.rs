@@ -379,11 +379,6 @@ impl EventBatchBuilder {
         // caught by the unit tests below, never by input.
         RecordBatch::try_new(events_schema(), columns).unwrap_or_else(|e| panic!("events schema mismatch: {e}"))
     }
-
-    /// Bytes held by the builders, for flush budgeting (an estimate).
-    pub fn approx_bytes(&self) -> usize {
-        self.rows * 1024
-    }
 }
 
 /// `{"path": value, …}` from the collected unknown keys.
