@@ -228,8 +228,10 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
             break;
         }
     }
-    if let Ok(Some(err)) = producer.await {
-        return Err(IngestError::Worker(err));
+    match producer.await {
+        Ok(None) => {}
+        Ok(Some(err)) => return Err(IngestError::Worker(err)),
+        Err(join) => return Err(IngestError::Worker(join.to_string())),
     }
 
     summary.bytes_read = progress.raw_bytes.load(Ordering::Relaxed);
