@@ -33,11 +33,14 @@ const VIEWS: &[(&str, &str)] = &[
     ),
 ];
 
-/// A session with the lake's tables registered and the time zone set to UTC.
+/// A session with the lake's tables and the JSON functions registered, and the time zone set
+/// to UTC.
 pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
     let mut config = SessionConfig::new().with_information_schema(true);
     config.options_mut().execution.time_zone = Some("UTC".to_owned());
-    let ctx = SessionContext::new_with_config(config);
+    let mut ctx = SessionContext::new_with_config(config);
+    // requestparameters, responseelements and the other free-form columns are JSON text.
+    datafusion_functions_json::register_all(&mut ctx)?;
     for (name, table) in [("events", lake.events()), ("ingest_log", lake.ingest_log())] {
         let register = |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Register { table: name.to_owned(), source: e };
         table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.into()))?;

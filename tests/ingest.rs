@@ -447,3 +447,29 @@ fn sql_on_a_missing_lake_is_a_clear_error_and_creates_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no lake here"));
     assert!(!missing.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_functions_query_free_form_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    ingest(&[&corpus().join("stratus-red-team")], &lake).await;
+    // The same value through the JSON functions and read independently from the source files.
+    let got: HashSet<String> = strings(
+        &lake,
+        "SELECT json_get_str(requestparameters, 'userName') FROM events \
+         WHERE eventname = 'CreateUser' AND json_get_str(requestparameters, 'userName') IS NOT NULL",
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    let want: HashSet<String> = corpus_records()
+        .iter()
+        .filter(|(f, r)| f.contains("stratus-red-team") && r["eventName"] == "CreateUser")
+        .filter_map(|(_, r)| r.pointer("/requestParameters/userName").and_then(|v| v.as_str()).map(str::to_owned))
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    let arrow = scalar(&lake, "SELECT count(*) FROM events WHERE (requestparameters->>'userName') IS NOT NULL").await;
+    assert!(arrow >= want.len() as i64);
+}
