@@ -585,10 +585,13 @@ impl<'a> Stream<'a> {
         let (ip, agent): (String, &str) = match (call.actor, api.caller) {
             (Some((arn, ua)), _) => {
                 let user = arn.rsplit('/').next().unwrap_or("intruder");
+                let key = rng.alnum(16).to_uppercase();
                 if arn.contains(":assumed-role/") {
-                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"attributes\":{{\"creationDate\":\"{hour}:00:00Z\",\"mfaAuthenticated\":\"false\"}}}}}}", rng.alnum(16).to_uppercase());
+                    let creation = format!("{hour}:00:00Z");
+                    let role = AssumedRole { issuer_id: &format!("AROA{acct}"), role: "ci-deploy", access_key: &format!("ASIA{key}"), creation: &creation, ..AssumedRole::new(acct, user) };
+                    role.write(out);
                 } else {
-                    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}{user}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{}\",\"userName\":\"{user}\"}}", rng.alnum(16).to_uppercase());
+                    write_iam_user(out, acct, &format!("AIDA{acct}{user}"), arn, &format!("AKIA{key}"), user);
                 }
                 (format!("185.220.101.{}", rng.below(250) + 1), ua)
             }
@@ -596,24 +599,33 @@ impl<'a> Stream<'a> {
                 let user = *rng.pick(&["alice", "bob", "carol"]);
                 let ua = *rng.pick(catalogue::user_agents(Caller::Human));
                 if rng.chance(0.5) {
-                    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}{user}\",\"arn\":\"arn:aws:iam::{acct}:user/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{acct}{user}\",\"userName\":\"{user}\"}}");
+                    let arn = format!("arn:aws:iam::{acct}:user/{user}");
+                    write_iam_user(out, acct, &format!("AIDA{acct}{user}"), &arn, &format!("AKIA{acct}{user}"), user);
                 } else {
-                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}:{user}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/Admin/{user}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}{user}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}\",\"arn\":\"arn:aws:iam::{acct}:role/Admin\",\"accountId\":\"{acct}\",\"userName\":\"Admin\"}},\"attributes\":{{\"creationDate\":\"{day}T08:00:00Z\",\"mfaAuthenticated\":\"true\"}}}}}}");
+                    let creation = format!("{day}T08:00:00Z");
+                    let role = AssumedRole { issuer_id: &format!("AROA{acct}"), role: "Admin", access_key: &format!("ASIA{acct}{user}"), creation: &creation, mfa: true, ..AssumedRole::new(acct, user) };
+                    role.write(out);
                 }
                 (format!("203.0.113.{}", rng.below(20) + 10), ua)
             }
             (None, Caller::App) => {
                 let instance = *rng.pick(&["i-0a1b2c3d4e5f60718", "i-0f9e8d7c6b5a40312", "i-0123456789abcdef0", "i-0fedcba9876543210"]);
                 let ua = *rng.pick(catalogue::user_agents(Caller::App));
-                let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}APP:{instance}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/app-role/{instance}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}APP\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}APP\",\"arn\":\"arn:aws:iam::{acct}:role/app-role\",\"accountId\":\"{acct}\",\"userName\":\"app-role\"}},\"attributes\":{{\"creationDate\":\"{hour}:00:00Z\",\"mfaAuthenticated\":\"false\"}},\"ec2RoleDelivery\":\"2.0\"}}}}");
+                let creation = format!("{hour}:00:00Z");
+                let role = AssumedRole { issuer_id: &format!("AROA{acct}APP"), role: "app-role", access_key: &format!("ASIA{acct}APP"), creation: &creation, ec2_role_delivery: true, ..AssumedRole::new(acct, instance) };
+                role.write(out);
                 (format!("10.0.{}.{}", rng.below(4), rng.below(250) + 1), ua)
             }
             (None, Caller::Automation) => {
                 let ua = *rng.pick(catalogue::user_agents(Caller::Automation));
                 if rng.chance(0.7) {
-                    let _ = write!(out, "{{\"type\":\"AssumedRole\",\"principalId\":\"AROA{acct}CI:GitHubActions\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/ci-deploy/GitHubActions\",\"accountId\":\"{acct}\",\"accessKeyId\":\"ASIA{acct}CI\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"AROA{acct}CI\",\"arn\":\"arn:aws:iam::{acct}:role/ci-deploy\",\"accountId\":\"{acct}\",\"userName\":\"ci-deploy\"}},\"webIdFederationData\":{{\"federatedProvider\":\"arn:aws:iam::{acct}:oidc-provider/token.actions.githubusercontent.com\",\"attributes\":{{}}}},\"attributes\":{{\"creationDate\":\"{hour}:00:00Z\",\"mfaAuthenticated\":\"false\"}}}}}}");
+                    let creation = format!("{hour}:00:00Z");
+                    let provider = format!("arn:aws:iam::{acct}:oidc-provider/token.actions.githubusercontent.com");
+                    let role = AssumedRole { issuer_id: &format!("AROA{acct}CI"), role: "ci-deploy", access_key: &format!("ASIA{acct}CI"), creation: &creation, web_identity: Some(&provider), ..AssumedRole::new(acct, "GitHubActions") };
+                    role.write(out);
                 } else {
-                    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"AIDA{acct}TF\",\"arn\":\"arn:aws:iam::{acct}:user/terraform\",\"accountId\":\"{acct}\",\"accessKeyId\":\"AKIA{acct}TF\",\"userName\":\"terraform\"}}");
+                    let arn = format!("arn:aws:iam::{acct}:user/terraform");
+                    write_iam_user(out, acct, &format!("AIDA{acct}TF"), &arn, &format!("AKIA{acct}TF"), "terraform");
                 }
                 (format!("198.51.100.{}", rng.below(50) + 1), ua)
             }
@@ -657,6 +669,48 @@ impl<'a> Stream<'a> {
             api.source.split('.').next().unwrap_or("api"),
             self.region
         );
+    }
+}
+
+/// `userIdentity` of an IAM user.
+fn write_iam_user(out: &mut String, acct: &str, principal_id: &str, arn: &str, access_key: &str, user: &str) {
+    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"{principal_id}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"{access_key}\",\"userName\":\"{user}\"}}");
+}
+
+/// `userIdentity` of an assumed-role session, with its session context.
+struct AssumedRole<'a> {
+    acct: &'a str,
+    session: &'a str,
+    /// The role's principal ID; the session's is `<issuer_id>:<session>`.
+    issuer_id: &'a str,
+    role: &'a str,
+    access_key: &'a str,
+    creation: &'a str,
+    mfa: bool,
+    /// The OIDC provider, for web-identity sessions.
+    web_identity: Option<&'a str>,
+    ec2_role_delivery: bool,
+}
+
+impl<'a> AssumedRole<'a> {
+    fn new(acct: &'a str, session: &'a str) -> Self {
+        AssumedRole { acct, session, issuer_id: "", role: "", access_key: "", creation: "", mfa: false, web_identity: None, ec2_role_delivery: false }
+    }
+
+    fn write(&self, out: &mut String) {
+        let AssumedRole { acct, session, issuer_id, role, access_key, creation, .. } = self;
+        let _ = write!(
+            out,
+            "{{\"type\":\"AssumedRole\",\"principalId\":\"{issuer_id}:{session}\",\"arn\":\"arn:aws:sts::{acct}:assumed-role/{role}/{session}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"{access_key}\",\"sessionContext\":{{\"sessionIssuer\":{{\"type\":\"Role\",\"principalId\":\"{issuer_id}\",\"arn\":\"arn:aws:iam::{acct}:role/{role}\",\"accountId\":\"{acct}\",\"userName\":\"{role}\"}}"
+        );
+        if let Some(provider) = self.web_identity {
+            let _ = write!(out, ",\"webIdFederationData\":{{\"federatedProvider\":\"{provider}\",\"attributes\":{{}}}}");
+        }
+        let _ = write!(out, ",\"attributes\":{{\"creationDate\":\"{creation}\",\"mfaAuthenticated\":\"{}\"}}", self.mfa);
+        if self.ec2_role_delivery {
+            out.push_str(",\"ec2RoleDelivery\":\"2.0\"");
+        }
+        out.push_str("}}");
     }
 }
 
