@@ -204,6 +204,11 @@ impl Lake {
         &self.ingest_log
     }
 
+    /// Opens (or creates) another table of the lake, such as the scheduler's run history.
+    pub async fn table(&self, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
+        open_or_create_table(&self.url, name, schema, partitions).await
+    }
+
     /// The object store rooted at the lake.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
@@ -603,7 +608,9 @@ async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &Lake
     }
 }
 
-async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
+/// Opens the Delta table `<lake>/<name>/`, creating it with `schema` when it does not exist.
+/// Every table under the lake root is queryable in SQL by its name.
+pub async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
     let url = lake.join(&format!("{name}/")).map_err(|e| LakeError::InvalidLocation { location: lake.to_string(), reason: e.to_string() })?;
     if url.scheme() == "file"
         && let Ok(dir) = url.to_file_path()

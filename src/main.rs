@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::NaiveDate;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use prism::ingest::{IngestOptions, IngestSummary, Progress};
 use prism::schema::Granularity;
+use prism::sql::OutputFormat;
 
 /// mimalloc: the many short-lived allocations of parsing and small-file writing are markedly
 /// cheaper than with the system allocator (the same choice as datafusion-cli).
@@ -155,15 +156,8 @@ struct SqlArgs {
     #[arg(short = 'f', long = "file")]
     file: Vec<std::path::PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Csv,
-    Json,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -347,25 +341,10 @@ async fn run_sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give SQL with -c or -f");
     }
     for sql in statements {
-        let batches = ctx.sql(&sql).await?.collect().await?;
-        let mut out = std::io::stdout().lock();
-        match args.format {
-            Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?,
-            Format::Csv => {
-                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-                for b in &batches {
-                    w.write(b)?;
-                }
-            }
-            Format::Json => {
-                let mut w = arrow::json::ArrayWriter::new(&mut out);
-                for b in &batches {
-                    w.write(b)?;
-                }
-                w.finish()?;
-                writeln!(out)?;
-            }
-        }
+        let df = ctx.sql(&sql).await?;
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        prism::sql::output::write_batches(args.format, &schema, &batches, std::io::BufWriter::new(std::io::stdout()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

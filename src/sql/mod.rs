@@ -5,6 +5,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::lake::{Lake, LakeError};
 
+pub mod output;
+
+pub use output::OutputFormat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
     #[error(transparent)]
