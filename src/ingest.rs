@@ -264,6 +264,8 @@ async fn flush(
             summary.commits += 1;
         }
         progress.written.fetch_add(outcome.written, Ordering::Relaxed);
+        // Before the journal: a file is journaled only once its events are counted too.
+        crate::rollup::catch_up(lake).await?;
         for (src, n) in outcome.duplicates_by_source {
             summary.duplicates_dropped += n;
             *dups_by_source.entry(src).or_default() += n;

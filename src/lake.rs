@@ -99,6 +99,9 @@ pub struct LakeConfig {
     /// Whether the trail logs management events (Insights need them).
     #[serde(default = "default_true")]
     pub management_events: bool,
+    /// Enabled Insights types (`ApiCallRateInsight`, `ApiErrorRateInsight`); none by default.
+    #[serde(default)]
+    pub insight_selectors: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -107,7 +110,7 @@ fn default_true() -> bool {
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        LakeConfig { format: 1, granularity: Granularity::Minute, management_events: true }
+        LakeConfig { format: 1, granularity: Granularity::Minute, management_events: true, insight_selectors: Vec::new() }
     }
 }
 
@@ -122,6 +125,10 @@ pub struct Lake {
     config: LakeConfig,
     events: DeltaTable,
     ingest_log: DeltaTable,
+    /// Derived counts of `events` (see [`crate::rollup`]).
+    pub(crate) rollups: DeltaTable,
+    /// Events files the rollups already count, loaded on first use.
+    pub(crate) rolled_files: Option<HashSet<String>>,
 }
 
 /// Turns a lake argument (a path, `file://` or `s3://` URL) into a URL ending in `/`; a local
@@ -185,7 +192,8 @@ impl Lake {
         }
         let events = open_or_create_table(&url, EVENTS_TABLE, schema::events_schema(), &schema::PARTITION_COLUMNS).await?;
         let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, ingest_log_schema(), &[]).await?;
-        Ok(Lake { url, store, config, events, ingest_log })
+        let rollups = crate::rollup::open(&url).await?;
+        Ok(Lake { url, store, config, events, ingest_log, rollups, rolled_files: None })
     }
 
     pub fn url(&self) -> &Url {
@@ -196,12 +204,28 @@ impl Lake {
         &self.config
     }
 
+    /// Replaces the lake's settings file (one atomic put).
+    pub async fn save_config(&mut self, config: LakeConfig) -> Result<()> {
+        let shown = format!("{}{CONFIG_FILE}", self.url);
+        let body = serde_json::to_vec_pretty(&config).map_err(|e| LakeError::Config { path: shown.clone(), reason: e.to_string() })?;
+        self.store
+            .put(&ObjectPath::from(CONFIG_FILE), PutPayload::from(body))
+            .await
+            .map_err(|source| LakeError::Store { context: shown, source })?;
+        self.config = config;
+        Ok(())
+    }
+
     pub fn events(&self) -> &DeltaTable {
         &self.events
     }
 
     pub fn ingest_log(&self) -> &DeltaTable {
         &self.ingest_log
+    }
+
+    pub fn rollups(&self) -> &DeltaTable {
+        &self.rollups
     }
 
     /// Opens (or creates) another table of the lake, such as the scheduler's run history.
@@ -533,6 +557,24 @@ impl EventIndex {
     }
 }
 
+/// Every data file of a table partitioned by region, with its region.
+pub(crate) fn partition_files(table: &DeltaTable) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(state) = table.snapshot() {
+        for f in state.log_data().iter() {
+            let Some(pv) = f.partition_values() else { continue };
+            for (field, value) in pv.fields().iter().zip(pv.values().iter()) {
+                if field.name() == AWS_REGION
+                    && let delta_kernel::expressions::Scalar::String(s) = value
+                {
+                    out.push((f.object_store_path().to_string(), s.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Reads `columns` of every active file of `table` (or only of `paths`).
 pub async fn read_table_columns(
     table: &DeltaTable,
@@ -553,7 +595,7 @@ pub async fn read_table_columns(
     read_files_columns(table, paths, columns).await
 }
 
-async fn read_files_columns(table: &DeltaTable, paths: &[String], columns: &[&str]) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn read_files_columns(table: &DeltaTable, paths: &[String], columns: &[&str]) -> Result<Vec<RecordBatch>> {
     let store = table.log_store().object_store(None);
     let mut out = Vec::new();
     for path in paths {

@@ -14,6 +14,9 @@ use prism::ingest::{IngestOptions, IngestSummary, Progress};
 use prism::schema::Granularity;
 use prism::sql::OutputFormat;
 
+#[path = "cli/insights.rs"]
+mod insights_cmd;
+
 /// mimalloc: the many short-lived allocations of parsing and small-file writing are markedly
 /// cheaper than with the system allocator (the same choice as datafusion-cli).
 #[global_allocator]
@@ -65,6 +68,20 @@ insight type, error code, start and end minute and magnitude, and the scheduled 
 bursts). Anomalies start after a 7-day baseline, so they need --days 8 or more.
 The same --seed gives byte-identical output.")]
     Generate(GenerateArgs),
+    /// Enable or show Insights types (like CloudTrail's Put/GetInsightSelectors).
+    #[command(subcommand)]
+    Selectors(insights_cmd::SelectorsCommand),
+    /// Find unusual API call and error rates: backfill history, run incrementally, evaluate.
+    #[command(subcommand)]
+    Insights(insights_cmd::InsightsCommand),
+    /// Generate a sample, ingest it, backfill Insights and show them beside their labels.
+    #[command(after_help = "\
+Example:
+  prism demo                      # about a minute; prints where the lake is
+  prism sql --lake /tmp/prism-demo/lake -c \"SELECT * FROM insights\"
+
+Runs on the local machine only: no services, no credentials.")]
+    Demo(insights_cmd::DemoArgs),
     /// Run SQL against the lake.
     #[command(after_help = "\
 Tables: events, ingest_log, and the views rejects and ingested_files.
@@ -187,6 +204,9 @@ fn main() -> ExitCode {
             Command::Ingest(args) => run_ingest(args).await,
             Command::Sql(args) => run_sql(args).await,
             Command::Generate(args) => run_generate(args).await,
+            Command::Selectors(cmd) => insights_cmd::selectors(cmd).await,
+            Command::Insights(cmd) => insights_cmd::insights(cmd).await,
+            Command::Demo(args) => insights_cmd::demo(args).await,
         }
     });
     match result {

@@ -45,6 +45,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
     let mut ctx = SessionContext::new_with_config(config);
     // requestparameters, responseelements and the other free-form columns are JSON text.
     datafusion_functions_json::register_all(&mut ctx)?;
+    crate::udf::register(&ctx);
     for (name, table) in [("events", lake.events()), ("ingest_log", lake.ingest_log())] {
         let register = |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Register { table: name.to_owned(), source: e };
         table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.into()))?;

@@ -1,0 +1,303 @@
+//! `prism selectors`, `prism insights` and `prism demo`: argument parsing and printing only.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Subcommand};
+
+use prism::insights::detect::DetectorParams;
+use prism::insights::{self, Mode, RunOptions, RunSummary};
+
+#[derive(Subcommand)]
+pub enum SelectorsCommand {
+    /// Enable Insights types (like PutInsightSelectors). An empty list turns Insights off.
+    #[command(after_help = "\
+Examples:
+  prism selectors put --lake ./lake --insight-selectors '[{\"InsightType\":\"ApiCallRateInsight\"},{\"InsightType\":\"ApiErrorRateInsight\"}]'
+  prism selectors put --lake ./lake --insight-selectors '[]'        # Insights off
+
+Valid types: ApiCallRateInsight (write management calls per minute, per API) and
+ApiErrorRateInsight (management calls per minute with one error code, per API and code).
+Both are off by default.")]
+    Put {
+        #[arg(long)]
+        lake: String,
+        /// JSON list of {"InsightType": …}, or the whole {"InsightSelectors":[…]} request.
+        #[arg(long, value_name = "JSON")]
+        insight_selectors: String,
+    },
+    /// Show the enabled types (like GetInsightSelectors).
+    Get {
+        #[arg(long)]
+        lake: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InsightsCommand {
+    /// Analyse history in one pass (default: all the data) and write Insights.
+    #[command(after_help = "\
+Examples:
+  prism insights backfill --lake ./lake
+  prism insights backfill --lake ./lake --from 2024-01-01 --to 2024-06-30 --out s3://bucket/
+
+Writes the `insights` table and AWS-format files under <out>/AWSLogs/<account>/CloudTrail-Insight/
+(<out> defaults to the lake). Records have IDs derived from the Insight, so re-running adds
+nothing new. The minutes analysed are recorded in `insight_runs`; `prism insights run` goes on
+from there.")]
+    Backfill {
+        #[command(flatten)]
+        common: RunArgs,
+        /// First day analysed (UTC); default: the first day with data.
+        #[arg(long, value_parser = parse_date)]
+        from: Option<NaiveDate>,
+        /// Last day analysed (UTC, inclusive); default: up to the newest data.
+        #[arg(long, value_parser = parse_date)]
+        to: Option<NaiveDate>,
+    },
+    /// Analyse only the minutes not analysed yet, carrying open Insights over.
+    #[command(after_help = "\
+Examples:
+  prism ingest s3://trail-bucket/AWSLogs/ --lake ./lake && prism insights run --lake ./lake   # from cron
+
+The newest --settle-minutes of data are left for the next run, since their events may still be
+arriving. An Insight still open at the end has a Start and no End yet; its End comes in a later
+run.")]
+    Run {
+        #[command(flatten)]
+        common: RunArgs,
+        /// Analyse up to this time only (RFC 3339), e.g. to process history in chunks.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+    },
+    /// Score the lake's Insights against a generator's labels.json: recall, precision, false rate.
+    #[command(after_help = "\
+Example:
+  prism generate --out ./sample --days 14 && prism ingest ./sample --lake ./lake
+  prism selectors put --lake ./lake --insight-selectors '[{\"InsightType\":\"ApiCallRateInsight\"},{\"InsightType\":\"ApiErrorRateInsight\"}]'
+  prism insights backfill --lake ./lake && prism insights evaluate --lake ./lake --labels ./sample/labels.json")]
+    Evaluate {
+        #[arg(long)]
+        lake: String,
+        #[arg(long)]
+        labels: PathBuf,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    lake: String,
+    /// Where the AWS-format Insights files go (a folder or s3:// URL); default: the lake.
+    #[arg(long)]
+    out: Option<String>,
+    /// Detector sensitivity: 2 finds weaker deviations, 0.5 only stronger ones.
+    #[arg(long, default_value_t = 1.0)]
+    sensitivity: f64,
+    /// Newest minutes of data left for a later run.
+    #[arg(long, default_value_t = 10)]
+    settle_minutes: i64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Folder for the sample archive and lake (default: a folder under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Events per day per account and region.
+    #[arg(long, default_value_t = 20_000)]
+    events_per_day: u64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("`{s}` is not a date like 2024-06-30"))
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| format!("`{s}` is not a time like 2024-06-30T12:00:00Z"))
+}
+
+pub async fn selectors(cmd: SelectorsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SelectorsCommand::Put { lake, insight_selectors } => {
+            let types = insights::parse_selectors(&insight_selectors)?;
+            let mut lake = prism::Lake::open(&lake).await?;
+            insights::put_selectors(&mut lake, types.clone()).await?;
+            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&lake, &types))?);
+        }
+        SelectorsCommand::Get { lake } => {
+            let lake = prism::Lake::open(&lake).await?;
+            let types = insights::get_selectors(&lake)?;
+            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&lake, &types))?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn insights(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
+    let (common, mode) = match cmd {
+        InsightsCommand::Backfill { common, from, to } => {
+            if let (Some(f), Some(t)) = (from, to)
+                && f > t
+            {
+                anyhow::bail!("--from {f} is after --to {t}");
+            }
+            (common, Mode::Backfill { from, to })
+        }
+        InsightsCommand::Run { common, until } => (common, Mode::Incremental { until }),
+        InsightsCommand::Evaluate { lake, labels, json } => return evaluate(&lake, &labels, json).await,
+    };
+    if !(common.sensitivity.is_finite() && common.sensitivity > 0.0) {
+        anyhow::bail!("--sensitivity must be a positive number, like 0.5, 1 or 2");
+    }
+    let mut opts = RunOptions::new(common.lake, mode);
+    opts.out = common.out;
+    opts.params = DetectorParams::with_sensitivity(common.sensitivity);
+    opts.settle_minutes = common.settle_minutes;
+    let summary = run_with_progress(&opts, !common.quiet).await?;
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !common.quiet {
+        print_run(&summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs Insights with a progress bar on a terminal.
+pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<RunSummary> {
+    let progress = Arc::new(insights::Progress::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bar = (show && std::io::stderr().is_terminal()).then(|| {
+        let (progress, stop) = (progress.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            while !stop.load(Ordering::Relaxed) {
+                bar.set_length(progress.series_total.load(Ordering::Relaxed));
+                bar.set_position(progress.series_done.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "· {} minutes scored · {} Insights",
+                    progress.minutes.load(Ordering::Relaxed),
+                    progress.found.load(Ordering::Relaxed)
+                ));
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            bar.finish_and_clear();
+        })
+    });
+    let result = insights::run(opts, &progress).await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(b) = bar {
+        let _ = b.join();
+    }
+    Ok(result?)
+}
+
+fn print_run(s: &RunSummary) {
+    if s.insight_types.is_empty() {
+        println!("Insights are not enabled on this lake; nothing to do. Enable them with:");
+        println!("  prism selectors put --lake LAKE --insight-selectors '[{{\"InsightType\":\"ApiCallRateInsight\"}},{{\"InsightType\":\"ApiErrorRateInsight\"}}]'");
+        return;
+    }
+    println!("Insights ({})", s.insight_types.join(", "));
+    match (&s.analysed_from, &s.analysed_to) {
+        (Some(f), Some(t)) => println!("  analysed:  {f} to {t}, {} account/regions, {} series, {} series-minutes", s.account_regions, s.series, s.minutes),
+        _ => println!("  analysed:  nothing new (all minutes up to the newest data, less --settle-minutes, were analysed before)"),
+    }
+    println!("  found:     {} started, {} ended, {} still open", s.starts, s.ends, s.open);
+    println!("  written:   {} new records, {} files", s.records_written, s.files_written);
+    if !s.skipped_accounts.is_empty() {
+        println!("  skipped:   {} account/regions with unsafe names: {}", s.skipped_accounts.len(), s.skipped_accounts.join(", "));
+    }
+    println!("  time:      {:.2} s", s.seconds);
+}
+
+async fn evaluate(lake: &str, labels: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let q = insights::quality::evaluate(lake, labels).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&q)?);
+    } else {
+        print_quality(&q);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_quality(q: &insights::quality::Quality) {
+    println!("Insights found, beside the labels:");
+    for f in &q.found {
+        let what = match (&f.label, f.scheduled_job) {
+            (Some(id), _) => format!("label #{id}"),
+            (None, true) => "FALSE (a scheduled job)".to_owned(),
+            (None, false) => "FALSE".to_owned(),
+        };
+        println!(
+            "  {} → {}  {}/{} {} {}{} {} baseline {:.3}/min, insight {:.3}/min  [{what}]",
+            f.start,
+            f.end.as_deref().unwrap_or("(open)"),
+            f.account,
+            f.region,
+            f.insight_type,
+            f.event_name,
+            f.error_code.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
+            f.direction,
+            f.baseline_average,
+            f.insight_average,
+        );
+    }
+    for l in &q.missed {
+        println!(
+            "  missed label #{} {} {}/{} {} {} {}–{} magnitude {}{}",
+            l.id,
+            l.kind,
+            l.account,
+            l.region,
+            l.insight_type,
+            l.event_name,
+            l.start,
+            l.end,
+            l.magnitude,
+            if insights::quality::eligible(l).unwrap_or(false) { "" } else { " (below the target's size)" }
+        );
+    }
+    println!(
+        "Recall {:.2} ({} of {} labels of 5× or more, drops and error bursts, 3 minutes or longer; {} of {} labels in all)",
+        q.recall, q.eligible_found, q.eligible, q.all_found, q.labels
+    );
+    println!("Precision {:.2} ({} of {} Insights match a label)", q.precision, q.true_insights, q.insights);
+    println!(
+        "False Insights {} over {:.0} API-days: {:.2} per 100 API-days; {} at scheduled jobs",
+        q.false_insights, q.api_days, q.false_per_100_api_days, q.scheduled_job_flags
+    );
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.unwrap_or_else(|| std::env::temp_dir().join("prism-demo"));
+    let mut opts = prism::demo::DemoOptions::new(&dir);
+    opts.events_per_day = args.events_per_day;
+    opts.seed = args.seed;
+    let report = prism::demo::run(&opts, |step| eprintln!("{step}")).await?;
+    println!();
+    print_quality(&report.quality);
+    println!("\nA sample query (prism sql --lake {} -c \"…\"):\n  {}\n{}", report.lake.display(), report.sample_query, report.sample_result);
+    println!("Explore: prism sql --lake {}", report.lake.display());
+    Ok(ExitCode::SUCCESS)
+}

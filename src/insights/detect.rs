@@ -1,0 +1,284 @@
+//! The detector: a state machine over one series' minutes that opens and closes Insights.
+//!
+//! At each minute `t` it sums the observed counts and the baseline's expectations over the last
+//! few minutes (3 for spikes, 10 for drops) and scores the sums with
+//! [`model::deviation_score`]. An Insight **starts** when that score passes `start_score` (and
+//! the counts are at least `min_ratio` times the expectation, or at most 1/`min_ratio` of it for
+//! drops) while the current minute is itself off its expectation. It is dated from the first
+//! minute of the current run of minutes off expectation. It **ends** when the score falls
+//! below `end_score`; it is dated one minute after the last minute off expectation. The gap
+//! between the two thresholds and the summing window are the hysteresis: one quiet minute
+//! inside a burst lowers the sum but not below `end_score`, so it does not split the Insight.
+//!
+//! Everything here is a pure function of the series, so analysing history in one pass or in
+//! any number of chunks (carrying the open Insight over) finds the same Insights.
+
+use super::model::{self, Baseline, BaselineParams};
+
+/// The detector's parameters (README, "The model").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectorParams {
+    pub baseline: BaselineParams,
+    /// Variance floor of the score, in calls² per minute.
+    pub floor: f64,
+    /// Minutes summed when scoring spikes.
+    pub spike_window: usize,
+    /// Minutes summed when scoring drops.
+    pub drop_window: usize,
+    /// Score that starts a spike Insight.
+    pub start_score: f64,
+    /// Score that starts a drop Insight. Lower than for spikes because a count cannot fall
+    /// below zero: a drop's score is at most `expected / sqrt(expected + floor)`.
+    pub drop_start_score: f64,
+    /// Score below which an open Insight ends.
+    pub end_score: f64,
+    /// Least ratio between observed and expected counts (either way) to start an Insight.
+    pub min_ratio: f64,
+    /// Minutes of history an account and region need before any Insight. AWS needs 36 hours;
+    /// Prism waits 3 days, the least history in which a daily job can be told from a one-off
+    /// burst (see [`model::baselines`]).
+    pub warmup: usize,
+}
+
+impl Default for DetectorParams {
+    fn default() -> Self {
+        DetectorParams::with_sensitivity(1.0)
+    }
+}
+
+impl DetectorParams {
+    /// Defaults scaled by one knob: 2 finds weaker deviations (thresholds halved), 0.5 only
+    /// stronger ones.
+    pub fn with_sensitivity(sensitivity: f64) -> Self {
+        let s = if sensitivity.is_finite() && sensitivity > 0.0 { sensitivity } else { 1.0 };
+        DetectorParams {
+            baseline: BaselineParams::default(),
+            floor: 1.0,
+            spike_window: 3,
+            drop_window: 10,
+            start_score: 6.0 / s,
+            drop_start_score: 4.0 / s,
+            end_score: 2.0 / s,
+            min_ratio: 2.0,
+            warmup: 3 * 1440,
+        }
+    }
+
+    /// Minutes before an analysed minute that the detector reads.
+    pub fn lookback(&self) -> usize {
+        self.baseline.window + self.baseline.tolerance + self.spike_window.max(self.drop_window) + 1
+    }
+}
+
+/// Which way the series moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Spike,
+    Drop,
+}
+
+impl Direction {
+    fn sign(self) -> f64 {
+        match self {
+            Direction::Spike => 1.0,
+            Direction::Drop => -1.0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Spike => "spike",
+            Direction::Drop => "drop",
+        }
+    }
+}
+
+/// An open Insight: what the detector carries from one minute (or run) to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Open {
+    pub direction: Direction,
+    /// First unusual minute.
+    pub start: usize,
+    /// The minute the Insight was recognised.
+    pub detected: usize,
+}
+
+/// The detector's state for one series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    pub open: Option<Open>,
+    /// No Insight may start before this minute (the one after the last Insight closed).
+    pub not_before: usize,
+}
+
+/// What happened at one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Started(Open),
+    Ended { open: Open, end: usize, closed_at: usize },
+}
+
+/// Runs the detector over minutes `from..to` of `values` (with `baselines` for every minute),
+/// updating `state`. `drops` enables drop detection (call rate only). Minute indexes are
+/// positions in `values`; `history_origin` is the index of the first minute with any data, for
+/// the warm-up.
+pub fn run(
+    values: &[f64],
+    baselines: &[Baseline],
+    range: std::ops::Range<usize>,
+    history_origin: isize,
+    drops: bool,
+    p: &DetectorParams,
+    state: &mut State,
+) -> Vec<Transition> {
+    let mut out = Vec::new();
+    let to = range.end.min(values.len()).min(baselines.len());
+    for t in range.start..to {
+        if let Some(open) = state.open {
+            if score(values, baselines, t, open.direction, p) >= p.end_score {
+                continue;
+            }
+            let sign = open.direction.sign();
+            let last = (open.start..=t).rev().find(|&i| sign * (values[i] - baselines[i].expected) > 0.0).unwrap_or(open.start);
+            out.push(Transition::Ended { open, end: last + 1, closed_at: t });
+            state.open = None;
+            state.not_before = t + 1;
+            continue;
+        }
+        if t < state.not_before || (t as isize - history_origin) < p.warmup as isize {
+            continue;
+        }
+        for direction in [Direction::Spike, Direction::Drop] {
+            if direction == Direction::Drop && !drops {
+                continue;
+            }
+            let sign = direction.sign();
+            let threshold = match direction {
+                Direction::Spike => p.start_score,
+                Direction::Drop => p.drop_start_score,
+            };
+            if sign * (values[t] - baselines[t].expected) <= 0.0 || score(values, baselines, t, direction, p) < threshold {
+                continue;
+            }
+            let (observed, expected) = sums(values, baselines, t, window(direction, p));
+            let ratio_ok = match direction {
+                Direction::Spike => observed >= p.min_ratio * expected,
+                Direction::Drop => observed * p.min_ratio <= expected,
+            };
+            if !ratio_ok {
+                continue;
+            }
+            let mut start = t;
+            while start > state.not_before && sign * (values[start - 1] - baselines[start - 1].expected) > 0.0 {
+                start -= 1;
+            }
+            let open = Open { direction, start, detected: t };
+            state.open = Some(open);
+            out.push(Transition::Started(open));
+            break;
+        }
+    }
+    out
+}
+
+fn window(direction: Direction, p: &DetectorParams) -> usize {
+    match direction {
+        Direction::Spike => p.spike_window,
+        Direction::Drop => p.drop_window,
+    }
+    .max(1)
+}
+
+/// Observed and expected counts summed over the `w` minutes ending at `t`.
+fn sums(values: &[f64], baselines: &[Baseline], t: usize, w: usize) -> (f64, f64) {
+    let lo = (t + 1).saturating_sub(w);
+    (values[lo..=t].iter().sum(), baselines[lo..=t].iter().map(|b| b.expected).sum())
+}
+
+/// The score of the last minutes at `t`, positive when they deviate in `direction`.
+pub fn score(values: &[f64], baselines: &[Baseline], t: usize, direction: Direction, p: &DetectorParams) -> f64 {
+    let w = window(direction, p);
+    let (observed, expected) = sums(values, baselines, t, w);
+    let n = (t + 1).min(w) as f64;
+    direction.sign() * model::deviation_score(observed, expected, n * p.floor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A week and a half of a steady 20 calls a minute with a daily job, then `edit`.
+    fn series(edit: impl Fn(&mut [f64])) -> (Vec<f64>, Vec<Baseline>, DetectorParams) {
+        let p = DetectorParams::default();
+        let mut v: Vec<f64> = (0..11 * 1440).map(|i| 20.0 + ((i * 7919) % 9) as f64 - 4.0).collect();
+        for d in 0..11 {
+            v[d * 1440 + 125] += 400.0; // 02:05 every day
+        }
+        edit(&mut v);
+        let b = model::baselines(&v, &p.baseline);
+        (v, b, p)
+    }
+
+    fn detect(v: &[f64], b: &[Baseline], p: &DetectorParams, ranges: &[std::ops::Range<usize>]) -> Vec<Transition> {
+        let mut state = State::default();
+        ranges.iter().flat_map(|r| run(v, b, r.clone(), 0, true, p, &mut state)).collect()
+    }
+
+    #[test]
+    fn steady_traffic_and_the_daily_job_are_not_unusual() {
+        let (v, b, p) = series(|_| {});
+        assert_eq!(detect(&v, &b, &p, &[0..v.len()]), vec![]);
+    }
+
+    #[test]
+    fn a_spike_starts_and_ends_once_despite_a_quiet_minute() {
+        let at = 9 * 1440 + 600;
+        let (v, b, p) = series(|v| {
+            for i in at..at + 10 {
+                v[i] = 200.0;
+            }
+            v[at + 4] = 20.0; // one ordinary minute inside the burst
+        });
+        let found = detect(&v, &b, &p, &[0..v.len()]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        let Transition::Started(open) = found[0] else { panic!("{found:?}") };
+        assert_eq!((open.direction, open.start), (Direction::Spike, at));
+        let Transition::Ended { end, .. } = found[1] else { panic!("{found:?}") };
+        assert_eq!(end, at + 10);
+    }
+
+    #[test]
+    fn a_drop_to_zero_is_found_and_drops_can_be_disabled() {
+        let at = 9 * 1440 + 700;
+        let (v, b, p) = series(|v| v[at..at + 30].fill(0.0));
+        let found = detect(&v, &b, &p, &[0..v.len()]);
+        let Transition::Started(open) = found[0] else { panic!("{found:?}") };
+        assert_eq!((open.direction, open.start), (Direction::Drop, at));
+        let Transition::Ended { end, .. } = found[1] else { panic!("{found:?}") };
+        assert_eq!(end, at + 30);
+        let mut state = State::default();
+        assert!(run(&v, &b, 0..v.len(), 0, false, &p, &mut state).is_empty());
+    }
+
+    #[test]
+    fn nothing_starts_during_the_warm_up_nor_echoes_it() {
+        let (v, b, p) = series(|v| v[100..110].fill(500.0));
+        assert!(detect(&v, &b, &p, &[0..3000]).is_empty());
+        // Days 1 and 2 expect part of the burst again; from day 3 it is left out.
+        assert!(detect(&v, &b, &p, &[0..6 * 1440]).is_empty());
+    }
+
+    #[test]
+    fn chunked_runs_find_what_one_pass_finds() {
+        let at = 9 * 1440 + 600;
+        let (v, b, p) = series(|v| {
+            v[at..at + 25].fill(300.0);
+            v[at + 100..at + 140].fill(0.0);
+        });
+        let whole = detect(&v, &b, &p, &[0..v.len()]);
+        assert_eq!(whole.len(), 4);
+        for cut in [at - 1, at, at + 1, at + 3, at + 24, at + 25, at + 26, at + 110] {
+            assert_eq!(detect(&v, &b, &p, &[0..cut, cut..v.len()]), whole, "cut at {cut}");
+        }
+    }
+}

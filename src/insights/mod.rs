@@ -1,0 +1,608 @@
+//! Insights: unusual API call and error rates, found in the lake's rollups, written as
+//! CloudTrail Insights records to the `insights` table and as AWS-format files.
+//!
+//! - [`model`]: baseline and scores (shared with the SQL functions in [`crate::udf`]);
+//! - [`detect`]: the Start/End state machine;
+//! - [`records`]: statistics, attributions and the AWS record shape;
+//! - this module: selectors, the backfill and incremental runs, tables and files;
+//! - [`quality`]: scoring found Insights against a generator's `labels.json`.
+
+pub mod detect;
+pub mod model;
+pub mod quality;
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use chrono::{DateTime, NaiveDate, Utc};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{col, lit, SessionContext};
+use deltalake::protocol::SaveMode;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::Serialize;
+
+use crate::lake::{Lake, LakeError};
+use detect::{DetectorParams, Direction, State, Transition};
+use records::{InsightRecord, SeriesKey};
+
+pub const INSIGHTS_TABLE: &str = "insights";
+pub const RUNS_TABLE: &str = "insight_runs";
+pub const CALL_RATE: &str = "ApiCallRateInsight";
+pub const ERROR_RATE: &str = "ApiErrorRateInsight";
+const VALID_TYPES: [&str; 2] = [CALL_RATE, ERROR_RATE];
+
+const MICROS_PER_MINUTE: i64 = 60_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InsightsError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("{context}: {source}")]
+    Query {
+        context: String,
+        #[source]
+        source: DataFusionError,
+    },
+    /// Mirrors AWS's `InvalidInsightSelectorsException`.
+    #[error("InvalidInsightSelectorsException: {0}. Valid InsightType values: ApiCallRateInsight, ApiErrorRateInsight; for example [{{\"InsightType\":\"ApiCallRateInsight\"}}]")]
+    InvalidSelectors(String),
+    /// Mirrors AWS's `InsightNotEnabledException`.
+    #[error("InsightNotEnabledException: the lake {0} does not have Insights enabled; enable them with `prism selectors put`")]
+    NotEnabled(String),
+    #[error("Insights cannot be enabled on {0}: its settings say the trail does not log management events, and Insights analyse management events only")]
+    ManagementEventsOff(String),
+    #[error("writing {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("`{location}` is not a usable output location: {reason}")]
+    Output { location: String, reason: String },
+    #[error("{0}")]
+    Data(String),
+}
+
+type Result<T, E = InsightsError> = std::result::Result<T, E>;
+
+fn query(context: impl Into<String>) -> impl FnOnce(DataFusionError) -> InsightsError {
+    let context = context.into();
+    move |source| InsightsError::Query { context, source }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selectors (spec section 5)
+
+/// Parses a `PutInsightSelectors` list: `[{"InsightType":"ApiCallRateInsight"}, …]`, or the
+/// whole request `{"InsightSelectors":[…]}`. An empty list turns Insights off.
+pub fn parse_selectors(json: &str) -> Result<Vec<String>> {
+    let invalid = |m: String| InsightsError::InvalidSelectors(m);
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| invalid(format!("not JSON ({e})")))?;
+    let list = match &value {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => match o.get("InsightSelectors") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => return Err(invalid("expected a list of selectors or {\"InsightSelectors\":[…]}".into())),
+        },
+        _ => return Err(invalid("expected a list of selectors".into())),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for item in list {
+        let obj = item.as_object().ok_or_else(|| invalid(format!("selector {item} is not an object")))?;
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "InsightType") {
+            return Err(invalid(format!("unknown selector field `{k}`")));
+        }
+        let t = obj.get("InsightType").and_then(|v| v.as_str()).ok_or_else(|| invalid(format!("selector {item} lacks InsightType")))?;
+        if !VALID_TYPES.contains(&t) {
+            return Err(invalid(format!("unknown InsightType `{t}`")));
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The selectors as AWS's `GetInsightSelectors` returns them.
+pub fn selectors_response(lake: &Lake, types: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "TrailARN": lake.url().to_string(),
+        "InsightSelectors": types.iter().map(|t| serde_json::json!({"InsightType": t})).collect::<Vec<_>>(),
+    })
+}
+
+/// `PutInsightSelectors`: stores the enabled types in the lake's settings.
+pub async fn put_selectors(lake: &mut Lake, types: Vec<String>) -> Result<()> {
+    if !types.is_empty() && !lake.config().management_events {
+        return Err(InsightsError::ManagementEventsOff(lake.url().to_string()));
+    }
+    let mut config = lake.config().clone();
+    config.insight_selectors = types;
+    lake.save_config(config).await?;
+    Ok(())
+}
+
+/// `GetInsightSelectors`: the enabled types, or `InsightNotEnabledException`.
+pub fn get_selectors(lake: &Lake) -> Result<Vec<String>> {
+    let types = lake.config().insight_selectors.clone();
+    if types.is_empty() {
+        return Err(InsightsError::NotEnabled(lake.url().to_string()));
+    }
+    Ok(types)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// Which minutes a run analyses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// Every minute in the range (default: all the data), from a fresh state.
+    Backfill { from: Option<NaiveDate>, to: Option<NaiveDate> },
+    /// The minutes after the last run's, carrying open Insights over; up to `until` if given.
+    Incremental { until: Option<DateTime<Utc>> },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub lake: String,
+    pub mode: Mode,
+    /// Where the AWS-format files go (`AWSLogs/…` under it); default: the lake itself.
+    pub out: Option<String>,
+    pub params: DetectorParams,
+    /// Minutes before the newest data left for a later run, since their events may still be
+    /// arriving (CloudTrail delivers within about 5 minutes, some files later).
+    pub settle_minutes: i64,
+}
+
+impl RunOptions {
+    pub fn new(lake: impl Into<String>, mode: Mode) -> Self {
+        RunOptions { lake: lake.into(), mode, out: None, params: DetectorParams::default(), settle_minutes: 10 }
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub series_total: AtomicU64,
+    pub series_done: AtomicU64,
+    pub minutes: AtomicU64,
+    pub found: AtomicU64,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    /// Enabled types; empty means Insights are off and nothing was done.
+    pub insight_types: Vec<String>,
+    pub account_regions: u64,
+    pub series: u64,
+    /// Series-minutes scored.
+    pub minutes: u64,
+    pub starts: u64,
+    pub ends: u64,
+    /// Records new to the lake (re-runs find the same records and add none).
+    pub records_written: u64,
+    pub files_written: u64,
+    /// Insights still open at the end of the analysed data (their End comes later).
+    pub open: u64,
+    /// Events counted into rollups before the run (new since the last run).
+    pub rolled_up_events: u64,
+    /// Accounts whose ID is not a safe path name, skipped.
+    pub skipped_accounts: Vec<String>,
+    pub analysed_from: Option<String>,
+    pub analysed_to: Option<String>,
+    pub seconds: f64,
+}
+
+/// Runs Insights over the lake: backfill or incremental.
+pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
+    let started = Instant::now();
+    let mut lake = Lake::open(&opts.lake).await?;
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let mut summary = RunSummary { run_id: run_id.clone(), insight_types: lake.config().insight_selectors.clone(), ..Default::default() };
+    if summary.insight_types.is_empty() {
+        return Ok(summary);
+    }
+    let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
+    summary.rolled_up_events = crate::rollup::catch_up(&mut lake).await?.events;
+    let mut tables = Tables::open(&lake).await?;
+    let ctx = tables.session(&lake).await?;
+    let out = OutputStore::new(opts.out.as_deref(), &lake)?;
+    let p = &opts.params;
+
+    let bounds = account_region_bounds(&ctx).await?;
+    let watermarks = if matches!(opts.mode, Mode::Incremental { .. }) { tables.watermarks(&ctx).await? } else { HashMap::new() };
+    let mut new_records: Vec<InsightRecord> = Vec::new();
+    let mut run_rows: Vec<records::RunRow> = Vec::new();
+    let mut work: Vec<(String, String, i64, i64, i64)> = Vec::new();
+    for ((account, region), (first, last)) in &bounds {
+        if !crate::schema::is_safe_name(account) || !crate::schema::is_safe_name(region) {
+            summary.skipped_accounts.push(format!("{account}/{region}"));
+            continue;
+        }
+        let horizon = last + 1 - opts.settle_minutes.max(0);
+        let (start, end) = match &opts.mode {
+            Mode::Backfill { from, to } => (
+                from.map(|d| day_minute(d)).unwrap_or(*first).max(*first),
+                to.map(|d| day_minute(d) + 1440).unwrap_or(horizon).min(horizon),
+            ),
+            Mode::Incremental { until } => (
+                watermarks.get(&(account.clone(), region.clone())).copied().unwrap_or(*first).max(*first),
+                until.map(|u| u.timestamp().div_euclid(60)).unwrap_or(horizon).min(horizon),
+            ),
+        };
+        if start < end {
+            work.push((account.clone(), region.clone(), *first, start, end));
+        }
+    }
+    for (account, region, first, start, end) in work {
+        let states = match opts.mode {
+            Mode::Incremental { .. } => tables.open_states(&ctx, &account, &region).await?,
+            Mode::Backfill { .. } => HashMap::new(),
+        };
+        let lo = states
+            .values()
+            .filter_map(|s| s.open.map(|o| o.start as i64))
+            .chain(std::iter::once(start))
+            .min()
+            .unwrap_or(start)
+            .saturating_sub(p.lookback() as i64)
+            .max(first);
+        let series = load_series(&ctx, &account, &region, lo, end, &types).await?;
+        let mut keys: Vec<SeriesKey> = series.keys().cloned().collect();
+        for k in states.keys() {
+            if !series.contains_key(k) && types.contains(k.insight_type.as_str()) {
+                keys.push(k.clone());
+            }
+        }
+        keys.sort();
+        summary.account_regions += 1;
+        progress.series_total.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let existing = tables.existing_ids(&ctx, &account, &region).await?;
+        let len = (end - lo) as usize;
+        let (mut starts, mut ends) = (0u64, 0u64);
+        for key in keys {
+            let mut values = vec![0.0; len];
+            if let Some(points) = series.get(&key) {
+                for &(minute, calls) in points {
+                    if let Some(v) = values.get_mut((minute - lo) as usize) {
+                        *v += calls as f64;
+                    }
+                }
+            }
+            let baselines = model::baselines(&values, &p.baseline);
+            // Minute indexes below are relative to `lo`.
+            let mut state = match states.get(&key) {
+                Some(s) => State {
+                    open: s.open.map(|o| detect::Open { start: (o.start as i64 - lo) as usize, detected: (o.detected as i64 - lo) as usize, ..o }),
+                    not_before: (s.not_before as i64 - lo).max(0) as usize,
+                },
+                // A fresh backfill starts at its range; an incremental run continues the
+                // history, so an Insight may date back to before this run's first minute.
+                None => match opts.mode {
+                    Mode::Backfill { .. } => State { open: None, not_before: (start - lo) as usize },
+                    Mode::Incremental { .. } => State { open: None, not_before: (first - lo).max(0) as usize },
+                },
+            };
+            let drops = key.insight_type == CALL_RATE;
+            let range = (start - lo) as usize..len;
+            let transitions = detect::run(&values, &baselines, range, (first - lo) as isize, drops, p, &mut state);
+            summary.series += 1;
+            summary.minutes += (end - start) as u64;
+            progress.series_done.fetch_add(1, Ordering::Relaxed);
+            progress.minutes.fetch_add((end - start) as u64, Ordering::Relaxed);
+            let series_ctx = records::SeriesContext { account: &account, region: &region, key: &key, values: &values, baselines: &baselines, lo, granularity: lake.config().granularity };
+            // One events read per Insight serves its Start and End.
+            let mut cache = records::AttributionCache::default();
+            for t in &transitions {
+                if let Transition::Ended { open, end, .. } = t {
+                    cache.spans.insert(lo + open.start as i64, lo + *end as i64);
+                }
+            }
+            for t in transitions {
+                let rec = records::build(&ctx, &series_ctx, t, &mut cache).await?;
+                match t {
+                    Transition::Started(_) => starts += 1,
+                    Transition::Ended { .. } => ends += 1,
+                }
+                progress.found.fetch_add(matches!(t, Transition::Started(_)) as u64, Ordering::Relaxed);
+                if !existing.contains(&rec.event_id) {
+                    new_records.push(rec);
+                }
+            }
+            summary.open += state.open.is_some() as u64;
+        }
+        summary.starts += starts;
+        summary.ends += ends;
+        summary.analysed_from = min_opt(summary.analysed_from.take(), minute_rfc3339(start));
+        summary.analysed_to = max_opt(summary.analysed_to.take(), minute_rfc3339(end));
+        run_rows.push(records::RunRow {
+            run_id: run_id.clone(),
+            mode: match opts.mode {
+                Mode::Backfill { .. } => "backfill",
+                Mode::Incremental { .. } => "run",
+            },
+            account,
+            region,
+            from_minute: start,
+            to_minute: end,
+            starts,
+            ends,
+        });
+    }
+    // Files first, then the table, then the watermark: a crash at any point re-runs to the same
+    // records (same IDs, same file names) and stores each once.
+    summary.files_written = out.write(&new_records).await?;
+    summary.records_written = new_records.len() as u64;
+    tables.append_records(&new_records, &run_id).await?;
+    tables.append_runs(&run_rows, started.elapsed().as_secs_f64()).await?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn min_opt(a: Option<String>, b: String) -> Option<String> {
+    Some(a.map_or(b.clone(), |a| a.min(b)))
+}
+
+fn max_opt(a: Option<String>, b: String) -> Option<String> {
+    Some(a.map_or(b.clone(), |a| a.max(b)))
+}
+
+/// Minutes since the Unix epoch of a day's midnight (UTC).
+fn day_minute(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp() / 60).unwrap_or(0)
+}
+
+pub(crate) fn minute_rfc3339(minute: i64) -> String {
+    DateTime::<Utc>::from_timestamp(minute * 60, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// First and last minute with any event, per account and region (from the rollups).
+async fn account_region_bounds(ctx: &SessionContext) -> Result<BTreeMap<(String, String), (i64, i64)>> {
+    let sql = "SELECT recipientaccountid, awsregion, min(period), max(period) FROM rollups WHERE kind = 'minute' GROUP BY 1, 2";
+    let batches = ctx.sql(sql).await.map_err(query("reading rollups"))?.collect().await.map_err(query("reading rollups"))?;
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let (a, r) = (&utf8(b.column(0)), &utf8(b.column(1)));
+        let lo = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let hi = b.column(3).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        for i in 0..b.num_rows() {
+            out.insert(
+                (a.value(i).to_owned(), r.value(i).to_owned()),
+                (lo.value(i).div_euclid(MICROS_PER_MINUTE), hi.value(i).div_euclid(MICROS_PER_MINUTE)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Counts per minute of every analysed series of one account and region, minutes `lo..hi`.
+/// Call rate: write management events per API. Error rate: management events with an error
+/// code, per API and code.
+async fn load_series(
+    ctx: &SessionContext,
+    account: &str,
+    region: &str,
+    lo: i64,
+    hi: i64,
+    types: &HashSet<&str>,
+) -> Result<HashMap<SeriesKey, Vec<(i64, i64)>>> {
+    let context = format!("reading the rollups of {account}/{region}");
+    let ts = |m: i64| lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(Some(m * MICROS_PER_MINUTE), Some("UTC".into())));
+    let df = ctx
+        .table("rollups")
+        .await
+        .map_err(query(&context))?
+        .filter(
+            col("kind")
+                .eq(lit(crate::rollup::MINUTE))
+                .and(col("recipientaccountid").eq(lit(account)))
+                .and(col("awsregion").eq(lit(region)))
+                .and(col("management"))
+                .and(col("period").gt_eq(ts(lo)))
+                .and(col("period").lt(ts(hi))),
+        )
+        .map_err(query(&context))?
+        .select_columns(&["period", "eventsource", "eventname", "errorcode", "readonly", "calls"])
+        .map_err(query(&context))?;
+    let batches = df.collect().await.map_err(query(&context))?;
+    let mut out: HashMap<SeriesKey, Vec<(i64, i64)>> = HashMap::new();
+    for b in batches {
+        let period = b.column(0).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let (source, name, error) = (&utf8(b.column(1)), &utf8(b.column(2)), &utf8(b.column(3)));
+        let readonly = b.column(4).as_boolean();
+        let calls = b.column(5).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            let minute = period.value(i).div_euclid(MICROS_PER_MINUTE);
+            let n = calls.value(i);
+            let write = readonly.is_valid(i) && !readonly.value(i);
+            if write && types.contains(CALL_RATE) {
+                let key = SeriesKey::new(CALL_RATE, source.value(i), name.value(i), None);
+                out.entry(key).or_default().push((minute, n));
+            }
+            if error.is_valid(i) && types.contains(ERROR_RATE) {
+                let key = SeriesKey::new(ERROR_RATE, source.value(i), name.value(i), Some(error.value(i)));
+                out.entry(key).or_default().push((minute, n));
+            }
+        }
+    }
+    let _ = (account, region);
+    Ok(out)
+}
+
+/// The `insights` and `insight_runs` tables.
+struct Tables {
+    insights: deltalake::DeltaTable,
+    runs: deltalake::DeltaTable,
+}
+
+impl Tables {
+    async fn open(lake: &Lake) -> Result<Tables> {
+        Ok(Tables {
+            insights: lake.table(INSIGHTS_TABLE, records::insights_schema(), &[]).await?,
+            runs: lake.table(RUNS_TABLE, records::runs_schema(), &[]).await?,
+        })
+    }
+
+    /// A session over the tables a run reads (rollups, events, insights, runs).
+    async fn session(&mut self, lake: &Lake) -> Result<SessionContext> {
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config.options_mut().execution.time_zone = Some("UTC".to_owned());
+        let ctx = SessionContext::new_with_config(config);
+        for (name, table) in [
+            ("rollups", lake.rollups()),
+            ("events", lake.events()),
+            (INSIGHTS_TABLE, &self.insights),
+            (RUNS_TABLE, &self.runs),
+        ] {
+            let register = |e: String| InsightsError::Data(format!("registering {name}: {e}"));
+            table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.to_string()))?;
+            let provider = table.table_provider().await.map_err(|e| register(e.to_string()))?;
+            ctx.register_table(name, provider).map_err(|e| register(e.to_string()))?;
+        }
+        Ok(ctx)
+    }
+
+    /// The minute after the last analysed one, per account and region.
+    async fn watermarks(&self, ctx: &SessionContext) -> Result<HashMap<(String, String), i64>> {
+        let sql = format!("SELECT recipientaccountid, awsregion, max(analysedto) FROM {RUNS_TABLE} GROUP BY 1, 2");
+        let batches = ctx.sql(&sql).await.map_err(query("reading insight_runs"))?.collect().await.map_err(query("reading insight_runs"))?;
+        let mut out = HashMap::new();
+        for b in batches {
+            let (a, r) = (&utf8(b.column(0)), &utf8(b.column(1)));
+            let to = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            for i in 0..b.num_rows() {
+                if to.is_valid(i) {
+                    out.insert((a.value(i).to_owned(), r.value(i).to_owned()), to.value(i).div_euclid(MICROS_PER_MINUTE));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per series: the open Insight (a Start with no End) and the minute after the last close.
+    async fn open_states(&self, ctx: &SessionContext, account: &str, region: &str) -> Result<HashMap<SeriesKey, State>> {
+        let rows = records::stored(ctx, account, region).await?;
+        let mut by_shared: HashMap<String, (Option<records::Stored>, Option<records::Stored>)> = HashMap::new();
+        for r in rows {
+            let e = by_shared.entry(r.shared_id.clone()).or_default();
+            if r.state == "Start" { e.0 = Some(r) } else { e.1 = Some(r) }
+        }
+        let mut out: HashMap<SeriesKey, State> = HashMap::new();
+        for (start, end) in by_shared.into_values() {
+            match (start, end) {
+                (Some(s), None) => {
+                    let st = out.entry(s.key.clone()).or_default();
+                    st.open = Some(detect::Open { direction: s.direction, start: s.minute as usize, detected: s.decided as usize });
+                }
+                (_, Some(e)) => {
+                    let st = out.entry(e.key.clone()).or_default();
+                    st.not_before = st.not_before.max(e.decided as usize + 1);
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    async fn existing_ids(&self, ctx: &SessionContext, account: &str, region: &str) -> Result<HashSet<String>> {
+        Ok(records::stored(ctx, account, region).await?.into_iter().map(|r| r.event_id).collect())
+    }
+
+    async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let batch = records::to_batch(recs, run_id)?;
+        let table = self.insights.clone();
+        self.insights = table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|source| LakeError::Delta { context: format!("writing the {INSIGHTS_TABLE} table"), source })?;
+        Ok(())
+    }
+
+    async fn append_runs(&mut self, rows: &[records::RunRow], seconds: f64) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = records::runs_batch(rows, seconds)?;
+        let table = self.runs.clone();
+        self.runs = table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|source| LakeError::Delta { context: format!("writing the {RUNS_TABLE} table"), source })?;
+        Ok(())
+    }
+}
+
+/// A session over the lake's Insights tables (and rollups and events), for reading results.
+pub async fn session(lake: &Lake) -> Result<SessionContext> {
+    Tables::open(lake).await?.session(lake).await
+}
+
+/// Where the AWS-format Insights files go.
+struct OutputStore {
+    store: Arc<dyn ObjectStore>,
+    shown: String,
+}
+
+impl OutputStore {
+    fn new(out: Option<&str>, lake: &Lake) -> Result<OutputStore> {
+        let Some(out) = out else {
+            return Ok(OutputStore { store: lake.store(), shown: lake.url().to_string() });
+        };
+        let invalid = |reason: String| InsightsError::Output { location: out.to_owned(), reason };
+        let url = crate::lake::lake_url(out, true).map_err(|e| invalid(e.to_string()))?;
+        crate::source::register_object_stores();
+        let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>()).map_err(|e| invalid(e.to_string()))?;
+        Ok(OutputStore { store, shown: url.to_string() })
+    }
+
+    /// Writes the records as gzipped `{"Records":[…]}` files, one per account, region and day
+    /// of event time, named as CloudTrail names them. Names derive from the records' IDs, so a
+    /// re-run after a crash rewrites the same file rather than adding another.
+    async fn write(&self, recs: &[InsightRecord]) -> Result<u64> {
+        let mut groups: BTreeMap<(String, String, i64), Vec<&InsightRecord>> = BTreeMap::new();
+        for r in recs {
+            groups.entry((r.key_account.clone(), r.region.clone(), r.minute.div_euclid(1440))).or_default().push(r);
+        }
+        let mut files = 0;
+        for ((account, region, _day), group) in groups {
+            let (path, body) = records::insight_file(&account, &region, &group)?;
+            let shown = format!("{}{path}", self.shown);
+            self.store
+                .put(&ObjectPath::from(path.as_str()), PutPayload::from(body))
+                .await
+                .map_err(|source| InsightsError::Store { context: shown, source })?;
+            files += 1;
+        }
+        Ok(files)
+    }
+}
+
+pub(crate) fn direction_from(s: &str) -> Direction {
+    if s == "drop" { Direction::Drop } else { Direction::Spike }
+}
+
+pub(crate) fn string_col(b: &RecordBatch, name: &str) -> Result<arrow::array::StringArray> {
+    let c = b.column_by_name(name).ok_or_else(|| InsightsError::Data(format!("column {name} missing")))?;
+    Ok(utf8(c))
+}
+
+/// A text column as `Utf8` (DataFusion reads Parquet text as `Utf8View`).
+pub(crate) fn utf8(a: &arrow::array::ArrayRef) -> arrow::array::StringArray {
+    match arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8) {
+        Ok(c) => c.as_string::<i32>().clone(),
+        Err(_) => arrow::array::StringArray::new_null(a.len()),
+    }
+}

@@ -1,0 +1,241 @@
+//! Scores found Insights against a generator's `labels.json`: recall, precision and false
+//! Insights per 100 API-days (README, "Detector quality").
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use chrono::DateTime;
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+
+use super::{InsightsError, Result};
+use crate::lake::Lake;
+
+/// Minutes of slack either side of a label when matching an Insight to it.
+const SLACK_MINUTES: i64 = 5;
+
+#[derive(Debug, Clone, Deserialize)]
+struct LabelFile {
+    anomalies: Vec<Label>,
+    #[serde(default)]
+    scheduled_jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Label {
+    pub id: u32,
+    pub kind: String,
+    pub account: String,
+    pub region: String,
+    #[serde(rename = "eventSource")]
+    pub event_source: String,
+    #[serde(rename = "eventName")]
+    pub event_name: String,
+    #[serde(rename = "insightType")]
+    pub insight_type: String,
+    #[serde(rename = "errorCode")]
+    pub error_code: Option<String>,
+    pub start: String,
+    pub end: String,
+    pub magnitude: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Job {
+    #[serde(rename = "eventSource")]
+    event_source: String,
+    #[serde(rename = "eventName")]
+    event_name: String,
+    at: String,
+}
+
+/// One Insight as found (Start and, when closed, End).
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    pub account: String,
+    pub region: String,
+    pub insight_type: String,
+    pub event_source: String,
+    pub event_name: String,
+    pub error_code: Option<String>,
+    pub direction: String,
+    pub start: String,
+    pub end: Option<String>,
+    pub baseline_average: f64,
+    pub insight_average: f64,
+    /// The label it matches, if any.
+    pub label: Option<u32>,
+    /// Unmatched, at the time of a labelled scheduled job.
+    pub scheduled_job: bool,
+    #[serde(skip)]
+    start_minute: i64,
+    #[serde(skip)]
+    end_minute: i64,
+}
+
+/// The scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quality {
+    pub labels: usize,
+    /// Labels the targets count: spikes of 5× or more and drops, lasting 3 minutes or more,
+    /// and error bursts of 3 minutes or more.
+    pub eligible: usize,
+    pub eligible_found: usize,
+    pub recall: f64,
+    /// Over all labels, eligible or not.
+    pub all_found: usize,
+    pub insights: usize,
+    pub true_insights: usize,
+    pub precision: f64,
+    pub false_insights: usize,
+    pub scheduled_job_flags: usize,
+    pub api_days: f64,
+    pub false_per_100_api_days: f64,
+    pub missed: Vec<Label>,
+    pub found: Vec<Found>,
+}
+
+fn minute(s: &str) -> Result<i64> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp().div_euclid(60))
+        .map_err(|e| InsightsError::Data(format!("label time `{s}`: {e}")))
+}
+
+/// Whether a label counts toward the recall target.
+pub fn eligible(l: &Label) -> Result<bool> {
+    let minutes = minute(&l.end)? - minute(&l.start)?;
+    Ok(minutes >= 3 && (l.kind != "spike" || l.magnitude >= 5.0))
+}
+
+/// Reads the Insights of the lake at `lake` and scores them against `labels`.
+pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
+    let text = std::fs::read_to_string(labels).map_err(|e| InsightsError::Data(format!("reading {}: {e}", labels.display())))?;
+    let file: LabelFile = serde_json::from_str(&text).map_err(|e| InsightsError::Data(format!("{} is not a labels file: {e}", labels.display())))?;
+    let lake = Lake::open(lake).await?;
+    let ctx = super::session(&lake).await?;
+    let mut found = read_found(&ctx).await?;
+    let mut matched_labels: HashSet<u32> = HashSet::new();
+    for f in &mut found {
+        for l in &file.anomalies {
+            let same = l.account == f.account
+                && l.region == f.region
+                && l.insight_type == f.insight_type
+                && l.event_source == f.event_source
+                && l.event_name == f.event_name
+                && (f.insight_type != super::ERROR_RATE || l.error_code == f.error_code);
+            if same && f.start_minute < minute(&l.end)? + SLACK_MINUTES && minute(&l.start)? - SLACK_MINUTES < f.end_minute {
+                f.label = Some(l.id);
+                matched_labels.insert(l.id);
+                break;
+            }
+        }
+        if f.label.is_none() {
+            let of_day = f.start_minute.rem_euclid(1440);
+            f.scheduled_job = file.scheduled_jobs.iter().any(|j| {
+                let at = job_minute(&j.at);
+                j.event_source == f.event_source
+                    && j.event_name == f.event_name
+                    && at.is_some_and(|(h, m)| match h {
+                        Some(h) => (of_day - (h * 60 + m)).abs() <= SLACK_MINUTES,
+                        None => (of_day % 60 - m).abs() <= SLACK_MINUTES,
+                    })
+            });
+        }
+    }
+    let mut eligible_n = 0;
+    let mut eligible_found = 0;
+    let mut missed = Vec::new();
+    for l in &file.anomalies {
+        let e = eligible(l)?;
+        eligible_n += e as usize;
+        if matched_labels.contains(&l.id) {
+            eligible_found += e as usize;
+        } else {
+            missed.push(l.clone());
+        }
+    }
+    let true_insights = found.iter().filter(|f| f.label.is_some()).count();
+    let false_insights = found.len() - true_insights;
+    let api_days = api_days(&ctx).await?;
+    Ok(Quality {
+        labels: file.anomalies.len(),
+        eligible: eligible_n,
+        eligible_found,
+        recall: if eligible_n == 0 { 1.0 } else { eligible_found as f64 / eligible_n as f64 },
+        all_found: matched_labels.len(),
+        insights: found.len(),
+        true_insights,
+        precision: if found.is_empty() { 1.0 } else { true_insights as f64 / found.len() as f64 },
+        false_insights,
+        scheduled_job_flags: found.iter().filter(|f| f.scheduled_job).count(),
+        api_days,
+        false_per_100_api_days: if api_days > 0.0 { 100.0 * false_insights as f64 / api_days } else { 0.0 },
+        missed,
+        found,
+    })
+}
+
+/// `HH:MM` (daily) or `*:MM` (hourly).
+fn job_minute(at: &str) -> Option<(Option<i64>, i64)> {
+    let (h, m) = at.split_once(':')?;
+    let m = m.parse().ok()?;
+    Some((if h == "*" { None } else { Some(h.parse().ok()?) }, m))
+}
+
+async fn read_found(ctx: &SessionContext) -> Result<Vec<Found>> {
+    let sql = "SELECT s.recipientaccountid, s.awsregion, s.insighttype, s.insighteventsource, s.insighteventname, \
+               s.insighterrorcode, s.insightdirection, s.eventtime, e.eventtime, s.baselineaverage, s.insightaverage \
+               FROM insights s LEFT JOIN insights e ON e.sharedeventid = s.sharedeventid AND e.insightstate = 'End' \
+               WHERE s.insightstate = 'Start' ORDER BY s.eventtime, s.insighteventname";
+    let q = |e| InsightsError::Query { context: "reading the insights table".into(), source: e };
+    let batches = ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)?;
+    let mut out = Vec::new();
+    for b in batches {
+        let text: Vec<arrow::array::StringArray> = (0..7).map(|i| super::utf8(b.column(i))).collect();
+        let s = |i: usize| &text[i];
+        let t = |i: usize| b.column(i).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let f = |i: usize| b.column(i).as_primitive::<arrow::datatypes::Float64Type>();
+        for r in 0..b.num_rows() {
+            let start_minute = t(7).value(r).div_euclid(60_000_000);
+            let end_minute = if t(8).is_valid(r) { t(8).value(r).div_euclid(60_000_000) } else { i64::MAX / 2 };
+            out.push(Found {
+                account: s(0).value(r).to_owned(),
+                region: s(1).value(r).to_owned(),
+                insight_type: s(2).value(r).to_owned(),
+                event_source: s(3).value(r).to_owned(),
+                event_name: s(4).value(r).to_owned(),
+                error_code: s(5).is_valid(r).then(|| s(5).value(r).to_owned()),
+                direction: s(6).value(r).to_owned(),
+                start: super::minute_rfc3339(start_minute),
+                end: t(8).is_valid(r).then(|| super::minute_rfc3339(end_minute)),
+                baseline_average: f(9).value(r),
+                insight_average: f(10).value(r),
+                label: None,
+                scheduled_job: false,
+                start_minute,
+                end_minute,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// API-days of analysed traffic: for each account and region, the APIs seen times the days
+/// analysed after the warm-up.
+async fn api_days(ctx: &SessionContext) -> Result<f64> {
+    let sql = "WITH apis AS (SELECT recipientaccountid, awsregion, count(DISTINCT eventsource || ' ' || eventname) AS n \
+               FROM rollups WHERE kind = 'minute' AND management GROUP BY 1, 2), \
+               days AS (SELECT recipientaccountid, awsregion, \
+               CAST(max(analysedto) - min(analysedfrom) AS BIGINT) AS span FROM insight_runs GROUP BY 1, 2) \
+               SELECT CAST(a.n AS DOUBLE) * CAST(d.span AS DOUBLE) / 86400000000.0 FROM apis a JOIN days d \
+               ON a.recipientaccountid = d.recipientaccountid AND a.awsregion = d.awsregion";
+    let q = |e| InsightsError::Query { context: "counting API-days".into(), source: e };
+    let batches = ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)?;
+    let mut total = 0.0;
+    for b in batches {
+        let c = b.column(0).as_primitive::<arrow::datatypes::Float64Type>();
+        total += c.iter().flatten().sum::<f64>();
+    }
+    Ok(total)
+}

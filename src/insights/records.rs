@@ -1,0 +1,488 @@
+//! Insights records in the AWS shape (spec section 3), their statistics and attributions, and
+//! the `insights` / `insight_runs` tables.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::prelude::{coalesce, col, lit, Expr, SessionContext};
+use datafusion::scalar::ScalarValue;
+use serde_json::{json, Value};
+
+use super::detect::{Direction, Open, Transition};
+use super::model::Baseline;
+use super::{query, InsightsError, Result, CALL_RATE, ERROR_RATE, INSIGHTS_TABLE, MICROS_PER_MINUTE};
+use crate::schema::Granularity;
+
+/// Namespace of Insight IDs (fixed, so IDs are stable across versions and machines).
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2d0c_8a4e_5b7f_4c19_a6e3_91f0_7d25_b8c4);
+/// Values kept per attribute, as AWS does.
+const TOP: usize = 5;
+
+/// One analysed series: an API (and error code, for error rate) of one account and region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub insight_type: String,
+    pub source: String,
+    pub name: String,
+    pub error: Option<String>,
+}
+
+impl SeriesKey {
+    pub fn new(insight_type: &str, source: &str, name: &str, error: Option<&str>) -> Self {
+        SeriesKey { insight_type: insight_type.to_owned(), source: source.to_owned(), name: name.to_owned(), error: error.map(str::to_owned) }
+    }
+}
+
+/// What [`build`] needs to know about the series a transition happened in.
+pub struct SeriesContext<'a> {
+    pub account: &'a str,
+    pub region: &'a str,
+    pub key: &'a SeriesKey,
+    pub values: &'a [f64],
+    pub baselines: &'a [Baseline],
+    /// Minute (since the epoch) of index 0.
+    pub lo: i64,
+    pub granularity: Granularity,
+}
+
+/// One Start or End record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InsightRecord {
+    pub event_id: String,
+    pub shared_id: String,
+    pub state: &'static str,
+    /// eventTime, in minutes since the epoch.
+    pub minute: i64,
+    /// The minute the detector decided (detection for Start, close for End): where a later
+    /// run resumes.
+    pub decided: i64,
+    pub key_account: String,
+    pub region: String,
+    pub key: SeriesKey,
+    pub direction: Direction,
+    pub baseline_average: f64,
+    pub insight_average: f64,
+    pub insight_duration: i64,
+    pub baseline_duration: i64,
+    pub json: Value,
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// Builds the record of one transition, with statistics and attributions.
+pub async fn build(ctx: &SessionContext, s: &SeriesContext<'_>, t: Transition, cache: &mut AttributionCache) -> Result<InsightRecord> {
+    let (open, state, at, decided, until): (Open, &'static str, usize, usize, usize) = match t {
+        Transition::Started(o) => (o, "Start", o.start, o.detected, o.detected + 1),
+        Transition::Ended { open, end, closed_at } => (open, "End", end, closed_at, end),
+    };
+    let start = open.start;
+    let baseline = s.baselines[start];
+    let insight_average = match state {
+        // On Start, the rate at the start of the unusual activity (spec section 3).
+        "Start" => s.values[start],
+        _ => s.values[start..until].iter().sum::<f64>() / (until - start) as f64,
+    };
+    let insight_duration = (until - start) as i64;
+    let baseline_duration = baseline.history as i64;
+    let start_minute = s.lo + start as i64;
+    let k = s.key;
+    let shared = uuid::Uuid::new_v5(
+        &ID_NAMESPACE,
+        format!("{}|{}|{}|{}|{}|{}|{start_minute}", s.account, s.region, k.insight_type, k.source, k.name, k.error.as_deref().unwrap_or("")).as_bytes(),
+    );
+    let event_id = uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{shared}|{state}").as_bytes()).to_string();
+    let minute = s.lo + at as i64;
+    let attributions = cache.attributions(ctx, s, start_minute, s.lo + until as i64, baseline_duration).await?;
+    let mut details = serde_json::Map::new();
+    details.insert("state".into(), json!(state));
+    details.insert("eventSource".into(), json!(k.source));
+    details.insert("eventName".into(), json!(k.name));
+    details.insert("insightType".into(), json!(k.insight_type));
+    if let Some(e) = &k.error {
+        details.insert("errorCode".into(), json!(e));
+    }
+    details.insert("sourceEventCategory".into(), json!("Management"));
+    details.insert(
+        "insightContext".into(),
+        json!({
+            "statistics": {
+                "baseline": {"average": round6(baseline.mean)},
+                "insight": {"average": round6(insight_average)},
+                "insightDuration": insight_duration,
+                "baselineDuration": baseline_duration,
+            },
+            "attributions": attributions,
+        }),
+    );
+    let record = json!({
+        "eventVersion": "1.09",
+        "eventTime": super::minute_rfc3339(minute),
+        "awsRegion": s.region,
+        "eventID": event_id,
+        "eventType": "AwsCloudTrailInsight",
+        "recipientAccountId": s.account,
+        "sharedEventID": shared.to_string(),
+        "insightDetails": Value::Object(details),
+        "eventCategory": "Insight",
+    });
+    Ok(InsightRecord {
+        event_id,
+        shared_id: shared.to_string(),
+        state,
+        minute,
+        decided: s.lo + decided as i64,
+        key_account: s.account.to_owned(),
+        region: s.region.to_owned(),
+        key: k.clone(),
+        direction: open.direction,
+        baseline_average: round6(baseline.mean),
+        insight_average: round6(insight_average),
+        insight_duration,
+        baseline_duration,
+        json: record,
+    })
+}
+
+fn ts(minute: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(minute * MICROS_PER_MINUTE), Some("UTC".into())))
+}
+
+/// The rows a series counts, as a filter on events (`events`) or on rollups (`rollups`).
+fn series_filter(s: &SeriesContext<'_>, management: Expr) -> Expr {
+    let k = s.key;
+    let base = col("recipientaccountid")
+        .eq(lit(s.account))
+        .and(col("awsregion").eq(lit(s.region)))
+        .and(col("eventsource").eq(lit(k.source.as_str())))
+        .and(col("eventname").eq(lit(k.name.as_str())))
+        .and(management);
+    match (&k.error, k.insight_type.as_str()) {
+        (Some(e), ERROR_RATE) => base.and(col("errorcode").eq(lit(e.as_str()))),
+        _ => base.and(col("readonly").eq(lit(false))),
+    }
+}
+
+/// Attribute counts of one series, fetched once per Insight and reused by its Start and End.
+#[derive(Default)]
+pub struct AttributionCache {
+    /// Per Insight start: the minutes fetched so far (`until`) and each event's attributes.
+    events: HashMap<i64, (i64, Vec<(i64, [String; 3])>)>,
+    /// Per Insight start: baseline counts per attribute value.
+    baselines: HashMap<i64, [HashMap<String, f64>; 3]>,
+    /// Per Insight start: the furthest minute a record of this run will need.
+    pub spans: HashMap<i64, i64>,
+}
+
+impl AttributionCache {
+    /// Top callers, agents and (call rate) error codes during the Insight and its baseline.
+    /// Insight values are per minute of `[start, until)`, from the events; baseline values are
+    /// per minute of the baseline, from the hourly rollups over the whole hours before the start.
+    async fn attributions(&mut self, ctx: &SessionContext, s: &SeriesContext<'_>, start: i64, until: i64, baseline_minutes: i64) -> Result<Value> {
+        let context = format!("attributing an Insight on {}/{} {}", s.account, s.region, s.key.name);
+        let mut names = vec!["userIdentityArn", "userAgent"];
+        if s.key.insight_type == CALL_RATE {
+            names.push("errorCode");
+        }
+        let fetched = self.events.get(&start).map(|e| e.0).unwrap_or(start);
+        if fetched < until {
+            let upto = self.spans.get(&start).copied().unwrap_or(until).max(until);
+            let rows = insight_events(ctx, s, fetched, upto, &context).await?;
+            let entry = self.events.entry(start).or_insert_with(|| (start, Vec::new()));
+            entry.0 = upto;
+            entry.1.extend(rows);
+        }
+        let mut insight: [HashMap<String, f64>; 3] = Default::default();
+        for (minute, attrs) in self.events.get(&start).map(|e| e.1.as_slice()).unwrap_or_default() {
+            if *minute < until {
+                for (a, v) in attrs.iter().enumerate() {
+                    *insight[a].entry(v.clone()).or_default() += 1.0;
+                }
+            }
+        }
+        if !self.baselines.contains_key(&start) {
+            let counts = baseline_counts(ctx, s, start, baseline_minutes, &context).await?;
+            self.baselines.insert(start, counts);
+        }
+        let baseline = &self.baselines[&start];
+        let top = |counts: &HashMap<String, f64>, minutes: i64| -> Value {
+            let mut v: Vec<(&String, f64)> = counts.iter().map(|(k, n)| (k, n / minutes.max(1) as f64)).collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            Value::Array(v.into_iter().take(TOP).map(|(value, avg)| json!({"value": value, "average": round6(avg)})).collect())
+        };
+        let out: Vec<Value> = names
+            .iter()
+            .enumerate()
+            .map(|(a, name)| json!({"attribute": name, "insight": top(&insight[a], until - start), "baseline": top(&baseline[a], baseline_minutes)}))
+            .collect();
+        Ok(Value::Array(out))
+    }
+}
+
+/// The attributes (caller, agent, error code) of the series' events in `[from, until)`.
+async fn insight_events(ctx: &SessionContext, s: &SeriesContext<'_>, from: i64, until: i64, context: &str) -> Result<Vec<(i64, [String; 3])>> {
+    let first_bucket = s.granularity.bucket_name(from * MICROS_PER_MINUTE);
+    let last_bucket = s.granularity.bucket_name((until - 1) * MICROS_PER_MINUTE);
+    let batches = ctx
+        .table("events")
+        .await
+        .map_err(query(context))?
+        .filter(
+            col("eventperiod")
+                .gt_eq(lit(first_bucket))
+                .and(col("eventperiod").lt_eq(lit(last_bucket)))
+                .and(col("eventtime").gt_eq(ts(from)))
+                .and(col("eventtime").lt(ts(until)))
+                .and(series_filter(s, col("managementevent").is_not_false())),
+        )
+        .map_err(query(context))?
+        .select(vec![
+            col("eventtime"),
+            coalesce(vec![get_field(col("useridentity"), "arn"), get_field(col("useridentity"), "invokedby")]).alias("arn"),
+            col("useragent"),
+            col("errorcode"),
+        ])
+        .map_err(query(context))?
+        .collect()
+        .await
+        .map_err(query(context))?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let time = b.column(0).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let cols = [super::utf8(b.column(1)), super::utf8(b.column(2)), super::utf8(b.column(3))];
+        for i in 0..b.num_rows() {
+            out.push((time.value(i).div_euclid(MICROS_PER_MINUTE), [text(&cols[0], i), text(&cols[1], i), text(&cols[2], i)]));
+        }
+    }
+    Ok(out)
+}
+
+/// Calls per attribute value over the whole hours of the baseline, from the hourly rollups.
+async fn baseline_counts(ctx: &SessionContext, s: &SeriesContext<'_>, start: i64, baseline_minutes: i64, context: &str) -> Result<[HashMap<String, f64>; 3]> {
+    let hour_end = start.div_euclid(60) * 60;
+    let hour_start = hour_end - baseline_minutes;
+    let batches = ctx
+        .table("rollups")
+        .await
+        .map_err(query(context))?
+        .filter(
+            col("kind")
+                .eq(lit(crate::rollup::HOUR))
+                .and(col("period").gt_eq(ts(hour_start)))
+                .and(col("period").lt(ts(hour_end)))
+                .and(series_filter(s, col("management"))),
+        )
+        .map_err(query(context))?
+        .select_columns(&["useridentityarn", "useragent", "errorcode", "calls"])
+        .map_err(query(context))?
+        .collect()
+        .await
+        .map_err(query(context))?;
+    let mut counts: [HashMap<String, f64>; 3] = Default::default();
+    for b in &batches {
+        let cols = [super::utf8(b.column(0)), super::utf8(b.column(1)), super::utf8(b.column(2))];
+        let calls = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            for (a, c) in cols.iter().enumerate() {
+                *counts[a].entry(text(c, i)).or_default() += calls.value(i) as f64;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// An attribute value; a missing one (a successful call's error code) is the string "null".
+fn text(a: &StringArray, i: usize) -> String {
+    if a.is_valid(i) { a.value(i).to_owned() } else { "null".to_owned() }
+}
+
+/// Schema of the `insights` table: the record's fields flattened in the CloudTrail Lake style,
+/// and the whole record in `eventjson`.
+pub fn insights_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("eventid", DataType::Utf8, false),
+        Field::new("sharedeventid", DataType::Utf8, false),
+        Field::new("eventtime", ts.clone(), false),
+        Field::new("awsregion", DataType::Utf8, false),
+        Field::new("recipientaccountid", DataType::Utf8, false),
+        Field::new("insightstate", DataType::Utf8, false),
+        Field::new("insighttype", DataType::Utf8, false),
+        Field::new("insighteventsource", DataType::Utf8, false),
+        Field::new("insighteventname", DataType::Utf8, false),
+        Field::new("insighterrorcode", DataType::Utf8, true),
+        Field::new("insightdirection", DataType::Utf8, false),
+        Field::new("baselineaverage", DataType::Float64, false),
+        Field::new("insightaverage", DataType::Float64, false),
+        Field::new("insightduration", DataType::Int64, false),
+        Field::new("baselineduration", DataType::Int64, false),
+        Field::new("decidedat", ts, false),
+        Field::new("eventjson", DataType::Utf8, false),
+        Field::new("runid", DataType::Utf8, false),
+    ]))
+}
+
+fn timestamps(minutes: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from_iter_values(minutes.map(|m| m * MICROS_PER_MINUTE)).with_timezone("UTC"))
+}
+
+pub fn to_batch(recs: &[InsightRecord], run_id: &str) -> Result<RecordBatch> {
+    let strings = |f: &dyn Fn(&InsightRecord) -> Option<String>| -> ArrayRef { Arc::new(recs.iter().map(f).collect::<StringArray>()) };
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|r| Some(r.event_id.clone())),
+        strings(&|r| Some(r.shared_id.clone())),
+        timestamps(recs.iter().map(|r| r.minute)),
+        strings(&|r| Some(r.region.clone())),
+        strings(&|r| Some(r.key_account.clone())),
+        strings(&|r| Some(r.state.to_owned())),
+        strings(&|r| Some(r.key.insight_type.clone())),
+        strings(&|r| Some(r.key.source.clone())),
+        strings(&|r| Some(r.key.name.clone())),
+        strings(&|r| r.key.error.clone()),
+        strings(&|r| Some(r.direction.as_str().to_owned())),
+        Arc::new(recs.iter().map(|r| r.baseline_average).collect::<Float64Array>()),
+        Arc::new(recs.iter().map(|r| r.insight_average).collect::<Float64Array>()),
+        Arc::new(recs.iter().map(|r| r.insight_duration).collect::<Int64Array>()),
+        Arc::new(recs.iter().map(|r| r.baseline_duration).collect::<Int64Array>()),
+        timestamps(recs.iter().map(|r| r.decided)),
+        strings(&|r| Some(r.json.to_string())),
+        strings(&|_| Some(run_id.to_owned())),
+    ];
+    RecordBatch::try_new(insights_schema(), columns).map_err(|e| InsightsError::Data(format!("building insights rows: {e}")))
+}
+
+/// What a later run needs of a stored record.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub event_id: String,
+    pub shared_id: String,
+    pub state: String,
+    pub key: SeriesKey,
+    pub direction: Direction,
+    /// Start: the Insight's first minute; End: its end.
+    pub minute: i64,
+    pub decided: i64,
+}
+
+/// The stored records of one account and region.
+pub async fn stored(ctx: &SessionContext, account: &str, region: &str) -> Result<Vec<Stored>> {
+    let context = format!("reading the {INSIGHTS_TABLE} table");
+    let batches = ctx
+        .table(INSIGHTS_TABLE)
+        .await
+        .map_err(query(&context))?
+        .filter(col("recipientaccountid").eq(lit(account)).and(col("awsregion").eq(lit(region))))
+        .map_err(query(&context))?
+        .collect()
+        .await
+        .map_err(query(&context))?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let s = |n: &str| super::string_col(b, n);
+        let (id, shared, state, ty, src, name, err, dir) = (
+            s("eventid")?,
+            s("sharedeventid")?,
+            s("insightstate")?,
+            s("insighttype")?,
+            s("insighteventsource")?,
+            s("insighteventname")?,
+            s("insighterrorcode")?,
+            s("insightdirection")?,
+        );
+        let minute = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                .ok_or_else(|| InsightsError::Data(format!("column {n} missing")))
+        };
+        let (time, decided) = (minute("eventtime")?, minute("decidedat")?);
+        for i in 0..b.num_rows() {
+            out.push(Stored {
+                event_id: id.value(i).to_owned(),
+                shared_id: shared.value(i).to_owned(),
+                state: state.value(i).to_owned(),
+                key: SeriesKey::new(ty.value(i), src.value(i), name.value(i), err.is_valid(i).then(|| err.value(i))),
+                direction: super::direction_from(dir.value(i)),
+                minute: time.value(i).div_euclid(MICROS_PER_MINUTE),
+                decided: decided.value(i).div_euclid(MICROS_PER_MINUTE),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The path and gzipped body of one Insights file (spec section 3):
+/// `AWSLogs/<account>/CloudTrail-Insight/<region>/YYYY/MM/DD/<account>_CloudTrail-Insight_<region>_<YYYYMMDDTHHmmZ>_<16 chars>.json.gz`,
+/// dated by its latest record, the suffix derived from the records' IDs.
+pub fn insight_file(account: &str, region: &str, recs: &[&InsightRecord]) -> Result<(String, Vec<u8>)> {
+    let mut sorted: Vec<&&InsightRecord> = recs.iter().collect();
+    sorted.sort_by(|a, b| (a.minute, a.state != "Start", &a.event_id).cmp(&(b.minute, b.state != "Start", &b.event_id)));
+    let latest = sorted.iter().map(|r| r.minute).max().unwrap_or(0);
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp(latest * 60, 0).unwrap_or_default();
+    let ids: Vec<&str> = sorted.iter().map(|r| r.event_id.as_str()).collect();
+    let suffix = format!("{:016X}", xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes()));
+    let path = format!(
+        "AWSLogs/{account}/CloudTrail-Insight/{region}/{}/{account}_CloudTrail-Insight_{region}_{}_{suffix}.json.gz",
+        t.format("%Y/%m/%d"),
+        t.format("%Y%m%dT%H%MZ"),
+    );
+    let body = json!({"Records": sorted.iter().map(|r| &r.json).collect::<Vec<_>>()});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let io = |e: std::io::Error| InsightsError::Data(format!("compressing {path}: {e}"));
+    gz.write_all(body.to_string().as_bytes()).map_err(io)?;
+    let bytes = gz.finish().map_err(io)?;
+    Ok((path, bytes))
+}
+
+/// One analysed range of one account and region: the `insight_runs` table.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub run_id: String,
+    pub mode: &'static str,
+    pub account: String,
+    pub region: String,
+    pub from_minute: i64,
+    pub to_minute: i64,
+    pub starts: u64,
+    pub ends: u64,
+}
+
+pub fn runs_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("runid", DataType::Utf8, false),
+        Field::new("mode", DataType::Utf8, false),
+        Field::new("recipientaccountid", DataType::Utf8, false),
+        Field::new("awsregion", DataType::Utf8, false),
+        Field::new("analysedfrom", ts.clone(), false),
+        Field::new("analysedto", ts.clone(), false),
+        Field::new("starts", DataType::Int64, false),
+        Field::new("ends", DataType::Int64, false),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("finishedat", ts, false),
+    ]))
+}
+
+pub fn runs_batch(rows: &[RunRow], seconds: f64) -> Result<RecordBatch> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let strings = |f: &dyn Fn(&RunRow) -> String| -> ArrayRef { Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>()) };
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|r| r.run_id.clone()),
+        strings(&|r| r.mode.to_owned()),
+        strings(&|r| r.account.clone()),
+        strings(&|r| r.region.clone()),
+        timestamps(rows.iter().map(|r| r.from_minute)),
+        timestamps(rows.iter().map(|r| r.to_minute)),
+        Arc::new(rows.iter().map(|r| r.starts as i64).collect::<Int64Array>()),
+        Arc::new(rows.iter().map(|r| r.ends as i64).collect::<Int64Array>()),
+        Arc::new(rows.iter().map(|_| seconds).collect::<Float64Array>()),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| now)).with_timezone("UTC")),
+    ];
+    RecordBatch::try_new(runs_schema(), columns).map_err(|e| InsightsError::Data(format!("building insight_runs rows: {e}")))
+}

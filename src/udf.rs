@@ -1,0 +1,250 @@
+//! SQL functions for baselines and deviation scores, registered in every session. They call
+//! the detector's own model ([`crate::insights::model`]), so a query can recompute exactly what
+//! the detector saw, on CloudTrail minutes or on any regularly sampled series.
+//!
+//! - `baseline(value, time, step, range [, season [, tolerance]])`, a window function over rows
+//!   ordered by `time`: the trailing baseline of each row's step as a struct
+//!   `{mean, stddev, expected, history}`. `time` is a timestamp (then `step`, `range`, `season`
+//!   are intervals) or an integer (then they are integers). Steps with no row count as zeros;
+//!   rows in the same step are summed. `tolerance` is in steps (default 2 with a season).
+//! - `deviation_score(observed, expected [, floor])`: `(observed - expected) / sqrt(expected + floor)`,
+//!   floor 1 by default.
+//! - `anomaly_probability(score)`: in [0, 1).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StructArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, IntervalMonthDayNano};
+use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
+use datafusion::logical_expr::{
+    ColumnarValue, PartitionEvaluator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility, WindowUDF, WindowUDFImpl,
+};
+use datafusion::prelude::SessionContext;
+
+use crate::insights::model::{self, BaselineParams};
+
+/// Registers the functions in `ctx`.
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udwf(WindowUDF::from(BaselineUdwf::new()));
+    ctx.register_udf(ScalarUDF::from(DeviationScore::new()));
+    ctx.register_udf(ScalarUDF::from(AnomalyProbability::new()));
+}
+
+/// Largest dense series `baseline` builds for one partition (guards against a step far
+/// smaller than the data's spacing).
+const MAX_STEPS: i64 = 50_000_000;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BaselineUdwf {
+    signature: Signature,
+}
+
+impl BaselineUdwf {
+    fn new() -> Self {
+        BaselineUdwf { signature: Signature::variadic_any(Volatility::Immutable) }
+    }
+}
+
+fn baseline_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("mean", DataType::Float64, false),
+        Field::new("stddev", DataType::Float64, false),
+        Field::new("expected", DataType::Float64, false),
+        Field::new("history", DataType::UInt64, false),
+    ])
+}
+
+impl WindowUDFImpl for BaselineUdwf {
+    fn name(&self) -> &str {
+        "baseline"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(BaselineEvaluator))
+    }
+
+    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        let n = args.input_fields().len();
+        if !(4..=6).contains(&n) {
+            return plan_err!("baseline(value, time, step, range [, season [, tolerance]]) takes 4 to 6 arguments, got {n}");
+        }
+        Ok(Arc::new(Field::new(args.name(), DataType::Struct(baseline_fields()), true)))
+    }
+}
+
+#[derive(Debug)]
+struct BaselineEvaluator;
+
+/// A time or duration argument as an integer: microseconds for timestamps and intervals,
+/// the value itself for integers.
+fn units(v: &ScalarValue, what: &str) -> Result<i64> {
+    let out = match v {
+        ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano { months: 0, days, nanoseconds })) => {
+            i64::from(*days) * 86_400_000_000 + nanoseconds / 1_000
+        }
+        ScalarValue::IntervalDayTime(Some(d)) => i64::from(d.days) * 86_400_000_000 + i64::from(d.milliseconds) * 1_000,
+        ScalarValue::IntervalMonthDayNano(Some(_)) | ScalarValue::IntervalYearMonth(_) => {
+            return exec_err!("baseline: {what} must not use months or years (their length varies)");
+        }
+        other => match other.cast_to(&DataType::Int64) {
+            Ok(ScalarValue::Int64(Some(n))) => n,
+            _ => return exec_err!("baseline: {what} must be an interval or an integer, got {other}"),
+        },
+    };
+    Ok(out)
+}
+
+impl PartitionEvaluator for BaselineEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let fields = baseline_fields();
+        if num_rows == 0 {
+            return Ok(Arc::new(StructArray::new_null(fields, 0)));
+        }
+        let scalar = |i: usize, what: &str| -> Result<Option<i64>> {
+            match values.get(i) {
+                None => Ok(None),
+                Some(a) => units(&ScalarValue::try_from_array(a, 0)?, what).map(Some),
+            }
+        };
+        let step = scalar(2, "step")?.unwrap_or(1);
+        let range = scalar(3, "range")?.unwrap_or(0);
+        let season = scalar(4, "season")?.unwrap_or(0);
+        if step <= 0 || range < step || season < 0 {
+            return exec_err!("baseline: step must be positive and range at least one step (step {step}, range {range})");
+        }
+        let tolerance = match values.get(5) {
+            Some(_) => scalar(5, "tolerance")?.unwrap_or(0).max(0) as usize,
+            None if season > 0 => 2,
+            None => 0,
+        };
+        let value = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
+        let value = value.as_primitive::<arrow::datatypes::Float64Type>();
+        let time = match values[1].data_type() {
+            DataType::Timestamp(_, _) => datafusion::arrow::compute::cast(
+                &datafusion::arrow::compute::cast(&values[1], &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None))?,
+                &DataType::Int64,
+            )?,
+            _ => datafusion::arrow::compute::cast(&values[1], &DataType::Int64)?,
+        };
+        let time = time.as_primitive::<arrow::datatypes::Int64Type>();
+        let valid: Vec<i64> = (0..num_rows).filter(|&i| time.is_valid(i)).map(|i| time.value(i).div_euclid(step)).collect();
+        let (Some(&first), Some(&last)) = (valid.iter().min(), valid.iter().max()) else {
+            return Ok(Arc::new(StructArray::new_null(fields, num_rows)));
+        };
+        if last - first >= MAX_STEPS {
+            return exec_err!("baseline: the series spans {} steps, more than {MAX_STEPS}; use a larger step", last - first + 1);
+        }
+        let mut dense = vec![0.0; (last - first + 1) as usize];
+        for i in 0..num_rows {
+            if time.is_valid(i) && value.is_valid(i) {
+                dense[(time.value(i).div_euclid(step) - first) as usize] += value.value(i);
+            }
+        }
+        let params = BaselineParams { window: (range / step) as usize, season: (season / step) as usize, tolerance };
+        let b = model::baselines(&dense, &params);
+        let pick = |i: usize| time.is_valid(i).then(|| b[(time.value(i).div_euclid(step) - first) as usize]);
+        let rows: Vec<Option<model::Baseline>> = (0..num_rows).map(pick).collect();
+        let nulls = arrow::buffer::NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
+        let get = |f: fn(&model::Baseline) -> f64| -> ArrayRef {
+            Arc::new(rows.iter().map(|r| r.as_ref().map(f).unwrap_or(0.0)).collect::<Float64Array>())
+        };
+        let columns: Vec<ArrayRef> = vec![
+            get(|b| b.mean),
+            get(|b| b.stddev),
+            get(|b| b.expected),
+            Arc::new(rows.iter().map(|r| r.map(|b| b.history as u64).unwrap_or(0)).collect::<UInt64Array>()),
+        ];
+        Ok(Arc::new(StructArray::try_new(fields, columns, Some(nulls))?))
+    }
+
+    fn uses_window_frame(&self) -> bool {
+        false
+    }
+}
+
+/// Applies `f` row by row to float arguments, scalars broadcast.
+fn map_floats(args: &[ColumnarValue], rows: usize, f: impl Fn(&[f64]) -> f64) -> Result<ColumnarValue> {
+    let arrays: Vec<ArrayRef> = args
+        .iter()
+        .map(|a| a.to_array(rows).and_then(|a| Ok(datafusion::arrow::compute::cast(&a, &DataType::Float64)?)))
+        .collect::<Result<_>>()?;
+    let cols: Vec<&Float64Array> = arrays.iter().map(|a| a.as_primitive::<arrow::datatypes::Float64Type>()).collect();
+    let mut buf = vec![0.0; cols.len()];
+    let out: Float64Array = (0..rows)
+        .map(|i| {
+            for (j, c) in cols.iter().enumerate() {
+                if c.is_null(i) {
+                    return None;
+                }
+                buf[j] = c.value(i);
+            }
+            Some(f(&buf))
+        })
+        .collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+fn numeric_signature(arities: &[usize]) -> Signature {
+    Signature::one_of(
+        arities.iter().map(|&n| TypeSignature::Exact(vec![DataType::Float64; n])).collect(),
+        Volatility::Immutable,
+    )
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DeviationScore {
+    signature: Signature,
+}
+
+impl DeviationScore {
+    fn new() -> Self {
+        DeviationScore { signature: numeric_signature(&[2, 3]) }
+    }
+}
+
+impl ScalarUDFImpl for DeviationScore {
+    fn name(&self) -> &str {
+        "deviation_score"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_floats(&args.args, args.number_rows, |v| model::deviation_score(v[0], v[1], v.get(2).copied().unwrap_or(1.0)))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AnomalyProbability {
+    signature: Signature,
+}
+
+impl AnomalyProbability {
+    fn new() -> Self {
+        AnomalyProbability { signature: numeric_signature(&[1]) }
+    }
+}
+
+impl ScalarUDFImpl for AnomalyProbability {
+    fn name(&self) -> &str {
+        "anomaly_probability"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_floats(&args.args, args.number_rows, |v| model::anomaly_probability(v[0]))
+    }
+}
