@@ -6,6 +6,7 @@
 //! - [`lake`]: the Delta tables, deduplication and atomic commits;
 //! - [`ingest`]: the pipeline from sources to the lake, with its summary;
 //! - [`sql`]: the DataFusion session over the lake;
+//! - [`schedule`]: scheduled queries and their run history;
 //! - [`generate`]: realistic archives with labelled anomalies.
 //!
 //! The `prism` binary is a thin command-line layer over these.
@@ -13,6 +14,7 @@
 pub mod generate;
 pub mod ingest;
 pub mod lake;
+pub mod schedule;
 pub mod schema;
 pub mod source;
 pub mod sql;
