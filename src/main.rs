@@ -82,17 +82,21 @@ Examples:
 
 const SCHEDULE_HELP: &str = "\
 A query file schedules itself with comment lines at its top:
-  -- name: access_denied_hot_spots        (default: the file name without .sql)
-  -- schedule: 0 * * * *                   (cron: minute hour day month weekday, UTC)
-  -- output: results/{name}/{date}.csv    (.csv, .json, .ndjson or .parquet; default {name}/{date}.csv)
-  -- window: 1h                            (fills {start} and {end} in the SQL)
-  -- delay: 15m                            (optional: the window ends this long before the slot)
+  -- name: access_denied_hot_spots
+  -- schedule: 0 * * * *
+  -- output: results/{name}/{date}.csv
+  -- window: 1h
   SELECT ... FROM events WHERE eventtime >= {start} AND eventtime < {end} ...
+
+  name      default: the file name without .sql
+  schedule  cron, 5 fields (minute hour day month weekday), in UTC; without it, not scheduled
+  output    .csv, .json, .ndjson or .parquet, under --out; default {name}/{date}.csv
+  window    optional: 15m, 1h, 1d, 1w, 1h30m...; fills {start} and {end} in the SQL
+  delay     optional: the window ends this long before the slot (CloudTrail delivers late)
 
 {start} and {end} become TIMESTAMP '2024-06-01T11:00:00Z' literals (the window is [start, end));
 in output paths they are 20240601T1100Z, and {date} is the day of the window's end (or of the
-slot). A file without `-- schedule:` is not scheduled. Each run is a row of the lake table
-query_runs: prism sql --lake ./lake -c \"SELECT * FROM query_runs ORDER BY startedat DESC\"
+slot). Each run is a row of the lake table query_runs: prism sql --lake ./lake -c \"SELECT * FROM query_runs ORDER BY startedat DESC\"
 
 A query is due when the latest slot of its schedule at or before now is later than the slot of
 its last successful run. A query missed while the machine was off runs once, for the latest slot.
