@@ -47,6 +47,43 @@ fn lake(dir: &Path) -> PathBuf {
     lake
 }
 
+/// A temporary folder holding the lake, a queries folder and an output folder.
+struct Setup {
+    _dir: tempfile::TempDir,
+    lake: PathBuf,
+    queries: PathBuf,
+    out: PathBuf,
+}
+
+/// A lake ([`lake`]) and a queries folder holding `files` (name, text).
+fn setup(files: &[(&str, &str)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(dir.path());
+    let queries = dir.path().join("queries");
+    std::fs::create_dir_all(&queries).unwrap();
+    let out = dir.path().join("out");
+    let setup = Setup {
+        lake,
+        queries,
+        out,
+        _dir: dir,
+    };
+    for (name, text) in files {
+        setup.write(name, text);
+    }
+    setup
+}
+
+impl Setup {
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.queries.join(name), text).unwrap();
+    }
+
+    fn output(&self, path: &str) -> String {
+        std::fs::read_to_string(self.out.join(path)).unwrap()
+    }
+}
+
 fn prism(args: &[&str]) -> Output {
     Command::new(common::prism_bin())
         .args(args)
@@ -56,20 +93,21 @@ fn prism(args: &[&str]) -> Output {
 
 /// `prism schedule run --once --json` at `now`: (exit code, summary).
 fn run_once(lake: &Path, queries: &Path, out: &Path, now: &str) -> (i32, Value) {
-    let o = prism(&[
-        "schedule",
+    let o = schedule(
         "run",
-        "--once",
-        "--json",
-        "--lake",
-        lake.to_str().unwrap(),
-        "--queries",
-        queries.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--now",
-        now,
-    ]);
+        lake,
+        queries,
+        &[
+            "--once",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+            "--now",
+            now,
+        ],
+    )
+    .output()
+    .unwrap();
     let code = o.status.code().unwrap_or(-1);
     let summary = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
@@ -79,6 +117,21 @@ fn run_once(lake: &Path, queries: &Path, out: &Path, now: &str) -> (i32, Value) 
         )
     });
     (code, summary)
+}
+
+/// `prism schedule <command> --lake LAKE --queries QUERIES …extra`.
+fn schedule(command: &str, lake: &Path, queries: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(common::prism_bin());
+    c.args([
+        "schedule",
+        command,
+        "--lake",
+        lake.to_str().unwrap(),
+        "--queries",
+        queries.to_str().unwrap(),
+    ]);
+    c.args(extra);
+    c
 }
 
 /// Rows of `prism sql --format json`.
@@ -184,45 +237,35 @@ fn never_run_query_is_due_once_per_slot_and_a_missed_day_runs_once() {
 
 #[test]
 fn a_failing_query_is_recorded_while_the_others_run_and_the_exit_code_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = lake(dir.path());
-    let queries = dir.path().join("queries");
-    std::fs::create_dir_all(&queries).unwrap();
-    std::fs::copy(
-        fixture_queries().join("hourly_calls.sql"),
-        queries.join("hourly_calls.sql"),
-    )
-    .unwrap();
-    std::fs::write(
-        queries.join("a_broken.sql"),
-        "-- schedule: 0 0 * * *\nSELECT nope FROM nowhere;\n",
-    )
-    .unwrap();
-    std::fs::write(
-        queries.join("daily.json.sql"),
-        "-- name: daily_total\n-- schedule: 5 0 * * *\n-- output: {name}/{date}.json\n-- window: 1d\n-- delay: 5m\n\
-         SELECT count(*) AS n FROM events WHERE eventtime >= {start} AND eventtime < {end}\n",
-    )
-    .unwrap();
-    // Scheduled queries only read.
-    std::fs::write(
-        queries.join("c_writes.sql"),
-        "-- schedule: 0 0 * * *\nCOPY (SELECT 1) TO 'x.csv'\n",
-    )
-    .unwrap();
-    std::fs::write(
-        queries.join("bad_header.sql"),
-        "-- name: x\n-- schedule: 0 25 * * *\nSELECT 1\n",
-    )
-    .unwrap();
-    std::fs::write(
-        queries.join("unscheduled.sql"),
-        "-- What it finds: nothing on a schedule.\nSELECT 1\n",
-    )
-    .unwrap();
-    let out = dir.path().join("out");
+    let hourly = std::fs::read_to_string(fixture_queries().join("hourly_calls.sql")).unwrap();
+    let t = setup(&[
+        ("hourly_calls.sql", &hourly),
+        (
+            "a_broken.sql",
+            "-- schedule: 0 0 * * *\nSELECT nope FROM nowhere;\n",
+        ),
+        (
+            "daily.json.sql",
+            "-- name: daily_total\n-- schedule: 5 0 * * *\n-- output: {name}/{date}.json\n-- window: 1d\n-- delay: 5m\n\
+             SELECT count(*) AS n FROM events WHERE eventtime >= {start} AND eventtime < {end}\n",
+        ),
+        // Scheduled queries only read.
+        (
+            "c_writes.sql",
+            "-- schedule: 0 0 * * *\nCOPY (SELECT 1) TO 'x.csv'\n",
+        ),
+        (
+            "bad_header.sql",
+            "-- name: x\n-- schedule: 0 25 * * *\nSELECT 1\n",
+        ),
+        (
+            "unscheduled.sql",
+            "-- What it finds: nothing on a schedule.\nSELECT 1\n",
+        ),
+    ]);
+    let (lake, queries, out) = (&t.lake, &t.queries, &t.out);
 
-    let (code, s) = run_once(&lake, &queries, &out, "2024-06-02T00:10:00Z");
+    let (code, s) = run_once(lake, queries, out, "2024-06-02T00:10:00Z");
     assert_eq!(code, 3, "{s}");
     assert_eq!(
         names(&s["runs"]),
@@ -248,10 +291,7 @@ fn a_failing_query_is_recorded_while_the_others_run_and_the_exit_code_says_so() 
     assert_eq!(s["runs"][2]["status"], "ok");
     assert_eq!(s["runs"][2]["window_start"], "2024-06-01T00:00:00Z");
     assert_eq!(s["runs"][2]["window_end"], "2024-06-02T00:00:00Z");
-    assert_eq!(
-        std::fs::read_to_string(out.join("daily_total/2024-06-02.json")).unwrap(),
-        "[{\"n\":5}]\n"
-    );
+    assert_eq!(t.output("daily_total/2024-06-02.json"), "[{\"n\":5}]\n");
     assert_eq!(s["runs"][3]["status"], "ok");
     assert_eq!(s["unscheduled"], serde_json::json!(["unscheduled"]));
     let problem = &s["problems"][0];
@@ -272,7 +312,7 @@ fn a_failing_query_is_recorded_while_the_others_run_and_the_exit_code_says_so() 
 
     // The history, through `prism sql`, says which failed and why.
     let rows = sql(
-        &lake,
+        lake,
         "SELECT query, status, rows, error, output IS NOT NULL AS written FROM query_runs ORDER BY query",
     );
     assert_eq!(rows.len(), 4);
@@ -287,23 +327,16 @@ fn a_failing_query_is_recorded_while_the_others_run_and_the_exit_code_says_so() 
 
     // A failed query stays due, so the next run tries it again; the others are done.
     std::fs::remove_file(queries.join("c_writes.sql")).unwrap();
-    let (code, s) = run_once(&lake, &queries, &out, "2024-06-02T00:15:00Z");
+    let (code, s) = run_once(lake, queries, out, "2024-06-02T00:15:00Z");
     assert_eq!(code, 3);
     assert_eq!(names(&s["runs"]), ["a_broken"]);
-    // Fixed, it succeeds and the exit code is 3 only because of the bad header.
-    std::fs::write(
-        queries.join("a_broken.sql"),
-        "-- schedule: 0 0 * * *\nSELECT 1 AS one;\n",
-    )
-    .unwrap();
+    // Fixed, and the bad file gone: it succeeds and the exit code is 0.
+    t.write("a_broken.sql", "-- schedule: 0 0 * * *\nSELECT 1 AS one;\n");
     std::fs::remove_file(queries.join("bad_header.sql")).unwrap();
-    let (code, s) = run_once(&lake, &queries, &out, "2024-06-02T00:20:00Z");
+    let (code, s) = run_once(lake, queries, out, "2024-06-02T00:20:00Z");
     assert_eq!(code, 0, "{s}");
     assert_eq!(names(&s["runs"]), ["a_broken"]);
-    assert_eq!(
-        std::fs::read_to_string(out.join("a_broken/2024-06-02.csv")).unwrap(),
-        "one\n1\n"
-    );
+    assert_eq!(t.output("a_broken/2024-06-02.csv"), "one\n1\n");
 }
 
 #[test]
@@ -312,17 +345,9 @@ fn list_shows_schedule_next_slot_and_last_run() {
     let lake = lake(dir.path());
     let out = dir.path().join("out");
     let list = |now: &str| {
-        let o = prism(&[
-            "schedule",
-            "list",
-            "--json",
-            "--queries",
-            fixture_queries().to_str().unwrap(),
-            "--lake",
-            lake.to_str().unwrap(),
-            "--now",
-            now,
-        ]);
+        let o = schedule("list", &lake, &fixture_queries(), &["--json", "--now", now])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["queries"][0].clone()
     };
@@ -339,16 +364,14 @@ fn list_shows_schedule_next_slot_and_last_run() {
     assert_eq!(q["last_run"]["status"], "ok");
     assert_eq!(q["last_run"]["rows"], 2);
     // The text form names the same things.
-    let o = prism(&[
-        "schedule",
+    let o = schedule(
         "list",
-        "--queries",
-        fixture_queries().to_str().unwrap(),
-        "--lake",
-        lake.to_str().unwrap(),
-        "--now",
-        "2024-06-01T12:31:00Z",
-    ]);
+        &lake,
+        &fixture_queries(),
+        &["--now", "2024-06-01T12:31:00Z"],
+    )
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains(
@@ -360,23 +383,16 @@ fn list_shows_schedule_next_slot_and_last_run() {
 
 /// Starts `prism schedule serve` in the background.
 fn serve(lake: &Path, queries: &Path, out: &Path) -> std::process::Child {
-    Command::new(common::prism_bin())
-        .args([
-            "schedule",
-            "serve",
-            "--poll",
-            "1",
-            "--lake",
-            lake.to_str().unwrap(),
-            "--queries",
-            queries.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    schedule(
+        "serve",
+        lake,
+        queries,
+        &["--poll", "1", "--out", out.to_str().unwrap()],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 /// Waits for `path` to exist (the scheduler writes it atomically, so it is complete).
@@ -426,34 +442,21 @@ fn finish(mut child: std::process::Child) -> (i32, String, String) {
 
 #[test]
 fn serve_runs_due_queries_picks_up_new_files_and_stops_on_sigint() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = lake(dir.path());
-    let queries = dir.path().join("queries");
-    std::fs::create_dir_all(&queries).unwrap();
-    std::fs::write(
-        queries.join("total.sql"),
+    let t = setup(&[(
+        "total.sql",
         "-- schedule: 0 0 1 * *\n-- output: {name}.json\nSELECT count(*) AS n FROM events\n",
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let mut child = serve(&lake, &queries, &out);
+    )]);
+    let mut child = serve(&t.lake, &t.queries, &t.out);
     // Never run, so due at once.
-    wait_for(&out.join("total.json"), &mut child);
-    assert_eq!(
-        std::fs::read_to_string(out.join("total.json")).unwrap(),
-        "[{\"n\":6}]\n"
-    );
+    wait_for(&t.out.join("total.json"), &mut child);
+    assert_eq!(t.output("total.json"), "[{\"n\":6}]\n");
     // A file added while serve sleeps is read at the next loop.
-    std::fs::write(
-        queries.join("added.sql"),
+    t.write(
+        "added.sql",
         "-- schedule: 0 0 1 1 *\n-- output: {name}.ndjson\nSELECT 42 AS answer\n",
-    )
-    .unwrap();
-    wait_for(&out.join("added.ndjson"), &mut child);
-    assert_eq!(
-        std::fs::read_to_string(out.join("added.ndjson")).unwrap(),
-        "{\"answer\":42}\n"
     );
+    wait_for(&t.out.join("added.ndjson"), &mut child);
+    assert_eq!(t.output("added.ndjson"), "{\"answer\":42}\n");
     signal(&child, "-INT");
     let (code, stdout, stderr) = finish(child);
     assert_eq!(code, 0, "{stderr}");
@@ -462,7 +465,7 @@ fn serve_runs_due_queries_picks_up_new_files_and_stops_on_sigint() {
     assert!(stderr.contains("stopped:"), "{stderr}");
     // Each query ran once: the slots are far apart.
     let rows = sql(
-        &lake,
+        &t.lake,
         "SELECT query, count(*) AS runs FROM query_runs GROUP BY query ORDER BY query",
     );
     assert_eq!(
@@ -476,38 +479,24 @@ fn serve_runs_due_queries_picks_up_new_files_and_stops_on_sigint() {
 
 #[test]
 fn serve_does_not_repeat_a_failed_slot_but_retries_an_edited_file_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = lake(dir.path());
-    let queries = dir.path().join("queries");
-    std::fs::create_dir_all(&queries).unwrap();
-    std::fs::write(
-        queries.join("broken.sql"),
-        "-- schedule: 0 0 1 * *\n-- output: {name}.csv\nSELECT nope FROM nowhere\n",
-    )
-    .unwrap();
-    std::fs::write(
-        queries.join("ok.sql"),
-        "-- schedule: 0 0 1 * *\n-- output: {name}.csv\nSELECT 1 AS one\n",
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let mut child = serve(&lake, &queries, &out);
-    wait_for(&out.join("ok.csv"), &mut child);
+    let monthly = |sql: &str| format!("-- schedule: 0 0 1 * *\n-- output: {{name}}.csv\n{sql}\n");
+    let t = setup(&[
+        ("broken.sql", &monthly("SELECT nope FROM nowhere")),
+        ("ok.sql", &monthly("SELECT 1 AS one")),
+    ]);
+    let mut child = serve(&t.lake, &t.queries, &t.out);
+    wait_for(&t.out.join("ok.csv"), &mut child);
     // Several loops pass (poll is 1 s); the broken query is not retried for the same slot.
     std::thread::sleep(Duration::from_millis(2500));
     // Fixed, it runs at the next loop.
-    std::fs::write(
-        queries.join("broken.sql"),
-        "-- schedule: 0 0 1 * *\n-- output: {name}.csv\nSELECT 2 AS two\n",
-    )
-    .unwrap();
-    wait_for(&out.join("broken.csv"), &mut child);
+    t.write("broken.sql", &monthly("SELECT 2 AS two"));
+    wait_for(&t.out.join("broken.csv"), &mut child);
     signal(&child, "-TERM");
     let (code, stdout, stderr) = finish(child);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.matches("FAILED  broken").count(), 1, "{stdout}");
     let rows = sql(
-        &lake,
+        &t.lake,
         "SELECT query, status FROM query_runs ORDER BY query, startedat",
     );
     assert_eq!(

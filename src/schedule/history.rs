@@ -21,6 +21,9 @@ use crate::lake::{Lake, LakeError, read_table_columns};
 /// The table's name, and so its name in SQL.
 pub const RUNS_TABLE: &str = "query_runs";
 
+/// Number of data files at which the history is compacted into one.
+pub const COMPACT_AT_FILES: usize = 32;
+
 /// Outcome of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,7 +123,9 @@ impl History {
         self.by_query.get(query)
     }
 
-    /// Appends one run in one commit, and updates what [`History::get`] says.
+    /// Appends one run in one commit, and updates what [`History::get`] says. Every
+    /// [`COMPACT_AT_FILES`] runs the table is compacted, so reading it stays cheap however long
+    /// the scheduler runs (one small file per run would grow without bound).
     pub async fn record(&mut self, run: &QueryRun) -> Result<(), LakeError> {
         let batch = runs_batch(std::slice::from_ref(run))?;
         let table = self.table.clone();
@@ -129,8 +134,22 @@ impl History {
             .with_save_mode(SaveMode::Append)
             .await
             .map_err(delta_error("writing the run history (query_runs)"))?;
+        if self.files() >= COMPACT_AT_FILES {
+            let (table, _) = self
+                .table
+                .clone()
+                .optimize()
+                .await
+                .map_err(delta_error("compacting the run history (query_runs)"))?;
+            self.table = table;
+        }
         self.note(run.clone());
         Ok(())
+    }
+
+    /// Active data files of the table.
+    pub fn files(&self) -> usize {
+        self.table.snapshot().map(|s| s.log_data().num_files()).unwrap_or(0)
     }
 
     fn note(&mut self, run: QueryRun) {
@@ -246,4 +265,51 @@ async fn read_runs(table: &DeltaTable) -> Result<Vec<QueryRun>, LakeError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn run(query: &str, slot: DateTime<Utc>, status: RunStatus) -> QueryRun {
+        QueryRun {
+            query: query.to_owned(),
+            file: format!("q/{query}.sql"),
+            schedule: "0 * * * *".to_owned(),
+            slot,
+            window_start: Some(slot - TimeDelta::hours(1)),
+            window_end: Some(slot),
+            started_at: slot + TimeDelta::seconds(5),
+            duration_ms: 12,
+            status,
+            rows: (status == RunStatus::Ok).then_some(3),
+            output: (status == RunStatus::Ok).then(|| format!("{query}.csv")),
+            error: (status == RunStatus::Error).then(|| "boom".to_owned()),
+            run_id: "r1".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_round_trips_and_stays_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open_or_create(dir.path().to_str().unwrap(), None).await.unwrap();
+        let mut history = History::open(&lake).await.unwrap();
+        assert!(history.get("hourly").is_none());
+        let t0 = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let n = COMPACT_AT_FILES as i64 + 5;
+        for i in 0..n {
+            history.record(&run("hourly", t0 + TimeDelta::hours(i), RunStatus::Ok)).await.unwrap();
+        }
+        // A later failure does not move the last successful slot.
+        let failed = run("hourly", t0 + TimeDelta::hours(n), RunStatus::Error);
+        history.record(&failed).await.unwrap();
+        assert!(history.files() < COMPACT_AT_FILES, "{} files", history.files());
+
+        let reread = History::open(&lake).await.unwrap();
+        let last = reread.get("hourly").unwrap();
+        assert_eq!(last.last_ok_slot, Some(t0 + TimeDelta::hours(n - 1)));
+        assert_eq!(last.last.as_ref(), Some(&failed));
+        assert_eq!(read_runs(&reread.table).await.unwrap().len() as i64, n + 1);
+    }
 }
