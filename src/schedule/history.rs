@@ -149,7 +149,10 @@ impl History {
 
     /// Active data files of the table.
     pub fn files(&self) -> usize {
-        self.table.snapshot().map(|s| s.log_data().num_files()).unwrap_or(0)
+        self.table
+            .snapshot()
+            .map(|s| s.log_data().num_files())
+            .unwrap_or(0)
     }
 
     fn note(&mut self, run: QueryRun) {
@@ -293,18 +296,29 @@ mod tests {
     #[tokio::test]
     async fn history_round_trips_and_stays_compact() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open_or_create(dir.path().to_str().unwrap(), None).await.unwrap();
+        let lake = Lake::open_or_create(dir.path().to_str().unwrap(), None)
+            .await
+            .unwrap();
         let mut history = History::open(&lake).await.unwrap();
         assert!(history.get("hourly").is_none());
-        let t0 = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let n = COMPACT_AT_FILES as i64 + 5;
         for i in 0..n {
-            history.record(&run("hourly", t0 + TimeDelta::hours(i), RunStatus::Ok)).await.unwrap();
+            history
+                .record(&run("hourly", t0 + TimeDelta::hours(i), RunStatus::Ok))
+                .await
+                .unwrap();
         }
         // A later failure does not move the last successful slot.
         let failed = run("hourly", t0 + TimeDelta::hours(n), RunStatus::Error);
         history.record(&failed).await.unwrap();
-        assert!(history.files() < COMPACT_AT_FILES, "{} files", history.files());
+        assert!(
+            history.files() < COMPACT_AT_FILES,
+            "{} files",
+            history.files()
+        );
 
         let reread = History::open(&lake).await.unwrap();
         let last = reread.get("hourly").unwrap();
