@@ -9,6 +9,7 @@
 //! - [`insights`]: baselines, scores, the detector, Insights records, tables and files;
 //! - [`udf`]: the model's SQL functions;
 //! - [`sql`]: the DataFusion session over the lake;
+//! - [`schedule`]: scheduled queries and their run history;
 //! - [`generate`]: realistic archives with labelled anomalies.
 //!
 //! The `prism` binary is a thin command-line layer over these.
@@ -19,6 +20,7 @@ pub mod ingest;
 pub mod insights;
 pub mod lake;
 pub mod rollup;
+pub mod schedule;
 pub mod schema;
 pub mod source;
 pub mod sql;

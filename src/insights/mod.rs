@@ -451,23 +451,9 @@ impl Tables {
         })
     }
 
-    /// A session over the tables a run reads (rollups, events, insights, runs).
+    /// The lake's session (the one every entry point uses), once these tables exist.
     async fn session(&mut self, lake: &Lake) -> Result<SessionContext> {
-        let mut config = datafusion::prelude::SessionConfig::new();
-        config.options_mut().execution.time_zone = Some("UTC".to_owned());
-        let ctx = SessionContext::new_with_config(config);
-        for (name, table) in [
-            ("rollups", lake.rollups()),
-            ("events", lake.events()),
-            (INSIGHTS_TABLE, &self.insights),
-            (RUNS_TABLE, &self.runs),
-        ] {
-            let register = |e: String| InsightsError::Data(format!("registering {name}: {e}"));
-            table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.to_string()))?;
-            let provider = table.table_provider().await.map_err(|e| register(e.to_string()))?;
-            ctx.register_table(name, provider).map_err(|e| register(e.to_string()))?;
-        }
-        Ok(ctx)
+        crate::sql::session(lake).await.map_err(|e| InsightsError::Data(format!("opening the lake's tables: {e}")))
     }
 
     /// The minute after the last analysed one, per account and region.

@@ -1,6 +1,7 @@
 //! The DataFusion session over a lake: one builder used by every entry point.
 
 use datafusion::error::DataFusionError;
+use datafusion::common::TableReference;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::lake::{Lake, LakeError};
@@ -47,10 +48,15 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
     datafusion_functions_json::register_all(&mut ctx)?;
     crate::udf::register(&ctx);
     for (name, table) in [("events", lake.events()), ("ingest_log", lake.ingest_log())] {
-        let register = |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Register { table: name.to_owned(), source: e };
-        table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.into()))?;
-        let provider = table.table_provider().await.map_err(|e| register(e.into()))?;
-        ctx.register_table(name, provider).map_err(|e| register(e.into()))?;
+        register_delta(&ctx, name, table).await?;
+    }
+    // Every other Delta table under the lake root (e.g. the scheduler's `query_runs`).
+    for name in lake.table_names().await? {
+        if ctx.table_exist(TableReference::bare(name.as_str()))? {
+            continue;
+        }
+        let table = lake.open_table(&name).await?;
+        register_delta(&ctx, &name, &table).await?;
     }
     for (name, sql) in VIEWS {
         let df = ctx.sql(sql).await?;
@@ -58,4 +64,12 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
             .map_err(|e| SqlError::Register { table: (*name).to_owned(), source: e.into() })?;
     }
     Ok(ctx)
+}
+
+async fn register_delta(ctx: &SessionContext, name: &str, table: &deltalake::DeltaTable) -> Result<(), SqlError> {
+    let register = |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Register { table: name.to_owned(), source: e };
+    table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.into()))?;
+    let provider = table.table_provider().await.map_err(|e| register(e.into()))?;
+    ctx.register_table(TableReference::bare(name), provider).map_err(|e| register(e.into()))?;
+    Ok(())
 }
