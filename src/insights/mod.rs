@@ -212,12 +212,15 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
     }
     let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
     summary.rolled_up_events = crate::rollup::catch_up(&mut lake).await?.events;
+    tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(&lake).await?;
     let ctx = tables.session(&lake).await?;
     let out = OutputStore::new(opts.out.as_deref(), &lake)?;
     let p = &opts.params;
 
+    tracing::debug!(elapsed = ?started.elapsed(), "session ready");
     let bounds = account_region_bounds(&ctx).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "bounds read");
     let watermarks = if matches!(opts.mode, Mode::Incremental { .. }) { tables.watermarks(&ctx).await? } else { HashMap::new() };
     let mut new_records: Vec<InsightRecord> = Vec::new();
     let mut run_rows: Vec<records::RunRow> = Vec::new();
@@ -256,6 +259,7 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
             .saturating_sub(p.lookback() as i64)
             .max(first);
         let series = load_series(&ctx, &account, &region, lo, end, &types).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), %account, %region, series = series.len(), "series loaded");
         let mut keys: Vec<SeriesKey> = series.keys().cloned().collect();
         for k in states.keys() {
             if !series.contains_key(k) && types.contains(k.insight_type.as_str()) {
@@ -319,6 +323,7 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
             }
             summary.open += state.open.is_some() as u64;
         }
+        tracing::debug!(elapsed = ?started.elapsed(), %account, %region, starts, ends, "analysed");
         summary.starts += starts;
         summary.ends += ends;
         summary.analysed_from = min_opt(summary.analysed_from.take(), minute_rfc3339(start));

@@ -118,9 +118,13 @@ pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
     let mut matched_labels: HashSet<u32> = HashSet::new();
     for f in &mut found {
         for l in &file.anomalies {
+            // An error burst on a write API is also a burst of write calls: the call-rate
+            // Insight it causes is a true one.
+            let same_type = l.insight_type == f.insight_type
+                || (l.kind == "error_burst" && f.insight_type == super::CALL_RATE && f.direction == "spike");
             let same = l.account == f.account
                 && l.region == f.region
-                && l.insight_type == f.insight_type
+                && same_type
                 && l.event_source == f.event_source
                 && l.event_name == f.event_name
                 && (f.insight_type != super::ERROR_RATE || l.error_code == f.error_code);
