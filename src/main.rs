@@ -81,10 +81,11 @@ completes keywords, tables and columns; Ctrl-C cancels a query; Ctrl-D quits. Me
 
 Examples:
   prism sql --lake ./lake
-  prism sql --lake ./lake -c \"SELECT eventname, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC LIMIT 10\"
+  prism sql --lake ./lake -c \"SELECT eventname, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC\"
   prism sql --lake ./lake -f queries/ingest_problems.sql --format csv > problems.csv
-  prism sql --lake ./lake -c \"SELECT * FROM events WHERE eventtime >= TIMESTAMP '2024-06-01T00:00:00Z'
-      AND eventtime < TIMESTAMP '2024-06-02T00:00:00Z'\" --output day.parquet
+  prism sql --lake ./lake --output day.parquet -c \"SELECT * FROM events
+      WHERE eventtime >= TIMESTAMP '2024-06-01T00:00:00Z'
+        AND eventtime < TIMESTAMP '2024-06-02T00:00:00Z'\"
   echo \"SELECT count(*) FROM rejects;\" | prism sql --lake ./lake --format json
 
 JSON columns (requestparameters, responseelements, …): (requestparameters->>'userName'),

@@ -176,10 +176,15 @@ impl StatementError {
 /// one, its position in the statement: (line, column, length in characters).
 fn describe(error: &DataFusionError) -> (String, Option<(usize, usize, usize)>) {
     let root = error.find_root();
-    let message = match root {
+    let mut message = match root {
         DataFusionError::SQL(e, _) => e.to_string(),
         other => other.strip_backtrace(),
     };
+    // An unknown column's message lists every column of every table in scope, which for
+    // `events` buries the point (and the caret) under 34 names.
+    if let Some(cut) = message.find("\nValid fields are ") {
+        message.truncate(cut);
+    }
     if let Some(span) = error.diagnostic().and_then(|d| d.span)
         && span.start.line > 0
     {

@@ -56,7 +56,8 @@ Statements end with `;` and may span lines. Tab completes keywords, tables and c
 Ctrl-C cancels a running query (or clears the line); Ctrl-D or \\q quits.
 
   \\d               list tables and views
-  \\d TABLE         the columns of TABLE (nested fields as a.b, list items as a[].b)
+  \\d TABLE         the columns of TABLE: nested fields as a.b (query them so), list
+                   items as a[].b (query a[1]['b'])
   \\timing [on|off] show the rows and time after each statement (on by default)
   \\format FORMAT   table, csv, json or ndjson
   \\i FILE          run the statements of FILE
@@ -173,7 +174,10 @@ async fn meta_command(ctx: &SessionContext, meta: &str, state: &mut State) -> Fl
             Ok(OutputFormat::Parquet) => {
                 eprintln!("error: Parquet is binary; write it to a file with `prism sql -c … --output FILE.parquet`")
             }
-            Ok(f) => state.format = f,
+            Ok(f) => {
+                state.format = f;
+                println!("Results are shown as {f}.");
+            }
             Err(e) => eprintln!("error: {e}"),
         },
         ("i", "") => eprintln!("error: \\i needs a file: \\i queries/root_activity.sql"),
