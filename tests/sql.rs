@@ -44,8 +44,13 @@ fn prism(args: &[&str]) -> Output {
 
 fn prism_stdin(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child =
-        Command::new(prism_bin()).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(prism_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -138,8 +143,23 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
     let archive = dir.path().join("archive");
     let lake_dir = dir.path().join("lake");
     let out = prism(&[
-        "generate", "--out", archive.to_str().unwrap(), "--accounts", "1", "--regions", "us-east-1", "--days", "4",
-        "--events-per-day", "2000", "--anomalies", "0", "--seed", "3", "--start", "2024-01-01",
+        "generate",
+        "--out",
+        archive.to_str().unwrap(),
+        "--accounts",
+        "1",
+        "--regions",
+        "us-east-1",
+        "--days",
+        "4",
+        "--events-per-day",
+        "2000",
+        "--anomalies",
+        "0",
+        "--seed",
+        "3",
+        "--start",
+        "2024-01-01",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (code, _) =
@@ -148,10 +168,8 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
 
     let lake = prism::Lake::open(lake_dir.to_str().unwrap()).await.unwrap();
     let files: Vec<String> = lake.events().get_file_uris().unwrap().collect();
-    let in_range: Vec<&String> = files
-        .iter()
-        .filter(|f| (0..6).any(|h| f.contains(&format!("eventperiod=20240102T{h:02}Z/"))))
-        .collect();
+    let in_range: Vec<&String> =
+        files.iter().filter(|f| (0..6).any(|h| f.contains(&format!("eventperiod=20240102T{h:02}Z/")))).collect();
     assert!(files.len() > 80 && !in_range.is_empty(), "{} files, {} in range", files.len(), in_range.len());
 
     let ctx = prism::sql::session(&lake).await.unwrap();
@@ -160,7 +178,12 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
 
     let range = "eventtime >= TIMESTAMP '2024-01-02T00:00:00Z' AND eventtime < TIMESTAMP '2024-01-02T06:00:00Z'";
     let (n, scanned, opened) = run_measured(&ctx, &format!("SELECT count(*) FROM events WHERE {range}")).await;
-    assert_eq!(scanned, in_range.len(), "only the files of 00:00-06:00 on Jan 2 are scanned ({} in the lake)", files.len());
+    assert_eq!(
+        scanned,
+        in_range.len(),
+        "only the files of 00:00-06:00 on Jan 2 are scanned ({} in the lake)",
+        files.len()
+    );
     assert!(opened <= scanned, "{opened} Parquet files opened, {scanned} selected");
     // The same rows as a filter the statistics cannot use.
     let (expected, scanned_unpruned, _) = run_measured(
@@ -178,7 +201,7 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
         "SELECT count(*) FROM events WHERE eventtime BETWEEN TIMESTAMP '2024-01-03T10:00:00Z' AND TIMESTAMP '2024-01-03T10:59:59Z'",
     )
     .await;
-    assert!(between >= 1 && between <= 3, "one hour's partition: {between} files");
+    assert!((1..=3).contains(&between), "one hour's partition: {between} files");
     let (_, tail, _) =
         run_measured(&ctx, "SELECT count(*) FROM events WHERE eventtime >= TIMESTAMP '2024-01-04T18:00:00Z'").await;
     assert!(tail < files.len() / 10, "the last hours: {tail} of {} files", files.len());
@@ -192,8 +215,17 @@ fn statements_from_c_f_and_stdin_run_in_order() {
     let file = dir.path().join("q.sql");
     std::fs::write(&file, "-- the second input\nSELECT count(*) AS n FROM events;\n\nSELECT 'x;y' AS s;\n").unwrap();
     let out = prism(&[
-        "sql", "--lake", lake, "-c", "SELECT 1 AS a; SELECT 2 AS b", "-f", file.to_str().unwrap(), "-c", "SELECT 3 AS c",
-        "--format", "csv",
+        "sql",
+        "--lake",
+        lake,
+        "-c",
+        "SELECT 1 AS a; SELECT 2 AS b",
+        "-f",
+        file.to_str().unwrap(),
+        "-c",
+        "SELECT 3 AS c",
+        "--format",
+        "csv",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "a\n1\nb\n2\nn\n9\ns\nx;y\nc\n3\n");
@@ -209,7 +241,8 @@ fn statements_from_c_f_and_stdin_run_in_order() {
          {\"eventname\":\"ListUsers\",\"n\":1}\n{\"rejected\":1}\n"
     );
 
-    let out = prism(&["sql", "--lake", lake, "-c", "SELECT eventname FROM events ORDER BY 1 LIMIT 1", "--format", "json"]);
+    let out =
+        prism(&["sql", "--lake", lake, "-c", "SELECT eventname FROM events ORDER BY 1 LIMIT 1", "--format", "json"]);
     assert_eq!(text(&out.stdout), "[{\"eventname\":\"DescribeInstances\"}]\n");
 
     let out = prism_stdin(&["sql", "--lake", lake], "-- nothing here\n");
@@ -223,25 +256,40 @@ fn a_failing_statement_stops_the_run_and_is_named_with_its_place() {
     let lake = small_lake(dir.path());
     let lake = lake.to_str().unwrap();
     let file = dir.path().join("report.sql");
-    std::fs::write(&file, "SELECT 1 AS first;\n-- then\nSELECT eventname,\n       nosuch FROM events;\nSELECT 3 AS third;\n")
-        .unwrap();
+    std::fs::write(
+        &file,
+        "SELECT 1 AS first;\n-- then\nSELECT eventname,\n       nosuch FROM events;\nSELECT 3 AS third;\n",
+    )
+    .unwrap();
     let out = prism(&["sql", "--lake", lake, "-f", file.to_str().unwrap(), "--format", "csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout), "first\n1\n", "statements after the failure do not run");
     let err = text(&out.stderr);
-    assert!(err.contains("report.sql: statement 2 (line 4, column 8) failed: Schema error: No field named nosuch"), "{err}");
+    assert!(
+        err.contains("report.sql: statement 2 (line 4, column 8) failed: Schema error: No field named nosuch"),
+        "{err}"
+    );
     assert!(err.contains("4 |        nosuch FROM events;\n  |        ^^^^^^"), "{err}");
 
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT 1", "-c", "SELECT 2; SELEC 3"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("-c #2: statement 2 (line 1, column 11) failed: sql parser error: Expected: an SQL statement, found: SELEC"), "{err}");
+    assert!(
+        err.contains(
+            "-c #2: statement 2 (line 1, column 11) failed: sql parser error: Expected: an SQL statement, found: SELEC"
+        ),
+        "{err}"
+    );
     assert!(err.contains("1 | SELECT 2; SELEC 3\n  |           ^"), "{err}");
 
     // Errors during execution (after planning) are reported too.
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT 10 / (value - 5) FROM range(10)"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("-c: statement 1 (line 1) failed: Arrow error: Divide by zero"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("-c: statement 1 (line 1) failed: Arrow error: Divide by zero"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = prism(&["sql", "--lake", dir.path().join("nowhere").to_str().unwrap(), "-c", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(1));
@@ -258,8 +306,15 @@ fn output_files_are_complete_or_absent() {
     // The format comes from the extension; only the last statement goes to the file.
     let csv = results.join("apis.csv");
     let out = prism(&[
-        "sql", "--lake", lake, "-c", "CREATE VIEW apis AS SELECT eventname, count(*) AS n FROM events GROUP BY 1",
-        "-c", "SELECT * FROM apis ORDER BY n DESC", "--output", csv.to_str().unwrap(),
+        "sql",
+        "--lake",
+        lake,
+        "-c",
+        "CREATE VIEW apis AS SELECT eventname, count(*) AS n FROM events GROUP BY 1",
+        "-c",
+        "SELECT * FROM apis ORDER BY n DESC",
+        "--output",
+        csv.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), "eventname,n\nDescribeInstances,5\nGetObject,3\nListUsers,1\n");
@@ -268,13 +323,19 @@ fn output_files_are_complete_or_absent() {
     let parquet = results.join("events.parquet");
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT * FROM events", "-o", parquet.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(&parquet).unwrap(), 1024)
-        .unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(&parquet).unwrap(), 1024)
+            .unwrap();
     assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 9);
 
     // A run that fails half-way through its rows leaves the previous file as it was.
     let out = prism(&[
-        "sql", "--lake", lake, "-c", "SELECT value, 10 / (value - 50000) AS x FROM range(100000)", "--output",
+        "sql",
+        "--lake",
+        lake,
+        "-c",
+        "SELECT value, 10 / (value - 50000) AS x FROM range(100000)",
+        "--output",
         csv.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
@@ -285,9 +346,20 @@ fn output_files_are_complete_or_absent() {
 
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT 1", "--output", results.join("x.txt").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("use .csv, .json, .ndjson or .parquet, or give the format"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("use .csv, .json, .ndjson or .parquet, or give the format"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = prism(&[
-        "sql", "--lake", lake, "-c", "SELECT 1 AS one", "--output", results.join("x.txt").to_str().unwrap(), "--format",
+        "sql",
+        "--lake",
+        lake,
+        "-c",
+        "SELECT 1 AS one",
+        "--output",
+        results.join("x.txt").to_str().unwrap(),
+        "--format",
         "table",
     ]);
     assert!(out.status.success());
@@ -317,9 +389,21 @@ fn maxrows_summarises_the_rest() {
 fn help_teaches_tables_meta_commands_and_examples() {
     let out = prism(&["sql", "--help"]);
     let help = text(&out.stdout);
-    for needle in ["events", "rejects", "ingested_files", "\\d TABLE", "\\timing", "\\format", "\\i FILE", "\\q", "--output",
-        "--maxrows", "Examples:", "prism sql --lake ./lake -c", "TIMESTAMP '2024-06-01T00:00:00Z'"]
-    {
+    for needle in [
+        "events",
+        "rejects",
+        "ingested_files",
+        "\\d TABLE",
+        "\\timing",
+        "\\format",
+        "\\i FILE",
+        "\\q",
+        "--output",
+        "--maxrows",
+        "Examples:",
+        "prism sql --lake ./lake -c",
+        "TIMESTAMP '2024-06-01T00:00:00Z'",
+    ] {
         assert!(help.contains(needle), "`{needle}` missing from:\n{help}");
     }
 }
@@ -418,7 +502,8 @@ impl Tmux {
 
     /// The program's exit, once it has ended: `exited with 0`, `killed by 9`.
     fn exit_status(&self) -> Option<String> {
-        let out = self.tmux(&["display-message", "-p", "-t", "t", "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}"]);
+        let out =
+            self.tmux(&["display-message", "-p", "-t", "t", "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}"]);
         let parts: Vec<&str> = out.trim().split('|').collect();
         // The pane is dead when its terminal closes, which can come before tmux reaps the
         // program and knows its status.
@@ -483,7 +568,10 @@ fn the_shell_as_a_person_uses_it() {
         assert!(out.contains(table), "{table} in {out}");
     }
     let out = t.enter(&["\\d events"]);
-    assert!(out.contains("| eventtime ") && out.contains("timestamp (UTC)") && out.contains("useridentity.arn"), "{out}");
+    assert!(
+        out.contains("| eventtime ") && out.contains("timestamp (UTC)") && out.contains("useridentity.arn"),
+        "{out}"
+    );
 
     let out = t.enter(&["SELECT nosuch FROM events;"]);
     assert!(out.contains("error: Schema error: No field named nosuch."), "{out}");
@@ -547,7 +635,10 @@ fn the_shell_sees_new_data_and_quits_on_ctrl_d() {
     assert!(out.contains("| 9 |"), "{out}");
 
     let archive = dir.path().join("archive2");
-    write_gz(&log_path(&archive, "111122223333", "us-east-1", "20240302", "B"), &records("b", &[("GetObject", 4)], "2024-03-02"));
+    write_gz(
+        &log_path(&archive, "111122223333", "us-east-1", "20240302", "B"),
+        &records("b", &[("GetObject", 4)], "2024-03-02"),
+    );
     let (code, _) = run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap()]);
     assert_eq!(code, 0);
     let out = t.enter(&["SELECT count(*) AS n FROM events;"]);
