@@ -38,6 +38,13 @@ fn small_lake(dir: &Path) -> PathBuf {
     lake
 }
 
+/// A temporary folder holding [`small_lake`], and the lake's path.
+fn fixture() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = small_lake(dir.path()).to_str().unwrap().to_owned();
+    (dir, lake)
+}
+
 fn prism(args: &[&str]) -> Output {
     Command::new(prism_bin()).args(args).output().unwrap()
 }
@@ -207,9 +214,8 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
 
 #[test]
 fn statements_from_c_f_and_stdin_run_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = small_lake(dir.path());
-    let lake = lake.to_str().unwrap();
+    let (dir, lake) = fixture();
+    let lake = lake.as_str();
     let file = dir.path().join("q.sql");
     std::fs::write(&file, "-- the second input\nSELECT count(*) AS n FROM events;\n\nSELECT 'x;y' AS s;\n").unwrap();
     let out = prism(&[
@@ -250,9 +256,8 @@ fn statements_from_c_f_and_stdin_run_in_order() {
 
 #[test]
 fn a_failing_statement_stops_the_run_and_is_named_with_its_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = small_lake(dir.path());
-    let lake = lake.to_str().unwrap();
+    let (dir, lake) = fixture();
+    let lake = lake.as_str();
     let file = dir.path().join("report.sql");
     std::fs::write(
         &file,
@@ -296,9 +301,8 @@ fn a_failing_statement_stops_the_run_and_is_named_with_its_place() {
 
 #[test]
 fn output_files_are_complete_or_absent() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = small_lake(dir.path());
-    let lake = lake.to_str().unwrap();
+    let (dir, lake) = fixture();
+    let lake = lake.as_str();
     let results = dir.path().join("results");
 
     // The format comes from the extension; only the last statement goes to the file.
@@ -371,9 +375,8 @@ fn output_files_are_complete_or_absent() {
 
 #[test]
 fn maxrows_summarises_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = small_lake(dir.path());
-    let lake = lake.to_str().unwrap();
+    let (_dir, lake) = fixture();
+    let lake = lake.as_str();
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT value FROM range(100)", "--maxrows", "5"]);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("| 4     |") && !stdout.contains("| 5     |"), "{stdout}");
