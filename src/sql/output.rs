@@ -290,6 +290,29 @@ mod tests {
     }
 
     #[test]
+    fn batches_stream_through_one_writer() {
+        let (schema, b) = batch();
+        let mut out = Vec::new();
+        let mut w = ResultWriter::new(OutputFormat::Csv, schema, &mut out).unwrap();
+        w.write(&b).unwrap();
+        w.write(&b.slice(1, 1)).unwrap();
+        w.finish().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "api,n\nA,1\nB,2\nB,2\n", "one header");
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut file = AtomicFile::create(&path).unwrap();
+        file.writer().write_all(b"half").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
     fn atomic_parquet_file_round_trips() {
         let (schema, b) = batch();
         let dir = tempfile::tempdir().unwrap();
