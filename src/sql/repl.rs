@@ -199,7 +199,7 @@ async fn run_text(ctx: &SessionContext, origin: &str, text: &str, state: &State)
         let sink = Sink { format: state.format, maxrows: state.maxrows, out: &mut out };
         let result = tokio::select! {
             r = exec::execute(ctx, &statement.text, sink) => r,
-            _ = tokio::signal::ctrl_c() => {
+            Ok(()) = tokio::signal::ctrl_c() => {
                 println!("\nQuery cancelled.");
                 return;
             }
