@@ -432,6 +432,10 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// Runs `command` in a shell in the window; when it ends, the shell writes `EXIT=<status>`
+    /// and the pane stays (remain-on-exit) so that the screen can still be read. (The shell
+    /// traps SIGINT so that a Ctrl-C meant for the program does not end the shell; the program
+    /// gets the default disposition back.)
     fn start(command: &str) -> Tmux {
         let version = Command::new("tmux").arg("-V").output();
         assert!(
@@ -441,12 +445,25 @@ impl Tmux {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let socket =
             format!("prism-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        // remain-on-exit keeps the pane after the program ends, to read its exit status; set in
-        // the server's configuration, it holds from the start, even for a program that ends at once.
         let config = std::env::temp_dir().join(format!("{socket}.conf"));
         std::fs::write(&config, "set-option -g remain-on-exit on\n").unwrap();
         let t = Tmux { socket, config };
-        t.tmux(&["-f", t.config.to_str().unwrap(), "new-session", "-d", "-x", "200", "-y", "50", "-s", "t", command]);
+        let script = format!("trap true INT; {command}; echo \"EXIT=$?\"");
+        t.tmux(&[
+            "-f",
+            t.config.to_str().unwrap(),
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-s",
+            "t",
+            "sh",
+            "-c",
+            &script,
+        ]);
         t
     }
 
@@ -514,29 +531,16 @@ impl Tmux {
         screen[start..last].to_owned()
     }
 
-    /// The program's exit, once it has ended: `exited with 0`, `killed by 9`.
-    fn exit_status(&self) -> Option<String> {
-        let out =
-            self.tmux(&["display-message", "-p", "-t", "t", "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}"]);
-        let parts: Vec<&str> = out.trim().split('|').collect();
-        // The pane is dead when its terminal closes, which can come before tmux reaps the
-        // program and knows its status.
-        match parts.as_slice() {
-            ["1", status, ""] if !status.is_empty() => Some(format!("exited with {status}")),
-            ["1", _, signal] if !signal.is_empty() => Some(format!("killed by {signal}")),
-            _ => None,
-        }
+    /// The program's exit status, once it has ended.
+    fn exit_status(&self) -> Option<i32> {
+        let screen = self.screen();
+        let at = screen.rfind("EXIT=")?;
+        screen[at + 5..].lines().next()?.trim().parse().ok()
     }
 
-    fn wait_exit(&self) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(exit) = self.exit_status() {
-                return exit;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "the shell did not exit:\n{}", self.screen());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn wait_exit(&self) -> i32 {
+        let screen = self.wait_for("the program to end", |s| s.contains("EXIT="));
+        self.exit_status().unwrap_or_else(|| panic!("no exit status on the screen:\n{screen}"))
     }
 }
 
@@ -551,9 +555,9 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn start_repl(lake: &Path, history: &Path, extra: &str) -> Tmux {
+fn start_repl(lake: &Path, history: &Path) -> Tmux {
     let command = format!(
-        "{} sql --lake {} --history {} {extra}",
+        "{} sql --lake {} --history {}",
         shell_quote(prism_bin()),
         shell_quote(lake.to_str().unwrap()),
         shell_quote(history.to_str().unwrap())
@@ -568,7 +572,7 @@ fn the_shell_as_a_person_uses_it() {
     let dir = tempfile::tempdir().unwrap();
     let lake = small_lake(dir.path());
     let history = dir.path().join("history");
-    let t = start_repl(&lake, &history, "");
+    let t = start_repl(&lake, &history);
 
     let out = t.enter(&["SELECT 40 + 2 AS answer;"]);
     assert!(out.contains("| answer |") && out.contains("| 42     |") && out.contains("1 row in "), "{out}");
@@ -635,7 +639,7 @@ fn the_shell_as_a_person_uses_it() {
     t.enter(&["\\?"]);
     t.type_text("\\q");
     t.keys(&["Enter"]);
-    assert_eq!(t.wait_exit(), "exited with 0", "{}", t.screen());
+    assert_eq!(t.wait_exit(), 0, "{}", t.screen());
     let history = std::fs::read_to_string(&history).unwrap();
     assert!(history.contains("SELECT 40 + 2 AS answer;") && history.contains("\\\\q"), "{history}");
 }
@@ -644,7 +648,7 @@ fn the_shell_as_a_person_uses_it() {
 fn the_shell_sees_new_data_and_quits_on_ctrl_d() {
     let dir = tempfile::tempdir().unwrap();
     let lake = small_lake(dir.path());
-    let t = start_repl(&lake, &dir.path().join("history"), "");
+    let t = start_repl(&lake, &dir.path().join("history"));
     let out = t.enter(&["SELECT count(*) AS n FROM events;"]);
     assert!(out.contains("| 9 |"), "{out}");
 
@@ -659,7 +663,7 @@ fn the_shell_sees_new_data_and_quits_on_ctrl_d() {
     assert!(out.contains("| 13 |"), "the open shell reads the new commit: {out}");
 
     t.keys(&["C-d"]);
-    assert_eq!(t.wait_exit(), "exited with 0", "{}", t.screen());
+    assert_eq!(t.wait_exit(), 0, "{}", t.screen());
 }
 
 #[test]
@@ -667,12 +671,12 @@ fn parquet_is_refused_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let lake = small_lake(dir.path());
     let command = format!(
-        "{} sql --lake {} -c 'SELECT 1' --format parquet; echo EXIT=$?",
+        "{} sql --lake {} -c 'SELECT 1' --format parquet",
         shell_quote(prism_bin()),
         shell_quote(lake.to_str().unwrap())
     );
     let t = Tmux::start(&command);
-    let screen = t.wait_for("the refusal", |s| s.contains("EXIT="));
+    assert_eq!(t.wait_exit(), 1);
+    let screen = t.screen();
     assert!(screen.contains("Parquet is binary") && screen.contains("--output FILE.parquet"), "{screen}");
-    assert!(screen.contains("EXIT=1"), "{screen}");
 }
