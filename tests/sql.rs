@@ -427,8 +427,8 @@ fn help_teaches_tables_meta_commands_and_examples() {
 
 /// A tmux server of its own (its own socket), running one command in a 200×50 window.
 struct Tmux {
-    socket: String,
-    config: PathBuf,
+    /// The server's socket and configuration live in this folder, removed with it.
+    dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -442,33 +442,18 @@ impl Tmux {
             version.is_ok_and(|o| o.status.success()),
             "tmux is needed to test the interactive shell as a person uses it: install it (apt-get install tmux)"
         );
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let socket =
-            format!("prism-test-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let config = std::env::temp_dir().join(format!("{socket}.conf"));
-        std::fs::write(&config, "set-option -g remain-on-exit on\n").unwrap();
-        let t = Tmux { socket, config };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tmux.conf"), "set-option -g remain-on-exit on\n").unwrap();
+        let t = Tmux { dir };
         let script = format!("trap true INT; {command}; echo \"EXIT=$?\"");
-        t.tmux(&[
-            "-f",
-            t.config.to_str().unwrap(),
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "-s",
-            "t",
-            "sh",
-            "-c",
-            &script,
-        ]);
+        let config = t.dir.path().join("tmux.conf");
+        let config = config.to_str().unwrap();
+        t.tmux(&["-f", config, "new-session", "-d", "-x", "200", "-y", "50", "-s", "t", "sh", "-c", &script]);
         t
     }
 
     fn tmux(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().unwrap();
+        let out = Command::new("tmux").arg("-S").arg(self.dir.path().join("socket")).args(args).output().unwrap();
         assert!(out.status.success(), "tmux {args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     }
@@ -546,8 +531,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").arg("-L").arg(&self.socket).arg("kill-server").output();
-        let _ = std::fs::remove_file(&self.config);
+        let _ = Command::new("tmux").arg("-S").arg(self.dir.path().join("socket")).arg("kill-server").output();
     }
 }
 
