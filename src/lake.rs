@@ -233,32 +233,6 @@ impl Lake {
         open_or_create_table(&self.url, name, schema, partitions).await
     }
 
-    /// Names of the Delta tables directly under the lake root (folders holding `_delta_log/`),
-    /// sorted: every one of them is a lake table, queryable by name.
-    pub async fn table_names(&self) -> Result<Vec<String>> {
-        let store_error = |source| LakeError::Store { context: format!("listing the tables of {}", self.url), source };
-        let root = self.store.list_with_delimiter(None).await.map_err(store_error)?;
-        let mut names = Vec::new();
-        for folder in root.common_prefixes {
-            let Some(name) = folder.filename().map(str::to_owned) else { continue };
-            let log = self.store.list_with_delimiter(Some(&folder.clone().join("_delta_log"))).await.map_err(store_error)?;
-            if !log.objects.is_empty() {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
-    /// Opens an existing table of the lake by name.
-    pub async fn open_table(&self, name: &str) -> Result<DeltaTable> {
-        let url = self
-            .url
-            .join(&format!("{name}/"))
-            .map_err(|e| LakeError::InvalidLocation { location: self.url.to_string(), reason: e.to_string() })?;
-        DeltaTable::try_from_url(url.clone()).await.map_err(delta(format!("opening {url}")))
-    }
-
     /// The object store rooted at the lake.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()

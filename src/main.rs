@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use prism::ingest::{IngestOptions, IngestSummary, Progress};
 use prism::schedule;
@@ -84,13 +84,32 @@ Example:
 
 Runs on the local machine only: no services, no credentials.")]
     Demo(insights_cmd::DemoArgs),
-    /// Run SQL against the lake.
+    /// Query the lake with SQL: an interactive shell, or statements from -c, -f or stdin.
     #[command(after_help = "\
-Tables: events, ingest_log, and the views rejects and ingested_files.
+Tables (every Delta table of the lake, by its folder name):
+  events           one row per CloudTrail event (eventtime is a UTC timestamp; see README, Schema)
+  ingest_log       the ingest journal: one row per file read and per rejected record
+  rejects          view: the rejected records, with file, record index, reason and raw text
+  ingested_files   view: the files read, with their counts
+Each query reads the latest data: a shell left open sees what `prism ingest` commits meanwhile.
+A filter on eventtime reads only the files of that time range.
+
+Interactive (no -c/-f and stdin a terminal): statements end with `;` and may span lines; Tab
+completes keywords, tables and columns; Ctrl-C cancels a query; Ctrl-D quits. Meta commands:
+  \\d, \\d TABLE, \\timing, \\format table|csv|json|ndjson, \\i FILE, \\q, \\?
 
 Examples:
-  prism sql --lake ./lake -c \"SELECT count(*) FROM events\"
-  prism sql --lake ./lake -c \"SELECT reason, count(*) FROM rejects GROUP BY 1\" --format csv")]
+  prism sql --lake ./lake
+  prism sql --lake ./lake -c \"SELECT eventname, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC\"
+  prism sql --lake ./lake -f queries/ingest_problems.sql --format csv > problems.csv
+  prism sql --lake ./lake --output day.parquet -c \"SELECT * FROM events
+      WHERE eventtime >= TIMESTAMP '2024-06-01T00:00:00Z'
+        AND eventtime < TIMESTAMP '2024-06-02T00:00:00Z'\"
+  echo \"SELECT count(*) FROM rejects;\" | prism sql --lake ./lake --format json
+
+JSON columns (requestparameters, responseelements, …): (requestparameters->>'userName'),
+json_get_str(requestparameters, 'bucketName'). Several statements run in order (-c and -f
+as given); the first that fails stops the run with exit status 1, naming the statement.")]
     Sql(SqlArgs),
     /// Run .sql files on a cron schedule: once from cron, or as a long-running service.
     #[command(subcommand, after_help = SCHEDULE_HELP)]
@@ -289,15 +308,35 @@ struct SqlArgs {
     /// The lake folder or s3:// URL.
     #[arg(long, env = "PRISM_LAKE")]
     lake: String,
-    /// SQL to run.
-    #[arg(short = 'c', long = "command")]
+    /// SQL to run; repeatable, each may hold several `;`-separated statements.
+    #[arg(short = 'c', long = "command", value_name = "SQL")]
     command: Vec<String>,
-    /// Files of SQL to run.
-    #[arg(short = 'f', long = "file")]
+    /// A file of SQL statements to run; repeatable.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Vec<std::path::PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    format: OutputFormat,
+    /// Result format [default: from --output's extension, else table].
+    #[arg(long, value_enum)]
+    format: Option<OutputFormat>,
+    /// Write the last statement's result to FILE (atomically: complete or not at all).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
+    /// Rows shown per result on a terminal (0: all) [default: 40]. Output to a pipe or
+    /// --output is complete unless this is given.
+    #[arg(long, value_name = "N")]
+    maxrows: Option<usize>,
+    /// History file of the interactive shell [default: ~/.prism_history].
+    #[arg(long, env = "PRISM_HISTORY", value_name = "FILE")]
+    history: Option<std::path::PathBuf>,
+}
+
+/// The -c and -f arguments in the order they were given.
+fn sql_inputs(matches: &clap::ArgMatches, args: &SqlArgs) -> Vec<prism::sql::Input> {
+    let indexed = |id: &str| matches.indices_of(id).map(|i| i.collect::<Vec<_>>()).unwrap_or_default();
+    let commands = args.command.iter().map(|c| prism::sql::Input::Command(c.clone()));
+    let files = args.file.iter().map(|f| prism::sql::Input::File(f.clone()));
+    let mut inputs: Vec<_> = indexed("command").into_iter().zip(commands).chain(indexed("file").into_iter().zip(files)).collect();
+    inputs.sort_by_key(|(i, _)| *i);
+    inputs.into_iter().map(|(_, input)| input).collect()
 }
 
 fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
@@ -311,7 +350,11 @@ fn parse_date(s: &str) -> Result<NaiveDate, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         // Dependencies log routine conditions as errors (e.g. "no files in log segment" while a
         // table is being created); show only Prism's own warnings unless PRISM_LOG asks.
@@ -331,7 +374,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Ingest(args) => run_ingest(args).await,
-            Command::Sql(args) => run_sql(args).await,
+            Command::Sql(args) => {
+                let inputs = matches.subcommand_matches("sql").map(|m| sql_inputs(m, &args)).unwrap_or_default();
+                run_sql(args, inputs).await
+            }
             Command::Generate(args) => run_generate(args).await,
             Command::Selectors(cmd) => insights_cmd::selectors(cmd).await,
             Command::Insights(cmd) => insights_cmd::insights(cmd).await,
@@ -482,22 +528,30 @@ async fn run_generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
+async fn run_sql(args: SqlArgs, mut inputs: Vec<prism::sql::Input>) -> anyhow::Result<ExitCode> {
     let lake = prism::Lake::open(&args.lake).await?;
     let ctx = prism::sql::session(&lake).await?;
-    let mut statements = args.command.clone();
-    for f in &args.file {
-        statements.push(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);
+    if inputs.is_empty() {
+        if std::io::stdin().is_terminal() {
+            if args.output.is_some() {
+                anyhow::bail!("--output needs SQL to run: give -c, -f, or SQL on stdin");
+            }
+            if args.format == Some(OutputFormat::Parquet) {
+                anyhow::bail!("the interactive shell shows text; for Parquet give -c or -f with --output FILE.parquet");
+            }
+            let opts = prism::sql::repl::ReplOptions {
+                history: args.history.or_else(prism::sql::repl::default_history_path),
+                maxrows: args.maxrows.unwrap_or(prism::sql::exec::DEFAULT_MAXROWS),
+                format: args.format.unwrap_or(OutputFormat::Table),
+                lake: lake.url().to_string(),
+            };
+            prism::sql::repl::run(&ctx, opts).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        inputs.push(prism::sql::Input::Stdin);
     }
-    if statements.is_empty() {
-        anyhow::bail!("give SQL with -c or -f");
-    }
-    for sql in statements {
-        let df = ctx.sql(&sql).await?;
-        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        prism::sql::output::write_batches(args.format, &schema, &batches, std::io::BufWriter::new(std::io::stdout()))?;
-    }
+    let opts = prism::sql::BatchOptions { format: args.format, output: args.output, maxrows: args.maxrows };
+    prism::sql::exec::run_inputs(&ctx, &inputs, &opts).await?;
     Ok(ExitCode::SUCCESS)
 }
 

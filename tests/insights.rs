@@ -238,14 +238,14 @@ async fn backfill_writes_aws_records_and_files_once() {
 fn regex_like_insight_key() -> impl Fn(&str) -> bool {
     |key: &str| {
         let parts: Vec<&str> = key.split('/').collect();
-        if parts.len() != 9 || parts[0] != "AWSLogs" || parts[2] != "CloudTrail-Insight" {
+        if parts.len() != 8 || parts[0] != "AWSLogs" || parts[2] != "CloudTrail-Insight" {
             return false;
         }
         let (account, region) = (parts[1], parts[3]);
-        let Some(rest) = parts[8].strip_prefix(&format!("{account}_CloudTrail-Insight_{region}_")) else { return false };
+        let Some(rest) = parts[7].strip_prefix(&format!("{account}_CloudTrail-Insight_{region}_")) else { return false };
         let Some(rest) = rest.strip_suffix(".json.gz") else { return false };
         let Some((stamp, suffix)) = rest.split_once('_') else { return false };
-        let date = format!("{}{}{}", parts[5], parts[6], parts[7]);
+        let date = format!("{}{}{}", parts[4], parts[5], parts[6]);
         stamp.len() == 14 && stamp.starts_with(&date) && stamp.ends_with('Z') && suffix.len() == 16 && parts[4].len() == 4
     }
 }
@@ -261,7 +261,7 @@ async fn chunked_runs_find_what_one_backfill_finds() {
     let expected = records(&whole).await;
     assert!(expected.len() >= 6);
     // Cut points: around the Insights (where carrying state over matters) and random ones.
-    let times = strings(&whole, "SELECT CAST(eventtime AS VARCHAR) FROM insights ORDER BY eventtime").await;
+    let times = strings(&whole, "SELECT CAST(eventtime AS VARCHAR) AS t FROM insights ORDER BY eventtime").await;
     let insight_minutes: Vec<i64> = times.iter().map(|t| minute(t.as_deref().unwrap())).collect();
     let (lo, hi) = (*insight_minutes.first().unwrap() - 600, *insight_minutes.last().unwrap() + 60);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ 42;
@@ -314,7 +314,7 @@ async fn sql_functions_recompute_the_detector() {
     // The detector's latest call-rate Insight.
     let start = strings(
         &lake,
-        "SELECT CAST(eventtime AS VARCHAR) FROM insights WHERE insighttype = 'ApiCallRateInsight' AND insightstate = 'Start' \
+        "SELECT CAST(eventtime AS VARCHAR) AS t FROM insights WHERE insighttype = 'ApiCallRateInsight' AND insightstate = 'Start' \
          ORDER BY eventtime DESC, insighteventname LIMIT 1",
     )
     .await[0]
@@ -322,7 +322,7 @@ async fn sql_functions_recompute_the_detector() {
     .unwrap();
     let decided = strings(
         &lake,
-        "SELECT CAST(decidedat AS VARCHAR) FROM insights WHERE insighttype = 'ApiCallRateInsight' AND insightstate = 'Start' \
+        "SELECT CAST(decidedat AS VARCHAR) AS t FROM insights WHERE insighttype = 'ApiCallRateInsight' AND insightstate = 'Start' \
          ORDER BY eventtime DESC, insighteventname LIMIT 1",
     )
     .await[0]

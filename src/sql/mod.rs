@@ -1,14 +1,20 @@
 //! The DataFusion session over a lake: one builder used by every entry point.
 
+use std::sync::Arc;
+
 use datafusion::error::DataFusionError;
-use datafusion::common::TableReference;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::lake::{Lake, LakeError};
 
+pub mod catalog;
+pub mod exec;
 pub mod output;
+pub mod repl;
 
-pub use output::OutputFormat;
+pub use catalog::LakeSchema;
+pub use exec::{BatchOptions, Input, StatementError};
+pub use output::{OutputError, OutputFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -22,54 +28,59 @@ pub enum SqlError {
     },
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Statement(Box<StatementError>),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("terminal: {0}")]
+    Terminal(#[from] rustyline::error::ReadlineError),
 }
 
-/// Views over `ingest_log` that users query by name.
-const VIEWS: &[(&str, &str)] = &[
-    (
-        "rejects",
-        "SELECT sourcefile, recordindex, reason, message, record, runid, ingestedat \
-         FROM ingest_log WHERE kind = 'reject'",
-    ),
-    (
-        "ingested_files",
-        "SELECT sourcefile, reason AS status, filesize, records, kept, duplicates, rejected, runid, ingestedat \
-         FROM ingest_log WHERE kind = 'file'",
-    ),
-];
-
-/// A session with the lake's tables and the JSON functions registered, and the time zone set
-/// to UTC.
+/// A session over `lake`: every Delta table under the lake root (by its folder name, at its
+/// latest version whenever a query is planned), the `rejects` and `ingested_files` views, the
+/// JSON functions and the project's UDFs, with the time zone set to UTC.
 pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
-    let mut config = SessionConfig::new().with_information_schema(true);
-    config.options_mut().execution.time_zone = Some("UTC".to_owned());
-    let mut ctx = SessionContext::new_with_config(config);
+    let mut ctx = SessionContext::new_with_config(session_config());
     // requestparameters, responseelements and the other free-form columns are JSON text.
     datafusion_functions_json::register_all(&mut ctx)?;
+    // baseline(), deviation_score(), anomaly_probability(): the detector's own model.
     crate::udf::register(&ctx);
-    for (name, table) in [("events", lake.events()), ("ingest_log", lake.ingest_log())] {
-        register_delta(&ctx, name, table).await?;
-    }
-    // Every other Delta table under the lake root (e.g. the scheduler's `query_runs`).
-    for name in lake.table_names().await? {
-        if ctx.table_exist(TableReference::bare(name.as_str()))? {
-            continue;
-        }
-        let table = lake.open_table(&name).await?;
-        register_delta(&ctx, &name, &table).await?;
-    }
-    for (name, sql) in VIEWS {
-        let df = ctx.sql(sql).await?;
-        ctx.register_table(*name, df.into_view())
-            .map_err(|e| SqlError::Register { table: (*name).to_owned(), source: e.into() })?;
-    }
+    let schema = LakeSchema::new(lake)
+        .await
+        .map_err(|e| SqlError::Register { table: lake.url().to_string(), source: e.into() })?;
+    let options = ctx.state().config_options().catalog.clone();
+    let catalog = ctx
+        .catalog(&options.default_catalog)
+        .ok_or_else(|| DataFusionError::Plan(format!("no catalog `{}`", options.default_catalog)))?;
+    catalog.register_schema(&options.default_schema, Arc::new(schema))?;
     Ok(ctx)
 }
 
-async fn register_delta(ctx: &SessionContext, name: &str, table: &deltalake::DeltaTable) -> Result<(), SqlError> {
-    let register = |e: Box<dyn std::error::Error + Send + Sync>| SqlError::Register { table: name.to_owned(), source: e };
-    table.update_datafusion_session(&ctx.state()).map_err(|e| register(e.into()))?;
-    let provider = table.table_provider().await.map_err(|e| register(e.into()))?;
-    ctx.register_table(TableReference::bare(name), provider).map_err(|e| register(e.into()))?;
+/// UTC, `information_schema`, and spans, so that planning errors (an unknown column or table)
+/// point at the statement's text.
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    config.options_mut().execution.time_zone = Some("UTC".to_owned());
+    config.options_mut().sql_parser.collect_spans = true;
+    config
+}
+
+/// Lists the lake again, so that listings (`SHOW TABLES`, `information_schema.tables`, `\d`)
+/// include tables created since the session was built or last refreshed. Queries that name a
+/// table never need this: they find it and read its latest version by themselves.
+pub async fn refresh(ctx: &SessionContext) -> Result<(), SqlError> {
+    let options = ctx.state().config_options().catalog.clone();
+    let schema = ctx.catalog(&options.default_catalog).and_then(|c| c.schema(&options.default_schema));
+    if let Some(lake) = schema.as_ref().and_then(|s| s.downcast_ref::<LakeSchema>()) {
+        lake.refresh().await?;
+    }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Result formats, shared by `prism sql`, the REPL and scheduled queries (one writer per format).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -25,7 +25,9 @@ pub enum OutputError {
     },
     #[error("writing Parquet: {0}")]
     Parquet(#[from] ParquetError),
-    #[error("cannot tell the output format of `{path}` from its extension; use .csv, .json, .ndjson or .parquet")]
+    #[error(
+        "cannot tell the output format of `{path}` from its extension; use .csv, .json, .ndjson or .parquet, or give the format (--format)"
+    )]
     UnknownExtension { path: String },
 }
 
@@ -82,83 +84,165 @@ impl OutputFormat {
     }
 }
 
-/// Writes `batches` (all of `schema`) to `out` in `format`. An empty result still writes the
-/// header (CSV), `[]` (JSON), or a valid Parquet file with the schema.
+/// Writes results in one format as they arrive, so an export of millions of rows needs the
+/// memory of one batch (the `table` format alone keeps its rows, to align the columns).
+/// An empty result still writes the header (CSV), `[]` (JSON), the column names (table), or a
+/// valid Parquet file with the schema.
+pub struct ResultWriter<W: Write + Send> {
+    format: OutputFormat,
+    schema: SchemaRef,
+    state: WriterState<W>,
+}
+
+enum WriterState<W: Write + Send> {
+    Table { out: W, batches: Vec<RecordBatch> },
+    Csv { out: datafusion::arrow::csv::Writer<W>, wrote: bool },
+    Json(datafusion::arrow::json::ArrayWriter<W>),
+    Ndjson(datafusion::arrow::json::LineDelimitedWriter<W>),
+    Parquet(ArrowWriter<W>),
+}
+
+impl<W: Write + Send> ResultWriter<W> {
+    pub fn new(format: OutputFormat, schema: SchemaRef, out: W) -> Result<Self, OutputError> {
+        let state = match format {
+            OutputFormat::Table => WriterState::Table { out, batches: Vec::new() },
+            OutputFormat::Csv => WriterState::Csv {
+                out: datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out),
+                wrote: false,
+            },
+            OutputFormat::Json => WriterState::Json(datafusion::arrow::json::ArrayWriter::new(out)),
+            OutputFormat::Ndjson => WriterState::Ndjson(datafusion::arrow::json::LineDelimitedWriter::new(out)),
+            OutputFormat::Parquet => WriterState::Parquet(ArrowWriter::try_new(out, schema.clone(), None)?),
+        };
+        Ok(ResultWriter { format, schema, state })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
+        let format = self.format;
+        let arrow = |source| OutputError::Arrow { format, source };
+        match &mut self.state {
+            WriterState::Table { batches, .. } => batches.push(batch.clone()),
+            WriterState::Csv { out, wrote } => {
+                out.write(batch).map_err(arrow)?;
+                *wrote = true;
+            }
+            WriterState::Json(w) => w.write(batch).map_err(arrow)?,
+            WriterState::Ndjson(w) => w.write(batch).map_err(arrow)?,
+            WriterState::Parquet(w) => w.write(batch)?,
+        }
+        Ok(())
+    }
+
+    /// Ends the output (footer, closing bracket, the table itself) and flushes it.
+    pub fn finish(self) -> Result<W, OutputError> {
+        let format = self.format;
+        let arrow = |source| OutputError::Arrow { format, source };
+        let io = |source| OutputError::Io { what: "results".into(), source };
+        let mut out = match self.state {
+            WriterState::Table { mut out, batches } => {
+                // With the schema, an empty result still shows its column names.
+                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(self.schema, &batches)
+                    .map_err(arrow)?;
+                writeln!(out, "{table}").map_err(io)?;
+                out
+            }
+            WriterState::Csv { out, wrote } => {
+                let mut out = out.into_inner();
+                if !wrote {
+                    let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    writeln!(out, "{}", names.join(",")).map_err(io)?;
+                }
+                out
+            }
+            WriterState::Json(mut w) => {
+                w.finish().map_err(arrow)?;
+                let mut out = w.into_inner();
+                writeln!(out).map_err(io)?;
+                out
+            }
+            WriterState::Ndjson(mut w) => {
+                w.finish().map_err(arrow)?;
+                w.into_inner()
+            }
+            WriterState::Parquet(w) => w.into_inner()?,
+        };
+        out.flush().map_err(io)?;
+        Ok(out)
+    }
+}
+
+/// Writes `batches` (all of `schema`) to `out` in `format`.
 pub fn write_batches<W: Write + Send>(
     format: OutputFormat,
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    mut out: W,
+    out: W,
 ) -> Result<(), OutputError> {
-    let arrow = |source| OutputError::Arrow { format, source };
-    let io = |source| OutputError::Io { what: "results".into(), source };
-    match format {
-        OutputFormat::Table => {
-            // With the schema, an empty result still shows its column names.
-            let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), batches)
-                .map_err(arrow)?;
-            writeln!(out, "{table}").map_err(io)?;
-        }
-        OutputFormat::Csv => {
-            if batches.is_empty() {
-                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                writeln!(out, "{}", names.join(",")).map_err(io)?;
-            }
-            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-            for b in batches {
-                w.write(b).map_err(arrow)?;
-            }
-        }
-        OutputFormat::Json => {
-            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
-            for b in batches {
-                w.write(b).map_err(arrow)?;
-            }
-            w.finish().map_err(arrow)?;
-            writeln!(out).map_err(io)?;
-        }
-        OutputFormat::Ndjson => {
-            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
-            for b in batches {
-                w.write(b).map_err(arrow)?;
-            }
-            w.finish().map_err(arrow)?;
-        }
-        OutputFormat::Parquet => {
-            let mut w = ArrowWriter::try_new(&mut out, schema.clone(), None)?;
-            for b in batches {
-                w.write(b)?;
-            }
-            w.close()?;
-        }
+    let mut w = ResultWriter::new(format, schema.clone(), out)?;
+    for b in batches {
+        w.write(b)?;
     }
-    out.flush().map_err(io)
+    w.finish().map(drop)
 }
 
-/// Writes results to `path` atomically: into a temporary file beside it, then renamed over it,
-/// so a reader (or a crash) never sees half a file. Parent folders are created.
+/// A file written atomically: into a temporary file beside it, renamed over it by
+/// [`AtomicFile::commit`], so a reader (or a crash) never sees half a file. Dropped without a
+/// commit, it leaves nothing behind. Parent folders are created.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    committed: bool,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile, OutputError> {
+        let io = |source| OutputError::Io { what: path.display().to_string(), source };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        Ok(AtomicFile { path: path.to_owned(), tmp, file: std::io::BufWriter::new(file), committed: false })
+    }
+
+    /// Where the bytes go until the commit.
+    pub fn writer(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
+        &mut self.file
+    }
+
+    /// Flushes the file to disk and moves it to its final name.
+    pub fn commit(mut self) -> Result<(), OutputError> {
+        let io = |source| OutputError::Io { what: self.path.display().to_string(), source };
+        self.file.flush().map_err(io)?;
+        self.file.get_ref().sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes results to `path` atomically (see [`AtomicFile`]).
 pub fn write_file_atomic(
     path: &Path,
     format: OutputFormat,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<(), OutputError> {
-    let io = |source| OutputError::Io { what: path.display().to_string(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .map_err(io)
-        .and_then(|f| write_batches(format, schema, batches, std::io::BufWriter::new(f)))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut file = AtomicFile::create(path)?;
+    write_batches(format, schema, batches, file.writer())?;
+    file.commit()
 }
 
 #[cfg(test)]
@@ -206,12 +290,35 @@ mod tests {
     }
 
     #[test]
+    fn batches_stream_through_one_writer() {
+        let (schema, b) = batch();
+        let mut out = Vec::new();
+        let mut w = ResultWriter::new(OutputFormat::Csv, schema, &mut out).unwrap();
+        w.write(&b).unwrap();
+        w.write(&b.slice(1, 1)).unwrap();
+        w.finish().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "api,n\nA,1\nB,2\nB,2\n", "one header");
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut file = AtomicFile::create(&path).unwrap();
+        file.writer().write_all(b"half").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
     fn atomic_parquet_file_round_trips() {
         let (schema, b) = batch();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/x.parquet");
         let format = OutputFormat::from_path(&path).unwrap();
-        write_file_atomic(&path, format, &schema, &[b.clone()]).unwrap();
+        write_file_atomic(&path, format, &schema, std::slice::from_ref(&b)).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024).unwrap();
         let back: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
