@@ -114,6 +114,8 @@ pub struct IngestSummary {
     pub events_per_second: f64,
     /// Files that failed to open or read and will be retried by the next run.
     pub files_to_retry: u64,
+    /// Their locations (keys), so a run can say which objects it could not read.
+    pub unread: Vec<String>,
 }
 
 impl IngestSummary {
@@ -313,6 +315,7 @@ async fn flush(
         if retry {
             // Not journaled: the next run reads it again (its committed events dedupe).
             summary.files_to_retry += 1;
+            summary.unread.push(obj.location.clone());
         } else {
             let status = if f.broken.is_some() { "damaged" } else { "complete" };
             let kept = f.records.saturating_sub(rejected + dups);

@@ -77,9 +77,8 @@ type Result<T, E = LakeError> = std::result::Result<T, E>;
 
 /// The lake's URL and the object store rooted at it.
 fn connect(location: &str, create: bool) -> Result<(Url, Arc<dyn ObjectStore>)> {
-    crate::source::register_object_stores();
     let url = lake_url(location, create)?;
-    let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
+    let store = crate::source::store_for(&url)
         .map_err(delta(format!("lake `{url}`")))?;
     Ok((url, store))
 }

@@ -14,6 +14,7 @@
 //!
 //! The `prism` binary is a thin command-line layer over these.
 
+pub mod backfill;
 pub mod demo;
 pub mod generate;
 pub mod ingest;

@@ -58,6 +58,30 @@ CloudTrail-Digest, CloudTrail-Insight and other services' files are skipped and 
 Exit status: 0 all read cleanly; 3 finished, but some records were rejected or some files
 were damaged (see the summary and the `rejects` table); 1 the run failed; 2 bad arguments.")]
     Ingest(IngestArgs),
+    /// Ingest an archive and backfill Insights over it in one resumable command.
+    #[command(after_help = "\
+Examples:
+  export AWS_PROFILE=security-audit      # or AWS_ACCESS_KEY_ID/…; AWS_ENDPOINT_URL for S3-compatible stores
+  prism backfill s3://org-trail-bucket/AWSLogs/ --lake ./lake --from 2024-01-01 --to 2024-12-31
+  prism backfill s3://org-trail-bucket/AWSLogs/ --lake s3://analytics-bucket/prism-lake --out s3://org-trail-bucket/
+  prism backfill ./AWSLogs --lake ./lake --no-insights
+
+Runs `prism ingest`, then `prism insights backfill` over the same days (--from/--to, or all the
+data). Insights use the lake's selectors; when none are set, both types (ApiCallRateInsight and
+ApiErrorRateInsight) are enabled and saved, as `prism selectors put` would. --no-insights only
+ingests.
+
+Interrupted at any point (Ctrl-C, kill, a lost connection), the same command resumes: objects
+already committed are not downloaded again, and the Insights backfill is idempotent.
+
+With an AWSLogs/ prefix and --from/--to, only the date folders of the range are listed, for
+each account and region found (CloudTrail's AWSLogs/[o-…/]<account>/CloudTrail/<region>/YYYY/MM/DD/).
+Throttling (503 SlowDown), server errors and broken connections are retried with backoff
+(PRISM_S3_MAX_RETRIES, PRISM_S3_RETRY_TIMEOUT; see README, S3).
+
+Exit status: 0 complete; 3 finished, but some objects could not be read (listed by key; the
+next run retries them, and Insights wait for a complete archive) or some records were rejected; 1 the run failed; 2 bad arguments.")]
+    Backfill(BackfillArgs),
     /// Write a realistic CloudTrail archive with labelled anomalies (labels.json).
     #[command(after_help = "\
 Example:
@@ -267,6 +291,21 @@ struct IngestArgs {
 }
 
 #[derive(Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    ingest: IngestArgs,
+    /// Where the AWS-format Insights files go (a folder or s3:// URL); default: the lake.
+    #[arg(long)]
+    out: Option<String>,
+    /// Only ingest; do not run Insights.
+    #[arg(long)]
+    no_insights: bool,
+    /// Insights detector sensitivity: 2 finds weaker deviations, 0.5 only stronger ones.
+    #[arg(long, default_value_t = 1.0)]
+    sensitivity: f64,
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     /// Folder to write (created if missing).
     #[arg(long)]
@@ -374,6 +413,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Ingest(args) => run_ingest(args).await,
+            Command::Backfill(args) => run_backfill(args).await,
             Command::Sql(args) => {
                 let inputs = matches.subcommand_matches("sql").map(|m| sql_inputs(m, &args)).unwrap_or_default();
                 run_sql(args, inputs).await
@@ -396,22 +436,69 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+fn ingest_options(args: &IngestArgs) -> anyhow::Result<IngestOptions> {
     if let (Some(f), Some(t)) = (args.from, args.to)
         && f > t
     {
         anyhow::bail!("--from {f} is after --to {t}");
     }
-    let mut opts = IngestOptions::new(args.sources, args.lake);
+    let mut opts = IngestOptions::new(args.sources.clone(), args.lake.clone());
     opts.range = DateRange { from: args.from, to: args.to };
     opts.granularity = args.granularity;
     opts.buffer_bytes = args.buffer_mb.max(1) << 20;
     if let Some(j) = args.jobs {
         opts.parallelism = j.max(1);
     }
+    Ok(opts)
+}
+
+async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    if !(args.sensitivity.is_finite() && args.sensitivity > 0.0) {
+        anyhow::bail!("--sensitivity must be a positive number, like 0.5, 1 or 2");
+    }
+    let mut opts = prism::backfill::BackfillOptions::new(ingest_options(&args.ingest)?);
+    opts.out = args.out;
+    opts.params = prism::insights::detect::DetectorParams::with_sensitivity(args.sensitivity);
+    if args.no_insights {
+        opts.insights = prism::backfill::InsightsChoice::Off;
+    }
+    let progress = Arc::new(prism::backfill::Progress::default());
+    let show_bar = !args.ingest.quiet && std::io::stderr().is_terminal();
+    let bar = show_bar.then(|| spawn_progress_bar(progress.ingest.clone(), Some(progress.clone())));
+    let result = prism::backfill::backfill(&opts, &progress).await;
+    if let Some((bar, stop)) = bar {
+        stop.store(true, Ordering::Relaxed);
+        let _ = bar.join();
+    }
+    let summary = result.context("backfill failed")?;
+    if args.ingest.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !args.ingest.quiet {
+        print_summary(&summary.ingest);
+        if !summary.enabled_insights.is_empty() {
+            println!("Enabled Insights on the lake: {}", summary.enabled_insights.join(", "));
+        }
+        if let Some(run) = &summary.insights {
+            insights_cmd::print_run(run);
+        }
+        if let Some(why) = &summary.insights_not_run {
+            println!("Insights not run: {why}");
+        }
+    }
+    if !summary.unread.is_empty() {
+        eprintln!("INCOMPLETE: {} objects could not be read (run the same command again to retry them):", summary.unread.len());
+        for key in &summary.unread {
+            eprintln!("  {key}");
+        }
+    }
+    Ok(if summary.complete && summary.ingest.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+}
+
+async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let opts = ingest_options(&args)?;
     let progress = Arc::new(Progress::default());
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
-    let bar = show_bar.then(|| spawn_progress_bar(progress.clone()));
+    let bar = show_bar.then(|| spawn_progress_bar(progress.clone(), None));
     let result = prism::ingest(&opts, progress).await;
     if let Some((bar, stop)) = bar {
         stop.store(true, Ordering::Relaxed);
@@ -426,8 +513,9 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     Ok(if summary.is_clean() && summary.files_to_retry == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }
 
-/// Draws files, events, MB/s and ETA on stderr until `stop` is set.
-fn spawn_progress_bar(progress: Arc<Progress>) -> (std::thread::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
+/// Draws files, events, MB/s and ETA on stderr until `stop` is set; with `backfill`, then the
+/// Insights step's series.
+fn spawn_progress_bar(progress: Arc<Progress>, backfill: Option<Arc<prism::backfill::Progress>>) -> (std::thread::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let handle = std::thread::spawn(move || {
@@ -441,12 +529,21 @@ fn spawn_progress_bar(progress: Arc<Progress>) -> (std::thread::JoinHandle<()>, 
         while !stop2.load(Ordering::Relaxed) {
             bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
             bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));
-            bar.set_message(format!(
+            let mut msg = format!(
                 "files {}/{} · events {}",
                 progress.files_done.load(Ordering::Relaxed),
                 progress.files_total.load(Ordering::Relaxed),
                 progress.records.load(Ordering::Relaxed)
-            ));
+            );
+            if let Some(b) = backfill.as_ref().filter(|b| b.phase.load(Ordering::Relaxed) == prism::backfill::PHASE_INSIGHTS) {
+                msg = format!(
+                    "{msg} · insights: series {}/{} · {} found",
+                    b.insights.series_done.load(Ordering::Relaxed),
+                    b.insights.series_total.load(Ordering::Relaxed),
+                    b.insights.found.load(Ordering::Relaxed)
+                );
+            }
+            bar.set_message(msg);
             std::thread::sleep(Duration::from_millis(150));
         }
         bar.finish_and_clear();

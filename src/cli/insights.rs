@@ -212,7 +212,7 @@ pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<
     Ok(result?)
 }
 
-fn print_run(s: &RunSummary) {
+pub fn print_run(s: &RunSummary) {
     if s.insight_types.is_empty() {
         println!("Insights are not enabled on this lake; nothing to do. Enable them with:");
         println!("  prism selectors put --lake LAKE --insight-selectors '[{{\"InsightType\":\"ApiCallRateInsight\"}},{{\"InsightType\":\"ApiErrorRateInsight\"}}]'");

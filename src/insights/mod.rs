@@ -554,8 +554,7 @@ impl OutputStore {
         };
         let invalid = |reason: String| InsightsError::Output { location: out.to_owned(), reason };
         let url = crate::lake::lake_url(out, true).map_err(|e| invalid(e.to_string()))?;
-        crate::source::register_object_stores();
-        let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>()).map_err(|e| invalid(e.to_string()))?;
+        let store = crate::source::store_for(&url).map_err(|e| invalid(e.to_string()))?;
         Ok(OutputStore { store, shown: url.to_string() })
     }
 

@@ -74,6 +74,32 @@ pub fn register_object_stores() {
     ONCE.call_once(|| deltalake::aws::register_handlers(None));
 }
 
+/// Object-store options from the environment, for every S3 store Prism opens (sources, lakes,
+/// Insights output). Requests that fail with 5xx, 429 or a broken connection (also mid-body)
+/// are retried with exponential backoff by object_store; these tune how long:
+/// `PRISM_S3_MAX_RETRIES` (default 10), `PRISM_S3_RETRY_TIMEOUT` (default 3 min, the total
+/// time spent retrying one request), `PRISM_S3_INIT_BACKOFF` (default 100 ms),
+/// `PRISM_S3_MAX_BACKOFF` (default 15 s) and `PRISM_S3_TIMEOUT` (one request, default 30 s).
+/// Durations are humantime (`500ms`, `2s`, `3m`).
+pub fn storage_options() -> Vec<(String, String)> {
+    [
+        ("PRISM_S3_MAX_RETRIES", "max_retries"),
+        ("PRISM_S3_RETRY_TIMEOUT", "retry_timeout"),
+        ("PRISM_S3_INIT_BACKOFF", "init_backoff"),
+        ("PRISM_S3_MAX_BACKOFF", "max_backoff"),
+        ("PRISM_S3_TIMEOUT", "timeout"),
+    ]
+    .into_iter()
+    .filter_map(|(var, key)| std::env::var(var).ok().filter(|v| !v.is_empty()).map(|v| (key.to_owned(), v)))
+    .collect()
+}
+
+/// Opens the object store for `url` with [`storage_options`].
+pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, deltalake::DeltaTableError> {
+    register_object_stores();
+    deltalake::logstore::store_for(url, storage_options())
+}
+
 impl Location {
     /// Parses a command-line location: `s3://bucket/prefix`, `file:///path`, or a path.
     pub fn parse(s: &str) -> Result<Location, SourceError> {
@@ -90,9 +116,7 @@ impl Location {
             if url.host_str().unwrap_or("").is_empty() {
                 return Err(invalid("the URL names no bucket".into()));
             }
-            register_object_stores();
-            let store = deltalake::logstore::store_for(&url, std::iter::empty::<(String, String)>())
-                .map_err(|e| invalid(e.to_string()))?;
+            let store = store_for(&url).map_err(|e| invalid(e.to_string()))?;
             return Ok(Location::Remote { url, store });
         }
         Location::parse_local(Path::new(s)).map_err(invalid)
@@ -119,11 +143,11 @@ impl Location {
                 }
             }
             Location::Remote { url, store } => {
-                let mut objects: Vec<_> = store
-                    .list(None)
-                    .try_collect()
-                    .await
-                    .map_err(|e| SourceError::List { location: url.to_string(), source: e.into() })?;
+                let list_err = |e: object_store::Error| SourceError::List { location: url.to_string(), source: e.into() };
+                let mut objects = match day_folders(range) {
+                    Some(days) => list_restricted(store.as_ref(), url, &days).await.map_err(list_err)?,
+                    None => store.list(None).try_collect().await.map_err(list_err)?,
+                };
                 objects.sort_by(|a, b| a.location.cmp(&b.location));
                 let base = url.as_str().trim_end_matches('/');
                 for meta in objects {
@@ -134,6 +158,78 @@ impl Location {
         }
         Ok(listing)
     }
+}
+
+/// Delivery date folders to list for a range with both ends (`to` + 1 for late deliveries); None
+/// when the range is open on either side. Capped at 100 years so a typo cannot explode.
+fn day_folders(range: &DateRange) -> Option<Vec<NaiveDate>> {
+    let (from, to) = (range.from?, range.to? + chrono::Days::new(1));
+    let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).take(36_600).collect();
+    Some(days)
+}
+
+/// Lists with delimiters down to the `CloudTrail/<region>/` folders, then only the date folders
+/// of `days` under each (in parallel): a one-week range lists a week of keys, not a year's.
+/// Anything that is not under `AWSLogs/` is listed in full, as before.
+async fn list_restricted(
+    store: &dyn ObjectStore,
+    url: &Url,
+    days: &[NaiveDate],
+) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+    use futures::StreamExt;
+    let last = |p: &ObjectPath| p.parts().last().map(|x| x.as_ref().to_owned()).unwrap_or_default();
+    let mut objects = Vec::new();
+    // Where the AWS layout starts: the location itself (`…/AWSLogs/`) or a folder below it.
+    let mut aws_logs = Vec::new();
+    if url.path().trim_end_matches('/').rsplit('/').next() == Some("AWSLogs") {
+        aws_logs.push(None);
+    } else {
+        let top = store.list_with_delimiter(None).await?;
+        objects.extend(top.objects);
+        for p in top.common_prefixes {
+            if last(&p) == "AWSLogs" {
+                aws_logs.push(Some(p));
+            } else {
+                objects.extend(store.list(Some(&p)).try_collect::<Vec<_>>().await?);
+            }
+        }
+    }
+    // AWSLogs/[o-…/]<account>/CloudTrail/<region>/
+    let mut regions = Vec::new();
+    for root in aws_logs {
+        let level = store.list_with_delimiter(root.as_ref()).await?;
+        objects.extend(level.objects);
+        let mut accounts = Vec::new();
+        for p in level.common_prefixes {
+            if last(&p).starts_with("o-") {
+                let org = store.list_with_delimiter(Some(&p)).await?;
+                objects.extend(org.objects);
+                accounts.extend(org.common_prefixes);
+            } else {
+                accounts.push(p);
+            }
+        }
+        for account in accounts {
+            // Digest, Insight and other services' folders are never read: not listed either.
+            let trail = account.clone().join("CloudTrail");
+            let level = store.list_with_delimiter(Some(&trail)).await?;
+            objects.extend(level.objects);
+            regions.extend(level.common_prefixes);
+        }
+    }
+    let prefixes: Vec<ObjectPath> = regions
+        .iter()
+        .flat_map(|r| days.iter().map(move |d| r.clone().join(d.format("%Y").to_string()).join(d.format("%m").to_string()).join(d.format("%d").to_string())))
+        .collect();
+    let listed: Vec<Result<Vec<object_store::ObjectMeta>, object_store::Error>> = futures::stream::iter(prefixes)
+        .map(|p| async move { store.list(Some(&p)).try_collect::<Vec<_>>().await })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for l in listed {
+        objects.extend(l?);
+    }
+    Ok(objects)
 }
 
 /// Recursively lists regular files, sorted, not following symlinked folders (no loops).
@@ -382,6 +478,16 @@ impl SourceObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_folders_cover_the_range_and_the_day_after() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let range = DateRange { from: Some(d("2024-02-28")), to: Some(d("2024-03-01")) };
+        let days = day_folders(&range).unwrap();
+        assert_eq!(days, vec![d("2024-02-28"), d("2024-02-29"), d("2024-03-01"), d("2024-03-02")]);
+        assert!(day_folders(&DateRange { from: Some(d("2024-01-01")), to: None }).is_none());
+        assert!(day_folders(&DateRange::default()).is_none());
+    }
 
     #[test]
     fn classifies_the_aws_layout() {
