@@ -120,7 +120,7 @@ fn an_archive_in_s3_ingests_and_backfills_like_the_same_archive_on_disk() {
     let s3_files = sql(
         None,
         lake,
-        "SELECT count(*) FROM ingested_files WHERE source LIKE 's3://trail-bucket/trail/AWSLogs/%'",
+        "SELECT count(*) FROM ingested_files WHERE sourcefile LIKE 's3://trail-bucket/trail/AWSLogs/%'",
     );
     assert_ne!(s3_files.lines().nth(1), Some("0"), "{s3_files}");
 }
