@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "cli/insights.rs"]
 mod insights_cmd;
+#[path = "cli/progress.rs"]
+mod progress_bar;
 
 /// mimalloc: the many short-lived allocations of parsing and small-file writing are markedly
 /// cheaper than with the system allocator (the same choice as datafusion-cli).
@@ -413,9 +415,8 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| spawn_progress_bar(progress.clone()));
     let result = prism::ingest(&opts, progress).await;
-    if let Some((bar, stop)) = bar {
-        stop.store(true, Ordering::Relaxed);
-        let _ = bar.join();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     let summary = result.context("ingest failed")?;
     if args.json {
@@ -426,19 +427,11 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     Ok(if summary.is_clean() && summary.files_to_retry == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }
 
-/// Draws files, events, MB/s and ETA on stderr until `stop` is set.
-fn spawn_progress_bar(progress: Arc<Progress>) -> (std::thread::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        while !stop2.load(Ordering::Relaxed) {
+/// Draws files, events, MB/s and ETA on stderr until finished.
+fn spawn_progress_bar(progress: Arc<Progress>) -> progress_bar::Bar {
+    progress_bar::Bar::start(
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        move |bar| {
             bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
             bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));
             bar.set_message(format!(
@@ -447,11 +440,8 @@ fn spawn_progress_bar(progress: Arc<Progress>) -> (std::thread::JoinHandle<()>, 
                 progress.files_total.load(Ordering::Relaxed),
                 progress.records.load(Ordering::Relaxed)
             ));
-            std::thread::sleep(Duration::from_millis(150));
-        }
-        bar.finish_and_clear();
-    });
-    (handle, stop)
+        },
+    )
 }
 
 fn print_summary(s: &IngestSummary) {

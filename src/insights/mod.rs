@@ -220,6 +220,10 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
 
     tracing::debug!(elapsed = ?started.elapsed(), "session ready");
     let bounds = account_region_bounds(&ctx).await?;
+    let mut event_files: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for f in crate::lake::partition_files(lake.events()) {
+        event_files.entry((f.region, f.period)).or_default().push(f.path);
+    }
     tracing::debug!(elapsed = ?started.elapsed(), "bounds read");
     let watermarks = if matches!(opts.mode, Mode::Incremental { .. }) { tables.watermarks(&ctx).await? } else { HashMap::new() };
     let mut new_records: Vec<InsightRecord> = Vec::new();
@@ -302,7 +306,17 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
             summary.minutes += (end - start) as u64;
             progress.series_done.fetch_add(1, Ordering::Relaxed);
             progress.minutes.fetch_add((end - start) as u64, Ordering::Relaxed);
-            let series_ctx = records::SeriesContext { account: &account, region: &region, key: &key, values: &values, baselines: &baselines, lo, granularity: lake.config().granularity };
+            let series_ctx = records::SeriesContext {
+                account: &account,
+                region: &region,
+                key: &key,
+                values: &values,
+                baselines: &baselines,
+                lo,
+                granularity: lake.config().granularity,
+                events: lake.events(),
+                files: &event_files,
+            };
             // One events read per Insight serves its Start and End.
             let mut cache = records::AttributionCache::default();
             for t in &transitions {
@@ -508,32 +522,24 @@ impl Tables {
     }
 
     async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {
-        if recs.is_empty() {
-            return Ok(());
+        if !recs.is_empty() {
+            self.insights = append(&self.insights, records::to_batch(recs, run_id)?, INSIGHTS_TABLE).await?;
         }
-        let batch = records::to_batch(recs, run_id)?;
-        let table = self.insights.clone();
-        self.insights = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|source| LakeError::Delta { context: format!("writing the {INSIGHTS_TABLE} table"), source })?;
         Ok(())
     }
 
     async fn append_runs(&mut self, rows: &[records::RunRow], seconds: f64) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+        if !rows.is_empty() {
+            self.runs = append(&self.runs, records::runs_batch(rows, seconds)?, RUNS_TABLE).await?;
         }
-        let batch = records::runs_batch(rows, seconds)?;
-        let table = self.runs.clone();
-        self.runs = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|source| LakeError::Delta { context: format!("writing the {RUNS_TABLE} table"), source })?;
         Ok(())
     }
+}
+
+/// Appends one batch to a table in one commit.
+async fn append(table: &deltalake::DeltaTable, batch: RecordBatch, name: &str) -> Result<deltalake::DeltaTable> {
+    let written = table.clone().write(vec![batch]).with_save_mode(SaveMode::Append).await;
+    Ok(written.map_err(|source| LakeError::Delta { context: format!("writing the {name} table"), source })?)
 }
 
 /// A session over the lake's Insights tables (and rollups and events), for reading results.
