@@ -58,6 +58,9 @@ pub fn rollups_schema() -> SchemaRef {
     ]))
 }
 
+/// Events files counted per rollups commit.
+const CHUNK_FILES: usize = 2_000;
+
 /// What one catch-up did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CatchUp {
@@ -88,41 +91,44 @@ pub async fn catch_up(lake: &mut Lake) -> Result<CatchUp, LakeError> {
     if pending.is_empty() {
         return Ok(out);
     }
+    // In chunks, each its own commit, so memory stays bounded on a lake never rolled up.
     let table = lake.events().clone();
-    let counted: Vec<(String, Counts)> = futures::stream::iter(pending.into_iter().map(|(path, region)| {
-        let table = table.clone();
-        async move {
-            let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
-            let mut counts = Counts::default();
-            for b in &batches {
-                counts.add(b, &region)?;
+    for chunk in pending.chunks(CHUNK_FILES) {
+        let counted: Vec<(String, Counts)> = futures::stream::iter(chunk.iter().cloned().map(|(path, region)| {
+            let table = table.clone();
+            async move {
+                let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
+                let mut counts = Counts::default();
+                for b in &batches {
+                    counts.add(b, &region)?;
+                }
+                Ok::<_, LakeError>((path, counts))
             }
-            Ok::<_, LakeError>((path, counts))
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+        // Counts add up across files, so one commit writes each key once.
+        let mut rows = RowsBuilder::default();
+        let mut total = Counts::default();
+        for (path, counts) in &counted {
+            out.files += 1;
+            out.events += counts.events;
+            rows.push_file(path, counts.events);
+            total.merge(counts);
         }
-    }))
-    .buffer_unordered(8)
-    .try_collect()
-    .await?;
-    // Counts add up across files, so one catch-up writes each key once.
-    let mut rows = RowsBuilder::default();
-    let mut total = Counts::default();
-    for (path, counts) in &counted {
-        out.files += 1;
-        out.events += counts.events;
-        rows.push_file(path, counts.events);
-        total.merge(counts);
-    }
-    rows.push(&total);
-    let batch = rows.finish()?;
-    out.rows = batch.num_rows() as u64;
-    let table = lake.rollups.clone();
-    lake.rollups = table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Append)
-        .await
-        .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
-    if let Some(d) = lake.rolled_files.as_mut() {
-        d.extend(counted.into_iter().map(|(p, _)| p));
+        rows.push(&total);
+        let batch = rows.finish()?;
+        out.rows += batch.num_rows() as u64;
+        let rollups = lake.rollups.clone();
+        lake.rollups = rollups
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
+        if let Some(d) = lake.rolled_files.as_mut() {
+            d.extend(counted.into_iter().map(|(p, _)| p));
+        }
     }
     Ok(out)
 }

@@ -326,6 +326,14 @@ fn build_fixture() -> Fixture {
     write_gz(&log_path(&archive, ACCT, "us-east-1", "20240201", "HandWritten00001"), &hand_records());
     let (code, summary) = run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--granularity", "day"]);
     assert_eq!(code, 0, "{summary}");
+    // Insights too, so the queries over `insights` run on a real table.
+    for args in [
+        vec!["selectors", "put", "--lake", lake.to_str().unwrap(), "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#],
+        vec!["insights", "backfill", "--lake", lake.to_str().unwrap(), "--quiet"],
+    ] {
+        let out = std::process::Command::new(prism_bin()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
 
     let mut seen = BTreeSet::new();
     let mut records = Vec::new();

@@ -70,7 +70,7 @@ impl DetectorParams {
 
     /// Minutes before an analysed minute that the detector reads.
     pub fn lookback(&self) -> usize {
-        self.baseline.window + self.baseline.tolerance + self.baseline.smoothing + self.spike_window.max(self.drop_windows[0]).max(self.drop_windows[1]) + 1
+        self.baseline.window + self.baseline.tolerance + self.baseline.smoothing + RECENT + self.spike_window.max(self.drop_windows[0]).max(self.drop_windows[1]) + 1
     }
 }
 
@@ -173,6 +173,9 @@ fn reference(b: &Baseline, direction: Direction) -> f64 {
     }
 }
 
+/// Minutes before a drop window that it must also fall from.
+const RECENT: usize = 60;
+
 /// Whether one minute is on the unusual side: above `expected` for a spike; for a drop, at most
 /// `drop_max_share` of the level (a near-silent minute, not merely a quiet one).
 fn unusual(x: f64, b: &Baseline, direction: Direction, p: &DetectorParams) -> bool {
@@ -190,8 +193,16 @@ fn starts(values: &[f64], baselines: &[Baseline], t: usize, direction: Direction
             observed >= p.min_ratio * expected && score(values, baselines, t, direction, p) >= p.start_score
         }
         Direction::Drop => p.drop_windows.iter().any(|&w| {
-            let (observed, expected) = sums(values, baselines, t, w.max(1), direction);
-            observed <= p.drop_max_share * expected && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
+            let w = w.max(1);
+            let (observed, expected) = sums(values, baselines, t, w, direction);
+            // A drop against the hour before it too: a quiet weekend is quiet from its start,
+            // a failure falls from the traffic just before.
+            let before_end = (t + 1).saturating_sub(w);
+            let before = &values[before_end.saturating_sub(RECENT)..before_end];
+            let recent = if before.is_empty() { 0.0 } else { before.iter().sum::<f64>() / before.len() as f64 * w as f64 };
+            observed <= p.drop_max_share * expected
+                && observed <= p.drop_max_share * recent
+                && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
         }),
     }
 }

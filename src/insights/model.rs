@@ -11,8 +11,9 @@
 //!   working-hours levels. With `tolerance` > 0, the largest such level within that many steps
 //!   either side is used (for jobs that drift). Without a whole season of history, `expected`
 //!   is the trailing mean.
-//! - `level`: the same, but each season contributes its mean over the steps around the same
-//!   time (`smoothing` either side), which is steadier than one step's few samples.
+//! - `level`: the same, but each season contributes its median over the steps around the same
+//!   time (`smoothing` either side), which is steadier than one step's few samples and not
+//!   moved by a job's one-step burst.
 //!   `expected` is never below `level`; drops are measured against `level`.
 //!
 //! The **deviation score** of an observed count against an expectation is
@@ -73,6 +74,7 @@ pub fn baselines(values: &[f64], p: &BaselineParams) -> Vec<Baseline> {
     }
     let seasons = if p.season == 0 { 0 } else { window / p.season };
     let mut samples: Vec<f64> = Vec::with_capacity(seasons);
+    let mut around: Vec<f64> = Vec::with_capacity(2 * p.smoothing + 1);
     // The same phase (step i, which may lie up to `tolerance` steps after t, still a whole
     // season back at least) in each earlier season, trimmed.
     let phase = |i: usize, samples: &mut Vec<f64>| -> Option<f64> {
@@ -100,20 +102,32 @@ pub fn baselines(values: &[f64], p: &BaselineParams) -> Vec<Baseline> {
                     peak = Some(peak.map_or(avg, |e: f64| e.max(avg)));
                 }
             }
-            // The level: each season's mean over the steps around the same time, trimmed.
+            // The level: each season's median over the steps around the same time (a job's
+            // one-minute burst does not move a median), then their trimmed mean.
             samples.clear();
             for k in 1..=seasons {
                 let Some(centre) = t.checked_sub(k * p.season) else { break };
                 let lo = centre.saturating_sub(p.smoothing);
                 let hi = (centre + p.smoothing + 1).min(t);
                 if hi > lo {
-                    samples.push((sum[hi] - sum[lo]) / (hi - lo) as f64);
+                    around.clear();
+                    around.extend_from_slice(&values[lo..hi]);
+                    samples.push(median(&mut around));
                 }
             }
             let level = trimmed_mean(&mut samples).unwrap_or(mean);
             Baseline { mean, stddev, expected: peak.unwrap_or(level).max(level), level, history: h }
         })
         .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The mean of the values at the same phase, leaving out the highest once there are three or
@@ -223,12 +237,13 @@ mod tests {
             v[d * 10 + 5] = 30.0;
         }
         let b = baselines(&v, &BaselineParams { window: 50, season: 10, tolerance: 0, smoothing: 1 });
-        // Phase 5: expected is the burst; the level averages phases 4..=6 of each season.
+        // Phase 5: expected is the burst; the level is the median of phases 4..=6 of each
+        // season, which the burst does not move.
         assert_eq!(b[55].expected, 30.0);
-        assert!((b[55].level - (1.0 + 30.0 + 1.0) / 3.0).abs() < 1e-9, "{}", b[55].level);
+        assert_eq!(b[55].level, 1.0);
         // Phase 2: 1s at phase 2 but 2s either side.
-        assert!((b[52].level - 5.0 / 3.0).abs() < 1e-9);
-        assert_eq!(b[52].expected, b[52].level.max(1.0));
+        assert_eq!(b[52].level, 2.0);
+        assert_eq!(b[52].expected, 2.0);
     }
 
     #[test]
