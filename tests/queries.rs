@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const ACCT: &str = "111122223333";
 const OPS_ARN: &str = "arn:aws:iam::111122223333:user/ops";
@@ -85,11 +85,21 @@ fn hand_records() -> Vec<Value> {
     let d = |s: &str| at(s);
     // Baselines for new_ips_and_user_agents: ops and the deployer role are known before the window.
     v.push(ev("ops-baseline", "2024-01-20T10:00:00Z", "ec2.amazonaws.com", "DescribeInstances", json!({})));
-    v.push(ev("deployer-baseline", "2024-01-20T11:00:00Z", "cloudformation.amazonaws.com", "UpdateStack",
-        json!({"userIdentity": assumed_role("deployer", "build-1"), "sourceIPAddress": "198.51.100.20", "userAgent": "terraform/1.7"})));
+    v.push(ev(
+        "deployer-baseline",
+        "2024-01-20T11:00:00Z",
+        "cloudformation.amazonaws.com",
+        "UpdateStack",
+        json!({"userIdentity": assumed_role("deployer", "build-1"), "sourceIPAddress": "198.51.100.20", "userAgent": "terraform/1.7"}),
+    ));
     let service = json!({"type": "AWSService", "invokedBy": "config.amazonaws.com"});
-    v.push(ev("svc-baseline", "2024-01-20T12:00:00Z", "s3.amazonaws.com", "GetBucketAcl",
-        json!({"userIdentity": service, "sourceIPAddress": "config.amazonaws.com", "userAgent": "config.amazonaws.com"})));
+    v.push(ev(
+        "svc-baseline",
+        "2024-01-20T12:00:00Z",
+        "s3.amazonaws.com",
+        "GetBucketAcl",
+        json!({"userIdentity": service, "sourceIPAddress": "config.amazonaws.com", "userAgent": "config.amazonaws.com"}),
+    ));
 
     // top_write_apis_per_day on 21 January: WriteApiNN is called NN times; autoscaling's WriteApi05
     // ties with ec2's and sorts first; 50 reads do not count; WriteApi10 has 2 errors and 2 callers.
@@ -119,13 +129,25 @@ fn hand_records() -> Vec<Value> {
     v.push(console_login("root-console-mfa", &d("00:00:00"), root_identity(), "203.0.113.5", true, "Yes"));
     let mut root_key = root_identity();
     root_key["accessKeyId"] = json!("AKIAROOTKEY0001");
-    v.push(ev("root-access-key", &d("10:00:00"), "ec2.amazonaws.com", "DescribeInstances", json!({"userIdentity": root_key, "sourceIPAddress": "203.0.113.5"})));
+    v.push(ev(
+        "root-access-key",
+        &d("10:00:00"),
+        "ec2.amazonaws.com",
+        "DescribeInstances",
+        json!({"userIdentity": root_key, "sourceIPAddress": "203.0.113.5"}),
+    ));
     v.push(console_login("root-console-failed", &d("11:00:00"), root_identity(), "203.0.113.5", false, "No"));
     v.push(console_login("root-console-nomfa", &d("12:00:00"), root_identity(), "203.0.113.5", true, "No"));
     let mut by_service = root_identity();
     by_service["invokedBy"] = json!("support.amazonaws.com");
     v.push(ev("root-by-service", &d("13:00:00"), "support.amazonaws.com", "DescribeCases", json!({"userIdentity": by_service})));
-    v.push(ev("root-service-event", &d("13:30:00"), "health.amazonaws.com", "HealthEvent", json!({"userIdentity": root_identity(), "eventType": "AwsServiceEvent"})));
+    v.push(ev(
+        "root-service-event",
+        &d("13:30:00"),
+        "health.amazonaws.com",
+        "HealthEvent",
+        json!({"userIdentity": root_identity(), "eventType": "AwsServiceEvent"}),
+    ));
     v.push(ev("user-named-root", &d("13:40:00"), "ec2.amazonaws.com", "DescribeInstances", json!({"userIdentity": iam_user("root")})));
     v.push(ev("root-at-end", DAY.1, "ec2.amazonaws.com", "DescribeInstances", json!({"userIdentity": root_identity()})));
 
@@ -141,17 +163,48 @@ fn hand_records() -> Vec<Value> {
 
     // new_access_keys_and_users
     let key = |user: &str, id: &str| json!({"accessKey": {"accessKeyId": id, "status": "Active", "userName": user, "createDate": "Feb 1, 2024 1:01:00 PM"}});
-    v.push(ev("create-user", &d("13:00:00"), "iam.amazonaws.com", "CreateUser",
-        json!({"requestParameters": {"userName": "mallory"}, "responseElements": {"user": {"userName": "mallory", "userId": "AIDAMALLORY"}}})));
-    v.push(ev("create-key-other", &d("13:01:00"), "iam.amazonaws.com", "CreateAccessKey",
-        json!({"requestParameters": {"userName": "mallory"}, "responseElements": key("mallory", "AKIAMALLORY0001")})));
-    v.push(ev("create-key-self", &d("13:02:00"), "iam.amazonaws.com", "CreateAccessKey",
-        json!({"userIdentity": iam_user("bob"), "responseElements": key("bob", "AKIABOB0002")})));
-    v.push(ev("create-login-profile", &d("13:03:00"), "iam.amazonaws.com", "CreateLoginProfile",
-        json!({"requestParameters": {"userName": "mallory", "passwordResetRequired": false}})));
-    v.push(ev("create-key-failed", &d("13:04:00"), "iam.amazonaws.com", "CreateAccessKey",
-        json!({"requestParameters": {"userName": "mallory"}, "errorCode": "LimitExceeded", "errorMessage": "too many keys"})));
-    v.push(ev("delete-key", &d("13:05:00"), "iam.amazonaws.com", "DeleteAccessKey", json!({"requestParameters": {"userName": "mallory", "accessKeyId": "AKIAOLD"}})));
+    v.push(ev(
+        "create-user",
+        &d("13:00:00"),
+        "iam.amazonaws.com",
+        "CreateUser",
+        json!({"requestParameters": {"userName": "mallory"}, "responseElements": {"user": {"userName": "mallory", "userId": "AIDAMALLORY"}}}),
+    ));
+    v.push(ev(
+        "create-key-other",
+        &d("13:01:00"),
+        "iam.amazonaws.com",
+        "CreateAccessKey",
+        json!({"requestParameters": {"userName": "mallory"}, "responseElements": key("mallory", "AKIAMALLORY0001")}),
+    ));
+    v.push(ev(
+        "create-key-self",
+        &d("13:02:00"),
+        "iam.amazonaws.com",
+        "CreateAccessKey",
+        json!({"userIdentity": iam_user("bob"), "responseElements": key("bob", "AKIABOB0002")}),
+    ));
+    v.push(ev(
+        "create-login-profile",
+        &d("13:03:00"),
+        "iam.amazonaws.com",
+        "CreateLoginProfile",
+        json!({"requestParameters": {"userName": "mallory", "passwordResetRequired": false}}),
+    ));
+    v.push(ev(
+        "create-key-failed",
+        &d("13:04:00"),
+        "iam.amazonaws.com",
+        "CreateAccessKey",
+        json!({"requestParameters": {"userName": "mallory"}, "errorCode": "LimitExceeded", "errorMessage": "too many keys"}),
+    ));
+    v.push(ev(
+        "delete-key",
+        &d("13:05:00"),
+        "iam.amazonaws.com",
+        "DeleteAccessKey",
+        json!({"requestParameters": {"userName": "mallory", "accessKeyId": "AKIAOLD"}}),
+    ));
 
     // access_denied_hot_spots, window 14:00-15:00
     let eve = |ip: &str| json!({"userIdentity": iam_user("eve"), "sourceIPAddress": ip});
@@ -170,20 +223,35 @@ fn hand_records() -> Vec<Value> {
     let frank = |code: &str| json!({"userIdentity": iam_user("frank"), "errorCode": code, "errorMessage": "failed"});
     v.push(ev("frank-throttle", &d("14:10:00"), "ec2.amazonaws.com", "DescribeInstances", frank("ThrottlingException")));
     v.push(ev("frank-nosuch", &d("14:11:00"), "iam.amazonaws.com", "GetUser", frank("NoSuchEntity")));
-    v.push(ev("grace-denied", &d("14:20:00"), "kms.amazonaws.com", "Decrypt",
-        json!({"userIdentity": assumed_role("app", "grace"), "errorCode": "AccessDeniedException", "errorMessage": "no"})));
+    v.push(ev(
+        "grace-denied",
+        &d("14:20:00"),
+        "kms.amazonaws.com",
+        "Decrypt",
+        json!({"userIdentity": assumed_role("app", "grace"), "errorCode": "AccessDeniedException", "errorMessage": "no"}),
+    ));
     v.push(ev("deny-at-end", &d("15:00:00"), "s3.amazonaws.com", "ListBuckets", denied("AccessDenied", "203.0.113.66")));
 
     // cloudtrail_tampering
     let trail = |p: Value| json!({"requestParameters": p});
-    v.push(ev("trail-stop", &d("16:00:00"), "cloudtrail.amazonaws.com", "StopLogging",
-        trail(json!({"name": format!("arn:aws:cloudtrail:us-east-1:{ACCT}:trail/main")}))));
+    v.push(ev(
+        "trail-stop",
+        &d("16:00:00"),
+        "cloudtrail.amazonaws.com",
+        "StopLogging",
+        trail(json!({"name": format!("arn:aws:cloudtrail:us-east-1:{ACCT}:trail/main")})),
+    ));
     let mut delete = trail(json!({"name": "main"}));
     delete["errorCode"] = json!("AccessDenied");
     delete["errorMessage"] = json!("not authorized");
     v.push(ev("trail-delete-denied", &d("16:05:00"), "cloudtrail.amazonaws.com", "DeleteTrail", delete));
-    v.push(ev("trail-selectors", &d("16:10:00"), "cloudtrail.amazonaws.com", "PutEventSelectors",
-        trail(json!({"trailName": "main", "eventSelectors": [{"readWriteType": "All", "includeManagementEvents": false, "dataResources": []}]}))));
+    v.push(ev(
+        "trail-selectors",
+        &d("16:10:00"),
+        "cloudtrail.amazonaws.com",
+        "PutEventSelectors",
+        trail(json!({"trailName": "main", "eventSelectors": [{"readWriteType": "All", "includeManagementEvents": false, "dataResources": []}]})),
+    ));
     v.push(ev("trail-update", &d("16:15:00"), "cloudtrail.amazonaws.com", "UpdateTrail", trail(json!({"name": "main", "s3BucketName": "elsewhere"}))));
     v.push(ev("trail-start", &d("16:20:00"), "cloudtrail.amazonaws.com", "StartLogging", trail(json!({"name": "main"}))));
     v.push(ev("trail-create", &d("16:21:00"), "cloudtrail.amazonaws.com", "CreateTrail", trail(json!({"name": "second"}))));
@@ -200,42 +268,110 @@ fn hand_records() -> Vec<Value> {
         p
     };
     let ingress = |group: &str, perms: Vec<Value>| json!({"requestParameters": {"groupId": group, "ipPermissions": {"items": perms}}});
-    v.push(ev("sg-world-ssh", &d("17:00:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress", ingress("sg-0aaa", vec![perm("tcp", Some(22), &["0.0.0.0/0"], &[])])));
-    v.push(ev("sg-world-v6-rdp", &d("17:05:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress", ingress("sg-0bbb", vec![perm("tcp", Some(3389), &["10.0.0.0/8"], &["::/0"])])));
-    v.push(ev("sg-legacy-flat", &d("17:10:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress",
-        json!({"requestParameters": {"groupId": "sg-0ccc", "cidrIp": "0.0.0.0/0", "ipProtocol": "tcp", "fromPort": 5432, "toPort": 5432, "ipPermissions": {}}})));
-    v.push(ev("sg-modify-rule", &d("17:15:00"), "ec2.amazonaws.com", "ModifySecurityGroupRules",
+    v.push(ev(
+        "sg-world-ssh",
+        &d("17:00:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupIngress",
+        ingress("sg-0aaa", vec![perm("tcp", Some(22), &["0.0.0.0/0"], &[])]),
+    ));
+    v.push(ev(
+        "sg-world-v6-rdp",
+        &d("17:05:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupIngress",
+        ingress("sg-0bbb", vec![perm("tcp", Some(3389), &["10.0.0.0/8"], &["::/0"])]),
+    ));
+    v.push(ev(
+        "sg-legacy-flat",
+        &d("17:10:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupIngress",
+        json!({"requestParameters": {"groupId": "sg-0ccc", "cidrIp": "0.0.0.0/0", "ipProtocol": "tcp", "fromPort": 5432, "toPort": 5432, "ipPermissions": {}}}),
+    ));
+    v.push(ev(
+        "sg-modify-rule",
+        &d("17:15:00"),
+        "ec2.amazonaws.com",
+        "ModifySecurityGroupRules",
         json!({"requestParameters": {"ModifySecurityGroupRulesRequest": {"GroupId": "sg-0ddd", "SecurityGroupRule": {"SecurityGroupRuleId": "sgr-0123",
-            "SecurityGroupRule": {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIpv4": "0.0.0.0/0", "Description": "web"}}}}})));
-    v.push(ev("sg-private", &d("17:20:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress", ingress("sg-0eee", vec![perm("tcp", Some(22), &["10.0.0.0/8"], &[])])));
+            "SecurityGroupRule": {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIpv4": "0.0.0.0/0", "Description": "web"}}}}}),
+    ));
+    v.push(ev(
+        "sg-private",
+        &d("17:20:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupIngress",
+        ingress("sg-0eee", vec![perm("tcp", Some(22), &["10.0.0.0/8"], &[])]),
+    ));
     let mut duplicate = ingress("sg-0aaa", vec![perm("tcp", Some(22), &["0.0.0.0/0"], &[])]);
     duplicate["errorCode"] = json!("Client.InvalidPermission.Duplicate");
     v.push(ev("sg-duplicate", &d("17:25:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress", duplicate));
-    v.push(ev("sg-egress", &d("17:30:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupEgress", ingress("sg-0aaa", vec![perm("-1", None, &["0.0.0.0/0"], &[])])));
-    v.push(ev("sg-narrow", &d("17:35:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress", ingress("sg-0fff", vec![perm("tcp", Some(443), &["203.0.113.0/24"], &[])])));
-    v.push(ev("sg-all-protocols", &d("17:40:00"), "ec2.amazonaws.com", "AuthorizeSecurityGroupIngress", ingress("sg-0999", vec![perm("-1", None, &["0.0.0.0/0"], &[])])));
+    v.push(ev(
+        "sg-egress",
+        &d("17:30:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupEgress",
+        ingress("sg-0aaa", vec![perm("-1", None, &["0.0.0.0/0"], &[])]),
+    ));
+    v.push(ev(
+        "sg-narrow",
+        &d("17:35:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupIngress",
+        ingress("sg-0fff", vec![perm("tcp", Some(443), &["203.0.113.0/24"], &[])]),
+    ));
+    v.push(ev(
+        "sg-all-protocols",
+        &d("17:40:00"),
+        "ec2.amazonaws.com",
+        "AuthorizeSecurityGroupIngress",
+        ingress("sg-0999", vec![perm("-1", None, &["0.0.0.0/0"], &[])]),
+    ));
 
     // kms_key_deletion
     let key_arn = |k: &str| format!("arn:aws:kms:us-east-1:{ACCT}:key/{k}");
     let (ka, kb, kc) = ("aaaaaaaa-1111-2222-3333-444444444444", "bbbbbbbb-1111-2222-3333-444444444444", "cccccccc-1111-2222-3333-444444444444");
-    v.push(ev("kms-schedule-a", &d("18:00:00"), "kms.amazonaws.com", "ScheduleKeyDeletion",
+    v.push(ev(
+        "kms-schedule-a",
+        &d("18:00:00"),
+        "kms.amazonaws.com",
+        "ScheduleKeyDeletion",
         json!({"requestParameters": {"keyId": ka, "pendingWindowInDays": 7},
-               "responseElements": {"keyId": key_arn(ka), "deletionDate": "Feb 8, 2024, 6:00:00 PM", "keyState": "PendingDeletion", "pendingWindowInDays": 7}})));
-    v.push(ev("kms-cancel-a", &d("18:30:00"), "kms.amazonaws.com", "CancelKeyDeletion",
-        json!({"requestParameters": {"keyId": key_arn(ka)}, "responseElements": {"keyId": key_arn(ka)}})));
-    v.push(ev("kms-cancel-b-before", &d("18:05:00"), "kms.amazonaws.com", "CancelKeyDeletion",
-        json!({"requestParameters": {"keyId": kb}, "responseElements": {"keyId": key_arn(kb)}})));
+               "responseElements": {"keyId": key_arn(ka), "deletionDate": "Feb 8, 2024, 6:00:00 PM", "keyState": "PendingDeletion", "pendingWindowInDays": 7}}),
+    ));
+    v.push(ev(
+        "kms-cancel-a",
+        &d("18:30:00"),
+        "kms.amazonaws.com",
+        "CancelKeyDeletion",
+        json!({"requestParameters": {"keyId": key_arn(ka)}, "responseElements": {"keyId": key_arn(ka)}}),
+    ));
+    v.push(ev(
+        "kms-cancel-b-before",
+        &d("18:05:00"),
+        "kms.amazonaws.com",
+        "CancelKeyDeletion",
+        json!({"requestParameters": {"keyId": kb}, "responseElements": {"keyId": key_arn(kb)}}),
+    ));
     v.push(ev("kms-schedule-b", &d("18:10:00"), "kms.amazonaws.com", "ScheduleKeyDeletion",
         json!({"requestParameters": {"keyId": key_arn(kb), "pendingWindowInDays": 30},
                "responseElements": {"keyId": key_arn(kb), "deletionDate": "Mar 2, 2024, 6:10:00 PM", "keyState": "PendingDeletion", "pendingWindowInDays": 30}})));
     v.push(ev("kms-disable-c", &d("18:20:00"), "kms.amazonaws.com", "DisableKey", json!({"requestParameters": {"keyId": kc}})));
     v.push(ev("kms-enable-c", &d("18:40:00"), "kms.amazonaws.com", "EnableKey", json!({"requestParameters": {"keyId": key_arn(kc)}})));
-    v.push(ev("kms-schedule-denied", &d("18:50:00"), "kms.amazonaws.com", "ScheduleKeyDeletion",
-        json!({"requestParameters": {"keyId": kc, "pendingWindowInDays": 7}, "errorCode": "AccessDeniedException", "errorMessage": "no"})));
+    v.push(ev(
+        "kms-schedule-denied",
+        &d("18:50:00"),
+        "kms.amazonaws.com",
+        "ScheduleKeyDeletion",
+        json!({"requestParameters": {"keyId": kc, "pendingWindowInDays": 7}, "errorCode": "AccessDeniedException", "errorMessage": "no"}),
+    ));
 
     // s3_bucket_exposure
-    let policy = |bucket: &str, principal: Value| json!({"requestParameters": {"bucketName": bucket, "Host": format!("{bucket}.s3.amazonaws.com"), "policy": [""],
-        "bucketPolicy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": principal, "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]}}});
+    let policy = |bucket: &str, principal: Value| {
+        json!({"requestParameters": {"bucketName": bucket, "Host": format!("{bucket}.s3.amazonaws.com"), "policy": [""],
+        "bucketPolicy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": principal, "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]}}})
+    };
     let pab = |bucket: Option<&str>, block_policy: bool| {
         let mut p = json!({"PublicAccessBlockConfiguration": {"BlockPublicAcls": true, "IgnorePublicAcls": true, "BlockPublicPolicy": block_policy, "RestrictPublicBuckets": true}});
         if let Some(b) = bucket {
@@ -244,12 +380,29 @@ fn hand_records() -> Vec<Value> {
         json!({"requestParameters": p})
     };
     v.push(ev("s3-policy-public", &d("19:00:00"), "s3.amazonaws.com", "PutBucketPolicy", policy("public-site", json!("*"))));
-    v.push(ev("s3-policy-account", &d("19:01:00"), "s3.amazonaws.com", "PutBucketPolicy", policy("shared", json!({"AWS": format!("arn:aws:iam::{ACCT}:root")}))));
+    v.push(ev(
+        "s3-policy-account",
+        &d("19:01:00"),
+        "s3.amazonaws.com",
+        "PutBucketPolicy",
+        policy("shared", json!({"AWS": format!("arn:aws:iam::{ACCT}:root")})),
+    ));
     v.push(ev("s3-policy-aws-star", &d("19:02:00"), "s3.amazonaws.com", "PutBucketPolicy", policy("shared", json!({"AWS": "*"}))));
-    v.push(ev("s3-acl-allusers", &d("19:03:00"), "s3.amazonaws.com", "PutBucketAcl",
+    v.push(ev(
+        "s3-acl-allusers",
+        &d("19:03:00"),
+        "s3.amazonaws.com",
+        "PutBucketAcl",
         json!({"requestParameters": {"bucketName": "logs", "acl": [""], "AccessControlPolicy": {"AccessControlList": {"Grant": [
-            {"Grantee": {"xsi:type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"}, "Permission": "READ"}]}}}})));
-    v.push(ev("s3-acl-private", &d("19:04:00"), "s3.amazonaws.com", "PutBucketAcl", json!({"requestParameters": {"bucketName": "logs", "x-amz-acl": ["private"]}})));
+            {"Grantee": {"xsi:type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"}, "Permission": "READ"}]}}}}),
+    ));
+    v.push(ev(
+        "s3-acl-private",
+        &d("19:04:00"),
+        "s3.amazonaws.com",
+        "PutBucketAcl",
+        json!({"requestParameters": {"bucketName": "logs", "x-amz-acl": ["private"]}}),
+    ));
     v.push(ev("s3-pab-off", &d("19:05:00"), "s3.amazonaws.com", "PutBucketPublicAccessBlock", pab(Some("data"), false)));
     v.push(ev("s3-pab-on", &d("19:06:00"), "s3.amazonaws.com", "PutBucketPublicAccessBlock", pab(Some("data"), true)));
     v.push(ev("s3-pab-delete", &d("19:07:00"), "s3.amazonaws.com", "DeleteBucketPublicAccessBlock", json!({"requestParameters": {"bucketName": "data"}})));
@@ -268,26 +421,71 @@ fn hand_records() -> Vec<Value> {
     v.push(ev("deployer-new-ip", &d("20:15:00"), "cloudformation.amazonaws.com", "UpdateStack", deployer("build-3", "198.51.100.21")));
     v.push(ev("ops-private-ip", &d("20:06:00"), "ec2.amazonaws.com", "DescribeInstances", from("10.20.30.40", OPS_UA)));
     v.push(ev("ops-aws-internal", &d("20:07:00"), "ec2.amazonaws.com", "DescribeInstances", from("AWS Internal", OPS_UA)));
-    v.push(ev("newcomer", &d("20:20:00"), "ec2.amazonaws.com", "DescribeInstances", json!({"userIdentity": iam_user("newcomer"), "sourceIPAddress": "203.0.113.100"})));
+    v.push(ev(
+        "newcomer",
+        &d("20:20:00"),
+        "ec2.amazonaws.com",
+        "DescribeInstances",
+        json!({"userIdentity": iam_user("newcomer"), "sourceIPAddress": "203.0.113.100"}),
+    ));
     let service = json!({"type": "AWSService", "invokedBy": "config.amazonaws.com"});
-    v.push(ev("svc-new-source", &d("20:30:00"), "s3.amazonaws.com", "GetBucketAcl",
-        json!({"userIdentity": service, "sourceIPAddress": "10.1.2.3", "userAgent": "config.amazonaws.com"})));
+    v.push(ev(
+        "svc-new-source",
+        &d("20:30:00"),
+        "s3.amazonaws.com",
+        "GetBucketAcl",
+        json!({"userIdentity": service, "sourceIPAddress": "10.1.2.3", "userAgent": "config.amazonaws.com"}),
+    ));
 
     // iam_policy_changes
     let iam = |p: Value| json!({"requestParameters": p});
-    v.push(ev("iam-attach-admin", &d("21:00:00"), "iam.amazonaws.com", "AttachUserPolicy",
-        iam(json!({"userName": "mallory", "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}))));
-    v.push(ev("iam-inline-star", &d("21:01:00"), "iam.amazonaws.com", "PutRolePolicy", iam(json!({"roleName": "app", "policyName": "everything",
-        "policyDocument": "{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [{\"Effect\": \"Allow\", \"Action\": \"*\", \"Resource\": \"*\"}]\n}"}))));
-    v.push(ev("iam-attach-readonly", &d("21:02:00"), "iam.amazonaws.com", "AttachRolePolicy",
-        iam(json!({"roleName": "app", "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"}))));
-    v.push(ev("iam-inline-narrow", &d("21:03:00"), "iam.amazonaws.com", "PutUserPolicy", iam(json!({"userName": "bob", "policyName": "s3read",
-        "policyDocument": "{\"Statement\":[{\"Effect\":\"Allow\",\"Action\":[\"s3:GetObject\"],\"Resource\":\"*\"}]}"}))));
-    v.push(ev("iam-trust", &d("21:04:00"), "iam.amazonaws.com", "UpdateAssumeRolePolicy", iam(json!({"roleName": "app",
-        "policyDocument": "{\"Statement\":[{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"*\"},\"Action\":\"sts:AssumeRole\"}]}"}))));
+    v.push(ev(
+        "iam-attach-admin",
+        &d("21:00:00"),
+        "iam.amazonaws.com",
+        "AttachUserPolicy",
+        iam(json!({"userName": "mallory", "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"})),
+    ));
+    v.push(ev(
+        "iam-inline-star",
+        &d("21:01:00"),
+        "iam.amazonaws.com",
+        "PutRolePolicy",
+        iam(json!({"roleName": "app", "policyName": "everything",
+        "policyDocument": "{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [{\"Effect\": \"Allow\", \"Action\": \"*\", \"Resource\": \"*\"}]\n}"})),
+    ));
+    v.push(ev(
+        "iam-attach-readonly",
+        &d("21:02:00"),
+        "iam.amazonaws.com",
+        "AttachRolePolicy",
+        iam(json!({"roleName": "app", "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"})),
+    ));
+    v.push(ev(
+        "iam-inline-narrow",
+        &d("21:03:00"),
+        "iam.amazonaws.com",
+        "PutUserPolicy",
+        iam(json!({"userName": "bob", "policyName": "s3read",
+        "policyDocument": "{\"Statement\":[{\"Effect\":\"Allow\",\"Action\":[\"s3:GetObject\"],\"Resource\":\"*\"}]}"})),
+    ));
+    v.push(ev(
+        "iam-trust",
+        &d("21:04:00"),
+        "iam.amazonaws.com",
+        "UpdateAssumeRolePolicy",
+        iam(json!({"roleName": "app",
+        "policyDocument": "{\"Statement\":[{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"*\"},\"Action\":\"sts:AssumeRole\"}]}"})),
+    ));
     v.push(ev("iam-group-add", &d("21:05:00"), "iam.amazonaws.com", "AddUserToGroup", iam(json!({"groupName": "admins", "userName": "mallory"}))));
-    v.push(ev("iam-policy-version", &d("21:06:00"), "iam.amazonaws.com", "CreatePolicyVersion", iam(json!({"policyArn": format!("arn:aws:iam::{ACCT}:policy/ops"),
-        "setAsDefault": true, "policyDocument": "{\"Statement\":[{\"Effect\":\"Allow\",\"Action\":[\"*\"],\"Resource\":\"*\"}]}"}))));
+    v.push(ev(
+        "iam-policy-version",
+        &d("21:06:00"),
+        "iam.amazonaws.com",
+        "CreatePolicyVersion",
+        iam(json!({"policyArn": format!("arn:aws:iam::{ACCT}:policy/ops"),
+        "setAsDefault": true, "policyDocument": "{\"Statement\":[{\"Effect\":\"Allow\",\"Action\":[\"*\"],\"Resource\":\"*\"}]}"})),
+    ));
     let mut attach_failed = iam(json!({"roleName": "app", "policyArn": "arn:aws:iam::aws:policy/AdministratorAccess"}));
     attach_failed["errorCode"] = json!("AccessDenied");
     v.push(ev("iam-attach-failed", &d("21:07:00"), "iam.amazonaws.com", "AttachRolePolicy", attach_failed));
@@ -423,7 +621,7 @@ fn assert_rows(actual: &[Value], expected: Vec<Value>) {
     }
 }
 
-fn of_account<'a>(rows: &'a [Value], account: &str) -> Vec<Value> {
+fn of_account(rows: &[Value], account: &str) -> Vec<Value> {
     rows.iter().filter(|r| r["account"] == account).cloned().collect()
 }
 
@@ -480,12 +678,15 @@ fn root_activity_lists_root_calls_in_the_window_but_not_service_calls() {
         json!({"eventtime": time, "account": ACCT, "awsregion": "us-east-1", "eventsource": source, "eventname": name,
                "sourceipaddress": "203.0.113.5", "useragent": ua, "mfa": mfa, "accesskeyid": key, "errormessage": msg, "eventid": id})
     };
-    assert_rows(&rows, vec![
-        row("root-console-mfa", "2024-02-01T00:00:00Z", "signin.amazonaws.com", "ConsoleLogin", Some("true"), None, None),
-        row("root-access-key", "2024-02-01T10:00:00Z", "ec2.amazonaws.com", "DescribeInstances", None, Some("AKIAROOTKEY0001"), None),
-        row("root-console-failed", "2024-02-01T11:00:00Z", "signin.amazonaws.com", "ConsoleLogin", Some("false"), None, Some("Failed authentication")),
-        row("root-console-nomfa", "2024-02-01T12:00:00Z", "signin.amazonaws.com", "ConsoleLogin", Some("false"), None, None),
-    ]);
+    assert_rows(
+        &rows,
+        vec![
+            row("root-console-mfa", "2024-02-01T00:00:00Z", "signin.amazonaws.com", "ConsoleLogin", Some("true"), None, None),
+            row("root-access-key", "2024-02-01T10:00:00Z", "ec2.amazonaws.com", "DescribeInstances", None, Some("AKIAROOTKEY0001"), None),
+            row("root-console-failed", "2024-02-01T11:00:00Z", "signin.amazonaws.com", "ConsoleLogin", Some("false"), None, Some("Failed authentication")),
+            row("root-console-nomfa", "2024-02-01T12:00:00Z", "signin.amazonaws.com", "ConsoleLogin", Some("false"), None, None),
+        ],
+    );
     // The generated month has no root activity; the hand-written one at the window's end belongs
     // to the next window.
     assert_rows(&run("root_activity.sql", Some(("2024-01-01T00:00:00Z", DAY.0))), vec![]);
@@ -499,10 +700,13 @@ fn console_signin_without_mfa_skips_mfa_failed_and_federated_sign_ins() {
         json!({"eventtime": time, "account": ACCT, "identitytype": kind, "username": user, "sourceipaddress": ip,
                "useragent": "Mozilla/5.0 (X11; Linux x86_64)", "mfaused": "No", "loginto": "https://console.aws.amazon.com/console/home", "eventid": id})
     };
-    assert_rows(&rows, vec![
-        row("signin-nomfa", "2024-02-01T09:00:00Z", "IAMUser", "carol", "198.51.100.30"),
-        row("root-console-nomfa", "2024-02-01T12:00:00Z", "Root", "arn:aws:iam::111122223333:root", "203.0.113.5"),
-    ]);
+    assert_rows(
+        &rows,
+        vec![
+            row("signin-nomfa", "2024-02-01T09:00:00Z", "IAMUser", "carol", "198.51.100.30"),
+            row("root-console-nomfa", "2024-02-01T12:00:00Z", "Root", "arn:aws:iam::111122223333:root", "203.0.113.5"),
+        ],
+    );
 }
 
 #[test]
@@ -512,11 +716,14 @@ fn failed_console_logins_group_by_user_and_ip_with_a_later_success() {
         json!({"account": ACCT, "username": user, "sourceipaddress": ip, "failures": n, "first_failure": first, "last_failure": last,
                "last_success": success, "errormessage": "Failed authentication"})
     };
-    assert_rows(&rows, vec![
-        row("dave", "192.0.2.50", 2, "2024-02-01T08:00:00Z", "2024-02-01T08:01:00Z", Some("2024-02-01T08:05:00Z")),
-        row("HIDDEN_DUE_TO_SECURITY_REASONS", "198.51.100.77", 1, "2024-02-01T09:30:00Z", "2024-02-01T09:30:00Z", None),
-        row("arn:aws:iam::111122223333:root", "203.0.113.5", 1, "2024-02-01T11:00:00Z", "2024-02-01T11:00:00Z", Some("2024-02-01T12:00:00Z")),
-    ]);
+    assert_rows(
+        &rows,
+        vec![
+            row("dave", "192.0.2.50", 2, "2024-02-01T08:00:00Z", "2024-02-01T08:01:00Z", Some("2024-02-01T08:05:00Z")),
+            row("HIDDEN_DUE_TO_SECURITY_REASONS", "198.51.100.77", 1, "2024-02-01T09:30:00Z", "2024-02-01T09:30:00Z", None),
+            row("arn:aws:iam::111122223333:root", "203.0.113.5", 1, "2024-02-01T11:00:00Z", "2024-02-01T11:00:00Z", Some("2024-02-01T12:00:00Z")),
+        ],
+    );
 }
 
 #[test]
@@ -528,12 +735,15 @@ fn new_access_keys_and_users_lists_successful_credential_creation() {
                "created_by": format!("arn:aws:iam::{ACCT}:user/{by}"), "for_another_user": other,
                "sourceipaddress": OPS_IP, "useragent": OPS_UA, "eventid": id})
     };
-    assert_rows(&of_account(&rows, ACCT), vec![
-        row("create-login-profile", "13:03:00", "CreateLoginProfile", "mallory", None, "ops", true),
-        row("create-key-self", "13:02:00", "CreateAccessKey", "bob", Some("AKIABOB0002"), "bob", false),
-        row("create-key-other", "13:01:00", "CreateAccessKey", "mallory", Some("AKIAMALLORY0001"), "ops", true),
-        row("create-user", "13:00:00", "CreateUser", "mallory", None, "ops", true),
-    ]);
+    assert_rows(
+        &of_account(&rows, ACCT),
+        vec![
+            row("create-login-profile", "13:03:00", "CreateLoginProfile", "mallory", None, "ops", true),
+            row("create-key-self", "13:02:00", "CreateAccessKey", "bob", Some("AKIABOB0002"), "bob", false),
+            row("create-key-other", "13:01:00", "CreateAccessKey", "mallory", Some("AKIAMALLORY0001"), "ops", true),
+            row("create-user", "13:00:00", "CreateUser", "mallory", None, "ops", true),
+        ],
+    );
     // Generated: people create users and keys for svc-user-N now and then.
     let names = ["CreateUser", "CreateAccessKey", "CreateLoginProfile", "UpdateLoginProfile"];
     let expected = newest_first(&f.records, |r| is(r, "iam.amazonaws.com", &names) && ok(r));
@@ -552,19 +762,24 @@ fn access_denied_hot_spots_count_denials_per_identity_in_the_window() {
     let f = fixture();
     let window = ("2024-02-01T14:00:00Z", "2024-02-01T15:00:00Z");
     let rows = run("access_denied_hot_spots.sql", Some(window));
-    assert_rows(&rows, vec![
-        json!({"identity": format!("arn:aws:iam::{ACCT}:user/eve"), "identitytype": "IAMUser", "account": ACCT, "denials": 5, "calls": 6,
+    assert_rows(
+        &rows,
+        vec![
+            json!({"identity": format!("arn:aws:iam::{ACCT}:user/eve"), "identitytype": "IAMUser", "account": ACCT, "denials": 5, "calls": 6,
                "denied_pct": 83.3, "denied_apis": 4, "apis": "DescribeInstances GetSecretValue ListBuckets ListUsers", "source_ips": 2,
                "first_denied": "2024-02-01T14:00:00Z", "last_denied": "2024-02-01T14:04:00Z"}),
-        json!({"identity": format!("arn:aws:sts::{ACCT}:assumed-role/app/grace"), "identitytype": "AssumedRole", "account": ACCT, "denials": 1,
+            json!({"identity": format!("arn:aws:sts::{ACCT}:assumed-role/app/grace"), "identitytype": "AssumedRole", "account": ACCT, "denials": 1,
                "calls": 1, "denied_pct": 100.0, "denied_apis": 1, "apis": "Decrypt", "source_ips": 1,
                "first_denied": "2024-02-01T14:20:00Z", "last_denied": "2024-02-01T14:20:00Z"}),
-    ]);
+        ],
+    );
 
     // The generated days: every identity with a denial, computed from the records.
     let day = ("2024-01-01T00:00:00Z", "2024-01-10T00:00:00Z");
     let denied = |r: &Value| {
-        text(r, &["errorCode"]).is_some_and(|c| c.contains("AccessDenied") || c.ends_with("UnauthorizedOperation") || c.ends_with("UnauthorizedAccess") || c == "AuthorizationError")
+        text(r, &["errorCode"]).is_some_and(|c| {
+            c.contains("AccessDenied") || c.ends_with("UnauthorizedOperation") || c.ends_with("UnauthorizedAccess") || c == "AuthorizationError"
+        })
     };
     #[derive(Default)]
     struct Agg {
@@ -618,12 +833,15 @@ fn cloudtrail_tampering_lists_attempts_including_failed_ones() {
         json!({"eventtime": at(hms), "account": ACCT, "awsregion": "us-east-1", "eventname": name, "trail": trail, "identity": OPS_ARN,
                "sourceipaddress": OPS_IP, "useragent": OPS_UA, "errorcode": error, "requestparameters": rp(id), "eventid": id})
     };
-    assert_rows(&rows, vec![
-        row("trail-stop", "16:00:00", "StopLogging", "arn:aws:cloudtrail:us-east-1:111122223333:trail/main", None),
-        row("trail-delete-denied", "16:05:00", "DeleteTrail", "main", Some("AccessDenied")),
-        row("trail-selectors", "16:10:00", "PutEventSelectors", "main", None),
-        row("trail-update", "16:15:00", "UpdateTrail", "main", None),
-    ]);
+    assert_rows(
+        &rows,
+        vec![
+            row("trail-stop", "16:00:00", "StopLogging", "arn:aws:cloudtrail:us-east-1:111122223333:trail/main", None),
+            row("trail-delete-denied", "16:05:00", "DeleteTrail", "main", Some("AccessDenied")),
+            row("trail-selectors", "16:10:00", "PutEventSelectors", "main", None),
+            row("trail-update", "16:15:00", "UpdateTrail", "main", None),
+        ],
+    );
     // The generator's DescribeTrails and LookupEvents are not tampering.
     assert_rows(&run("cloudtrail_tampering.sql", Some(("2024-01-01T00:00:00Z", DAY.0))), vec![]);
 }
@@ -639,18 +857,19 @@ fn security_group_openings_to_the_world_in_every_request_shape() {
                "protocol": proto, "from_port": port, "to_port": port, "identity": OPS_ARN, "sourceipaddress": OPS_IP,
                "requestparameters": rp(id), "eventid": id})
     };
-    assert_rows(&rows, vec![
-        row("sg-world-ssh", "17:00:00", "AuthorizeSecurityGroupIngress", "sg-0aaa", "0.0.0.0/0", "tcp", Some(22)),
-        row("sg-world-v6-rdp", "17:05:00", "AuthorizeSecurityGroupIngress", "sg-0bbb", "::/0", "tcp", Some(3389)),
-        row("sg-legacy-flat", "17:10:00", "AuthorizeSecurityGroupIngress", "sg-0ccc", "0.0.0.0/0", "tcp", Some(5432)),
-        row("sg-modify-rule", "17:15:00", "ModifySecurityGroupRules", "sg-0ddd", "0.0.0.0/0", "tcp", Some(443)),
-        row("sg-all-protocols", "17:40:00", "AuthorizeSecurityGroupIngress", "sg-0999", "0.0.0.0/0", "-1", None),
-    ]);
+    assert_rows(
+        &rows,
+        vec![
+            row("sg-world-ssh", "17:00:00", "AuthorizeSecurityGroupIngress", "sg-0aaa", "0.0.0.0/0", "tcp", Some(22)),
+            row("sg-world-v6-rdp", "17:05:00", "AuthorizeSecurityGroupIngress", "sg-0bbb", "::/0", "tcp", Some(3389)),
+            row("sg-legacy-flat", "17:10:00", "AuthorizeSecurityGroupIngress", "sg-0ccc", "0.0.0.0/0", "tcp", Some(5432)),
+            row("sg-modify-rule", "17:15:00", "ModifySecurityGroupRules", "sg-0ddd", "0.0.0.0/0", "tcp", Some(443)),
+            row("sg-all-protocols", "17:40:00", "AuthorizeSecurityGroupIngress", "sg-0999", "0.0.0.0/0", "-1", None),
+        ],
+    );
     // The generator's AuthorizeSecurityGroupIngress calls open SSH to 0.0.0.0/0.
     let january = ("2024-01-01T00:00:00Z", DAY.0);
-    let mut expected = newest_first(&f.records, |r| {
-        in_window(r, january) && is(r, "ec2.amazonaws.com", &["AuthorizeSecurityGroupIngress"]) && ok(r)
-    });
+    let mut expected = newest_first(&f.records, |r| in_window(r, january) && is(r, "ec2.amazonaws.com", &["AuthorizeSecurityGroupIngress"]) && ok(r));
     let rows = run("security_group_open_to_world.sql", Some(january));
     assert!(!expected.is_empty());
     let mut ids = column(&rows, "eventid");
@@ -672,37 +891,45 @@ fn top_write_apis_per_day_ranks_ten_writes_a_day() {
                "calls": i, "errors": errors, "identities": identities})
     };
     let ec2 = "ec2.amazonaws.com";
-    assert_rows(&rows.iter().filter(|r| r["day"] == "2024-01-21T00:00:00Z").cloned().collect::<Vec<_>>(), vec![
-        row(1, ec2, 11, 0, 1),
-        row(2, ec2, 10, 2, 2),
-        row(3, ec2, 9, 0, 1),
-        row(4, ec2, 8, 0, 1),
-        row(5, ec2, 7, 0, 1),
-        row(6, ec2, 6, 0, 1),
-        row(7, "autoscaling.amazonaws.com", 5, 0, 1),
-        row(8, ec2, 5, 0, 1),
-        row(9, ec2, 4, 0, 1),
-        row(10, ec2, 3, 0, 1),
-    ]);
+    assert_rows(
+        &rows.iter().filter(|r| r["day"] == "2024-01-21T00:00:00Z").cloned().collect::<Vec<_>>(),
+        vec![
+            row(1, ec2, 11, 0, 1),
+            row(2, ec2, 10, 2, 2),
+            row(3, ec2, 9, 0, 1),
+            row(4, ec2, 8, 0, 1),
+            row(5, ec2, 7, 0, 1),
+            row(6, ec2, 6, 0, 1),
+            row(7, "autoscaling.amazonaws.com", 5, 0, 1),
+            row(8, ec2, 5, 0, 1),
+            row(9, ec2, 4, 0, 1),
+            row(10, ec2, 3, 0, 1),
+        ],
+    );
 
-    // Every day, from the records.
-    let mut groups: BTreeMap<(String, String, String), (u64, u64, BTreeSet<String>)> = BTreeMap::new();
+    // Every day, from the records: per (day, source, name), calls, errors and callers.
+    #[derive(Default)]
+    struct Api {
+        calls: u64,
+        errors: u64,
+        identities: BTreeSet<String>,
+    }
+    let mut by_day: BTreeMap<String, BTreeMap<(String, String), Api>> = BTreeMap::new();
     for r in f.records.iter().filter(|r| r["readOnly"] == false) {
         let day = format!("{}T00:00:00Z", &time(r)[..10]);
-        let g = groups.entry((day, r["eventSource"].as_str().unwrap().to_owned(), r["eventName"].as_str().unwrap().to_owned())).or_default();
-        g.0 += 1;
-        g.1 += u64::from(!ok(r));
-        g.2.extend(identity(r));
-    }
-    let mut by_day: BTreeMap<String, Vec<(u64, String, String, u64, usize)>> = BTreeMap::new();
-    for ((day, source, name), (calls, errors, ids)) in groups {
-        by_day.entry(day).or_default().push((calls, source, name, errors, ids.len()));
+        let api = (r["eventSource"].as_str().unwrap().to_owned(), r["eventName"].as_str().unwrap().to_owned());
+        let g = by_day.entry(day).or_default().entry(api).or_default();
+        g.calls += 1;
+        g.errors += u64::from(!ok(r));
+        g.identities.extend(identity(r));
     }
     let mut expected = Vec::new();
-    for (day, mut apis) in by_day.into_iter().rev() {
-        apis.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)).then_with(|| a.2.cmp(&b.2)));
-        for (rank, (calls, source, name, errors, ids)) in apis.into_iter().take(10).enumerate() {
-            expected.push(json!({"day": day, "rank": rank + 1, "eventsource": source, "eventname": name, "calls": calls, "errors": errors, "identities": ids}));
+    for (day, apis) in by_day.into_iter().rev() {
+        let mut apis: Vec<_> = apis.into_iter().collect();
+        apis.sort_by(|(a, x), (b, y)| y.calls.cmp(&x.calls).then_with(|| a.cmp(b)));
+        for (rank, ((source, name), g)) in apis.into_iter().take(10).enumerate() {
+            expected.push(json!({"day": day, "rank": rank + 1, "eventsource": source, "eventname": name, "calls": g.calls,
+                                 "errors": g.errors, "identities": g.identities.len()}));
         }
     }
     assert!(expected.len() > 80, "eight generated days of ten writes");
@@ -718,15 +945,18 @@ fn iam_policy_changes_flag_admin_grants() {
                "changed_by": OPS_ARN, "sourceipaddress": OPS_IP, "eventid": id})
     };
     let ops_policy = format!("arn:aws:iam::{ACCT}:policy/ops");
-    assert_rows(&of_account(&rows, ACCT), vec![
-        row("iam-policy-version", "21:06:00", "CreatePolicyVersion", &ops_policy, Some(&ops_policy), true),
-        row("iam-group-add", "21:05:00", "AddUserToGroup", "mallory", None, false),
-        row("iam-trust", "21:04:00", "UpdateAssumeRolePolicy", "app", None, false),
-        row("iam-inline-narrow", "21:03:00", "PutUserPolicy", "bob", Some("s3read"), false),
-        row("iam-attach-readonly", "21:02:00", "AttachRolePolicy", "app", Some("arn:aws:iam::aws:policy/ReadOnlyAccess"), false),
-        row("iam-inline-star", "21:01:00", "PutRolePolicy", "app", Some("everything"), true),
-        row("iam-attach-admin", "21:00:00", "AttachUserPolicy", "mallory", Some("arn:aws:iam::aws:policy/AdministratorAccess"), true),
-    ]);
+    assert_rows(
+        &of_account(&rows, ACCT),
+        vec![
+            row("iam-policy-version", "21:06:00", "CreatePolicyVersion", &ops_policy, Some(&ops_policy), true),
+            row("iam-group-add", "21:05:00", "AddUserToGroup", "mallory", None, false),
+            row("iam-trust", "21:04:00", "UpdateAssumeRolePolicy", "app", None, false),
+            row("iam-inline-narrow", "21:03:00", "PutUserPolicy", "bob", Some("s3read"), false),
+            row("iam-attach-readonly", "21:02:00", "AttachRolePolicy", "app", Some("arn:aws:iam::aws:policy/ReadOnlyAccess"), false),
+            row("iam-inline-star", "21:01:00", "PutRolePolicy", "app", Some("everything"), true),
+            row("iam-attach-admin", "21:00:00", "AttachUserPolicy", "mallory", Some("arn:aws:iam::aws:policy/AdministratorAccess"), true),
+        ],
+    );
     // Generated: AttachRolePolicy and PutRolePolicy on role-N, never admin.
     let generated = of_account(&rows, &f.generated_account);
     let expected = newest_first(&f.records, |r| {
@@ -749,11 +979,22 @@ fn kms_key_deletion_shows_what_was_undone() {
                "deletion_date": date, "undone_at": undone.map(at), "identity": OPS_ARN, "sourceipaddress": OPS_IP, "eventid": id})
     };
     // The generator's Decrypt and GenerateDataKey calls are not listed.
-    assert_rows(&rows, vec![
-        row("kms-disable-c", "18:20:00", "DisableKey", "cccccccc-1111-2222-3333-444444444444", None, None, Some("18:40:00")),
-        row("kms-schedule-b", "18:10:00", "ScheduleKeyDeletion", "bbbbbbbb-1111-2222-3333-444444444444", Some(30), Some("Mar 2, 2024, 6:10:00 PM"), None),
-        row("kms-schedule-a", "18:00:00", "ScheduleKeyDeletion", "aaaaaaaa-1111-2222-3333-444444444444", Some(7), Some("Feb 8, 2024, 6:00:00 PM"), Some("18:30:00")),
-    ]);
+    assert_rows(
+        &rows,
+        vec![
+            row("kms-disable-c", "18:20:00", "DisableKey", "cccccccc-1111-2222-3333-444444444444", None, None, Some("18:40:00")),
+            row("kms-schedule-b", "18:10:00", "ScheduleKeyDeletion", "bbbbbbbb-1111-2222-3333-444444444444", Some(30), Some("Mar 2, 2024, 6:10:00 PM"), None),
+            row(
+                "kms-schedule-a",
+                "18:00:00",
+                "ScheduleKeyDeletion",
+                "aaaaaaaa-1111-2222-3333-444444444444",
+                Some(7),
+                Some("Feb 8, 2024, 6:00:00 PM"),
+                Some("18:30:00"),
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -764,22 +1005,24 @@ fn s3_bucket_exposure_flags_changes_that_may_make_data_public() {
         json!({"eventtime": at(hms), "account": ACCT, "bucket": bucket, "eventname": name, "may_be_public": public,
                "changed_by": OPS_ARN, "sourceipaddress": OPS_IP, "eventid": id})
     };
-    assert_rows(&of_account(&rows, ACCT), vec![
-        row("s3-account-pab", "19:08:00", None, "PutAccountPublicAccessBlock", false),
-        row("s3-pab-delete", "19:07:00", Some("data"), "DeleteBucketPublicAccessBlock", true),
-        row("s3-pab-on", "19:06:00", Some("data"), "PutBucketPublicAccessBlock", false),
-        row("s3-pab-off", "19:05:00", Some("data"), "PutBucketPublicAccessBlock", true),
-        row("s3-acl-private", "19:04:00", Some("logs"), "PutBucketAcl", false),
-        row("s3-acl-allusers", "19:03:00", Some("logs"), "PutBucketAcl", true),
-        row("s3-policy-aws-star", "19:02:00", Some("shared"), "PutBucketPolicy", true),
-        row("s3-policy-account", "19:01:00", Some("shared"), "PutBucketPolicy", false),
-        row("s3-policy-public", "19:00:00", Some("public-site"), "PutBucketPolicy", true),
-    ]);
+    assert_rows(
+        &of_account(&rows, ACCT),
+        vec![
+            row("s3-account-pab", "19:08:00", None, "PutAccountPublicAccessBlock", false),
+            row("s3-pab-delete", "19:07:00", Some("data"), "DeleteBucketPublicAccessBlock", true),
+            row("s3-pab-on", "19:06:00", Some("data"), "PutBucketPublicAccessBlock", false),
+            row("s3-pab-off", "19:05:00", Some("data"), "PutBucketPublicAccessBlock", true),
+            row("s3-acl-private", "19:04:00", Some("logs"), "PutBucketAcl", false),
+            row("s3-acl-allusers", "19:03:00", Some("logs"), "PutBucketAcl", true),
+            row("s3-policy-aws-star", "19:02:00", Some("shared"), "PutBucketPolicy", true),
+            row("s3-policy-account", "19:01:00", Some("shared"), "PutBucketPolicy", false),
+            row("s3-policy-public", "19:00:00", Some("public-site"), "PutBucketPolicy", true),
+        ],
+    );
     // Generated PutBucketPolicy calls name a bucket and no principal.
     let generated = of_account(&rows, &f.generated_account);
-    let expected = newest_first(&f.records, |r| {
-        r["recipientAccountId"] == f.generated_account.as_str() && is(r, "s3.amazonaws.com", &["PutBucketPolicy"]) && ok(r)
-    });
+    let expected =
+        newest_first(&f.records, |r| r["recipientAccountId"] == f.generated_account.as_str() && is(r, "s3.amazonaws.com", &["PutBucketPolicy"]) && ok(r));
     assert!(!expected.is_empty());
     assert_eq!(column(&generated, "eventid"), expected);
     assert!(generated.iter().all(|r| r["may_be_public"] == false && r["bucket"].as_str().unwrap().starts_with("data-bucket-")));
@@ -789,25 +1032,36 @@ fn s3_bucket_exposure_flags_changes_that_may_make_data_public() {
 fn new_ips_and_user_agents_of_known_identities() {
     let f = fixture();
     let rows = run("new_ips_and_user_agents.sql", Some(DAY));
-    let ops = |kind: &str, value: &str| {
-        json!({"identity": OPS_ARN, "kind": kind, "value": value, "first_seen": at("20:00:00"), "calls": 2, "apis": "GetCallerIdentity ListUsers"})
-    };
+    let ops = |kind: &str, value: &str| json!({"identity": OPS_ARN, "kind": kind, "value": value, "first_seen": at("20:00:00"), "calls": 2, "apis": "GetCallerIdentity ListUsers"});
     // The deployer role's new session from its usual IP is not new; its session from another
     // IP is. A private address and "AWS Internal" are not new IPs; `newcomer` has no history,
     // and AWS services are left out.
-    assert_rows(&rows, vec![
-        json!({"identity": format!("arn:aws:iam::{ACCT}:role/deployer"), "kind": "sourceipaddress", "value": "198.51.100.21",
+    assert_rows(
+        &rows,
+        vec![
+            json!({"identity": format!("arn:aws:iam::{ACCT}:role/deployer"), "kind": "sourceipaddress", "value": "198.51.100.21",
                "first_seen": at("20:15:00"), "calls": 1, "apis": "UpdateStack"}),
-        ops("sourceipaddress", "203.0.113.99"),
-        ops("useragent", "python-requests/2.31.0"),
-    ]);
+            ops("sourceipaddress", "203.0.113.99"),
+            ops("useragent", "python-requests/2.31.0"),
+        ],
+    );
 
     // The generated archive's last day, which holds its anomalies, from the records.
     let day = ("2024-01-08T00:00:00Z", "2024-01-09T00:00:00Z");
-    let key = |r: &Value| text(r, &["userIdentity", "sessionContext", "sessionIssuer", "arn"]).or_else(|| text(r, &["userIdentity", "arn"])).or_else(|| text(r, &["userIdentity", "principalId"]));
+    let key = |r: &Value| {
+        text(r, &["userIdentity", "sessionContext", "sessionIssuer", "arn"])
+            .or_else(|| text(r, &["userIdentity", "arn"]))
+            .or_else(|| text(r, &["userIdentity", "principalId"]))
+    };
     let calls: Vec<&Value> = f.records.iter().filter(|r| time(r) < day.1 && text(r, &["userIdentity", "type"]).as_deref() != Some("AWSService")).collect();
     let known: BTreeSet<Option<String>> = calls.iter().filter(|r| time(r) < day.0).map(|r| key(r)).collect();
-    let mut firsts: BTreeMap<(Option<String>, &str, String), (String, u64, BTreeSet<String>)> = BTreeMap::new();
+    /// A (identity, kind, value) pair's first sighting, calls and APIs.
+    struct Seen {
+        first: String,
+        calls: u64,
+        apis: BTreeSet<String>,
+    }
+    let mut firsts: BTreeMap<(Option<String>, &str, String), Seen> = BTreeMap::new();
     for r in &calls {
         for (kind, field) in [("sourceipaddress", "sourceIPAddress"), ("useragent", "userAgent")] {
             let Some(value) = text(r, &[field]) else { continue };
@@ -819,25 +1073,26 @@ fn new_ips_and_user_agents_of_known_identities() {
             if kind == "sourceipaddress" && !public_ip {
                 continue;
             }
-            let e = firsts.entry((key(r), kind, value)).or_insert_with(|| (time(r).to_owned(), 0, BTreeSet::new()));
-            e.0 = e.0.clone().min(time(r).to_owned());
-            e.1 += 1;
-            e.2.insert(r["eventName"].as_str().unwrap().to_owned());
+            let e = firsts.entry((key(r), kind, value)).or_insert_with(|| Seen { first: time(r).to_owned(), calls: 0, apis: BTreeSet::new() });
+            e.first = e.first.clone().min(time(r).to_owned());
+            e.calls += 1;
+            e.apis.insert(r["eventName"].as_str().unwrap().to_owned());
         }
     }
-    let mut expected: Vec<((String, &str, String, String), Value)> = firsts
+    // Ordered as the query orders: identity, kind, first sighting, value.
+    let mut expected: Vec<Value> = firsts
         .into_iter()
-        .filter(|((id, _, _), (first, _, _))| first.as_str() >= day.0 && id.is_some() && known.contains(id))
-        .map(|((id, kind, value), (first, n, apis))| {
-            let id = id.unwrap();
-            let row = json!({"identity": id, "kind": kind, "value": value, "first_seen": first, "calls": n, "apis": apis.into_iter().collect::<Vec<_>>().join(" ")});
-            ((id, kind, first, value), row)
+        .filter(|((id, _, _), seen)| seen.first.as_str() >= day.0 && id.is_some() && known.contains(id))
+        .map(|((id, kind, value), seen)| {
+            json!({"identity": id, "kind": kind, "value": value, "first_seen": seen.first, "calls": seen.calls,
+                   "apis": seen.apis.into_iter().collect::<Vec<_>>().join(" ")})
         })
         .collect();
-    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    let order = |r: &Value| ["identity", "kind", "first_seen", "value"].map(|c| r[c].as_str().unwrap_or_default().to_owned());
+    expected.sort_by_key(order);
     let rows = run("new_ips_and_user_agents.sql", Some(day));
     assert!(rows.iter().any(|r| r["value"].as_str().unwrap().starts_with("185.220.101.")), "the generator's intruder IPs are found: {rows:?}");
-    assert_rows(&rows, expected.into_iter().map(|e| e.1).collect());
+    assert_rows(&rows, expected);
 }
 
 /// Every `.sql` file in queries/ has a header the scheduler accepts, parses, plans and runs
@@ -846,11 +1101,8 @@ fn new_ips_and_user_agents_of_known_identities() {
 #[test]
 fn every_shipped_query_runs() {
     let readme = std::fs::read_to_string(queries_dir().join("README.md")).unwrap();
-    let mut files: Vec<String> = std::fs::read_dir(queries_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".sql"))
-        .collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(queries_dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".sql")).collect();
     files.sort();
     assert!(files.len() >= 11, "{files:?}");
     for file in &files {
@@ -879,10 +1131,7 @@ fn every_shipped_query_runs() {
 fn windowed_queries_run_by_hand_as_the_readme_shows() {
     let readme = std::fs::read_to_string(queries_dir().join("README.md")).unwrap();
     let function = readme.lines().find(|l| l.starts_with("window() {")).expect("the README defines window()");
-    let script = format!(
-        "{function}\n\"$PRISM\" sql --lake \"$LAKE\" --format csv -f <(window queries/root_activity.sql {} {})",
-        DAY.0, DAY.1
-    );
+    let script = format!("{function}\n\"$PRISM\" sql --lake \"$LAKE\" --format csv -f <(window queries/root_activity.sql {} {})", DAY.0, DAY.1);
     let out = std::process::Command::new("bash")
         .args(["-c", &script])
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -19,7 +19,7 @@ use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 mod common;
@@ -69,11 +69,7 @@ fn column_type(t: &DataType) -> DefaultColumnType {
 /// sqllogictest conventions.
 fn format_rows(batch: &RecordBatch) -> Result<Vec<Vec<String>>, DataFusionError> {
     let options = FormatOptions::default().with_null("NULL");
-    let formatters = batch
-        .columns()
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-        .collect::<Result<Vec<_>, _>>()?;
+    let formatters = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<Vec<_>, _>>()?;
     Ok((0..batch.num_rows())
         .map(|row| {
             formatters
