@@ -42,6 +42,8 @@ const MICROS_PER_MINUTE: i64 = 60_000_000;
 pub enum InsightsError {
     #[error(transparent)]
     Lake(#[from] LakeError),
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
     #[error("{context}: {source}")]
     Query {
         context: String,
@@ -214,7 +216,7 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
     summary.rolled_up_events = crate::rollup::catch_up(&mut lake).await?.events;
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(&lake).await?;
-    let ctx = tables.session(&lake).await?;
+    let ctx = crate::sql::session(&lake).await?;
     let out = OutputStore::new(opts.out.as_deref(), &lake)?;
     let p = &opts.params;
 
@@ -237,7 +239,7 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
         let horizon = last + 1 - opts.settle_minutes.max(0);
         let (start, end) = match &opts.mode {
             Mode::Backfill { from, to } => (
-                from.map(|d| day_minute(d)).unwrap_or(*first).max(*first),
+                from.map(day_minute).unwrap_or(*first).max(*first),
                 to.map(|d| day_minute(d) + 1440).unwrap_or(horizon).min(horizon),
             ),
             Mode::Incremental { until } => (
@@ -452,7 +454,6 @@ async fn load_series(
             }
         }
     }
-    let _ = (account, region);
     Ok(out)
 }
 
@@ -468,11 +469,6 @@ impl Tables {
             insights: lake.table(INSIGHTS_TABLE, records::insights_schema(), &[]).await?,
             runs: lake.table(RUNS_TABLE, records::runs_schema(), &[]).await?,
         })
-    }
-
-    /// The lake's session (the one every entry point uses), once these tables exist.
-    async fn session(&mut self, lake: &Lake) -> Result<SessionContext> {
-        crate::sql::session(lake).await.map_err(|e| InsightsError::Data(format!("opening the lake's tables: {e}")))
     }
 
     /// The minute after the last analysed one, per account and region.
@@ -542,9 +538,10 @@ async fn append(table: &deltalake::DeltaTable, batch: RecordBatch, name: &str) -
     Ok(written.map_err(|source| LakeError::Delta { context: format!("writing the {name} table"), source })?)
 }
 
-/// A session over the lake's Insights tables (and rollups and events), for reading results.
+/// The lake's session (the one every entry point uses), once the Insights tables exist.
 pub async fn session(lake: &Lake) -> Result<SessionContext> {
-    Tables::open(lake).await?.session(lake).await
+    Tables::open(lake).await?;
+    Ok(crate::sql::session(lake).await?)
 }
 
 /// Where the AWS-format Insights files go.
