@@ -61,7 +61,7 @@ impl DetectorParams {
             drop_windows: [10, 60],
             drop_max_share: 0.25,
             start_score: 6.0 / s,
-            drop_start_score: 4.0 / s,
+            drop_start_score: 3.5 / s,
             end_score: 2.0 / s,
             min_ratio: 2.0,
             warmup: 3 * 1440,
@@ -194,15 +194,15 @@ fn starts(values: &[f64], baselines: &[Baseline], t: usize, direction: Direction
         }
         Direction::Drop => p.drop_windows.iter().any(|&w| {
             let w = w.max(1);
-            let (observed, expected) = sums(values, baselines, t, w, direction);
-            // A drop against the hour before it too: a quiet weekend is quiet from its start,
-            // a failure falls from the traffic just before.
+            let (observed, level) = sums(values, baselines, t, w, direction);
+            // A drop is judged against the lesser of the seasonal level and the hour before it:
+            // a failure falls from the traffic just before, while a quiet weekend or holiday is
+            // quiet from its start, so its silences are only as unusual as its own rate says.
             let before_end = (t + 1).saturating_sub(w);
             let before = &values[before_end.saturating_sub(RECENT)..before_end];
             let recent = if before.is_empty() { 0.0 } else { before.iter().sum::<f64>() / before.len() as f64 * w as f64 };
-            observed <= p.drop_max_share * expected
-                && observed <= p.drop_max_share * recent
-                && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
+            let expected = level.min(recent);
+            observed <= p.drop_max_share * expected && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
         }),
     }
 }
