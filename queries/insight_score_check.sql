@@ -1,3 +1,4 @@
+-- name: insight_score_check
 -- The detector's arithmetic, in SQL: for the API of the most recent call-rate Insight, every
 -- minute's calls, the baseline the detector used, and the spike score it compared with its
 -- threshold (6 by default), recomputed with the UDFs baseline(), deviation_score() and

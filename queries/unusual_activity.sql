@@ -1,3 +1,6 @@
+-- name: unusual_activity
+-- schedule: 0 7 * * *
+-- output: results/{name}/{date}.csv
 -- Unusual activity: every Insight of the last 7 days of data, newest first, with how far the
 -- rate moved from its baseline and who drove it.
 --

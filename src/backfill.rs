@@ -94,6 +94,10 @@ pub async fn backfill(opts: &BackfillOptions, progress: &Progress) -> Result<Bac
         ingest,
         ..Default::default()
     };
+    if opts.ingest.dry_run {
+        summary.insights_not_run = Some("dry run".into());
+        return Ok(summary);
+    }
     if opts.insights == InsightsChoice::Off {
         summary.complete = summary.unread.is_empty();
         return Ok(summary);

@@ -44,6 +44,8 @@ pub struct IngestOptions {
     pub buffer_bytes: usize,
     /// Files parsed at once.
     pub parallelism: usize,
+    /// List and compare with the journal only: report what a run would read, write nothing.
+    pub dry_run: bool,
 }
 
 impl IngestOptions {
@@ -55,6 +57,7 @@ impl IngestOptions {
             granularity: None,
             buffer_bytes: 128 << 20,
             parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            dry_run: false,
         }
     }
 }
@@ -116,6 +119,13 @@ pub struct IngestSummary {
     pub files_to_retry: u64,
     /// Their locations (keys), so a run can say which objects it could not read.
     pub unread: Vec<String>,
+    /// A dry run: nothing was read or written; `files_to_read` and `bytes_to_read` say what
+    /// a real run would read.
+    pub dry_run: bool,
+    pub files_to_read: u64,
+    pub bytes_to_read: u64,
+    /// Seconds spent listing the sources.
+    pub list_seconds: f64,
 }
 
 impl IngestSummary {
@@ -142,18 +152,11 @@ struct FileResult {
     broken: Option<(Rejection, bool)>,
 }
 
-/// Runs an ingest. `progress` is updated as it goes.
-pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<IngestSummary, IngestError> {
+/// Lists every source (skips counted in `summary`), each object once, in delivery order
+/// across accounts and regions, so each commit covers a stretch of time: a partition then gets
+/// one file per commit that reaches it, not one per account.
+async fn list_sources(opts: &IngestOptions, summary: &mut IngestSummary) -> Result<Vec<SourceObject>, IngestError> {
     let started = Instant::now();
-    let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
-    let granularity = lake.config().granularity;
-    let mut summary = IngestSummary {
-        lake: lake.url().to_string(),
-        granularity: granularity.to_string(),
-        ..Default::default()
-    };
-
-    // 1. List.
     let mut objects: Vec<SourceObject> = Vec::new();
     for s in &opts.sources {
         let location = Location::parse(s)?;
@@ -168,11 +171,55 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
     // The same object named twice (overlapping arguments) is read once.
     let mut seen = std::collections::HashSet::new();
     objects.retain(|o| seen.insert(o.location.clone()));
-    // Read in delivery order across accounts and regions, so each commit covers a stretch of
-    // time: a partition then gets one file per commit that reaches it, not one per account.
     objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
+    summary.list_seconds = started.elapsed().as_secs_f64();
+    Ok(objects)
+}
 
-    // 2. Leave out what earlier runs completed.
+/// `--dry-run`: lists, compares with the journal of the lake if it exists, and reports what a
+/// run would read. Creates nothing.
+async fn dry_run(opts: &IngestOptions, started: Instant) -> Result<IngestSummary, IngestError> {
+    let lake = Lake::open(&opts.lake).await.ok();
+    let mut summary = IngestSummary {
+        lake: lake.as_ref().map(|l| l.url().to_string()).unwrap_or_else(|| opts.lake.clone()),
+        granularity: lake
+            .as_ref()
+            .map(|l| l.config().granularity)
+            .or(opts.granularity)
+            .unwrap_or_default()
+            .to_string(),
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut objects = list_sources(opts, &mut summary).await?;
+    if let Some(lake) = &lake {
+        let done = lake.ingested_sources().await?;
+        let before = objects.len();
+        objects.retain(|o| !done.contains(&o.location));
+        summary.files_already_ingested = (before - objects.len()) as u64;
+    }
+    summary.files_to_read = objects.len() as u64;
+    summary.bytes_to_read = objects.iter().map(|o| o.size).sum();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Runs an ingest. `progress` is updated as it goes.
+pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<IngestSummary, IngestError> {
+    let started = Instant::now();
+    if opts.dry_run {
+        return dry_run(opts, started).await;
+    }
+    let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let granularity = lake.config().granularity;
+    let mut summary = IngestSummary {
+        lake: lake.url().to_string(),
+        granularity: granularity.to_string(),
+        ..Default::default()
+    };
+
+    // 1. List. 2. Leave out what earlier runs completed.
+    let mut objects = list_sources(opts, &mut summary).await?;
     let done = lake.ingested_sources().await?;
     let before = objects.len();
     objects.retain(|o| !done.contains(&o.location));

@@ -481,26 +481,8 @@ impl EventIndex {
     /// the IDs kept in memory (16 bytes each plus overhead).
     pub fn new(table: &DeltaTable, max_ids: usize) -> Result<EventIndex> {
         let mut files: HashMap<(String, String), Vec<String>> = HashMap::new();
-        if let Ok(state) = table.snapshot() {
-            for f in state.log_data().iter() {
-                let Some(pv) = f.partition_values() else { continue };
-                let mut region = None;
-                let mut period = None;
-                for (field, value) in pv.fields().iter().zip(pv.values().iter()) {
-                    let text = match value {
-                        delta_kernel::expressions::Scalar::String(s) => Some(s.clone()),
-                        _ => None,
-                    };
-                    match field.name().as_str() {
-                        AWS_REGION => region = text,
-                        EVENT_PERIOD => period = text,
-                        _ => {}
-                    }
-                }
-                if let (Some(r), Some(p)) = (region, period) {
-                    files.entry((r, p)).or_default().push(f.object_store_path().to_string());
-                }
-            }
+        for f in partition_files(table) {
+            files.entry((f.region, f.period)).or_default().push(f.path);
         }
         Ok(EventIndex { files, cache: HashMap::new(), clock: 0, cached_ids: 0, max_ids })
     }
@@ -556,18 +538,31 @@ impl EventIndex {
     }
 }
 
-/// Every data file of a table partitioned by region, with its region.
-pub(crate) fn partition_files(table: &DeltaTable) -> Vec<(String, String)> {
+/// One data file of the events table and its partition.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionFile {
+    pub path: String,
+    pub region: String,
+    pub period: String,
+}
+
+/// Every data file of the (partitioned) events table, with its partition.
+pub(crate) fn partition_files(table: &DeltaTable) -> Vec<PartitionFile> {
     let mut out = Vec::new();
     if let Ok(state) = table.snapshot() {
         for f in state.log_data().iter() {
             let Some(pv) = f.partition_values() else { continue };
+            let (mut region, mut period) = (None, None);
             for (field, value) in pv.fields().iter().zip(pv.values().iter()) {
-                if field.name() == AWS_REGION
-                    && let delta_kernel::expressions::Scalar::String(s) = value
-                {
-                    out.push((f.object_store_path().to_string(), s.clone()));
+                let delta_kernel::expressions::Scalar::String(text) = value else { continue };
+                match field.name().as_str() {
+                    AWS_REGION => region = Some(text.clone()),
+                    EVENT_PERIOD => period = Some(text.clone()),
+                    _ => {}
                 }
+            }
+            if let (Some(region), Some(period)) = (region, period) {
+                out.push(PartitionFile { path: f.object_store_path().to_string(), region, period });
             }
         }
     }

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "cli/insights.rs"]
 mod insights_cmd;
+#[path = "cli/progress.rs"]
+mod progress_bar;
 
 /// mimalloc: the many short-lived allocations of parsing and small-file writing are markedly
 /// cheaper than with the system allocator (the same choice as datafusion-cli).
@@ -288,6 +290,10 @@ struct IngestArgs {
     /// No progress bar and no summary text (errors still go to stderr).
     #[arg(long, short)]
     quiet: bool,
+    /// List the sources and compare with the lake's journal, then stop: how many objects and
+    /// bytes a run would read, and how long the listing took. Nothing is read or written.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -449,6 +455,7 @@ fn ingest_options(args: &IngestArgs) -> anyhow::Result<IngestOptions> {
     if let Some(j) = args.jobs {
         opts.parallelism = j.max(1);
     }
+    opts.dry_run = args.dry_run;
     Ok(opts)
 }
 
@@ -466,9 +473,8 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let show_bar = !args.ingest.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| spawn_progress_bar(progress.ingest.clone(), Some(progress.clone())));
     let result = prism::backfill::backfill(&opts, &progress).await;
-    if let Some((bar, stop)) = bar {
-        stop.store(true, Ordering::Relaxed);
-        let _ = bar.join();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     let summary = result.context("backfill failed")?;
     if args.ingest.json {
@@ -491,7 +497,8 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             eprintln!("  {key}");
         }
     }
-    Ok(if summary.complete && summary.ingest.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+    let done = summary.ingest.dry_run || (summary.complete && summary.ingest.is_clean());
+    Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }
 
 async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
@@ -500,9 +507,8 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| spawn_progress_bar(progress.clone(), None));
     let result = prism::ingest(&opts, progress).await;
-    if let Some((bar, stop)) = bar {
-        stop.store(true, Ordering::Relaxed);
-        let _ = bar.join();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     let summary = result.context("ingest failed")?;
     if args.json {
@@ -513,20 +519,12 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     Ok(if summary.is_clean() && summary.files_to_retry == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }
 
-/// Draws files, events, MB/s and ETA on stderr until `stop` is set; with `backfill`, then the
+/// Draws files, events, MB/s and ETA on stderr until finished; with `backfill`, then the
 /// Insights step's series.
-fn spawn_progress_bar(progress: Arc<Progress>, backfill: Option<Arc<prism::backfill::Progress>>) -> (std::thread::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        while !stop2.load(Ordering::Relaxed) {
+fn spawn_progress_bar(progress: Arc<Progress>, backfill: Option<Arc<prism::backfill::Progress>>) -> progress_bar::Bar {
+    progress_bar::Bar::start(
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        move |bar| {
             bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
             bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));
             let mut msg = format!(
@@ -544,16 +542,31 @@ fn spawn_progress_bar(progress: Arc<Progress>, backfill: Option<Arc<prism::backf
                 );
             }
             bar.set_message(msg);
-            std::thread::sleep(Duration::from_millis(150));
-        }
-        bar.finish_and_clear();
-    });
-    (handle, stop)
+        },
+    )
 }
 
 fn print_summary(s: &IngestSummary) {
     let mut out = String::new();
     use std::fmt::Write as _;
+    if s.dry_run {
+        let _ = writeln!(out, "Dry run for {} ({} partitions): nothing read or written", s.lake, s.granularity);
+        let _ = writeln!(
+            out,
+            "  files: {} listed in {:.1} s, {} already ingested, {} skipped, {} to read ({:.1} MB)",
+            s.files_listed,
+            s.list_seconds,
+            s.files_already_ingested,
+            s.files_skipped,
+            s.files_to_read,
+            s.bytes_to_read as f64 / 1e6
+        );
+        for (reason, n) in &s.skipped_by_reason {
+            let _ = writeln!(out, "         skipped {n}: {reason}");
+        }
+        print!("{out}");
+        return;
+    }
     let _ = writeln!(out, "Ingested into {} ({} partitions)", s.lake, s.granularity);
     let _ = writeln!(
         out,

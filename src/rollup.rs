@@ -1,11 +1,12 @@
 //! Per-minute and per-hour API call counts kept beside the events, so that Insights read
 //! thousands of rows per series instead of millions of events.
 //!
-//! The `rollups` table is *derived* from `events`: each row names the events data file it
-//! counts (`datafile`), and [`catch_up`] counts every events file not yet counted. Ingest calls
-//! it after each events commit; Insights call it before reading. A crash between the two
-//! commits therefore loses nothing: the next catch-up counts the files the crash left out.
-//! Rows and their file markers land in one commit, so no file is counted twice.
+//! The `rollups` table is *derived* from `events`: [`catch_up`] counts every events file not
+//! yet counted, and writes the counts (summed over those files) with one `file` row per file
+//! counted, in one commit. Ingest calls it after each events commit; Insights call it before
+//! reading. A crash between the two commits therefore loses nothing (the next catch-up counts
+//! the files the crash left out), and since counts and their file markers land together, no
+//! file is counted twice.
 //!
 //! Two kinds of row share the table:
 //! - `minute`: calls per (account, region, minute, API, error code, read-only, management):
@@ -30,6 +31,8 @@ use crate::lake::{self, Lake, LakeError};
 pub const ROLLUPS_TABLE: &str = "rollups";
 pub const MINUTE: &str = "minute";
 pub const HOUR: &str = "hour";
+/// One row per events file counted (`datafile`, and its events in `calls`).
+pub const FILE: &str = "file";
 
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
@@ -51,9 +54,12 @@ pub fn rollups_schema() -> SchemaRef {
         Field::new("useridentityarn", DataType::Utf8, true),
         Field::new("useragent", DataType::Utf8, true),
         Field::new("calls", DataType::Int64, false),
-        Field::new("datafile", DataType::Utf8, false),
+        Field::new("datafile", DataType::Utf8, true),
     ]))
 }
+
+/// Events files counted per rollups commit.
+const CHUNK_FILES: usize = 2_000;
 
 /// What one catch-up did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,49 +84,57 @@ pub async fn catch_up(lake: &mut Lake) -> Result<CatchUp, LakeError> {
     let done = lake.rolled_files.as_ref().map(|d| d.len()).unwrap_or(0);
     let pending: Vec<(String, String)> = lake::partition_files(lake.events())
         .into_iter()
-        .filter(|(path, _)| lake.rolled_files.as_ref().is_none_or(|d| !d.contains(path)))
+        .filter(|f| lake.rolled_files.as_ref().is_none_or(|d| !d.contains(&f.path)))
+        .map(|f| (f.path, f.region))
         .collect();
     tracing::debug!(done, pending = pending.len(), "rollup catch-up");
     if pending.is_empty() {
         return Ok(out);
     }
+    // In chunks, each its own commit, so memory stays bounded on a lake never rolled up.
     let table = lake.events().clone();
-    let counted: Vec<(String, Counts)> = futures::stream::iter(pending.into_iter().map(|(path, region)| {
-        let table = table.clone();
-        async move {
-            let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
-            let mut counts = Counts::default();
-            for b in &batches {
-                counts.add(b, &region)?;
+    for chunk in pending.chunks(CHUNK_FILES) {
+        let counted: Vec<(String, Counts)> = futures::stream::iter(chunk.iter().cloned().map(|(path, region)| {
+            let table = table.clone();
+            async move {
+                let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
+                let mut counts = Counts::default();
+                for b in &batches {
+                    counts.add(b, &region)?;
+                }
+                Ok::<_, LakeError>((path, counts))
             }
-            Ok::<_, LakeError>((path, counts))
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+        // Counts add up across files, so one commit writes each key once.
+        let mut rows = RowsBuilder::default();
+        let mut total = Counts::default();
+        for (path, counts) in &counted {
+            out.files += 1;
+            out.events += counts.events;
+            rows.push_file(path, counts.events);
+            total.merge(counts);
         }
-    }))
-    .buffer_unordered(8)
-    .try_collect()
-    .await?;
-    let mut rows = RowsBuilder::default();
-    for (path, counts) in &counted {
-        out.files += 1;
-        out.events += counts.events;
-        rows.push(path, counts);
-    }
-    let batch = rows.finish()?;
-    out.rows = batch.num_rows() as u64;
-    let table = lake.rollups.clone();
-    lake.rollups = table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Append)
-        .await
-        .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
-    if let Some(d) = lake.rolled_files.as_mut() {
-        d.extend(counted.into_iter().map(|(p, _)| p));
+        rows.push(&total);
+        let batch = rows.finish()?;
+        out.rows += batch.num_rows() as u64;
+        let rollups = lake.rollups.clone();
+        lake.rollups = rollups
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
+        if let Some(d) = lake.rolled_files.as_mut() {
+            d.extend(counted.into_iter().map(|(p, _)| p));
+        }
     }
     Ok(out)
 }
 
 /// The events columns a rollup reads (`awsregion` comes from the partition).
-const PROJECTION: &[&str] = &[
+pub(crate) const PROJECTION: &[&str] = &[
     "recipientaccountid",
     "eventtime",
     "eventsource",
@@ -161,60 +175,134 @@ struct Counts {
     events: u64,
 }
 
+/// A key borrowing from one batch: counting a batch allocates per distinct key, not per event.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct KeyRef<'a> {
+    account: &'a str,
+    period: i64,
+    source: &'a str,
+    name: &'a str,
+    error: Option<&'a str>,
+    readonly: Option<bool>,
+    management: bool,
+    arn: Option<&'a str>,
+    agent: Option<&'a str>,
+}
+
+impl KeyRef<'_> {
+    fn owned(&self, region: &str) -> Key {
+        Key {
+            account: self.account.to_owned(),
+            region: region.to_owned(),
+            period: self.period,
+            source: self.source.to_owned(),
+            name: self.name.to_owned(),
+            error: self.error.map(str::to_owned),
+            readonly: self.readonly,
+            management: self.management,
+            arn: self.arn.map(str::to_owned),
+            agent: self.agent.map(str::to_owned),
+        }
+    }
+}
+
 impl Counts {
+    fn merge(&mut self, other: &Counts) {
+        for (k, n) in &other.minutes {
+            *self.minutes.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.hours {
+            *self.hours.entry(k.clone()).or_default() += n;
+        }
+        self.events += other.events;
+    }
+
     fn add(&mut self, b: &RecordBatch, region: &str) -> Result<(), LakeError> {
-        let bad = |c: &str| LakeError::Config { path: "events".into(), reason: format!("column {c} has an unexpected type") };
-        let string = |name: &str| b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(name));
-        let boolean = |name: &str| {
-            b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>()).ok_or_else(|| bad(name))
-        };
-        let account = string("recipientaccountid")?;
-        let time = b
-            .column_by_name("eventtime")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-            .ok_or_else(|| bad("eventtime"))?;
-        let (source, name, error, agent, category) =
-            (string("eventsource")?, string("eventname")?, string("errorcode")?, string("useragent")?, string("eventcategory")?);
-        let (readonly, management) = (boolean("readonly")?, boolean("managementevent")?);
-        let identity = b.column_by_name("useridentity").and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(|| bad("useridentity"))?;
-        let id_field = |n: &str| identity.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(n));
-        let (arn, invoked_by, id_account) = (id_field("arn")?, id_field("invokedby")?, id_field("accountid")?);
-        for i in 0..b.num_rows() {
-            if time.is_null(i) {
-                continue;
-            }
+        let mut minutes: HashMap<KeyRef, i64> = HashMap::new();
+        let mut hours: HashMap<KeyRef, i64> = HashMap::new();
+        visit(b, |e| {
             self.events += 1;
-            let t = time.value(i);
-            // Old records lack managementEvent: they are management events unless their
-            // category says otherwise.
-            let mgmt = if management.is_valid(i) {
-                management.value(i)
-            } else {
-                get(category, i).is_none_or(|c| c == "Management")
-            };
-            // The account whose trail logged the call; older records may lack it.
-            let acct = get(account, i).or_else(|| get(id_account, i).filter(|_| identity.is_valid(i))).unwrap_or("unknown");
-            let who = get(arn, i).or_else(|| get(invoked_by, i)).filter(|_| identity.is_valid(i));
-            let mut key = Key {
-                account: acct.to_owned(),
-                region: region.to_owned(),
-                period: t.div_euclid(MICROS_PER_MINUTE) * MICROS_PER_MINUTE,
-                source: get(source, i).unwrap_or("").to_owned(),
-                name: get(name, i).unwrap_or("").to_owned(),
-                error: get(error, i).map(str::to_owned),
-                readonly: readonly.is_valid(i).then(|| readonly.value(i)),
-                management: mgmt,
+            let mut key = KeyRef {
+                account: e.account,
+                period: e.time.div_euclid(MICROS_PER_MINUTE) * MICROS_PER_MINUTE,
+                source: e.source,
+                name: e.name,
+                error: e.error,
+                readonly: e.readonly,
+                management: e.management,
                 arn: None,
                 agent: None,
             };
-            *self.minutes.entry(key.clone()).or_default() += 1;
-            key.period = t.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
-            key.arn = who.map(str::to_owned);
-            key.agent = get(agent, i).map(str::to_owned);
-            *self.hours.entry(key).or_default() += 1;
+            *minutes.entry(key).or_default() += 1;
+            key.period = e.time.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
+            key.arn = e.caller;
+            key.agent = e.agent;
+            *hours.entry(key).or_default() += 1;
+        })?;
+        for (k, n) in minutes {
+            *self.minutes.entry(k.owned(region)).or_default() += n;
+        }
+        for (k, n) in hours {
+            *self.hours.entry(k.owned(region)).or_default() += n;
         }
         Ok(())
     }
+}
+
+/// One event as the rollups and Insights see it.
+pub(crate) struct EventView<'a> {
+    /// Microseconds since the epoch.
+    pub time: i64,
+    pub account: &'a str,
+    pub source: &'a str,
+    pub name: &'a str,
+    pub error: Option<&'a str>,
+    pub readonly: Option<bool>,
+    pub management: bool,
+    /// `useridentity.arn`, or the service in `invokedby`.
+    pub caller: Option<&'a str>,
+    pub agent: Option<&'a str>,
+}
+
+/// Calls `f` for each event of a batch read with [`PROJECTION`] (events without a time are
+/// skipped: ingest never writes them). The one place that decides an event's account, whether
+/// it is a management event, and who made it.
+pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -> Result<(), LakeError> {
+    let bad = |c: &str| LakeError::Config { path: "events".into(), reason: format!("column {c} has an unexpected type") };
+    let string = |name: &str| b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(name));
+    let boolean = |name: &str| b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>()).ok_or_else(|| bad(name));
+    let account = string("recipientaccountid")?;
+    let time = b
+        .column_by_name("eventtime")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or_else(|| bad("eventtime"))?;
+    let (source, name, error, agent, category) =
+        (string("eventsource")?, string("eventname")?, string("errorcode")?, string("useragent")?, string("eventcategory")?);
+    let (readonly, management) = (boolean("readonly")?, boolean("managementevent")?);
+    let identity = b.column_by_name("useridentity").and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(|| bad("useridentity"))?;
+    let id_field = |n: &str| identity.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(n));
+    let (arn, invoked_by, id_account) = (id_field("arn")?, id_field("invokedby")?, id_field("accountid")?);
+    for i in 0..b.num_rows() {
+        if time.is_null(i) {
+            continue;
+        }
+        // Old records lack managementEvent: they are management events unless their category
+        // says otherwise.
+        let management = if management.is_valid(i) { management.value(i) } else { get(category, i).is_none_or(|c| c == "Management") };
+        f(&EventView {
+            time: time.value(i),
+            // The account whose trail logged the call; older records may lack it.
+            account: get(account, i).or_else(|| get(id_account, i).filter(|_| identity.is_valid(i))).unwrap_or("unknown"),
+            source: get(source, i).unwrap_or(""),
+            name: get(name, i).unwrap_or(""),
+            error: get(error, i),
+            readonly: readonly.is_valid(i).then(|| readonly.value(i)),
+            management,
+            caller: get(arn, i).or_else(|| get(invoked_by, i)).filter(|_| identity.is_valid(i)),
+            agent: get(agent, i),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -235,7 +323,23 @@ struct RowsBuilder {
 }
 
 impl RowsBuilder {
-    fn push(&mut self, datafile: &str, counts: &Counts) {
+    /// The marker that an events file is counted (in the same commit as its counts).
+    fn push_file(&mut self, datafile: &str, events: u64) {
+        self.kind.append_value(FILE);
+        for b in [&mut self.account, &mut self.region, &mut self.source, &mut self.name] {
+            b.append_value("");
+        }
+        self.period.append_value(0);
+        self.error.append_null();
+        self.readonly.append_null();
+        self.management.append_value(false);
+        self.arn.append_null();
+        self.agent.append_null();
+        self.calls.append_value(events as i64);
+        self.datafile.append_value(datafile);
+    }
+
+    fn push(&mut self, counts: &Counts) {
         for (kind, map) in [(MINUTE, &counts.minutes), (HOUR, &counts.hours)] {
             for (k, n) in map {
                 self.kind.append_value(kind);
@@ -250,7 +354,7 @@ impl RowsBuilder {
                 self.arn.append_option(k.arn.as_deref());
                 self.agent.append_option(k.agent.as_deref());
                 self.calls.append_value(*n);
-                self.datafile.append_value(datafile);
+                self.datafile.append_null();
             }
         }
     }

@@ -2,11 +2,12 @@
 //! the detector's own model ([`crate::insights::model`]), so a query can recompute exactly what
 //! the detector saw, on CloudTrail minutes or on any regularly sampled series.
 //!
-//! - `baseline(value, time, step, range [, season [, tolerance]])`, a window function over rows
-//!   ordered by `time`: the trailing baseline of each row's step as a struct
-//!   `{mean, stddev, expected, history}`. `time` is a timestamp (then `step`, `range`, `season`
-//!   are intervals) or an integer (then they are integers). Steps with no row count as zeros;
-//!   rows in the same step are summed. `tolerance` is in steps (default 2 with a season).
+//! - `baseline(value, time, step, range [, season [, tolerance [, smoothing]]])`, a window
+//!   function over rows ordered by `time`: the trailing baseline of each row's step as a struct
+//!   `{mean, stddev, expected, level, history}`. `time` is a timestamp (then `step`, `range`,
+//!   `season` are intervals) or an integer (then they are integers). Steps with no row count as
+//!   zeros; rows in the same step are summed. `tolerance` (default 0) and `smoothing` (default
+//!   5) are in steps.
 //! - `deviation_score(observed, expected [, floor])`: `(observed - expected) / sqrt(expected + floor)`,
 //!   floor 1 by default.
 //! - `anomaly_probability(score)`: in [0, 1).
@@ -52,6 +53,7 @@ fn baseline_fields() -> Fields {
         Field::new("mean", DataType::Float64, false),
         Field::new("stddev", DataType::Float64, false),
         Field::new("expected", DataType::Float64, false),
+        Field::new("level", DataType::Float64, false),
         Field::new("history", DataType::UInt64, false),
     ])
 }
@@ -71,8 +73,8 @@ impl WindowUDFImpl for BaselineUdwf {
 
     fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
         let n = args.input_fields().len();
-        if !(4..=6).contains(&n) {
-            return plan_err!("baseline(value, time, step, range [, season [, tolerance]]) takes 4 to 6 arguments, got {n}");
+        if !(4..=7).contains(&n) {
+            return plan_err!("baseline(value, time, step, range [, season [, tolerance [, smoothing]]]) takes 4 to 7 arguments, got {n}");
         }
         Ok(Arc::new(Field::new(args.name(), DataType::Struct(baseline_fields()), true)))
     }
@@ -118,11 +120,9 @@ impl PartitionEvaluator for BaselineEvaluator {
         if step <= 0 || range < step || season < 0 {
             return exec_err!("baseline: step must be positive and range at least one step (step {step}, range {range})");
         }
-        let tolerance = match values.get(5) {
-            Some(_) => scalar(5, "tolerance")?.unwrap_or(0).max(0) as usize,
-            None if season > 0 => 2,
-            None => 0,
-        };
+        let tolerance = scalar(5, "tolerance")?.unwrap_or(0).max(0) as usize;
+        // The detector's smoothing (5 steps) unless given.
+        let smoothing = scalar(6, "smoothing")?.unwrap_or(BaselineParams::default().smoothing as i64).max(0) as usize;
         let value = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
         let value = value.as_primitive::<arrow::datatypes::Float64Type>();
         let time = match values[1].data_type() {
@@ -146,7 +146,7 @@ impl PartitionEvaluator for BaselineEvaluator {
                 dense[(time.value(i).div_euclid(step) - first) as usize] += value.value(i);
             }
         }
-        let params = BaselineParams { window: (range / step) as usize, season: (season / step) as usize, tolerance };
+        let params = BaselineParams { window: (range / step) as usize, season: (season / step) as usize, tolerance, smoothing };
         let b = model::baselines(&dense, &params);
         let pick = |i: usize| time.is_valid(i).then(|| b[(time.value(i).div_euclid(step) - first) as usize]);
         let rows: Vec<Option<model::Baseline>> = (0..num_rows).map(pick).collect();
@@ -158,6 +158,7 @@ impl PartitionEvaluator for BaselineEvaluator {
             get(|b| b.mean),
             get(|b| b.stddev),
             get(|b| b.expected),
+            get(|b| b.level),
             Arc::new(rows.iter().map(|r| r.map(|b| b.history as u64).unwrap_or(0)).collect::<UInt64Array>()),
         ];
         Ok(Arc::new(StructArray::try_new(fields, columns, Some(nulls))?))

@@ -229,6 +229,19 @@ async fn backfill_writes_aws_records_and_files_once() {
     let run = summary(&["insights", "run", "--lake", l]);
     assert_eq!(run["records_written"], 0);
 
+    // The shipped summary query lists each Insight once, with its top caller.
+    let query = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/unusual_activity.sql");
+    let out = ok(&["sql", "--lake", l, "-f", query.to_str().unwrap(), "--format", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len() as u64, s["starts"].as_u64().unwrap(), "{out}");
+    for r in &rows {
+        let spike = r["direction"] == "spike";
+        assert_eq!(r["ratio"].as_f64().unwrap() > 1.0, spike, "{r}");
+        assert!(r["top_caller"].is_string(), "{r}");
+        let label = q.found.iter().find(|f| f.event_name == r["api"].as_str().unwrap() && f.insight_type == r["type"].as_str().unwrap());
+        assert!(label.is_some(), "{r}");
+    }
+
     // Queryable through SQL, with the flattened columns.
     let n = scalar(&lake, "SELECT count(*) FROM insights WHERE insightstate = 'Start' AND insighttype IN ('ApiCallRateInsight', 'ApiErrorRateInsight')").await;
     assert_eq!(n as u64, s["starts"].as_u64().unwrap());

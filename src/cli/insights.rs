@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand};
@@ -182,33 +181,20 @@ pub async fn insights(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
 /// Runs Insights with a progress bar on a terminal.
 pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<RunSummary> {
     let progress = Arc::new(insights::Progress::default());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bar = (show && std::io::stderr().is_terminal()).then(|| {
-        let (progress, stop) = (progress.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            while !stop.load(Ordering::Relaxed) {
-                bar.set_length(progress.series_total.load(Ordering::Relaxed));
-                bar.set_position(progress.series_done.load(Ordering::Relaxed));
-                bar.set_message(format!(
-                    "· {} minutes scored · {} Insights",
-                    progress.minutes.load(Ordering::Relaxed),
-                    progress.found.load(Ordering::Relaxed)
-                ));
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            bar.finish_and_clear();
+        let progress = progress.clone();
+        crate::progress_bar::Bar::start("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}", move |bar| {
+            bar.set_length(progress.series_total.load(Ordering::Relaxed));
+            bar.set_position(progress.series_done.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "· {} minutes scored · {} Insights",
+                progress.minutes.load(Ordering::Relaxed),
+                progress.found.load(Ordering::Relaxed)
+            ));
         })
     });
     let result = insights::run(opts, &progress).await;
-    stop.store(true, Ordering::Relaxed);
-    if let Some(b) = bar {
-        let _ = b.join();
-    }
+    drop(bar);
     Ok(result?)
 }
 

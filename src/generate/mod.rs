@@ -125,6 +125,9 @@ pub struct Label {
     pub user_identity_arn: Option<String>,
     #[serde(rename = "userAgent")]
     pub user_agent: Option<String>,
+    /// Drops: the calls the API would have made during the silence (at its usual rate).
+    #[serde(rename = "expectedCalls", skip_serializing_if = "Option::is_none")]
+    pub expected_calls: Option<f64>,
     #[serde(skip)]
     start_minute: u32,
     #[serde(skip)]
@@ -336,10 +339,17 @@ fn minute_name(start: NaiveDate, minute: u32) -> String {
     t.format("%Y-%m-%dT%H:%M:00Z").to_string()
 }
 
+/// Calls a drop must silence to be labelled with its plain duration: P(no call | 20 expected)
+/// is 2·10⁻⁹, where a 10-minute silence of an API making one call a minute (P = 5·10⁻⁵)
+/// happens by chance somewhere in two weeks of a few hundred APIs.
+pub const MIN_DROP_CALLS: f64 = 20.0;
+
 /// Places the anomalies: kinds in a fixed mix, after the warm-up, never overlapping on one API.
 fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) -> Vec<Label> {
     let total = opts.days * 1440;
     let writes: Vec<&Api> = APIS.iter().filter(|a| !a.read_only).collect();
+    let total_weight: f64 = APIS.iter().map(|a| a.weight).sum();
+    let per_minute = opts.events_per_day as f64 / 1440.0;
     let busy_writes: Vec<&Api> = writes.iter().copied().filter(|a| a.weight >= 1.5).collect();
     let mut out: Vec<Label> = Vec::new();
     for id in 0..opts.anomalies {
@@ -367,7 +377,23 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
                 }
             };
             let start = WARMUP_MINUTES + rng.below(u64::from(total - WARMUP_MINUTES - duration - 1)) as u32;
-            let end = start + duration;
+            let mut end = start + duration;
+            let mut expected_calls = None;
+            if kind == "drop" {
+                // A silence is only an anomaly when the API would have made enough calls in it:
+                // a quiet API missing a few calls at night is chance, not an outage. Drops
+                // last until the usual rate would have made MIN_DROP_CALLS calls (at most 4 h).
+                let rate = |m: u32| {
+                    let weekday = (opts.start + chrono::Days::new(u64::from(m / 1440))).weekday().num_days_from_monday();
+                    per_minute * api.weight / total_weight * rhythm(m, weekday)
+                };
+                let mut calls: f64 = (start..end).map(rate).sum();
+                while calls < MIN_DROP_CALLS && end < (start + 240).min(total - 1) {
+                    calls += rate(end);
+                    end += 1;
+                }
+                expected_calls = Some((calls * 10.0).round() / 10.0);
+            }
             let clash = out.iter().any(|l| {
                 l.account == account && l.region == region && l.event_name == api.name && l.start_minute < end + 60 && start < l.end_minute + 60
             });
@@ -395,6 +421,7 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
                 magnitude,
                 user_identity_arn: arn,
                 user_agent: ua,
+                expected_calls,
                 start_minute: start,
                 end_minute: end,
             });

@@ -23,8 +23,11 @@ pub struct DetectorParams {
     pub floor: f64,
     /// Minutes summed when scoring spikes.
     pub spike_window: usize,
-    /// Minutes summed when scoring drops.
-    pub drop_window: usize,
+    /// Minutes summed when scoring drops: each window is scored, the strongest counts. A short
+    /// window finds a busy API's silence quickly; a long one finds a quieter API's.
+    pub drop_windows: [usize; 2],
+    /// Most a drop may keep of its expected count (summed over the window).
+    pub drop_max_share: f64,
     /// Score that starts a spike Insight.
     pub start_score: f64,
     /// Score that starts a drop Insight. Lower than for spikes because a count cannot fall
@@ -55,9 +58,10 @@ impl DetectorParams {
             baseline: BaselineParams::default(),
             floor: 1.0,
             spike_window: 3,
-            drop_window: 10,
+            drop_windows: [10, 60],
+            drop_max_share: 0.25,
             start_score: 6.0 / s,
-            drop_start_score: 4.0 / s,
+            drop_start_score: 3.5 / s,
             end_score: 2.0 / s,
             min_ratio: 2.0,
             warmup: 3 * 1440,
@@ -66,7 +70,7 @@ impl DetectorParams {
 
     /// Minutes before an analysed minute that the detector reads.
     pub fn lookback(&self) -> usize {
-        self.baseline.window + self.baseline.tolerance + self.spike_window.max(self.drop_window) + 1
+        self.baseline.window + self.baseline.tolerance + self.baseline.smoothing + RECENT + self.spike_window.max(self.drop_windows[0]).max(self.drop_windows[1]) + 1
     }
 }
 
@@ -78,13 +82,6 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn sign(self) -> f64 {
-        match self {
-            Direction::Spike => 1.0,
-            Direction::Drop => -1.0,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Spike => "spike",
@@ -138,8 +135,7 @@ pub fn run(
             if score(values, baselines, t, open.direction, p) >= p.end_score {
                 continue;
             }
-            let sign = open.direction.sign();
-            let last = (open.start..=t).rev().find(|&i| sign * (values[i] - baselines[i].expected) > 0.0).unwrap_or(open.start);
+            let last = (open.start..=t).rev().find(|&i| unusual(values[i], &baselines[i], open.direction, p)).unwrap_or(open.start);
             out.push(Transition::Ended { open, end: last + 1, closed_at: t });
             state.open = None;
             state.not_before = t + 1;
@@ -152,24 +148,11 @@ pub fn run(
             if direction == Direction::Drop && !drops {
                 continue;
             }
-            let sign = direction.sign();
-            let threshold = match direction {
-                Direction::Spike => p.start_score,
-                Direction::Drop => p.drop_start_score,
-            };
-            if sign * (values[t] - baselines[t].expected) <= 0.0 || score(values, baselines, t, direction, p) < threshold {
-                continue;
-            }
-            let (observed, expected) = sums(values, baselines, t, window(direction, p));
-            let ratio_ok = match direction {
-                Direction::Spike => observed >= p.min_ratio * expected,
-                Direction::Drop => observed * p.min_ratio <= expected,
-            };
-            if !ratio_ok {
+            if !unusual(values[t], &baselines[t], direction, p) || !starts(values, baselines, t, direction, p) {
                 continue;
             }
             let mut start = t;
-            while start > state.not_before && sign * (values[start - 1] - baselines[start - 1].expected) > 0.0 {
+            while start > state.not_before && unusual(values[start - 1], &baselines[start - 1], direction, p) {
                 start -= 1;
             }
             let open = Open { direction, start, detected: t };
@@ -181,26 +164,71 @@ pub fn run(
     out
 }
 
-fn window(direction: Direction, p: &DetectorParams) -> usize {
+/// What a minute is compared with: spikes with `expected` (which includes recurring bursts),
+/// drops with the steadier `level`.
+fn reference(b: &Baseline, direction: Direction) -> f64 {
     match direction {
-        Direction::Spike => p.spike_window,
-        Direction::Drop => p.drop_window,
+        Direction::Spike => b.expected,
+        Direction::Drop => b.level,
     }
-    .max(1)
+}
+
+/// Minutes before a drop window that it must also fall from.
+const RECENT: usize = 60;
+
+/// Whether one minute is on the unusual side: above `expected` for a spike; for a drop, at most
+/// `drop_max_share` of the level (a near-silent minute, not merely a quiet one).
+fn unusual(x: f64, b: &Baseline, direction: Direction, p: &DetectorParams) -> bool {
+    match direction {
+        Direction::Spike => x > b.expected,
+        Direction::Drop => x <= p.drop_max_share * b.level && b.level > 0.0,
+    }
+}
+
+/// Whether the minutes ending at `t` start an Insight in `direction`.
+fn starts(values: &[f64], baselines: &[Baseline], t: usize, direction: Direction, p: &DetectorParams) -> bool {
+    match direction {
+        Direction::Spike => {
+            let (observed, expected) = sums(values, baselines, t, p.spike_window.max(1), direction);
+            observed >= p.min_ratio * expected && score(values, baselines, t, direction, p) >= p.start_score
+        }
+        Direction::Drop => p.drop_windows.iter().any(|&w| {
+            let w = w.max(1);
+            let (observed, level) = sums(values, baselines, t, w, direction);
+            // A drop is judged against the lesser of the seasonal level and the hour before it:
+            // a failure falls from the traffic just before, while a quiet weekend or holiday is
+            // quiet from its start, so its silences are only as unusual as its own rate says.
+            let before_end = (t + 1).saturating_sub(w);
+            let before = &values[before_end.saturating_sub(RECENT)..before_end];
+            let recent = if before.is_empty() { 0.0 } else { before.iter().sum::<f64>() / before.len() as f64 * w as f64 };
+            let expected = level.min(recent);
+            observed <= p.drop_max_share * expected && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
+        }),
+    }
 }
 
 /// Observed and expected counts summed over the `w` minutes ending at `t`.
-fn sums(values: &[f64], baselines: &[Baseline], t: usize, w: usize) -> (f64, f64) {
+fn sums(values: &[f64], baselines: &[Baseline], t: usize, w: usize, direction: Direction) -> (f64, f64) {
     let lo = (t + 1).saturating_sub(w);
-    (values[lo..=t].iter().sum(), baselines[lo..=t].iter().map(|b| b.expected).sum())
+    (values[lo..=t].iter().sum(), baselines[lo..=t].iter().map(|b| reference(b, direction)).sum())
 }
 
-/// The score of the last minutes at `t`, positive when they deviate in `direction`.
+/// The score of the last minutes at `t`, positive when they deviate in `direction`: over the
+/// spike window with a floor per minute, or over the shorter drop window with one floor (a
+/// silence needs no protection from single rare calls).
 pub fn score(values: &[f64], baselines: &[Baseline], t: usize, direction: Direction, p: &DetectorParams) -> f64 {
-    let w = window(direction, p);
-    let (observed, expected) = sums(values, baselines, t, w);
-    let n = (t + 1).min(w) as f64;
-    direction.sign() * model::deviation_score(observed, expected, n * p.floor)
+    match direction {
+        Direction::Spike => {
+            let w = p.spike_window.max(1);
+            let (observed, expected) = sums(values, baselines, t, w, direction);
+            let n = (t + 1).min(w) as f64;
+            model::deviation_score(observed, expected, n * p.floor)
+        }
+        Direction::Drop => {
+            let (observed, expected) = sums(values, baselines, t, p.drop_windows[0].max(1), direction);
+            -model::deviation_score(observed, expected, p.floor)
+        }
+    }
 }
 
 #[cfg(test)]

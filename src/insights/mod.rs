@@ -42,6 +42,8 @@ const MICROS_PER_MINUTE: i64 = 60_000_000;
 pub enum InsightsError {
     #[error(transparent)]
     Lake(#[from] LakeError),
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
     #[error("{context}: {source}")]
     Query {
         context: String,
@@ -214,12 +216,16 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
     summary.rolled_up_events = crate::rollup::catch_up(&mut lake).await?.events;
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(&lake).await?;
-    let ctx = tables.session(&lake).await?;
+    let ctx = crate::sql::session(&lake).await?;
     let out = OutputStore::new(opts.out.as_deref(), &lake)?;
     let p = &opts.params;
 
     tracing::debug!(elapsed = ?started.elapsed(), "session ready");
     let bounds = account_region_bounds(&ctx).await?;
+    let mut event_files: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for f in crate::lake::partition_files(lake.events()) {
+        event_files.entry((f.region, f.period)).or_default().push(f.path);
+    }
     tracing::debug!(elapsed = ?started.elapsed(), "bounds read");
     let watermarks = if matches!(opts.mode, Mode::Incremental { .. }) { tables.watermarks(&ctx).await? } else { HashMap::new() };
     let mut new_records: Vec<InsightRecord> = Vec::new();
@@ -233,7 +239,7 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
         let horizon = last + 1 - opts.settle_minutes.max(0);
         let (start, end) = match &opts.mode {
             Mode::Backfill { from, to } => (
-                from.map(|d| day_minute(d)).unwrap_or(*first).max(*first),
+                from.map(day_minute).unwrap_or(*first).max(*first),
                 to.map(|d| day_minute(d) + 1440).unwrap_or(horizon).min(horizon),
             ),
             Mode::Incremental { until } => (
@@ -302,7 +308,17 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
             summary.minutes += (end - start) as u64;
             progress.series_done.fetch_add(1, Ordering::Relaxed);
             progress.minutes.fetch_add((end - start) as u64, Ordering::Relaxed);
-            let series_ctx = records::SeriesContext { account: &account, region: &region, key: &key, values: &values, baselines: &baselines, lo, granularity: lake.config().granularity };
+            let series_ctx = records::SeriesContext {
+                account: &account,
+                region: &region,
+                key: &key,
+                values: &values,
+                baselines: &baselines,
+                lo,
+                granularity: lake.config().granularity,
+                events: lake.events(),
+                files: &event_files,
+            };
             // One events read per Insight serves its Start and End.
             let mut cache = records::AttributionCache::default();
             for t in &transitions {
@@ -438,7 +454,6 @@ async fn load_series(
             }
         }
     }
-    let _ = (account, region);
     Ok(out)
 }
 
@@ -454,11 +469,6 @@ impl Tables {
             insights: lake.table(INSIGHTS_TABLE, records::insights_schema(), &[]).await?,
             runs: lake.table(RUNS_TABLE, records::runs_schema(), &[]).await?,
         })
-    }
-
-    /// The lake's session (the one every entry point uses), once these tables exist.
-    async fn session(&mut self, lake: &Lake) -> Result<SessionContext> {
-        crate::sql::session(lake).await.map_err(|e| InsightsError::Data(format!("opening the lake's tables: {e}")))
     }
 
     /// The minute after the last analysed one, per account and region.
@@ -508,37 +518,30 @@ impl Tables {
     }
 
     async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {
-        if recs.is_empty() {
-            return Ok(());
+        if !recs.is_empty() {
+            self.insights = append(&self.insights, records::to_batch(recs, run_id)?, INSIGHTS_TABLE).await?;
         }
-        let batch = records::to_batch(recs, run_id)?;
-        let table = self.insights.clone();
-        self.insights = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|source| LakeError::Delta { context: format!("writing the {INSIGHTS_TABLE} table"), source })?;
         Ok(())
     }
 
     async fn append_runs(&mut self, rows: &[records::RunRow], seconds: f64) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+        if !rows.is_empty() {
+            self.runs = append(&self.runs, records::runs_batch(rows, seconds)?, RUNS_TABLE).await?;
         }
-        let batch = records::runs_batch(rows, seconds)?;
-        let table = self.runs.clone();
-        self.runs = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|source| LakeError::Delta { context: format!("writing the {RUNS_TABLE} table"), source })?;
         Ok(())
     }
 }
 
-/// A session over the lake's Insights tables (and rollups and events), for reading results.
+/// Appends one batch to a table in one commit.
+async fn append(table: &deltalake::DeltaTable, batch: RecordBatch, name: &str) -> Result<deltalake::DeltaTable> {
+    let written = table.clone().write(vec![batch]).with_save_mode(SaveMode::Append).await;
+    Ok(written.map_err(|source| LakeError::Delta { context: format!("writing the {name} table"), source })?)
+}
+
+/// The lake's session (the one every entry point uses), once the Insights tables exist.
 pub async fn session(lake: &Lake) -> Result<SessionContext> {
-    Tables::open(lake).await?.session(lake).await
+    Tables::open(lake).await?;
+    Ok(crate::sql::session(lake).await?)
 }
 
 /// Where the AWS-format Insights files go.

@@ -11,6 +11,10 @@
 //!   working-hours levels. With `tolerance` > 0, the largest such level within that many steps
 //!   either side is used (for jobs that drift). Without a whole season of history, `expected`
 //!   is the trailing mean.
+//! - `level`: the same, but each season contributes its median over the steps around the same
+//!   time (`smoothing` either side), which is steadier than one step's few samples and not
+//!   moved by a job's one-step burst.
+//!   `expected` is never below `level`; drops are measured against `level`.
 //!
 //! The **deviation score** of an observed count against an expectation is
 //! `(observed - expected) / sqrt(expected + floor)`: counts vary like a Poisson process
@@ -28,11 +32,13 @@ pub struct BaselineParams {
     pub season: usize,
     /// How many steps either side of the same phase a recurring burst may drift.
     pub tolerance: usize,
+    /// Steps either side averaged into the seasonal `level` (smooths a phase's few samples).
+    pub smoothing: usize,
 }
 
 impl Default for BaselineParams {
     fn default() -> Self {
-        BaselineParams { window: 10_080, season: 1_440, tolerance: 0 }
+        BaselineParams { window: 10_080, season: 1_440, tolerance: 0, smoothing: 5 }
     }
 }
 
@@ -43,8 +49,12 @@ pub struct Baseline {
     pub mean: f64,
     /// Standard deviation over the trailing window.
     pub stddev: f64,
-    /// The seasonal expectation for this step.
+    /// The seasonal expectation for this step: the larger of `level` and the same phase's own
+    /// values (a job at this exact minute). Spikes are measured against it.
     pub expected: f64,
+    /// The seasonal level around this step: the same time of season, `smoothing` steps either
+    /// side, averaged over the seasons. Drops are measured against it.
+    pub level: f64,
     /// Steps of history the window held (less than `window` early in a series).
     pub history: usize,
 }
@@ -63,13 +73,14 @@ pub fn baselines(values: &[f64], p: &BaselineParams) -> Vec<Baseline> {
         sq[i + 1] = sq[i] + v * v;
     }
     let seasons = if p.season == 0 { 0 } else { window / p.season };
-    let mut same_phase: Vec<f64> = Vec::with_capacity(seasons);
-    // The seasonal level at step i (which may lie up to `tolerance` steps after t, still
-    // looking back a whole season at least).
-    let mut seasonal = |i: usize| -> Option<f64> {
-        same_phase.clear();
-        same_phase.extend((1..=seasons).map_while(|k| i.checked_sub(k * p.season)).filter_map(|j| values.get(j).copied()));
-        trimmed_mean(&mut same_phase)
+    let mut samples: Vec<f64> = Vec::with_capacity(seasons);
+    let mut around: Vec<f64> = Vec::with_capacity(2 * p.smoothing + 1);
+    // The same phase (step i, which may lie up to `tolerance` steps after t, still a whole
+    // season back at least) in each earlier season, trimmed.
+    let phase = |i: usize, samples: &mut Vec<f64>| -> Option<f64> {
+        samples.clear();
+        samples.extend((1..=seasons).map_while(|k| i.checked_sub(k * p.season)).filter_map(|j| values.get(j).copied()));
+        trimmed_mean(samples)
     };
     (0..n)
         .map(|t| {
@@ -82,17 +93,41 @@ pub fn baselines(values: &[f64], p: &BaselineParams) -> Vec<Baseline> {
                 let var = ((sq[t] - sq[start]) / h as f64 - m * m).max(0.0);
                 (m, var.sqrt())
             };
-            let mut expected: Option<f64> = None;
-            if seasons > 0 {
-                for i in t.saturating_sub(p.tolerance)..=t + p.tolerance {
-                    if let Some(avg) = seasonal(i) {
-                        expected = Some(expected.map_or(avg, |e: f64| e.max(avg)));
-                    }
+            if seasons == 0 || t < p.season {
+                return Baseline { mean, stddev, expected: mean, level: mean, history: h };
+            }
+            let mut peak: Option<f64> = None;
+            for i in t.saturating_sub(p.tolerance)..=t + p.tolerance {
+                if let Some(avg) = phase(i, &mut samples) {
+                    peak = Some(peak.map_or(avg, |e: f64| e.max(avg)));
                 }
             }
-            Baseline { mean, stddev, expected: expected.unwrap_or(mean), history: h }
+            // The level: each season's median over the steps around the same time (a job's
+            // one-minute burst does not move a median), then their trimmed mean.
+            samples.clear();
+            for k in 1..=seasons {
+                let Some(centre) = t.checked_sub(k * p.season) else { break };
+                let lo = centre.saturating_sub(p.smoothing);
+                let hi = (centre + p.smoothing + 1).min(t);
+                if hi > lo {
+                    around.clear();
+                    around.extend_from_slice(&values[lo..hi]);
+                    samples.push(median(&mut around));
+                }
+            }
+            let level = trimmed_mean(&mut samples).unwrap_or(mean);
+            Baseline { mean, stddev, expected: peak.unwrap_or(level).max(level), level, history: h }
         })
         .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The mean of the values at the same phase, leaving out the highest once there are three or
@@ -145,7 +180,7 @@ mod tests {
     #[test]
     fn flat_series_has_its_mean_and_no_spread() {
         let v = vec![3.0; 100];
-        let b = baselines(&v, &BaselineParams { window: 10, season: 0, tolerance: 0 });
+        let b = baselines(&v, &BaselineParams { window: 10, season: 0, tolerance: 0, smoothing: 0 });
         assert_eq!(b[0], Baseline::default());
         assert_eq!(b[50].mean, 3.0);
         assert_eq!(b[50].stddev, 0.0);
@@ -158,7 +193,7 @@ mod tests {
     fn trailing_window_excludes_the_current_step() {
         let mut v = vec![0.0; 20];
         v[10] = 100.0;
-        let b = baselines(&v, &BaselineParams { window: 5, season: 0, tolerance: 0 });
+        let b = baselines(&v, &BaselineParams { window: 5, season: 0, tolerance: 0, smoothing: 0 });
         assert_eq!(b[10].mean, 0.0, "the spike is not its own baseline");
         assert_eq!(b[11].mean, 20.0);
         assert_eq!(b[16].mean, 0.0, "out of the window again");
@@ -171,7 +206,7 @@ mod tests {
         for d in 0..4 {
             v[d * 10 + 3] = 50.0;
         }
-        let p = BaselineParams { window: 30, season: 10, tolerance: 1 };
+        let p = BaselineParams { window: 30, season: 10, tolerance: 1, smoothing: 0 };
         let b = baselines(&v, &p);
         assert_eq!(b[33].expected, 50.0, "same phase on earlier days");
         assert_eq!(b[34].expected, 50.0, "within the tolerance");
@@ -189,16 +224,33 @@ mod tests {
     fn one_unusual_day_is_not_expected_again() {
         let mut v = vec![2.0; 80];
         v[13] = 90.0; // an incident on day 1 only
-        let b = baselines(&v, &BaselineParams { window: 50, season: 10, tolerance: 0 });
+        let b = baselines(&v, &BaselineParams { window: 50, season: 10, tolerance: 0, smoothing: 0 });
         assert_eq!(b[23].expected, 46.0, "two seasons: plain mean");
         assert_eq!(b[43].expected, 2.0, "three or more: the highest is left out");
+    }
+
+    #[test]
+    fn the_level_smooths_the_time_of_day_and_keeps_the_burst_apart() {
+        // 5 seasons of 10: noisy ones and twos, a burst of 30 at phase 5 each season.
+        let mut v: Vec<f64> = (0..60).map(|i| if i % 2 == 0 { 1.0 } else { 2.0 }).collect();
+        for d in 0..6 {
+            v[d * 10 + 5] = 30.0;
+        }
+        let b = baselines(&v, &BaselineParams { window: 50, season: 10, tolerance: 0, smoothing: 1 });
+        // Phase 5: expected is the burst; the level is the median of phases 4..=6 of each
+        // season, which the burst does not move.
+        assert_eq!(b[55].expected, 30.0);
+        assert_eq!(b[55].level, 1.0);
+        // Phase 2: 1s at phase 2 but 2s either side.
+        assert_eq!(b[52].level, 2.0);
+        assert_eq!(b[52].expected, 2.0);
     }
 
     #[test]
     fn seasons_older_than_the_window_are_forgotten() {
         let mut v = vec![0.0; 50];
         v[3] = 70.0; // day 0 only
-        let p = BaselineParams { window: 20, season: 10, tolerance: 0 };
+        let p = BaselineParams { window: 20, season: 10, tolerance: 0, smoothing: 0 };
         let b = baselines(&v, &p);
         assert_eq!(b[13].expected, 70.0);
         assert_eq!(b[23].expected, 35.0);

@@ -39,6 +39,8 @@ pub struct Label {
     pub start: String,
     pub end: String,
     pub magnitude: f64,
+    #[serde(rename = "expectedCalls", default, skip_serializing_if = "Option::is_none")]
+    pub expected_calls: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,9 +105,17 @@ fn minute(s: &str) -> Result<i64> {
 }
 
 /// Whether a label counts toward the recall target.
+/// Spikes of 5× or more and error bursts lasting 3 minutes or more; drops that silence at least
+/// [`crate::generate::MIN_DROP_CALLS`] expected calls (a tiny archive's quiet APIs cannot
+/// make a silence that differs from chance).
 pub fn eligible(l: &Label) -> Result<bool> {
     let minutes = minute(&l.end)? - minute(&l.start)?;
-    Ok(minutes >= 3 && (l.kind != "spike" || l.magnitude >= 5.0))
+    let loud_enough = match l.kind.as_str() {
+        "spike" => l.magnitude >= 5.0,
+        "drop" => l.expected_calls.is_none_or(|c| c >= crate::generate::MIN_DROP_CALLS),
+        _ => true,
+    };
+    Ok(minutes >= 3 && loud_enough)
 }
 
 /// Reads the Insights of the lake at `lake` and scores them against `labels`.

@@ -9,8 +9,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::functions::core::expr_fn::get_field;
-use datafusion::prelude::{coalesce, col, lit, Expr, SessionContext};
+use datafusion::prelude::{col, lit, Expr, SessionContext};
 use datafusion::scalar::ScalarValue;
 use serde_json::{json, Value};
 
@@ -49,6 +48,9 @@ pub struct SeriesContext<'a> {
     /// Minute (since the epoch) of index 0.
     pub lo: i64,
     pub granularity: Granularity,
+    /// The events table and its files by (region, period), for attributions.
+    pub events: &'a deltalake::DeltaTable,
+    pub files: &'a HashMap<(String, String), Vec<String>>,
 }
 
 /// One Start or End record.
@@ -194,7 +196,7 @@ impl AttributionCache {
         let fetched = self.events.get(&start).map(|e| e.0).unwrap_or(start);
         if fetched < until {
             let upto = self.spans.get(&start).copied().unwrap_or(until).max(until);
-            let rows = insight_events(ctx, s, fetched, upto, &context).await?;
+            let rows = insight_events(s, fetched, upto, &context).await?;
             let entry = self.events.entry(start).or_insert_with(|| (start, Vec::new()));
             entry.0 = upto;
             entry.1.extend(rows);
@@ -226,40 +228,43 @@ impl AttributionCache {
     }
 }
 
-/// The attributes (caller, agent, error code) of the series' events in `[from, until)`.
-async fn insight_events(ctx: &SessionContext, s: &SeriesContext<'_>, from: i64, until: i64, context: &str) -> Result<Vec<(i64, [String; 3])>> {
-    let first_bucket = s.granularity.bucket_name(from * MICROS_PER_MINUTE);
-    let last_bucket = s.granularity.bucket_name((until - 1) * MICROS_PER_MINUTE);
-    let batches = ctx
-        .table("events")
+/// The attributes (caller, agent, error code) of the series' events in `[from, until)`, read
+/// straight from the events files of those minutes' partitions (a query planner over every
+/// file of the table costs more than the reading).
+async fn insight_events(s: &SeriesContext<'_>, from: i64, until: i64, context: &str) -> Result<Vec<(i64, [String; 3])>> {
+    let mut buckets: Vec<String> = (from..until).map(|m| s.granularity.bucket_name(m * MICROS_PER_MINUTE)).collect();
+    buckets.dedup();
+    let paths: Vec<String> = buckets
+        .into_iter()
+        .filter_map(|b| s.files.get(&(s.region.to_owned(), b)))
+        .flatten()
+        .cloned()
+        .collect();
+    let batches = crate::lake::read_files_columns(s.events, &paths, crate::rollup::PROJECTION)
         .await
-        .map_err(query(context))?
-        .filter(
-            col("eventperiod")
-                .gt_eq(lit(first_bucket))
-                .and(col("eventperiod").lt_eq(lit(last_bucket)))
-                .and(col("eventtime").gt_eq(ts(from)))
-                .and(col("eventtime").lt(ts(until)))
-                .and(series_filter(s, col("managementevent").is_not_false())),
-        )
-        .map_err(query(context))?
-        .select(vec![
-            col("eventtime"),
-            coalesce(vec![get_field(col("useridentity"), "arn"), get_field(col("useridentity"), "invokedby")]).alias("arn"),
-            col("useragent"),
-            col("errorcode"),
-        ])
-        .map_err(query(context))?
-        .collect()
-        .await
-        .map_err(query(context))?;
+        .map_err(|e| InsightsError::Data(format!("{context}: {e}")))?;
+    let k = s.key;
+    let (lo, hi) = (from * MICROS_PER_MINUTE, until * MICROS_PER_MINUTE);
+    let null = || "null".to_owned();
     let mut out = Vec::new();
     for b in &batches {
-        let time = b.column(0).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        let cols = [super::utf8(b.column(1)), super::utf8(b.column(2)), super::utf8(b.column(3))];
-        for i in 0..b.num_rows() {
-            out.push((time.value(i).div_euclid(MICROS_PER_MINUTE), [text(&cols[0], i), text(&cols[1], i), text(&cols[2], i)]));
-        }
+        crate::rollup::visit(b, |e| {
+            let of_series = e.time >= lo
+                && e.time < hi
+                && e.management
+                && e.account == s.account
+                && e.source == k.source
+                && e.name == k.name
+                && match (&k.error, k.insight_type.as_str()) {
+                    (Some(code), ERROR_RATE) => e.error == Some(code.as_str()),
+                    _ => e.readonly == Some(false),
+                };
+            if of_series {
+                let text = |v: Option<&str>| v.map(str::to_owned).unwrap_or_else(null);
+                out.push((e.time.div_euclid(MICROS_PER_MINUTE), [text(e.caller), text(e.agent), text(e.error)]));
+            }
+        })
+        .map_err(|e| InsightsError::Data(format!("{context}: {e}")))?;
     }
     Ok(out)
 }
