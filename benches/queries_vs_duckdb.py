@@ -19,7 +19,7 @@ Usage:
   cargo build --release
   prism generate --out /tmp/bench10m --accounts 2 --regions us-east-1,eu-west-1 --days 10 \\
       --events-per-day 250000 --seed 3
-  prism ingest /tmp/bench10m --lake /tmp/lake10m
+  prism backfill /tmp/bench10m --lake /tmp/lake10m     # ingest, then Insights (for join_insights)
   python3 benches/queries_vs_duckdb.py /tmp/lake10m [--prism target/release/prism] [--runs 3]
       [--only NAME ...] [--set datafusion.execution.batch_size=32768 ...] [--prelude SQL ...]
 
@@ -67,6 +67,13 @@ QUERIES = [
     ("join_ingest_log", "join with the ingest journal (events per delivered file status)",
      "SELECT f.status, count(*) AS events, count(DISTINCT e.sourcefile) AS files FROM events e "
      "JOIN ingested_files f ON e.sourcefile = f.sourcefile GROUP BY 1 ORDER BY 1"),
+    ("join_insights", "join with insights: who called each Insight's API during it",
+     "WITH s AS (SELECT sharedeventid, recipientaccountid, awsregion, insighteventsource, insighteventname, "
+     "min(eventtime) AS t0, max(eventtime) AS t1 FROM insights GROUP BY 1, 2, 3, 4, 5) "
+     "SELECT s.insighteventname, e.useridentity['arn'] AS arn, count(*) AS n FROM s JOIN events e "
+     "ON e.recipientaccountid = s.recipientaccountid AND e.awsregion = s.awsregion AND e.eventsource = s.insighteventsource "
+     "AND e.eventname = s.insighteventname AND e.eventtime >= s.t0 AND e.eventtime < s.t1 + INTERVAL '1 minute' "
+     "GROUP BY 1, 2 ORDER BY n DESC, 1, 2 LIMIT 20"),
     ("self_join_errors", "self-join of two aggregates: error share per identity",
      "WITH t AS (SELECT useridentity['arn'] AS arn, count(*) AS n FROM events GROUP BY 1), "
      "e AS (SELECT useridentity['arn'] AS arn, count(*) AS n FROM events WHERE errorcode IS NOT NULL GROUP BY 1) "
@@ -153,6 +160,9 @@ class DuckDB:
             "hive_types = {'awsregion': VARCHAR, 'eventperiod': VARCHAR})"
         )
         self.con.execute(f"CREATE VIEW ingest_log AS SELECT * FROM read_parquet({journal!r})")
+        insights = delta_files(os.path.join(lake, "insights")) if os.path.isdir(os.path.join(lake, "insights")) else []
+        if insights:
+            self.con.execute(f"CREATE VIEW insights AS SELECT * FROM read_parquet({insights!r})")
         self.con.execute(DUCKDB_VIEWS)
 
     def run(self, sql):

@@ -644,6 +644,12 @@ async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &Lake
     }
 }
 
+/// The events columns whose per-file min/max the Delta log keeps, for the scan to skip files:
+/// time, the API, the account and the error. Statistics of every column (the default: the
+/// first 32, nested fields included) cost 3–4 KB of log per file, which a 30-day minute lake of
+/// 43,000 files holds in memory at every commit and every query plan.
+pub const EVENTS_STATS_COLUMNS: &str = "eventtime,eventsource,eventname,recipientaccountid,errorcode,readonly,managementevent";
+
 /// Opens the Delta table `<lake>/<name>/`, creating it with `schema` when it does not exist.
 /// Every table under the lake root is queryable in SQL by its name.
 pub async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
@@ -660,13 +666,16 @@ pub async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, par
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
     let kernel_schema: deltalake::kernel::StructType =
         schema.as_ref().try_into_kernel().map_err(|e| LakeError::Delta { context: format!("schema of {url}"), source: e.into() })?;
-    let created = table
+    let mut create = table
         .create()
         .with_columns(kernel_schema.fields().cloned())
         .with_partition_columns(partitions.iter().map(|s| s.to_string()))
         .with_table_name(name)
-        .with_save_mode(SaveMode::Ignore)
-        .await;
+        .with_save_mode(SaveMode::Ignore);
+    if name == EVENTS_TABLE {
+        create = create.with_configuration_property(deltalake::TableProperty::DataSkippingStatsColumns, Some(EVENTS_STATS_COLUMNS));
+    }
+    let created = create.await;
     match created {
         Ok(t) => Ok(t),
         // Another process created it first: use theirs.

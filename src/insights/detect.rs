@@ -23,8 +23,9 @@ pub struct DetectorParams {
     pub floor: f64,
     /// Minutes summed when scoring spikes.
     pub spike_window: usize,
-    /// Minutes summed when scoring drops: each window is scored, the strongest counts. A short
-    /// window finds a busy API's silence quickly; a long one finds a quieter API's.
+    /// Drop windows, in minutes: `[0]` scores an open drop (it ends when this window's score
+    /// falls below `end_score`); `[1]` is the longest window a drop may start on. A drop starts
+    /// on the current run of near-silent minutes, on `[0]` or on `[1]`, whichever is unusual.
     pub drop_windows: [usize; 2],
     /// Most a drop may keep of its expected count (summed over the window).
     pub drop_max_share: f64,
@@ -192,19 +193,27 @@ fn starts(values: &[f64], baselines: &[Baseline], t: usize, direction: Direction
             let (observed, expected) = sums(values, baselines, t, p.spike_window.max(1), direction);
             observed >= p.min_ratio * expected && score(values, baselines, t, direction, p) >= p.start_score
         }
-        Direction::Drop => p.drop_windows.iter().any(|&w| {
-            let w = w.max(1);
-            let (observed, level) = sums(values, baselines, t, w, direction);
-            // A drop is judged against the lesser of the seasonal level and the hour before it:
-            // a failure falls from the traffic just before, while a quiet weekend or holiday is
-            // quiet from its start, so its silences are only as unusual as its own rate says.
-            let before_end = (t + 1).saturating_sub(w);
-            let before = &values[before_end.saturating_sub(RECENT)..before_end];
-            let recent = if before.is_empty() { 0.0 } else { before.iter().sum::<f64>() / before.len() as f64 * w as f64 };
-            let expected = level.min(recent);
-            observed <= p.drop_max_share * expected && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
-        }),
+        Direction::Drop => {
+            // The silence so far is the natural window: a 14-minute outage of an API making
+            // 1.4 calls a minute is scored on its 20 missing calls, not on 10 minutes' 14.
+            let longest = p.drop_windows[1].max(1);
+            let run = (0..longest).take_while(|&k| k <= t && unusual(values[t - k], &baselines[t - k], direction, p)).count();
+            [run, p.drop_windows[0], longest].into_iter().filter(|&w| w > 0).any(|w| drop_window_starts(values, baselines, t, w, p))
+        }
     }
+}
+
+/// Whether the `w` minutes ending at `t` hold a drop.
+fn drop_window_starts(values: &[f64], baselines: &[Baseline], t: usize, w: usize, p: &DetectorParams) -> bool {
+    let (observed, level) = sums(values, baselines, t, w, Direction::Drop);
+    // A drop is judged against the lesser of the seasonal level and the hour before it: a
+    // failure falls from the traffic just before, while a quiet weekend or holiday is quiet
+    // from its start, so its silences are only as unusual as its own rate says.
+    let before_end = (t + 1).saturating_sub(w);
+    let before = &values[before_end.saturating_sub(RECENT)..before_end];
+    let recent = if before.is_empty() { 0.0 } else { before.iter().sum::<f64>() / before.len() as f64 * w as f64 };
+    let expected = level.min(recent);
+    observed <= p.drop_max_share * expected && -model::deviation_score(observed, expected, p.floor) >= p.drop_start_score
 }
 
 /// Observed and expected counts summed over the `w` minutes ending at `t`.
@@ -286,6 +295,43 @@ mod tests {
         assert_eq!(end, at + 30);
         let mut state = State::default();
         assert!(run(&v, &b, 0..v.len(), 0, false, &p, &mut state).is_empty());
+    }
+
+    /// Drop Insights found in `v` (a plain series, no daily job).
+    fn drops(v: &[f64]) -> Vec<Transition> {
+        let p = DetectorParams::default();
+        let b = model::baselines(v, &p.baseline);
+        detect(v, &b, &p, &[0..v.len()])
+    }
+
+    #[test]
+    fn a_quiet_apis_silence_is_scored_over_its_whole_run() {
+        // 1.2 calls a minute; 15 silent minutes miss 18 calls. No 10-minute window is
+        // significant (12 missing calls: score 3.3) and the hour holds most of its calls.
+        let at = 9 * 1440 + 700;
+        let mut v: Vec<f64> = (0..10 * 1440).map(|i| if i % 5 == 0 { 2.0 } else { 1.0 }).collect();
+        v[at..at + 15].fill(0.0);
+        let found = drops(&v);
+        let Some(Transition::Started(open)) = found.first() else { panic!("{found:?}") };
+        assert_eq!((open.direction, open.start), (Direction::Drop, at));
+        // Ten silent minutes of the same API are chance, not an outage.
+        let mut v: Vec<f64> = (0..10 * 1440).map(|i| if i % 5 == 0 { 2.0 } else { 1.0 }).collect();
+        v[at..at + 10].fill(0.0);
+        assert_eq!(drops(&v), vec![]);
+    }
+
+    #[test]
+    fn a_quiet_day_is_judged_by_its_own_rate() {
+        // Four calls a minute for 9 days, then a day at 1.5 a minute (a holiday) with 8 silent
+        // minutes: unusual against the level (32 expected), chance at the day's own rate (12).
+        let day = 9 * 1440;
+        let mut v: Vec<f64> = (0..11 * 1440).map(|i| if i < day { 4.0 } else { (1 + i % 2) as f64 }).collect();
+        v[day + 600..day + 608].fill(0.0);
+        assert_eq!(drops(&v), vec![]);
+        // The same silence on an ordinary day is an outage.
+        let mut v = vec![4.0; 11 * 1440];
+        v[day + 600..day + 608].fill(0.0);
+        assert!(matches!(drops(&v).first(), Some(Transition::Started(o)) if o.start == day + 600), "{:?}", drops(&v));
     }
 
     #[test]
