@@ -94,6 +94,45 @@ pub struct ResultWriter<W: Write + Send> {
     state: WriterState<W>,
 }
 
+/// CSV has no nested values: struct, list and map columns become their JSON text (as
+/// `--format json` would print them), so `SELECT *` over events works in every format.
+fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{ArrayRef, StringBuilder};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let nested = |t: &DataType| t.is_nested();
+    if !batch.schema().fields().iter().any(|f| nested(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !nested(field.data_type()) {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        // One-column NDJSON lines are `{"v":<value>}`, or `{}` for a null.
+        let one = RecordBatch::try_new(
+            std::sync::Arc::new(Schema::new(vec![Field::new("v", field.data_type().clone(), true)])),
+            vec![column.clone()],
+        )?;
+        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        w.write(&one)?;
+        w.finish()?;
+        let text = String::from_utf8(w.into_inner()).map_err(|e| datafusion::arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+        let mut strings = StringBuilder::new();
+        for line in text.lines() {
+            match line.strip_prefix("{\"v\":").and_then(|v| v.strip_suffix('}')) {
+                Some(v) => strings.append_value(v),
+                None => strings.append_null(),
+            }
+        }
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+        columns.push(std::sync::Arc::new(strings.finish()));
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+}
+
 enum WriterState<W: Write + Send> {
     Table { out: W, batches: Vec<RecordBatch> },
     Csv { out: datafusion::arrow::csv::Writer<W>, wrote: bool },
@@ -123,7 +162,7 @@ impl<W: Write + Send> ResultWriter<W> {
         match &mut self.state {
             WriterState::Table { batches, .. } => batches.push(batch.clone()),
             WriterState::Csv { out, wrote } => {
-                out.write(batch).map_err(arrow)?;
+                out.write(&nested_as_json(batch).map_err(arrow)?).map_err(arrow)?;
                 *wrote = true;
             }
             WriterState::Json(w) => w.write(batch).map_err(arrow)?,
@@ -287,6 +326,24 @@ mod tests {
         assert_eq!(render(OutputFormat::Csv, &[], &schema), "api,n\n");
         assert_eq!(render(OutputFormat::Json, &[], &schema), "[]\n");
         assert!(render(OutputFormat::Table, &[], &schema).contains("| api | n |"));
+    }
+
+    #[test]
+    fn csv_prints_nested_columns_as_json() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, StructArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+        let arn = Field::new("arn", DataType::Utf8, true);
+        let who = StructArray::new(
+            Fields::from(vec![arn.clone()]),
+            vec![std::sync::Arc::new(StringArray::from(vec![Some("arn:a"), None])) as ArrayRef],
+            Some(vec![true, false].into()),
+        );
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("who", DataType::Struct(Fields::from(vec![arn])), true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![std::sync::Arc::new(who), std::sync::Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        assert_eq!(render(OutputFormat::Csv, &[batch], &schema), "who,n\n\"{\"\"arn\"\":\"\"arn:a\"\"}\",1\n,2\n");
     }
 
     #[test]
