@@ -152,10 +152,11 @@ struct FileResult {
     broken: Option<(Rejection, bool)>,
 }
 
-/// Lists every source (skips counted in `summary`), each object once, in delivery order
-/// across accounts and regions, so each commit covers a stretch of time: a partition then gets
-/// one file per commit that reaches it, not one per account.
-async fn list_sources(opts: &IngestOptions, summary: &mut IngestSummary) -> Result<Vec<SourceObject>, IngestError> {
+/// Lists every source (skips counted in `summary`), each object once, leaving out what the
+/// lake's journal says earlier runs completed. The rest is in delivery order across accounts
+/// and regions, so each commit covers a stretch of time: a partition then gets one file per
+/// commit that reaches it, not one per account.
+async fn list_sources(opts: &IngestOptions, lake: Option<&Lake>, summary: &mut IngestSummary) -> Result<Vec<SourceObject>, IngestError> {
     let started = Instant::now();
     let mut objects: Vec<SourceObject> = Vec::new();
     for s in &opts.sources {
@@ -173,6 +174,12 @@ async fn list_sources(opts: &IngestOptions, summary: &mut IngestSummary) -> Resu
     objects.retain(|o| seen.insert(o.location.clone()));
     objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
     summary.list_seconds = started.elapsed().as_secs_f64();
+    if let Some(lake) = lake {
+        let done = lake.ingested_sources().await?;
+        let before = objects.len();
+        objects.retain(|o| !done.contains(&o.location));
+        summary.files_already_ingested = (before - objects.len()) as u64;
+    }
     Ok(objects)
 }
 
@@ -191,13 +198,7 @@ async fn dry_run(opts: &IngestOptions, started: Instant) -> Result<IngestSummary
         dry_run: true,
         ..Default::default()
     };
-    let mut objects = list_sources(opts, &mut summary).await?;
-    if let Some(lake) = &lake {
-        let done = lake.ingested_sources().await?;
-        let before = objects.len();
-        objects.retain(|o| !done.contains(&o.location));
-        summary.files_already_ingested = (before - objects.len()) as u64;
-    }
+    let objects = list_sources(opts, lake.as_ref(), &mut summary).await?;
     summary.files_to_read = objects.len() as u64;
     summary.bytes_to_read = objects.iter().map(|o| o.size).sum();
     summary.seconds = started.elapsed().as_secs_f64();
@@ -219,11 +220,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
     };
 
     // 1. List. 2. Leave out what earlier runs completed.
-    let mut objects = list_sources(opts, &mut summary).await?;
-    let done = lake.ingested_sources().await?;
-    let before = objects.len();
-    objects.retain(|o| !done.contains(&o.location));
-    summary.files_already_ingested = (before - objects.len()) as u64;
+    let objects = list_sources(opts, Some(&lake), &mut summary).await?;
     progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(objects.iter().map(|o| o.size).sum(), Ordering::Relaxed);
 

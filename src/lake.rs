@@ -189,8 +189,15 @@ impl Lake {
                 ),
             });
         }
-        let events = open_or_create_table(&url, EVENTS_TABLE, schema::events_schema(), &schema::PARTITION_COLUMNS).await?;
-        let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, ingest_log_schema(), &[]).await?;
+        let events = open_or_create_table(
+            &url,
+            EVENTS_TABLE,
+            schema::events_schema(),
+            &schema::PARTITION_COLUMNS,
+            &[(deltalake::TableProperty::DataSkippingStatsColumns, EVENTS_STATS_COLUMNS)],
+        )
+        .await?;
+        let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, ingest_log_schema(), &[], &[]).await?;
         let rollups = crate::rollup::open(&url).await?;
         Ok(Lake { url, store, config, events, ingest_log, rollups, rolled_files: None })
     }
@@ -229,7 +236,7 @@ impl Lake {
 
     /// Opens (or creates) another table of the lake, such as the scheduler's run history.
     pub async fn table(&self, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
-        open_or_create_table(&self.url, name, schema, partitions).await
+        open_or_create_table(&self.url, name, schema, partitions, &[]).await
     }
 
     /// The object store rooted at the lake.
@@ -652,7 +659,14 @@ pub const EVENTS_STATS_COLUMNS: &str = "eventtime,eventsource,eventname,recipien
 
 /// Opens the Delta table `<lake>/<name>/`, creating it with `schema` when it does not exist.
 /// Every table under the lake root is queryable in SQL by its name.
-pub async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, partitions: &[&str]) -> Result<DeltaTable> {
+/// `properties` are Delta table properties set at creation.
+pub async fn open_or_create_table(
+    lake: &Url,
+    name: &str,
+    schema: SchemaRef,
+    partitions: &[&str],
+    properties: &[(deltalake::TableProperty, &str)],
+) -> Result<DeltaTable> {
     let url = lake.join(&format!("{name}/")).map_err(|e| LakeError::InvalidLocation { location: lake.to_string(), reason: e.to_string() })?;
     if url.scheme() == "file"
         && let Ok(dir) = url.to_file_path()
@@ -666,16 +680,14 @@ pub async fn open_or_create_table(lake: &Url, name: &str, schema: SchemaRef, par
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
     let kernel_schema: deltalake::kernel::StructType =
         schema.as_ref().try_into_kernel().map_err(|e| LakeError::Delta { context: format!("schema of {url}"), source: e.into() })?;
-    let mut create = table
+    let created = table
         .create()
         .with_columns(kernel_schema.fields().cloned())
         .with_partition_columns(partitions.iter().map(|s| s.to_string()))
+        .with_configuration(properties.iter().map(|(property, value)| (property.as_ref(), Some(*value))))
         .with_table_name(name)
-        .with_save_mode(SaveMode::Ignore);
-    if name == EVENTS_TABLE {
-        create = create.with_configuration_property(deltalake::TableProperty::DataSkippingStatsColumns, Some(EVENTS_STATS_COLUMNS));
-    }
-    let created = create.await;
+        .with_save_mode(SaveMode::Ignore)
+        .await;
     match created {
         Ok(t) => Ok(t),
         // Another process created it first: use theirs.

@@ -382,5 +382,5 @@ impl RowsBuilder {
 
 /// Opens (or creates) the rollups table of the lake at `url`.
 pub(crate) async fn open(url: &url::Url) -> Result<DeltaTable, LakeError> {
-    lake::open_or_create_table(url, ROLLUPS_TABLE, rollups_schema(), &[]).await
+    lake::open_or_create_table(url, ROLLUPS_TABLE, rollups_schema(), &[], &[]).await
 }

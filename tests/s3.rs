@@ -147,10 +147,15 @@ fn a_lake_and_insights_files_in_s3() {
 
 /// `prism backfill` with the archive in S3, as JSON summary and exit code.
 fn backfill(server: &S3Server, lake: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    backfill_with_env(server, lake, extra, &[])
+}
+
+/// [`backfill`] with extra environment variables.
+fn backfill_with_env(server: &S3Server, lake: &str, extra: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
     let source = server.url("trail/");
     let mut args = vec!["backfill", source.as_str(), "--lake", lake, "--json"];
     args.extend_from_slice(extra);
-    let out = prism(Some(server), &args);
+    let out = Command::new(prism_bin()).args(&args).envs(server.env()).envs(env.iter().copied()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let summary = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON summary ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
@@ -277,26 +282,17 @@ fn faults_are_retried_and_an_object_that_keeps_failing_is_reported() {
     server.add_rule(&keys[400], Fault::Drop, 1);
     server.add_rule(&slow, Fault::Slow(std::time::Duration::from_secs(2)), 1);
     server.add_rule(&victim, Fault::InternalError, u32::MAX);
-    let dir = tempfile::tempdir().unwrap();
     let lake = server.url("faulty-lake");
     let out = server.url("insights/");
-    let source = server.url("trail/");
-    let run = |server: &S3Server| {
-        let out = Command::new(prism_bin())
-            .args(["backfill", &source, "--lake", &lake, "--granularity", "day", "--out", &out, "--json"])
-            .envs(server.env())
-            .env("PRISM_S3_MAX_RETRIES", "4")
-            .env("PRISM_S3_INIT_BACKOFF", "20ms")
-            .env("PRISM_S3_MAX_BACKOFF", "200ms")
-            .env("PRISM_S3_RETRY_TIMEOUT", "5s")
-            .output()
-            .unwrap();
-        let summary: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), summary, String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let quick_retries = [
+        ("PRISM_S3_MAX_RETRIES", "4"),
+        ("PRISM_S3_INIT_BACKOFF", "20ms"),
+        ("PRISM_S3_MAX_BACKOFF", "200ms"),
+        ("PRISM_S3_RETRY_TIMEOUT", "5s"),
+    ];
+    let run = |server: &S3Server| backfill_with_env(server, &lake, &["--granularity", "day", "--out", &out], &quick_retries);
     let (code, summary, stderr) = run(&server);
-    assert_eq!(code, Some(3), "{summary}\n{stderr}");
+    assert_eq!(code, 3, "{summary}\n{stderr}");
     assert_eq!(summary["complete"], false);
     let unread: Vec<&str> = summary["unread"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
     assert_eq!(unread, vec![format!("s3://trail-bucket/{victim}").as_str()], "{summary}");
@@ -305,9 +301,8 @@ fn faults_are_retried_and_an_object_that_keeps_failing_is_reported() {
     // The object heals; the same command completes with the exact counts.
     server.clear_rules();
     let (code, summary, stderr) = run(&server);
-    assert_eq!(code, Some(0), "{summary}\n{stderr}");
+    assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(summary["ingest"]["files_read"], 1, "{summary}");
     assert_eq!(&fingerprint(Some(&server), &lake), &local_reference().1);
     assert!(!server.keys("insights/AWSLogs/").is_empty());
-    drop(dir);
 }

@@ -339,6 +339,12 @@ fn minute_name(start: NaiveDate, minute: u32) -> String {
     t.format("%Y-%m-%dT%H:%M:00Z").to_string()
 }
 
+/// An API's mean calls per minute in one account and region, before the rhythm shapes it.
+fn base_rate(opts: &GenerateOptions, api: &Api) -> f64 {
+    let total_weight: f64 = APIS.iter().map(|a| a.weight).sum();
+    opts.events_per_day as f64 / 1440.0 * api.weight / total_weight
+}
+
 /// Calls a drop must silence to be labelled with its plain duration: P(no call | 20 expected)
 /// is 2·10⁻⁹, where a 10-minute silence of an API making one call a minute (P = 5·10⁻⁵)
 /// happens by chance somewhere in two weeks of a few hundred APIs.
@@ -348,8 +354,6 @@ pub const MIN_DROP_CALLS: f64 = 20.0;
 fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) -> Vec<Label> {
     let total = opts.days * 1440;
     let writes: Vec<&Api> = APIS.iter().filter(|a| !a.read_only).collect();
-    let total_weight: f64 = APIS.iter().map(|a| a.weight).sum();
-    let per_minute = opts.events_per_day as f64 / 1440.0;
     let busy_writes: Vec<&Api> = writes.iter().copied().filter(|a| a.weight >= 1.5).collect();
     let mut out: Vec<Label> = Vec::new();
     for id in 0..opts.anomalies {
@@ -385,7 +389,7 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
                 // last until the usual rate would have made MIN_DROP_CALLS calls (at most 4 h).
                 let rate = |m: u32| {
                     let weekday = (opts.start + chrono::Days::new(u64::from(m / 1440))).weekday().num_days_from_monday();
-                    per_minute * api.weight / total_weight * rhythm(m, weekday)
+                    base_rate(opts, api) * rhythm(m, weekday)
                 };
                 let mut calls: f64 = (start..end).map(rate).sum();
                 while calls < MIN_DROP_CALLS && end < (start + 240).min(total - 1) {
@@ -461,15 +465,13 @@ struct Call<'a> {
 
 impl<'a> Stream<'a> {
     fn new(opts: &'a GenerateOptions, account: &'a str, region: &'a str, a: usize, r: usize, labels: &'a [Label]) -> Self {
-        let total_weight: f64 = APIS.iter().map(|a| a.weight).sum();
-        let per_minute = opts.events_per_day as f64 / 1440.0;
         Stream {
             opts,
             account,
             region,
             labels: labels.iter().filter(|l| l.account == account && l.region == region).collect(),
             rng: Rng::new(mix(opts.seed, a as u64 + 1, r as u64 + 1)),
-            base: APIS.iter().map(|a| per_minute * a.weight / total_weight).collect(),
+            base: APIS.iter().map(|a| base_rate(opts, a)).collect(),
             start_secs: opts.start.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp(),
         }
     }

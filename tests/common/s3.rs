@@ -139,18 +139,7 @@ impl S3Server {
     pub fn upload(&self, dir: &Path, prefix: &str) -> usize {
         use futures::StreamExt;
         use object_store::ObjectStoreExt;
-        let mut files = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    files.push(p);
-                }
-            }
-        }
+        let files = super::files_under(dir);
         let client = self.client();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -196,23 +185,11 @@ impl S3Server {
     /// Keys stored under `prefix` (read from the folder behind the server).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let base = self.root.path().join(&self.bucket);
-        let mut out = Vec::new();
-        let mut stack: Vec<PathBuf> = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    let k = p.strip_prefix(&base).unwrap().to_str().unwrap().to_owned();
-                    if k.starts_with(prefix) {
-                        out.push(k);
-                    }
-                }
-            }
-        }
-        out.sort();
-        out
+        super::files_under(&base)
+            .into_iter()
+            .map(|p| p.strip_prefix(&base).unwrap().to_str().unwrap().to_owned())
+            .filter(|k| k.starts_with(prefix))
+            .collect()
     }
 }
 
