@@ -9,7 +9,8 @@
 //! - finds tables by listing the lake root: every folder with a `_delta_log/` is a table named
 //!   after the folder (file:// and s3:// alike, through the lake's object store);
 //! - brings a table up to its latest commit each time a query names it (only the commits since
-//!   the last query are read, see [`DeltaTable::update_incremental`]);
+//!   the last query are read, see [`DeltaTable::update_incremental`]), and scans it with
+//!   DataFusion's own Parquet reader ([`LakeTable`]);
 //! - plans the `rejects` and `ingested_files` views over the `ingest_log` of that moment;
 //! - keeps tables and views a user creates in the session (`CREATE VIEW`, `CREATE TABLE AS`).
 
@@ -27,6 +28,7 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use url::Url;
 
+use super::scan::LakeTable;
 use crate::lake::{INGEST_LOG_TABLE, Lake};
 
 /// The folder inside a table that makes it a Delta table.
@@ -166,6 +168,11 @@ impl LakeSchema {
                     format!("loading lake table `{name}` ({}{name}/): {e}", self.url).into(),
                 ));
             }
+        }
+        // DataFusion's own Parquet scan over the loaded snapshot (src/sql/scan.rs); delta-rs's
+        // provider for a table that needs a reader feature that scan lacks.
+        if let Some(scan) = LakeTable::try_new(&table) {
+            return Ok(Some(Arc::new(scan)));
         }
         let provider = table
             .table_provider()

@@ -11,8 +11,10 @@ pub mod catalog;
 pub mod exec;
 pub mod output;
 pub mod repl;
+pub mod scan;
 
 pub use catalog::LakeSchema;
+pub use scan::LakeTable;
 pub use exec::{BatchOptions, Input, StatementError};
 pub use output::{OutputError, OutputFormat};
 

@@ -1,0 +1,320 @@
+//! The lake's tables as plain DataFusion Parquet scans.
+//!
+//! delta-rs's own table provider replays the table's file list through the Delta kernel at
+//! every query and puts its scan node between DataFusion's optimizer and the Parquet reader.
+//! So a projection of one struct field (`useridentity.arn`) decodes the whole struct, and the
+//! dynamic filters that joins and top-N queries build never reach the files. [`LakeTable`]
+//! hands DataFusion its own `DataSourceExec` over the files of the snapshot the session
+//! already holds:
+//!
+//! - files are chosen at planning from the Delta log: a filter's pruning predicate is
+//!   evaluated against each file's partition values and min/max/null-count statistics, so a
+//!   time range reads only the files of that range, without opening the others;
+//! - DataFusion's Parquet reader, with the session's Parquet options, reads the rest: nested
+//!   projection, row-group pruning, dynamic filters and the footer cache all apply;
+//! - the exact row count from the log is the scan's statistic (joins order their sides by it,
+//!   and `count(*)` of a whole table is answered without reading any file).
+//!
+//! Tables that need a Delta reader feature this scan does not implement (deletion vectors,
+//! column mapping: reader version 2 or more) keep delta-rs's provider (see [`LakeTable::try_new`]).
+//! Prism's own tables never use them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, TimestampMicrosecondArray, TimestampNanosecondArray};
+use arrow::datatypes::{DataType, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, DFSchema, DataFusionError, Result as DfResult, ScalarValue, Statistics};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, wrap_partition_type_in_dict, wrap_partition_value_in_dict};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use deltalake::DeltaTable;
+use deltalake::kernel::LogDataHandler;
+use deltalake::table::state::DeltaTableState;
+use object_store::{ObjectMeta, ObjectStore};
+
+/// One lake table at one Delta version, scanned by DataFusion's Parquet reader.
+#[derive(Debug)]
+pub struct LakeTable {
+    /// `<lake>/<name>/`, for messages.
+    url: String,
+    state: DeltaTableState,
+    /// The table's columns in the Delta schema's order (partition columns where the schema
+    /// puts them), strings as views, string partition columns dictionary-encoded.
+    schema: SchemaRef,
+    /// What the scan reads: the file columns, then the partition columns in Delta's order.
+    scan_schema: TableSchema,
+    /// For each column of `schema`, its index in `scan_schema`.
+    scan_index: Vec<usize>,
+    /// Partition columns, in the order of the log's partition values.
+    partition_columns: Vec<String>,
+    /// The table's object store, registered in the session under `store_url` at each scan.
+    store_url: ObjectStoreUrl,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl LakeTable {
+    /// The scan of `table` at its loaded version, or None when the table needs a reader feature
+    /// this scan lacks (the caller then uses delta-rs's provider) or has no loaded version.
+    pub fn try_new(table: &DeltaTable) -> Option<LakeTable> {
+        let state = table.snapshot().ok()?.clone();
+        if state.protocol().min_reader_version() > 1 {
+            return None;
+        }
+        let partition_columns = state.metadata().partition_columns().to_vec();
+        let logical = state.snapshot().arrow_schema();
+        let partitioned: HashSet<&str> = partition_columns.iter().map(String::as_str).collect();
+        let mut fields: Vec<FieldRef> = Vec::with_capacity(logical.fields().len());
+        let mut file_fields: Vec<FieldRef> = Vec::new();
+        for f in logical.fields() {
+            let field = if partitioned.contains(f.name().as_str()) {
+                let t = match f.data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary => {
+                        wrap_partition_type_in_dict(f.data_type().clone())
+                    }
+                    other => other.clone(),
+                };
+                Arc::new(f.as_ref().clone().with_data_type(t))
+            } else {
+                let field = Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())));
+                file_fields.push(field.clone());
+                field
+            };
+            fields.push(field);
+        }
+        let mut partition_fields = Vec::with_capacity(partition_columns.len());
+        for c in &partition_columns {
+            partition_fields.push(fields.iter().find(|f| f.name() == c)?.clone());
+        }
+        let scan_index = fields
+            .iter()
+            .map(|f| match partition_columns.iter().position(|c| c == f.name()) {
+                Some(p) => Some(file_fields.len() + p),
+                None => file_fields.iter().position(|g| g.name() == f.name()),
+            })
+            .collect::<Option<Vec<usize>>>()?;
+        let scan_schema = TableSchema::builder(Arc::new(Schema::new(file_fields))).with_table_partition_cols(partition_fields).build();
+        let url = table.table_url().to_string();
+        let store_url = ObjectStoreUrl::parse(format!("prism-table://{:016x}/", xxhash_rust::xxh3::xxh3_64(url.as_bytes()))).ok()?;
+        Some(LakeTable {
+            url,
+            store: table.log_store().object_store(None),
+            state,
+            schema: Arc::new(Schema::new(fields)),
+            scan_schema,
+            scan_index,
+            partition_columns,
+            store_url,
+        })
+    }
+
+    /// Which files may hold rows matching `filters` (None: all of them), from the log's
+    /// statistics. A predicate the statistics cannot decide keeps every file.
+    fn prune(&self, session: &dyn Session, filters: &[Expr], log: &DeltaStats<'_>) -> DfResult<Option<Vec<bool>>> {
+        let Some(predicate) = conjunction(filters.iter().cloned()) else { return Ok(None) };
+        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let physical = session.create_physical_expr(predicate, &df_schema)?;
+        let max_in_list = session.config_options().execution.parquet.max_in_list_size;
+        let Some(pruning) =
+            PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).with_max_in_list_size(max_in_list).build(physical)
+        else {
+            return Ok(None);
+        };
+        match pruning.prune(log) {
+            Ok(keep) => Ok(Some(keep)),
+            Err(e) => {
+                tracing::debug!(table = %self.url, "no file pruning: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The selected files, with their partition values, and their total row count when the log
+    /// knows every file's.
+    fn files(&self, keep: Option<&[bool]>, log: &DeltaStats<'_>) -> DfResult<(Vec<PartitionedFile>, Option<usize>)> {
+        let partition_values: Vec<(ArrayRef, bool)> = self
+            .partition_columns
+            .iter()
+            .map(|c| {
+                let values = log.log.min_values(&Column::new_unqualified(c)).ok_or_else(|| {
+                    DataFusionError::Execution(format!("{}: the Delta log holds no values of partition column `{c}`", self.url))
+                })?;
+                let dictionary = matches!(self.schema.field_with_name(c).map(|f| f.data_type()), Ok(DataType::Dictionary(..)));
+                Ok((values, dictionary))
+            })
+            .collect::<DfResult<_>>()?;
+        let mut files = Vec::new();
+        let mut rows = Some(0usize);
+        for (i, view) in log.log.iter().enumerate() {
+            if keep.is_some_and(|k| !k.get(i).copied().unwrap_or(true)) {
+                continue;
+            }
+            let path = view.path();
+            if path.contains("://") {
+                return Err(DataFusionError::NotImplemented(format!("{}: data file `{path}` is outside the table", self.url)));
+            }
+            let meta = ObjectMeta {
+                location: view.object_store_path(),
+                last_modified: view.modification_datetime().map_err(|e| DataFusionError::External(Box::new(e)))?,
+                size: u64::try_from(view.size()).unwrap_or(0),
+                e_tag: None,
+                version: None,
+            };
+            let mut file = PartitionedFile::new_from_meta(meta);
+            file.partition_values = partition_values
+                .iter()
+                .map(|(values, dictionary)| {
+                    let v = ScalarValue::try_from_array(values, i)?;
+                    Ok(if *dictionary { wrap_partition_value_in_dict(v) } else { v })
+                })
+                .collect::<DfResult<_>>()?;
+            rows = rows.zip(view.num_records()).map(|(a, b)| a + b);
+            files.push(file);
+        }
+        Ok((files, rows))
+    }
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Every filter prunes files (and row groups), but rows are filtered above the scan.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let stats = DeltaStats { log: self.state.log_data() };
+        let (files, rows) = if stats.num_containers() == 0 {
+            (Vec::new(), Some(0))
+        } else {
+            let keep = self.prune(session, filters, &stats)?;
+            self.files(keep.as_deref(), &stats)?
+        };
+        if files.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        session.runtime_env().register_object_store(self.store_url.as_ref(), self.store.clone());
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.iter().map(|&i| self.scan_index[i]).collect(),
+            None => self.scan_index.clone(),
+        };
+        let mut statistics = Statistics::new_unknown(self.scan_schema.table_schema());
+        statistics.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
+        let format = ParquetFormat::default().with_options(session.table_options().parquet.clone());
+        let groups = FileGroup::new(files).split_files(session.config().target_partitions().max(1));
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(self.scan_schema.clone()))
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(Some(projection))?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(session, config).await
+    }
+}
+
+/// The strings of the lake's tables are read as views (`Utf8View`), as DataFusion reads Parquet.
+fn view_types(t: &DataType) -> DataType {
+    let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())));
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect::<Fields>()),
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeList(f) => DataType::LargeList(field(f)),
+        other => other.clone(),
+    }
+}
+
+/// The log's statistics, as DataFusion's pruning reads them. Delta keeps timestamps' maxima
+/// truncated to the millisecond, so a maximum here is the end of its millisecond: a file whose
+/// last event is at .999500 is not pruned by a bound at .999200.
+struct DeltaStats<'a> {
+    log: LogDataHandler<'a>,
+}
+
+impl PruningStatistics for DeltaStats<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.log.min_values(column)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        let max = self.log.max_values(column)?;
+        Some(match max.data_type() {
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+                let a = max.as_any().downcast_ref::<TimestampMicrosecondArray>()?;
+                Arc::new(a.unary::<_, arrow::datatypes::TimestampMicrosecondType>(|v| v.saturating_add(999)).with_timezone_opt(tz.clone()))
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, tz) => {
+                let a = max.as_any().downcast_ref::<TimestampNanosecondArray>()?;
+                Arc::new(a.unary::<_, arrow::datatypes::TimestampNanosecondType>(|v| v.saturating_add(999_999)).with_timezone_opt(tz.clone()))
+            }
+            _ => max,
+        })
+    }
+
+    fn num_containers(&self) -> usize {
+        self.log.num_containers()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.log.null_counts(column)
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.log.row_counts()
+    }
+
+    fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        self.log.contained(column, values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use arrow::datatypes::Field;
+
+    #[test]
+    fn strings_become_views_at_every_depth() {
+        let inner = Field::new("arn", DataType::Utf8, true);
+        let t = DataType::Struct(vec![inner, Field::new("n", DataType::Int64, true)].into());
+        let list = DataType::List(Arc::new(Field::new("element", t.clone(), true)));
+        let DataType::List(f) = view_types(&list) else { panic!("a list stays a list") };
+        let DataType::Struct(fields) = f.data_type() else { panic!("a struct stays a struct") };
+        assert_eq!(fields[0].data_type(), &DataType::Utf8View);
+        assert_eq!(fields[1].data_type(), &DataType::Int64);
+        assert_eq!(f.name(), "element");
+    }
+}
