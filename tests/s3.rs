@@ -306,3 +306,212 @@ fn faults_are_retried_and_an_object_that_keeps_failing_is_reported() {
     assert_eq!(&fingerprint(Some(&server), &lake), &local_reference().1);
     assert!(!server.keys("insights/AWSLogs/").is_empty());
 }
+
+/// Files with names that sort awkwardly around `/` (`a+b`, `a-b`, `a.b` < `a/…` < `a0`), a
+/// non-ASCII name, deep and empty folders, and a folder of 24 keys to page through. Each
+/// file's content is its key, so sizes tell files apart.
+fn awkward_tree(bucket: &std::path::Path) -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "a+b", "a-b", "a.b", "a/b-c", "a/b.d/e", "a/b/c-d", "a/b/c.e", "a/b/cd/e", "a/bc", "a0", "a b/x", "ab/c", "b-/c", "b.c", "b/c",
+        "deep/1/2/3/4/5/6/f", "deep/1/2/3/4/5/6/g", "deep/1/2/x", "deep/1/x-", "deep/1-", "ü/x", "üb", "z",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain((0..24).map(|i| format!("many/{i:03}")))
+    .collect();
+    for k in &keys {
+        let path = bucket.join(k);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, k.as_bytes()).unwrap();
+    }
+    for empty in ["empty", "a/empty", "deep/1/2/3/void/null", "many/empty"] {
+        std::fs::create_dir_all(bucket.join(empty)).unwrap();
+    }
+    keys.sort();
+    keys
+}
+
+/// What a listing must give, by brute force over every key (sorted): the keys after `after`
+/// starting with `prefix`, those with `delimiter` after the prefix rolled up into their common
+/// prefix (`true`), common prefixes at or before `after` left out.
+fn expected_listing(keys: &[String], prefix: &str, delimiter: Option<&str>, after: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for k in keys.iter().filter(|k| k.starts_with(prefix) && k.as_str() > after) {
+        let item = match delimiter.and_then(|d| k[prefix.len()..].find(d).map(|at| k[..prefix.len() + at + d.len()].to_owned())) {
+            Some(common) if common.as_str() <= after => continue,
+            Some(common) => (common, true),
+            None => (k.clone(), false),
+        };
+        if out.last() != Some(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// Lists page by page through object_store's raw ListObjectsV2 client: the items of all pages in
+/// order (keys and common prefixes merged by key within a page), and the pages' sizes.
+async fn list_pages(
+    client: &object_store::aws::AmazonS3,
+    prefix: &str,
+    delimiter: Option<&str>,
+    after: &str,
+    max_keys: usize,
+) -> (Vec<(String, bool)>, Vec<usize>, Vec<object_store::ObjectMeta>) {
+    use object_store::list::{PaginatedListOptions, PaginatedListStore};
+    let (mut items, mut sizes, mut metas, mut token) = (Vec::new(), Vec::new(), Vec::new(), None);
+    loop {
+        let opts = PaginatedListOptions {
+            offset: (!after.is_empty()).then(|| after.to_owned()),
+            delimiter: delimiter.map(|d| d.to_owned().into()),
+            max_keys: Some(max_keys),
+            page_token: token.take(),
+            ..Default::default()
+        };
+        let page = client.list_paginated((!prefix.is_empty()).then_some(prefix), opts).await.unwrap();
+        // object_store drops the trailing `/` of a common prefix; other delimiters stay.
+        let d = delimiter.unwrap_or("");
+        let mut here: Vec<(String, bool)> = page.result.objects.iter().map(|o| (o.location.to_string(), false)).collect();
+        here.extend(page.result.common_prefixes.iter().map(|p| {
+            let p = p.to_string();
+            (if p.ends_with(d) { p } else { format!("{p}/") }, true)
+        }));
+        here.sort();
+        sizes.push(here.len());
+        items.extend(here);
+        metas.extend(page.result.objects);
+        match page.page_token {
+            Some(t) => token = Some(t),
+            None => return (items, sizes, metas),
+        }
+    }
+}
+
+#[test]
+fn the_server_lists_awkward_names_page_by_page_in_key_order() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    use object_store::path::Path as ObjectPath;
+    let server = S3Server::start("list-bucket");
+    let stock = S3Server::start_with("list-bucket", common::s3::Listing::Stock);
+    let keys = awkward_tree(&server.root.join("list-bucket"));
+    awkward_tree(&stock.root.join("list-bucket"));
+    let (client, stock_client) = (server.client(), stock.client());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let prefixes = ["", "a", "a/", "a/b", "a/b/", "a/b/c", "a-", "b", "deep/1", "deep/1/2/3/", "many/0", "many/01", "ü", "nope/", "a/b/c/d"];
+        let afters = ["", "a", "a/", "a/b", "a-b", "a/b/c", "deep/1/2", "many/015", "ü"];
+        let mut checked = 0;
+        for (i, prefix) in prefixes.iter().enumerate() {
+            for delimiter in [None, Some("/"), Some("-")] {
+                for (j, after) in afters.iter().enumerate() {
+                    let max_keys = [1, 2, 7, 1000][(i + j) % 4];
+                    let want = expected_listing(&keys, prefix, delimiter, after);
+                    let (got, sizes, metas) = list_pages(&client, prefix, delimiter, after, max_keys).await;
+                    let case = format!("prefix {prefix:?}, delimiter {delimiter:?}, after {after:?}, max_keys {max_keys}");
+                    assert_eq!(got, want, "{case}");
+                    // Every page but the last is full, and the last is not empty unless it is the only one.
+                    let (last, full) = sizes.split_last().unwrap();
+                    assert!(full.iter().all(|n| *n == max_keys) && *last <= max_keys, "{case}: pages {sizes:?}");
+                    assert!(*last > 0 || sizes.len() == 1, "{case}: pages {sizes:?}");
+                    for m in &metas {
+                        let file = std::fs::metadata(server.root.join("list-bucket").join(m.location.as_ref())).unwrap();
+                        assert_eq!(m.size, file.len(), "{case}: {}", m.location);
+                        let mtime: chrono::DateTime<chrono::Utc> = file.modified().unwrap().into();
+                        assert!((m.last_modified - mtime).num_seconds().abs() <= 1, "{case}: {} {}", m.last_modified, mtime);
+                    }
+                    // s3s-fs's own listing gives the same pages.
+                    let (stock_got, stock_sizes, _) = list_pages(&stock_client, prefix, delimiter, after, max_keys).await;
+                    assert_eq!((&got, &sizes), (&stock_got, &stock_sizes), "{case}: against s3s-fs");
+                    checked += want.len();
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+        // The listings Prism and deltalake make: flat, by folder, with delimiter, with offset.
+        let all: Vec<String> = client.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(all, keys);
+        let under_a: Vec<String> = client.list(Some(&ObjectPath::from("a"))).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(under_a, keys.iter().filter(|k| k.starts_with("a/")).cloned().collect::<Vec<_>>());
+        let level = client.list_with_delimiter(Some(&ObjectPath::from("a"))).await.unwrap();
+        let names: Vec<String> = level.objects.iter().map(|m| m.location.to_string()).collect();
+        let folders: Vec<String> = level.common_prefixes.iter().map(|p| p.to_string()).collect();
+        assert_eq!((names, folders), (vec!["a/b-c".to_owned(), "a/bc".to_owned()], vec!["a/b".to_owned(), "a/b.d".to_owned()]));
+        let top = client.list_with_delimiter(None).await.unwrap();
+        let folders: Vec<String> = top.common_prefixes.iter().map(|p| p.to_string()).collect();
+        assert_eq!(folders, ["a", "a b", "ab", "b", "b-", "deep", "many", "ü"]);
+        let offset = ObjectPath::from("a/b/c");
+        let after: Vec<String> = client.list_with_offset(None, &offset).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(after, keys.iter().filter(|k| k.as_str() > "a/b/c").cloned().collect::<Vec<_>>());
+    });
+}
+
+/// `prism ingest --dry-run --json` summary.
+fn dry_run(server: &S3Server, source: &str, lake: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["ingest", source, "--lake", lake, "--dry-run", "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(Some(server), &args)).unwrap()
+}
+
+#[test]
+fn an_undated_listing_lists_each_region_folder_and_finds_what_a_flat_listing_finds() {
+    let server = S3Server::start("mixed-bucket");
+    let local = tempfile::tempdir().unwrap();
+    let files = [
+        "labels.json",
+        "notes.txt",
+        "exports/e.json",
+        "AWSLogs/111111111111/readme.txt",
+        "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/01/a.json.gz",
+        "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/02/b.json.gz",
+        "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/02/c.json.gz",
+        "AWSLogs/111111111111/CloudTrail/us-east-1/2024/01/03/d.json.gz",
+        "AWSLogs/111111111111/CloudTrail/eu-west-1/2024/01/02/e.json.gz",
+        "AWSLogs/111111111111/CloudTrail-Digest/us-east-1/2024/01/02/f.json.gz",
+        "AWSLogs/111111111111/Config/us-east-1/2024/01/02/ConfigSnapshot/g.json.gz",
+        "AWSLogs/o-abcdefghij/222222222222/CloudTrail/top.json",
+        "AWSLogs/o-abcdefghij/222222222222/CloudTrail/ap-south-1/2024/01/02/h.json.gz",
+        "AWSLogs/o-abcdefghij/222222222222/CloudTrail/ap-south-1/2024/01/05/i.json.gz",
+        "AWSLogs/o-abcdefghij/222222222222/CloudTrail-Insight/ap-south-1/2024/01/02/j.json.gz",
+    ];
+    for root in [local.path().to_path_buf(), server.root.join("mixed-bucket/trail")] {
+        for f in files {
+            let path = root.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, f.as_bytes()).unwrap();
+        }
+    }
+    let lake = local.path().join("no-lake");
+    let lake = lake.to_str().unwrap();
+    let same = ["files_listed", "files_skipped", "skipped_by_reason", "files_to_read", "bytes_to_read"];
+    server.clear_seen();
+    let s3 = dry_run(&server, &server.url("trail/"), lake, &[]);
+    let disk = dry_run(&server, local.path().to_str().unwrap(), lake, &[]);
+    assert_eq!(s3["files_listed"], files.len(), "{s3}");
+    for field in same {
+        assert_eq!(s3[field], disk[field], "{field}: {s3}\n{disk}");
+    }
+    // Delimiter listings down to the regions, then every other folder in full: one listing for
+    // each region, and the digest, Insight, Config and exports folders (counted as skipped).
+    let lists: Vec<_> = server.seen().into_iter().filter(|s| s.is_list()).collect();
+    let mut in_full: Vec<String> = lists.iter().filter(|l| l.param("delimiter").is_none()).map(|l| l.param("prefix").unwrap_or_default()).collect();
+    in_full.sort();
+    let want = [
+        "trail/AWSLogs/111111111111/CloudTrail-Digest/",
+        "trail/AWSLogs/111111111111/CloudTrail/eu-west-1/",
+        "trail/AWSLogs/111111111111/CloudTrail/us-east-1/",
+        "trail/AWSLogs/111111111111/Config/",
+        "trail/AWSLogs/o-abcdefghij/222222222222/CloudTrail-Insight/",
+        "trail/AWSLogs/o-abcdefghij/222222222222/CloudTrail/ap-south-1/",
+        "trail/exports/",
+    ];
+    assert_eq!(in_full, want, "{lists:?}");
+    // trail/, AWSLogs/, the organization, two accounts and their CloudTrail/ folders.
+    assert_eq!(lists.len() - in_full.len(), 7, "{lists:?}");
+    // With dates, the same files to read from the date folders alone.
+    let range = ["--from", "2024-01-01", "--to", "2024-01-01"];
+    let (s3, disk) = (dry_run(&server, &server.url("trail/"), lake, &range), dry_run(&server, local.path().to_str().unwrap(), lake, &range));
+    assert_eq!((&s3["files_to_read"], &s3["bytes_to_read"]), (&disk["files_to_read"], &disk["bytes_to_read"]), "{s3}\n{disk}");
+    // a; b, c, e and h from the day after (late deliveries); exports/e.json; CloudTrail/top.json.
+    assert_eq!(s3["files_to_read"], 7, "{s3}");
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
 pub use records::{Item, Layout, RecordReader, StreamError, StreamErrorKind};
@@ -144,10 +144,7 @@ impl Location {
             }
             Location::Remote { url, store } => {
                 let list_err = |e: object_store::Error| SourceError::List { location: url.to_string(), source: e.into() };
-                let mut objects = match day_folders(range) {
-                    Some(days) => list_restricted(store.as_ref(), url, &days).await.map_err(list_err)?,
-                    None => store.list(None).try_collect().await.map_err(list_err)?,
-                };
+                let mut objects = list_remote(store.as_ref(), url, day_folders(range).as_deref()).await.map_err(list_err)?;
                 objects.sort_by(|a, b| a.location.cmp(&b.location));
                 let base = url.as_str().trim_end_matches('/');
                 for meta in objects {
@@ -168,68 +165,115 @@ fn day_folders(range: &DateRange) -> Option<Vec<NaiveDate>> {
     Some(days)
 }
 
-/// Lists with delimiters down to the `CloudTrail/<region>/` folders, then only the date folders
-/// of `days` under each (in parallel): a one-week range lists a week of keys, not a year's.
-/// Anything that is not under `AWSLogs/` is listed in full, as before.
-async fn list_restricted(
-    store: &dyn ObjectStore,
-    url: &Url,
-    days: &[NaiveDate],
-) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+/// How many listings run at once: one per region of an organization's trail bucket with a few
+/// accounts, and S3 answers each page in about 50 ms.
+const PARALLEL_LISTINGS: usize = 16;
+
+/// Lists an object store location. One that is or contains an `AWSLogs/` folder is listed with
+/// delimiters down to the `AWSLogs/[o-…/]<account>/CloudTrail/<region>/` folders, then each
+/// region folder is listed on its own, [`PARALLEL_LISTINGS`] at a time, instead of one page
+/// after the other for the whole archive. With `days`, only those date folders of each region
+/// are listed (a one-week range lists a week of keys, not a year's), and the digest, Insight
+/// and other services' folders beside `CloudTrail/` are not listed at all; without, they are
+/// listed in full, so the listing holds every key a flat listing would. Anything beside
+/// `AWSLogs/` is listed in full. Unsorted.
+async fn list_remote(store: &dyn ObjectStore, url: &Url, days: Option<&[NaiveDate]>) -> Result<Vec<ObjectMeta>, object_store::Error> {
     use futures::StreamExt;
-    let last = |p: &ObjectPath| p.parts().last().map(|x| x.as_ref().to_owned()).unwrap_or_default();
-    let mut objects = Vec::new();
-    // Where the AWS layout starts: the location itself (`…/AWSLogs/`) or a folder below it.
-    let mut aws_logs = Vec::new();
-    if url.path().trim_end_matches('/').rsplit('/').next() == Some("AWSLogs") {
-        aws_logs.push(None);
-    } else {
-        let top = store.list_with_delimiter(None).await?;
-        objects.extend(top.objects);
-        for p in top.common_prefixes {
-            if last(&p) == "AWSLogs" {
-                aws_logs.push(Some(p));
-            } else {
-                objects.extend(store.list(Some(&p)).try_collect::<Vec<_>>().await?);
-            }
-        }
+    let found = descend(store, url, days.is_none()).await?;
+    let mut objects = found.objects;
+    let mut folders = found.in_full;
+    match days {
+        Some(days) => folders.extend(found.regions.iter().flat_map(|r| {
+            days.iter().map(move |d| Some(r.clone().join(d.format("%Y").to_string()).join(d.format("%m").to_string()).join(d.format("%d").to_string())))
+        })),
+        None => folders.extend(found.regions.into_iter().map(Some)),
     }
-    // AWSLogs/[o-…/]<account>/CloudTrail/<region>/
-    let mut regions = Vec::new();
-    for root in aws_logs {
-        let level = store.list_with_delimiter(root.as_ref()).await?;
-        objects.extend(level.objects);
-        let mut accounts = Vec::new();
-        for p in level.common_prefixes {
-            if last(&p).starts_with("o-") {
-                let org = store.list_with_delimiter(Some(&p)).await?;
-                objects.extend(org.objects);
-                accounts.extend(org.common_prefixes);
-            } else {
-                accounts.push(p);
-            }
-        }
-        for account in accounts {
-            // Digest, Insight and other services' folders are never read: not listed either.
-            let trail = account.clone().join("CloudTrail");
-            let level = store.list_with_delimiter(Some(&trail)).await?;
-            objects.extend(level.objects);
-            regions.extend(level.common_prefixes);
-        }
-    }
-    let prefixes: Vec<ObjectPath> = regions
-        .iter()
-        .flat_map(|r| days.iter().map(move |d| r.clone().join(d.format("%Y").to_string()).join(d.format("%m").to_string()).join(d.format("%d").to_string())))
-        .collect();
-    let listed: Vec<Result<Vec<object_store::ObjectMeta>, object_store::Error>> = futures::stream::iter(prefixes)
-        .map(|p| async move { store.list(Some(&p)).try_collect::<Vec<_>>().await })
-        .buffer_unordered(16)
+    let listed: Vec<Result<Vec<ObjectMeta>, object_store::Error>> = futures::stream::iter(folders)
+        .map(|p| async move { store.list(p.as_ref()).try_collect::<Vec<_>>().await })
+        .buffer_unordered(PARALLEL_LISTINGS)
         .collect()
         .await;
     for l in listed {
         objects.extend(l?);
     }
     Ok(objects)
+}
+
+/// What [`descend`] found: objects met on the way down, the region folders, and the folders to
+/// list in full (`None`: the whole location).
+#[derive(Default)]
+struct Descent {
+    objects: Vec<ObjectMeta>,
+    regions: Vec<ObjectPath>,
+    in_full: Vec<Option<ObjectPath>>,
+}
+
+/// Walks down the AWS layout with delimiter listings to the `CloudTrail/<region>/` folders
+/// (the accounts' levels [`PARALLEL_LISTINGS`] at a time). Without an `AWSLogs/` folder (at the location or directly in it) the whole location is to be
+/// listed in full. `services`: list each account folder too, so that its digest, Insight and
+/// other services' folders are listed in full; otherwise only `<account>/CloudTrail/` is.
+async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<Descent, object_store::Error> {
+    use futures::StreamExt;
+    let last = |p: &ObjectPath| p.parts().next_back().map(|x| x.as_ref().to_owned()).unwrap_or_default();
+    let mut found = Descent::default();
+    // Where the AWS layout starts: the location itself (`…/AWSLogs/`) or a folder in it.
+    let mut aws_logs = Vec::new();
+    if url.path().trim_end_matches('/').rsplit('/').next() == Some("AWSLogs") {
+        aws_logs.push(None);
+    } else {
+        let top = store.list_with_delimiter(None).await?;
+        let (logs, beside): (Vec<_>, Vec<_>) = top.common_prefixes.into_iter().partition(|p| last(p) == "AWSLogs");
+        if logs.is_empty() {
+            found.in_full.push(None);
+            return Ok(found);
+        }
+        found.objects.extend(top.objects);
+        found.in_full.extend(beside.into_iter().map(Some));
+        aws_logs.extend(logs.into_iter().map(Some));
+    }
+    // AWSLogs/[o-…/]<account>/CloudTrail/<region>/
+    let mut accounts = Vec::new();
+    for root in aws_logs {
+        let level = store.list_with_delimiter(root.as_ref()).await?;
+        found.objects.extend(level.objects);
+        for p in level.common_prefixes {
+            if last(&p).starts_with("o-") {
+                let org = store.list_with_delimiter(Some(&p)).await?;
+                found.objects.extend(org.objects);
+                accounts.extend(org.common_prefixes);
+            } else {
+                accounts.push(p);
+            }
+        }
+    }
+    // An organization's accounts are many: their levels are listed in parallel too.
+    let per_account: Vec<Descent> = futures::stream::iter(accounts)
+        .map(|account| async move {
+            let mut found = Descent::default();
+            let mut trails = vec![account.clone().join("CloudTrail")];
+            if services {
+                let level = store.list_with_delimiter(Some(&account)).await?;
+                found.objects.extend(level.objects);
+                let (trail, other): (Vec<_>, Vec<_>) = level.common_prefixes.into_iter().partition(|p| last(p) == "CloudTrail");
+                trails = trail;
+                found.in_full.extend(other.into_iter().map(Some));
+            }
+            for trail in trails {
+                let level = store.list_with_delimiter(Some(&trail)).await?;
+                found.objects.extend(level.objects);
+                found.regions.extend(level.common_prefixes);
+            }
+            Ok::<_, object_store::Error>(found)
+        })
+        .buffer_unordered(PARALLEL_LISTINGS)
+        .try_collect()
+        .await?;
+    for f in per_account {
+        found.objects.extend(f.objects);
+        found.regions.extend(f.regions);
+        found.in_full.extend(f.in_full);
+    }
+    Ok(found)
 }
 
 /// Recursively lists regular files, sorted, not following symlinked folders (no loops).
@@ -487,6 +531,78 @@ mod tests {
         assert_eq!(days, vec![d("2024-02-28"), d("2024-02-29"), d("2024-03-01"), d("2024-03-02")]);
         assert!(day_folders(&DateRange { from: Some(d("2024-01-01")), to: None }).is_none());
         assert!(day_folders(&DateRange::default()).is_none());
+    }
+
+    /// Keys of every kind: beside `AWSLogs/`, at each level of the layout, other services'.
+    const MIXED: [&str; 12] = [
+        "labels.json",
+        "exports/e.json",
+        "AWSLogs/x.json",
+        "AWSLogs/111/readme.txt",
+        "AWSLogs/111/CloudTrail/us-east-1/2024/01/01/a.json.gz",
+        "AWSLogs/111/CloudTrail/us-east-1/2024/01/02/b.json.gz",
+        "AWSLogs/111/CloudTrail/eu-west-1/2024/01/03/c.json.gz",
+        "AWSLogs/111/CloudTrail-Digest/us-east-1/2024/01/01/d.json.gz",
+        "AWSLogs/111/Config/us-east-1/2024/01/01/e.json.gz",
+        "AWSLogs/o-abc/222/CloudTrail/top.json",
+        "AWSLogs/o-abc/222/CloudTrail/ap-south-1/2024/01/02/f.json.gz",
+        "AWSLogs/o-abc/222/CloudTrail-Insight/ap-south-1/2024/01/02/g.json.gz",
+    ];
+
+    async fn mixed_store(keys: &[&str]) -> Arc<dyn ObjectStore> {
+        let store = object_store::memory::InMemory::new();
+        for k in keys {
+            store.put(&ObjectPath::from(*k), bytes::Bytes::from(k.to_string()).into()).await.unwrap();
+        }
+        Arc::new(store)
+    }
+
+    async fn keys_of(store: &dyn ObjectStore, url: &str, days: Option<&[NaiveDate]>) -> Vec<String> {
+        let mut keys: Vec<String> = list_remote(store, &Url::parse(url).unwrap(), days).await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn an_undated_remote_listing_finds_every_key_a_flat_listing_finds() {
+        let store = mixed_store(&MIXED).await;
+        let mut flat: Vec<String> = MIXED.iter().map(|k| k.to_string()).collect();
+        flat.sort();
+        assert_eq!(keys_of(store.as_ref(), "s3://b/", None).await, flat);
+        // A location at `AWSLogs/` itself, and one without any `AWSLogs/` folder.
+        let logs: Arc<dyn ObjectStore> = Arc::new(object_store::prefix::PrefixStore::new(store.clone(), "AWSLogs"));
+        let under: Vec<String> = flat.iter().filter_map(|k| k.strip_prefix("AWSLogs/")).map(str::to_owned).collect();
+        assert_eq!(keys_of(logs.as_ref(), "s3://b/AWSLogs/", None).await, under);
+        let plain = mixed_store(&["a.json", "x/y/z.json", "x/AWSLogs.json"]).await;
+        assert_eq!(keys_of(plain.as_ref(), "s3://b/", None).await, ["a.json", "x/AWSLogs.json", "x/y/z.json"]);
+        // Sorted and classified as a flat listing would be.
+        let location = Location::Remote { url: Url::parse("s3://b/").unwrap(), store: store.clone() };
+        let listing = location.list(&DateRange::default()).await.unwrap();
+        let read: Vec<&str> = listing.objects.iter().map(|o| o.location.as_str()).collect();
+        let mut sorted = read.clone();
+        sorted.sort();
+        assert_eq!(read, sorted);
+        assert_eq!(listing.objects.len() + listing.skipped.len(), MIXED.len());
+        let mut reasons: Vec<String> = listing.skipped.iter().map(|s| s.reason.code()).collect();
+        reasons.sort();
+        assert_eq!(reasons, ["digest", "generator_labels", "insight", "not_cloudtrail:Config", "not_json"]);
+    }
+
+    #[tokio::test]
+    async fn a_dated_remote_listing_lists_only_the_date_folders() {
+        let store = mixed_store(&MIXED).await;
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = [d("2024-01-02")];
+        let keys = keys_of(store.as_ref(), "s3://b/", Some(&days)).await;
+        let want = [
+            "AWSLogs/111/CloudTrail/us-east-1/2024/01/02/b.json.gz",
+            "AWSLogs/o-abc/222/CloudTrail/ap-south-1/2024/01/02/f.json.gz",
+            "AWSLogs/o-abc/222/CloudTrail/top.json",
+            "AWSLogs/x.json",
+            "exports/e.json",
+            "labels.json",
+        ];
+        assert_eq!(keys, want);
     }
 
     #[test]

@@ -3,29 +3,14 @@
 
 pub mod s3;
 
+#[allow(unused_imports)] // not every test uses it
+pub use s3::files_under;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-
-/// Every regular file under `root`, recursively, sorted.
-pub fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// The real CloudTrail corpus shipped beside the repository.
 pub fn corpus() -> PathBuf {
