@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::lake::{Lake, LakeError};
@@ -50,7 +51,12 @@ pub enum SqlError {
 /// latest version whenever a query is planned), the `rejects` and `ingested_files` views, the
 /// JSON functions and the project's UDFs, with the time zone set to UTC.
 pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
-    let mut ctx = SessionContext::new_with_config(session_config());
+    // No Parquet footer cache: offering a query's thousands of footers to it costs more than
+    // its hits save, unless every file of a lake fits and queries repeat (measured on 2,880
+    // files: the first query 40% slower, the next ones 25% faster; on 29,567 files it only
+    // evicts). `SET datafusion.runtime.metadata_cache_limit = '1G'` turns it on.
+    let runtime = RuntimeEnvBuilder::new().with_metadata_cache_limit(0).build_arc()?;
+    let mut ctx = SessionContext::new_with_config_rt(session_config(), runtime);
     // requestparameters, responseelements and the other free-form columns are JSON text.
     datafusion_functions_json::register_all(&mut ctx)?;
     // baseline(), deviation_score(), anomaly_probability(): the detector's own model.
@@ -69,9 +75,18 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
 /// UTC, `information_schema`, and spans, so that planning errors (an unknown column or table)
 /// point at the statement's text.
 fn session_config() -> SessionConfig {
-    let mut config = SessionConfig::new().with_information_schema(true);
+    // Two partitions per core: lake files are small, so a scan stream spends much of its time
+    // waiting for a file's footer and column chunks; twice as many streams keep the cores busy
+    // (measured: 25-35% less time for full scans of a 29,567-file lake; more gains nothing).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut config = SessionConfig::new().with_information_schema(true).with_target_partitions(2 * cores);
     config.options_mut().execution.time_zone = Some("UTC".to_owned());
     config.options_mut().sql_parser.collect_spans = true;
+    // A join's dynamic filter is turned into a pruning predicate again for every file the probe
+    // side opens. Lake files are many and small, and their statistics are in the Delta log (the
+    // scan prunes with them at planning), so the per-file work costs more than it saves: off,
+    // joins of the events with a small table ran 1.6-1.9x faster on a 29,567-file lake.
+    config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
     config
 }
 

@@ -11,7 +11,7 @@
 //!   evaluated against each file's partition values and min/max/null-count statistics, so a
 //!   time range reads only the files of that range, without opening the others;
 //! - DataFusion's Parquet reader, with the session's Parquet options, reads the rest: nested
-//!   projection, row-group pruning, dynamic filters and the footer cache all apply;
+//!   projection, row-group pruning and dynamic filters all apply;
 //! - the exact row count from the log is the scan's statistic (joins order their sides by it,
 //!   and `count(*)` of a whole table is answered without reading any file).
 //!
@@ -33,7 +33,9 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, wrap_partition_type_in_dict, wrap_partition_value_in_dict};
+use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource, wrap_partition_type_in_dict, wrap_partition_value_in_dict};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
@@ -239,7 +241,20 @@ impl TableProvider for LakeTable {
             .with_projection_indices(Some(projection))?
             .with_limit(limit)
             .build();
-        format.create_physical_plan(session, config).await
+        if session.runtime_env().cache_manager.get_metadata_cache_limit() > 0 {
+            // DataFusion's own plan, which keeps footers in the session's cache.
+            return format.create_physical_plan(session, config).await;
+        }
+        // No footer cache (the default, see `sql::session`): footers are read directly, not
+        // offered to a cache of size 0 (which still measures each one).
+        let source = config
+            .file_source()
+            .downcast_ref::<ParquetSource>()
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal(format!("{}: a Parquet scan without a Parquet source", self.url)))?
+            .with_parquet_file_reader_factory(Arc::new(DefaultParquetFileReaderFactory::new(self.store.clone())));
+        let config = FileScanConfigBuilder::from(config).with_source(Arc::new(source)).build();
+        Ok(DataSourceExec::from_data_source(config))
     }
 }
 
