@@ -124,7 +124,8 @@ def main():
     ap.add_argument("--days", type=int, default=9)
     ap.add_argument("--events-per-day", type=int, default=100_000)
     ap.add_argument("--keys", type=int, default=50_000)
-    ap.add_argument("--jobs", type=int, default=16, help="--jobs of both backfills (S3 latency wants more than the CPUs)")
+    ap.add_argument("--jobs", type=int, help="--jobs of both backfills (default: Prism's, the number of CPUs)")
+    ap.add_argument("--downloads", type=int, help="--downloads of the S3 backfill (default: Prism's, 32)")
     ap.add_argument("--list-only", action="store_true", help="only the listing of the --keys tree, no backfills")
     a = ap.parse_args()
     prism = os.path.abspath(a.prism)
@@ -149,7 +150,8 @@ def main():
         for name, source in [] if a.list_only else [("local", os.path.join(bucket, "AWSLogs")), ("s3", "s3://trail/AWSLogs/")]:
             lake = os.path.join(a.work, f"lake-{name}")
             shutil.rmtree(lake, ignore_errors=True)
-            s, rss, out = timed([prism, "backfill", source, "--lake", lake, "--jobs", str(a.jobs), "--json"], env=env)
+            tuning = (["--jobs", str(a.jobs)] if a.jobs else []) + (["--downloads", str(a.downloads)] if a.downloads else [])
+            s, rss, out = timed([prism, "backfill", source, "--lake", lake, "--json"] + tuning, env=env)
             summary = json.loads(out)
             events = summary["ingest"]["records_written"]
             results[name] = (s, rss, events)

@@ -32,6 +32,13 @@ pub enum IngestError {
     Worker(String),
 }
 
+/// Remote objects in flight by default: enough to hide S3's first-byte latency (tens of
+/// milliseconds) behind the parsers of a few cores.
+pub const DEFAULT_DOWNLOADS: usize = 32;
+
+/// The most bytes of downloaded, not yet parsed objects held at once.
+pub const PREFETCH_BYTES: u64 = 64 << 20;
+
 /// What to ingest and how.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -44,6 +51,8 @@ pub struct IngestOptions {
     pub buffer_bytes: usize,
     /// Files parsed at once.
     pub parallelism: usize,
+    /// Remote objects downloaded ahead of the parsers at once (see [`PREFETCH_BYTES`]).
+    pub downloads: usize,
     /// List and compare with the journal only: report what a run would read, write nothing.
     pub dry_run: bool,
 }
@@ -57,6 +66,7 @@ impl IngestOptions {
             granularity: None,
             buffer_bytes: 128 << 20,
             parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            downloads: DEFAULT_DOWNLOADS,
             dry_run: false,
         }
     }
@@ -231,13 +241,37 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
     let producer = {
         let objects = objects.clone();
         let progress = progress.clone();
-        let parallelism = opts.parallelism.max(1);
+        let (parallelism, downloads) = (opts.parallelism.max(1), opts.downloads.max(1));
         tokio::spawn(async move {
             use futures::StreamExt;
+            // Remote objects are downloaded ahead of the parsers, `downloads` at once and at
+            // most PREFETCH_BYTES held, so that no parser waits for a response. The budget is
+            // taken in list order: the object the parsers need next always holds its share.
+            let budget = Arc::new(tokio::sync::Semaphore::new(PREFETCH_BYTES as usize));
             let results = futures::stream::iter(0..objects.len())
-                .map(|i| {
+                .then(|i| {
+                    let (budget, objects) = (budget.clone(), objects.clone());
+                    async move {
+                        let cost = if objects[i].prefetched() { objects[i].size.clamp(1, PREFETCH_BYTES) as u32 } else { 0 };
+                        (i, budget.acquire_many_owned(cost).await.ok())
+                    }
+                })
+                .map(|(i, permit)| {
+                    let objects = objects.clone();
+                    let download = tokio::spawn(async move { objects[i].prefetch().await });
+                    async move { (i, permit, download.await) }
+                })
+                .buffered(downloads)
+                .map(|(i, permit, download)| {
                     let (objects, tx, progress) = (objects.clone(), tx.clone(), progress.clone());
-                    tokio::task::spawn_blocking(move || parse_file(i, &objects[i], granularity, &tx, &progress))
+                    tokio::task::spawn_blocking(move || {
+                        let fetched = download.unwrap_or_else(|e| {
+                            let source = format!("the download stopped: {e}").into();
+                            Some(Err(SourceError::Open { location: objects[i].location.clone(), source }))
+                        });
+                        parse_file(i, &objects[i], fetched, granularity, &tx, &progress);
+                        drop(permit); // the body is parsed and dropped: its budget is free again
+                    })
                 })
                 .buffer_unordered(parallelism)
                 .collect::<Vec<_>>()
@@ -371,7 +405,14 @@ async fn flush(
 }
 
 /// Reads one file to the end, sending batches of checked records.
-fn parse_file(file: usize, obj: &SourceObject, granularity: Granularity, tx: &mpsc::Sender<Msg>, progress: &Progress) {
+fn parse_file(
+    file: usize,
+    obj: &SourceObject,
+    fetched: Option<Result<bytes::Bytes, SourceError>>,
+    granularity: Granularity,
+    tx: &mpsc::Sender<Msg>,
+    progress: &Progress,
+) {
     let mut result = FileResult { file, records: 0, rejects: Vec::new(), broken: None };
     let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
         source: obj.location.clone(),
@@ -382,7 +423,7 @@ fn parse_file(file: usize, obj: &SourceObject, granularity: Granularity, tx: &mp
     };
     let raw = Arc::new(AtomicU64::new(0));
     let json = Arc::new(AtomicU64::new(0));
-    let reader = match obj.open(raw.clone(), json.clone()) {
+    let reader = match fetched.transpose().and_then(|body| obj.open(body, raw.clone(), json.clone())) {
         Ok(r) => r,
         Err(e) => {
             result.broken = Some((reject(None, "read_error", e.to_string(), None), true));

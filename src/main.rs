@@ -284,6 +284,10 @@ struct IngestArgs {
     /// Files parsed at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
+    /// S3 objects downloaded at once, ahead of the parsers (at most 64 MiB of them held).
+    /// Raise it for a distant bucket: each object costs a round trip.
+    #[arg(long, default_value_t = prism::ingest::DEFAULT_DOWNLOADS, value_name = "N")]
+    downloads: usize,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -436,10 +440,28 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: the library's errors already show
+/// their source in their own message (`cannot list …: <the store's error>`), which anyhow's
+/// `{:#}` would repeat for every layer.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 fn ingest_options(args: &IngestArgs) -> anyhow::Result<IngestOptions> {
@@ -455,6 +477,7 @@ fn ingest_options(args: &IngestArgs) -> anyhow::Result<IngestOptions> {
     if let Some(j) = args.jobs {
         opts.parallelism = j.max(1);
     }
+    opts.downloads = args.downloads.max(1);
     opts.dry_run = args.dry_run;
     Ok(opts)
 }

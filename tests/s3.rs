@@ -307,6 +307,49 @@ fn faults_are_retried_and_an_object_that_keeps_failing_is_reported() {
     assert!(!server.keys("insights/AWSLogs/").is_empty());
 }
 
+/// A refused listing fails the run with one line that names the location and says the store's
+/// answer once, not once per layer of the error.
+#[test]
+fn a_refused_listing_is_one_clear_error() {
+    let server = server_with_archive();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let source = server.url("trail/AWSLogs/");
+    let out = Command::new(prism_bin())
+        .args(["ingest", &source, "--lake", lake.to_str().unwrap()])
+        .envs(server.env())
+        .env("AWS_ACCESS_KEY_ID", "nobody")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(line.contains(&format!("cannot list `{source}`")), "{line}");
+    assert_eq!(line.matches("NotSignedUp").count(), 1, "{line}");
+    assert_eq!(line.matches("cannot list").count(), 1, "{line}");
+}
+
+/// Downloads run ahead of the parsers, as many at once as `--downloads` says and no more: with
+/// one parser and slow answers, the server sees that many GETs open together, and the lake ends
+/// with the same events as from the folder.
+#[test]
+fn downloads_run_ahead_of_the_parsers_and_stay_bounded() {
+    let server = server_with_archive();
+    // The first 40 object GETs are held 300 ms each: long enough that downloads overlap.
+    server.add_rule("GET /trail-bucket/trail/", Fault::Slow(std::time::Duration::from_millis(300)), 40);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake = lake.to_str().unwrap();
+    let source = server.url("trail/AWSLogs/");
+    let out = ok(Some(&server), &["ingest", &source, "--lake", lake, "--jobs", "1", "--downloads", "6", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["files_read"].as_u64(), Some(server.keys("trail/AWSLogs/").len() as u64), "{summary}");
+    let most = server.max_gets_in_flight();
+    assert!((4..=6).contains(&most), "{most} GETs at once with --jobs 1 --downloads 6");
+    let counts = sql(None, lake, "SELECT count(*), count(DISTINCT eventid), min(eventtime), max(eventtime) FROM events");
+    assert_eq!(counts, local_reference().1.0);
+}
+
 /// Files with names that sort awkwardly around `/` (`a+b`, `a-b`, `a.b` < `a/…` < `a0`), a
 /// non-ASCII name, deep and empty folders, and a folder of 24 keys to page through. Each
 /// file's content is its key, so sizes tell files apart.

@@ -309,6 +309,11 @@ pub enum ObjectRef {
     Remote { store: Arc<dyn ObjectStore>, path: ObjectPath },
 }
 
+/// Remote objects up to this size are downloaded whole ahead of parsing
+/// ([`SourceObject::prefetch`]); larger ones are streamed by their parser. CloudTrail delivers
+/// objects of kilobytes to a few MiB.
+pub const PREFETCH_MAX_OBJECT: u64 = 8 << 20;
+
 /// An object to read.
 #[derive(Clone)]
 pub struct SourceObject {
@@ -485,18 +490,40 @@ impl SourceObject {
         (self.key.date, stamp, &self.location)
     }
 
-    /// Opens the object as a stream of decompressed bytes. Must run on a blocking thread
-    /// (remote objects are bridged from async). `raw_bytes` and `json_bytes` count what was
-    /// read before and after decompression.
+    /// Whether [`SourceObject::prefetch`] downloads this object whole: remote, and no larger
+    /// than [`PREFETCH_MAX_OBJECT`].
+    pub fn prefetched(&self) -> bool {
+        matches!(self.object, ObjectRef::Remote { .. }) && self.size <= PREFETCH_MAX_OBJECT
+    }
+
+    /// Downloads a remote object whole, so that its request's latency overlaps the parsing of
+    /// others instead of stalling a parser (a parser that streams its own object waits for
+    /// every chunk). `None` for what [`SourceObject::open`] streams itself: local files and
+    /// objects over [`PREFETCH_MAX_OBJECT`]. Failed requests are retried by the store.
+    pub async fn prefetch(&self) -> Option<Result<bytes::Bytes, SourceError>> {
+        let ObjectRef::Remote { store, path } = &self.object else { return None };
+        if !self.prefetched() {
+            return None;
+        }
+        let result = async { store.get(path).await?.bytes().await }.await;
+        Some(result.map_err(|e| SourceError::Open { location: self.location.clone(), source: e.into() }))
+    }
+
+    /// Opens the object as a stream of decompressed bytes: `fetched`, the body
+    /// [`SourceObject::prefetch`] downloaded, or else the file or the object itself. Must run
+    /// on a blocking thread (remote objects are bridged from async). `raw_bytes` and
+    /// `json_bytes` count what was read before and after decompression.
     pub fn open(
         &self,
+        fetched: Option<bytes::Bytes>,
         raw_bytes: Arc<AtomicU64>,
         json_bytes: Arc<AtomicU64>,
     ) -> Result<Box<dyn Read + Send>, SourceError> {
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| SourceError::Open { location: self.location.clone(), source: e };
-        let raw: Box<dyn Read + Send> = match &self.object {
-            ObjectRef::Local(path) => Box::new(File::open(path).map_err(|e| open_err(e.into()))?),
-            ObjectRef::Remote { store, path } => {
+        let raw: Box<dyn Read + Send> = match (&self.object, fetched) {
+            (_, Some(body)) => Box::new(io::Cursor::new(body)),
+            (ObjectRef::Local(path), None) => Box::new(File::open(path).map_err(|e| open_err(e.into()))?),
+            (ObjectRef::Remote { store, path }, None) => {
                 let handle = tokio::runtime::Handle::current();
                 let result = handle
                     .block_on(store.get(path))
@@ -561,6 +588,40 @@ mod tests {
         let mut keys: Vec<String> = list_remote(store, &Url::parse(url).unwrap(), days).await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
         keys.sort();
         keys
+    }
+
+    /// Small objects are downloaded whole by `prefetch`, large ones streamed by `open`; both
+    /// read back the same bytes, gzip or not, and count them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_objects_are_prefetched_and_large_ones_streamed_alike() {
+        let store = object_store::memory::InMemory::new();
+        let small = br#"{"Records":[{"eventID":"a"}]}"#.to_vec();
+        let large = [b"{\"Records\":[".as_slice(), &b"{\"eventID\":\"b\"},".repeat(600_000), b"{}]}"].concat();
+        assert!(large.len() as u64 > PREFETCH_MAX_OBJECT);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &large).unwrap();
+        let large_gz = gz.finish().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
+        let cases = [("small.json", &small, small.clone()), ("large.json", &large, large.clone()), ("large.json.gz", &large, large_gz)];
+        for (key, plain, stored) in cases {
+            let size = stored.len() as u64;
+            store.put(&ObjectPath::from(key), bytes::Bytes::from(stored).into()).await.unwrap();
+            let object = ObjectRef::Remote { store: store.clone(), path: ObjectPath::from(key) };
+            let obj = SourceObject { location: format!("s3://b/{key}"), size, key: KeyInfo::default(), object };
+            let fetched = obj.prefetch().await.transpose().unwrap();
+            assert_eq!(fetched.is_some(), size <= PREFETCH_MAX_OBJECT, "{key}");
+            let (raw, json) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let (r, j) = (raw.clone(), json.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                obj.open(fetched, r, j).unwrap().read_to_end(&mut out).unwrap();
+                out
+            })
+            .await
+            .unwrap();
+            assert!(read == *plain, "{key}: read {} bytes, expected {}", read.len(), plain.len());
+            assert_eq!((raw.load(Ordering::Relaxed), json.load(Ordering::Relaxed)), (size, plain.len() as u64), "{key}");
+        }
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +83,26 @@ struct State {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
     faults_injected: Mutex<u64>,
+    /// Object GETs being answered now, and the most there were at once.
+    gets_in_flight: AtomicUsize,
+    max_gets_in_flight: AtomicUsize,
+}
+
+/// Counts an object GET as in flight until its answer (headers) is ready.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> InFlight<'a> {
+        let now = state.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_gets_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Who answers ListObjects(V2).
@@ -198,6 +219,11 @@ impl S3Server {
 
     pub fn clear_seen(&self) {
         self.state.seen.lock().unwrap().clear();
+    }
+
+    /// The most object GETs the server was answering at once (a `Slow` fault holds one open).
+    pub fn max_gets_in_flight(&self) -> usize {
+        self.state.max_gets_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn faults_injected(&self) -> u64 {
@@ -317,6 +343,7 @@ async fn handle(
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().as_str().to_owned();
     let target = format!("{method} {path}?{query}");
+    let _in_flight = (method == "GET" && path.trim_matches('/').contains('/')).then(|| InFlight::enter(state));
     if state.record {
         state.seen.lock().unwrap().push(Seen { method, path, query });
     }
