@@ -265,10 +265,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
                 .map(|(i, permit, download)| {
                     let (objects, tx, progress) = (objects.clone(), tx.clone(), progress.clone());
                     tokio::task::spawn_blocking(move || {
-                        let fetched = download.unwrap_or_else(|e| {
-                            let source = format!("the download stopped: {e}").into();
-                            Some(Err(SourceError::Open { location: objects[i].location.clone(), source }))
-                        });
+                        let fetched = download.unwrap_or_else(|e| Some(Err(objects[i].open_error(format!("the download stopped: {e}").into()))));
                         parse_file(i, &objects[i], fetched, granularity, &tx, &progress);
                         drop(permit); // the body is parsed and dropped: its budget is free again
                     })

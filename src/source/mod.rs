@@ -209,9 +209,10 @@ struct Descent {
 }
 
 /// Walks down the AWS layout with delimiter listings to the `CloudTrail/<region>/` folders
-/// (the accounts' levels [`PARALLEL_LISTINGS`] at a time). Without an `AWSLogs/` folder (at the location or directly in it) the whole location is to be
-/// listed in full. `services`: list each account folder too, so that its digest, Insight and
-/// other services' folders are listed in full; otherwise only `<account>/CloudTrail/` is.
+/// (the accounts' levels [`PARALLEL_LISTINGS`] at a time). Without an `AWSLogs/` folder (at the
+/// location or directly in it) the whole location is to be listed in full. `services`: list
+/// each account folder too, so that its digest, Insight and other services' folders are listed
+/// in full; otherwise only `<account>/CloudTrail/` is.
 async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<Descent, object_store::Error> {
     use futures::StreamExt;
     let last = |p: &ObjectPath| p.parts().next_back().map(|x| x.as_ref().to_owned()).unwrap_or_default();
@@ -506,7 +507,12 @@ impl SourceObject {
             return None;
         }
         let result = async { store.get(path).await?.bytes().await }.await;
-        Some(result.map_err(|e| SourceError::Open { location: self.location.clone(), source: e.into() }))
+        Some(result.map_err(|e| self.open_error(e.into())))
+    }
+
+    /// The error of an object that could not be read, naming it.
+    pub fn open_error(&self, source: Box<dyn std::error::Error + Send + Sync>) -> SourceError {
+        SourceError::Open { location: self.location.clone(), source }
     }
 
     /// Opens the object as a stream of decompressed bytes: `fetched`, the body
@@ -519,7 +525,7 @@ impl SourceObject {
         raw_bytes: Arc<AtomicU64>,
         json_bytes: Arc<AtomicU64>,
     ) -> Result<Box<dyn Read + Send>, SourceError> {
-        let open_err = |e: Box<dyn std::error::Error + Send + Sync>| SourceError::Open { location: self.location.clone(), source: e };
+        let open_err = |e| self.open_error(e);
         let raw: Box<dyn Read + Send> = match (&self.object, fetched) {
             (_, Some(body)) => Box::new(io::Cursor::new(body)),
             (ObjectRef::Local(path), None) => Box::new(File::open(path).map_err(|e| open_err(e.into()))?),
