@@ -66,12 +66,67 @@ impl fmt::Display for Location {
     }
 }
 
-/// Registers the `s3://` scheme with the object-store factories (once per process). The S3
-/// store uses the AWS SDK's default credential chain (environment, profile, SSO, container and
-/// instance roles) and honours `AWS_ENDPOINT_URL` for S3-compatible stores.
+/// Registers the `s3://` and `s3a://` schemes with delta-rs's object-store and log-store
+/// factories (once per process).
+///
+/// The store is object_store's own S3 client, not the AWS SDK: it builds in seconds rather than
+/// minutes, and covers the credentials a server or CI job has (the `AWS_*` environment
+/// variables, web identity tokens, ECS task roles and EC2 instance roles). Named profiles and
+/// SSO are not read: `eval "$(aws configure export-credentials --format env)"` turns any profile
+/// into environment variables. `AWS_ENDPOINT_URL` (with `AWS_ALLOW_HTTP=true` for plain http)
+/// points it at S3-compatible stores. Commits use S3's conditional writes (`If-None-Match`), so
+/// two writers can never both create one table version.
 pub fn register_object_stores() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+    ONCE.call_once(|| {
+        use deltalake::logstore::{logstore_factories, object_store_factories};
+        let store = Arc::new(S3StoreFactory);
+        let log = Arc::new(S3LogStoreFactory);
+        for scheme in ["s3://", "s3a://"] {
+            let Ok(url) = Url::parse(scheme) else { continue };
+            object_store_factories().insert(url.clone(), store.clone());
+            logstore_factories().insert(url, log.clone());
+        }
+    });
+}
+
+/// Builds an S3 store from the environment, the URL and the options delta-rs parsed
+/// ([`storage_options`] and any `aws_*` key).
+struct S3StoreFactory;
+
+impl deltalake::logstore::ObjectStoreFactory for S3StoreFactory {
+    fn parse_url_opts(
+        &self,
+        url: &Url,
+        config: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<(Arc<dyn ObjectStore>, ObjectPath)> {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        use std::str::FromStr;
+        let mut builder = AmazonS3Builder::from_env().with_url(url.as_str()).with_retry(config.retry.clone());
+        for (key, value) in &config.raw {
+            if let Ok(key) = AmazonS3ConfigKey::from_str(&key.to_ascii_lowercase()) {
+                builder = builder.with_config(key, value.clone());
+            }
+        }
+        let store = builder.build()?;
+        let prefix = ObjectPath::parse(url.path())?;
+        Ok((Arc::new(store), prefix))
+    }
+}
+
+/// Delta's default log store: commits are put-if-absent, which S3 honours natively.
+struct S3LogStoreFactory;
+
+impl deltalake::logstore::LogStoreFactory for S3LogStoreFactory {
+    fn with_options(
+        &self,
+        prefixed_store: Arc<dyn ObjectStore>,
+        root_store: Arc<dyn ObjectStore>,
+        location: &Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(prefixed_store, root_store, location, options))
+    }
 }
 
 /// Object-store options from the environment, for every S3 store Prism opens (sources, lakes,
