@@ -1,4 +1,4 @@
-//! The tests' S3 server (tests/common/s3.rs: s3s + s3s-fs with its own ListObjectsV2) serving a
+//! The tests' S3 server (tests/e2e/common/s3.rs: s3s + s3s-fs with its own ListObjectsV2) serving a
 //! folder, for `benches/s3_vs_local.py`: each subfolder of `--root` is a bucket. Prints one JSON
 //! line with the endpoint and credentials, then serves until killed.
 //!
@@ -6,7 +6,7 @@
 //! s3s-fs's own code (the whole bucket per page), to compare. `cargo bench` appends `--bench`:
 //! it is ignored, and without `--root` the binary exits at once.
 
-#[path = "../tests/common/s3.rs"]
+#[path = "../tests/e2e/common/s3.rs"]
 mod s3;
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 """S3 benchmark: `prism backfill` from a loopback S3 server against the same backfill from a
 local folder, and the time to list many keys.
 
-The server is by default `benches/s3_server.rs`: the tests' own server (tests/common/s3.rs,
+The server is by default `benches/s3_server.rs`: the tests' own server (tests/e2e/common/s3.rs,
 s3s + s3s-fs) serving a folder on 127.0.0.1, with its own ListObjectsV2 that walks only the
 folder a prefix names, from the resume point on, as an indexed store (S3, MinIO) lists. Stock
 s3s-fs walks the whole bucket for every 1,000-key page, which measures the server, not Prism:

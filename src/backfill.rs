@@ -18,9 +18,9 @@ use crate::lake::{Lake, LakeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
-    #[error("ingest: {0}")]
+    #[error("ingest")]
     Ingest(#[from] IngestError),
-    #[error("insights: {0}")]
+    #[error("insights")]
     Insights(#[from] InsightsError),
     #[error(transparent)]
     Lake(#[from] LakeError),

@@ -10,7 +10,7 @@ use crate::insights::{self, quality::Quality, Mode, RunOptions};
 pub enum DemoError {
     #[error("{0} exists and was not made by `prism demo`; choose another --dir or remove it")]
     NotOurs(PathBuf),
-    #[error("preparing {path}: {source}")]
+    #[error("preparing {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Generate(#[from] crate::generate::GenerateError),
@@ -22,7 +22,7 @@ pub enum DemoError {
     Lake(#[from] crate::lake::LakeError),
     #[error(transparent)]
     Sql(#[from] crate::sql::SqlError),
-    #[error("the sample query failed: {0}")]
+    #[error("the sample query failed")]
     Query(#[from] datafusion::error::DataFusionError),
     #[error("a worker failed: {0}")]
     Worker(String),

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::lake::{EventIndex, Lake, LakeError};
+use crate::rollup::Rollups;
 use crate::schema::{self, EventBatchBuilder, Granularity};
 use crate::source::{DateRange, Item, Location, RecordReader, SourceError, SourceObject, StreamErrorKind};
 
@@ -222,6 +223,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
         return dry_run(opts, started).await;
     }
     let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let mut rollups = Rollups::open(&lake).await?;
     let granularity = lake.config().granularity;
     let mut summary = IngestSummary {
         lake: lake.url().to_string(),
@@ -273,7 +275,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
                 .buffer_unordered(parallelism)
                 .collect::<Vec<_>>()
                 .await;
-            results.into_iter().find_map(|r| r.err()).map(|e| e.to_string())
+            results.into_iter().find_map(|r| r.err()).map(|e| crate::error::report(&e))
         })
     };
 
@@ -297,7 +299,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
         }
         let due = pending_bytes >= opts.buffer_bytes || (last_commit.elapsed().as_secs() >= 60 && !finished.is_empty());
         if end || due {
-            flush(&mut lake, &mut index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
+            flush(&mut lake, &mut rollups, &mut index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
             pending_bytes = 0;
             last_commit = Instant::now();
         }
@@ -322,6 +324,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
 #[allow(clippy::too_many_arguments)]
 async fn flush(
     lake: &mut Lake,
+    rollups: &mut Rollups,
     index: &mut EventIndex,
     pending: &mut Vec<RecordBatch>,
     objects: &[SourceObject],
@@ -342,7 +345,7 @@ async fn flush(
         }
         progress.written.fetch_add(outcome.written, Ordering::Relaxed);
         // Before the journal: a file is journaled only once its events are counted too.
-        crate::rollup::catch_up(lake).await?;
+        rollups.catch_up(lake).await?;
         for (src, n) in outcome.duplicates_by_source {
             summary.duplicates_dropped += n;
             *dups_by_source.entry(src).or_default() += n;
@@ -423,7 +426,7 @@ fn parse_file(
     let reader = match fetched.transpose().and_then(|body| obj.open(body, raw.clone(), json.clone())) {
         Ok(r) => r,
         Err(e) => {
-            result.broken = Some((reject(None, "read_error", e.to_string(), None), true));
+            result.broken = Some((reject(None, "read_error", crate::error::report(&e), None), true));
             let _ = tx.blocking_send(Msg::Done(result));
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             return;
@@ -553,7 +556,7 @@ impl IngestLogBuilder {
             A::new(self.run.finish()),
             A::new(self.at.finish().with_timezone("UTC")),
         ];
-        RecordBatch::try_new(crate::lake::ingest_log_schema(), columns)
+        RecordBatch::try_new(crate::schema::tables::ingest_log_schema(), columns)
             .unwrap_or_else(|e| panic!("ingest_log schema mismatch: {e}"))
     }
 }

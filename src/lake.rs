@@ -45,25 +45,43 @@ use crate::schema::{self, Granularity, AWS_REGION, EVENT_ID, EVENT_PERIOD, EVENT
 pub enum LakeError {
     #[error("`{location}` is not a usable lake location: {reason}")]
     InvalidLocation { location: String, reason: String },
-    #[error("{context}: {source}")]
+    #[error("`{location}` is not a usable lake location")]
+    Location {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("lake settings `{path}`")]
+    ConfigJson {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{context}")]
+    Task {
+        context: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("{context}")]
     Delta {
         context: String,
         #[source]
         source: DeltaTableError,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Store {
         context: String,
         #[source]
         source: object_store::Error,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Parquet {
         context: String,
         #[source]
         source: parquet::errors::ParquetError,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Arrow {
         context: String,
         #[source]
@@ -115,7 +133,7 @@ impl Default for LakeConfig {
 
 pub const CONFIG_FILE: &str = "prism.json";
 pub const EVENTS_TABLE: &str = "events";
-pub const INGEST_LOG_TABLE: &str = "ingest_log";
+pub use crate::schema::tables::INGEST_LOG as INGEST_LOG_TABLE;
 
 /// An open lake.
 pub struct Lake {
@@ -124,24 +142,21 @@ pub struct Lake {
     config: LakeConfig,
     events: DeltaTable,
     ingest_log: DeltaTable,
-    /// Derived counts of `events` (see [`crate::rollup`]).
-    pub(crate) rollups: DeltaTable,
-    /// Events files the rollups already count, loaded on first use.
-    pub(crate) rolled_files: Option<HashSet<String>>,
 }
 
 /// Turns a lake argument (a path, `file://` or `s3://` URL) into a URL ending in `/`; a local
 /// folder is created when `create` is set, and must exist otherwise.
 pub fn lake_url(location: &str, create: bool) -> Result<Url> {
     let invalid = |reason: String| LakeError::InvalidLocation { location: location.to_owned(), reason };
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Location { location: location.to_owned(), source };
     let mut url = if location.contains("://") {
-        Url::parse(location).map_err(|e| invalid(e.to_string()))?
+        Url::parse(location).map_err(|e| failed(e.into()))?
     } else {
         let path = std::path::Path::new(location);
         if create {
-            std::fs::create_dir_all(path).map_err(|e| invalid(e.to_string()))?;
+            std::fs::create_dir_all(path).map_err(|e| failed(e.into()))?;
         }
-        let abs = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+        let abs = std::fs::canonicalize(path).map_err(|e| failed(e.into()))?;
         Url::from_directory_path(&abs).map_err(|_| invalid("not an absolute path".into()))?
     };
     if !matches!(url.scheme(), "file" | "s3" | "s3a" | "memory") {
@@ -157,9 +172,18 @@ pub fn lake_url(location: &str, create: bool) -> Result<Url> {
 impl Lake {
     /// Opens the lake at `location`, creating it (with `granularity`, default minute) when it
     /// does not exist. A granularity that differs from an existing lake's is an error.
+    ///
+    /// Every table of [`crate::schema::tables`] is created too, empty, so that every query
+    /// (and `\d`) sees the whole lake before Insights or scheduled queries first write.
     pub async fn open_or_create(location: &str, granularity: Option<Granularity>) -> Result<Lake> {
         let (url, store) = connect(location, true)?;
-        Lake::load(url, store, granularity).await
+        let lake = Lake::load(url, store, granularity).await?;
+        for (name, schema) in crate::schema::tables::all() {
+            if name != INGEST_LOG_TABLE {
+                lake.table(name, schema, &[]).await?;
+            }
+        }
+        Ok(lake)
     }
 
     /// Opens an existing lake; an error if there is none at `location` (nothing is created).
@@ -197,9 +221,8 @@ impl Lake {
             &[(deltalake::TableProperty::DataSkippingStatsColumns, EVENTS_STATS_COLUMNS)],
         )
         .await?;
-        let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, ingest_log_schema(), &[], &[]).await?;
-        let rollups = crate::rollup::open(&url).await?;
-        Ok(Lake { url, store, config, events, ingest_log, rollups, rolled_files: None })
+        let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, crate::schema::tables::ingest_log_schema(), &[], &[]).await?;
+        Ok(Lake { url, store, config, events, ingest_log })
     }
 
     pub fn url(&self) -> &Url {
@@ -213,7 +236,7 @@ impl Lake {
     /// Replaces the lake's settings file (one atomic put).
     pub async fn save_config(&mut self, config: LakeConfig) -> Result<()> {
         let shown = format!("{}{CONFIG_FILE}", self.url);
-        let body = serde_json::to_vec_pretty(&config).map_err(|e| LakeError::Config { path: shown.clone(), reason: e.to_string() })?;
+        let body = serde_json::to_vec_pretty(&config).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })?;
         self.store
             .put(&ObjectPath::from(CONFIG_FILE), PutPayload::from(body))
             .await
@@ -228,10 +251,6 @@ impl Lake {
 
     pub fn ingest_log(&self) -> &DeltaTable {
         &self.ingest_log
-    }
-
-    pub fn rollups(&self) -> &DeltaTable {
-        &self.rollups
     }
 
     /// Opens (or creates) another table of the lake, such as the scheduler's run history.
@@ -426,7 +445,7 @@ impl Lake {
         }
         let mut adds = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let lane = joined.map_err(|e| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("a writer task failed: {e}") })?;
+            let lane = joined.map_err(|source| LakeError::Task { context: format!("a writer task of {EVENTS_TABLE} failed"), source })?;
             adds.extend(lane?);
         }
         Ok(adds)
@@ -627,7 +646,7 @@ async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &Lake
     let path = ObjectPath::from(CONFIG_FILE);
     let shown = format!("{url}{CONFIG_FILE}");
     let read = |bytes: &[u8]| {
-        serde_json::from_slice::<LakeConfig>(bytes).map_err(|e| LakeError::Config { path: shown.clone(), reason: e.to_string() })
+        serde_json::from_slice::<LakeConfig>(bytes).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })
     };
     match store.get(&path).await {
         Ok(r) => {
@@ -635,7 +654,7 @@ async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &Lake
             read(&bytes)
         }
         Err(object_store::Error::NotFound { .. }) => {
-            let body = serde_json::to_vec_pretty(wanted).map_err(|e| LakeError::Config { path: shown.clone(), reason: e.to_string() })?;
+            let body = serde_json::to_vec_pretty(wanted).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })?;
             // Create-only, so two processes creating the same lake agree on one config.
             match store.put_opts(&path, PutPayload::from(body), PutMode::Create.into()).await {
                 Ok(_) => Ok(wanted.clone()),
@@ -667,11 +686,11 @@ pub async fn open_or_create_table(
     partitions: &[&str],
     properties: &[(deltalake::TableProperty, &str)],
 ) -> Result<DeltaTable> {
-    let url = lake.join(&format!("{name}/")).map_err(|e| LakeError::InvalidLocation { location: lake.to_string(), reason: e.to_string() })?;
+    let url = lake.join(&format!("{name}/")).map_err(|e| LakeError::Location { location: lake.to_string(), source: e.into() })?;
     if url.scheme() == "file"
         && let Ok(dir) = url.to_file_path()
     {
-        std::fs::create_dir_all(&dir).map_err(|e| LakeError::InvalidLocation { location: url.to_string(), reason: e.to_string() })?;
+        std::fs::create_dir_all(&dir).map_err(|e| LakeError::Location { location: url.to_string(), source: e.into() })?;
     }
     let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta(format!("opening {url}")))?;
     if table.version().is_some() {
@@ -695,23 +714,3 @@ pub async fn open_or_create_table(
     }
 }
 
-/// Schema of `ingest_log`: `kind` is `file` (one row per ingested file) or `reject` (one row
-/// per rejected record or damaged file).
-pub fn ingest_log_schema() -> SchemaRef {
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    Arc::new(Schema::new(vec![
-        Field::new("kind", DataType::Utf8, true),
-        Field::new("sourcefile", DataType::Utf8, true),
-        Field::new("recordindex", DataType::Int64, true),
-        Field::new("reason", DataType::Utf8, true),
-        Field::new("message", DataType::Utf8, true),
-        Field::new("record", DataType::Utf8, true),
-        Field::new("filesize", DataType::Int64, true),
-        Field::new("records", DataType::Int64, true),
-        Field::new("kept", DataType::Int64, true),
-        Field::new("duplicates", DataType::Int64, true),
-        Field::new("rejected", DataType::Int64, true),
-        Field::new("runid", DataType::Utf8, true),
-        Field::new("ingestedat", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
-    ]))
-}

@@ -1,31 +1,36 @@
-//! Prism: CloudTrail archives to a SQL-queryable Parquet lake.
+//! Prism: CloudTrail archives to a SQL-queryable Parquet lake, with CloudTrail Insights
+//! computed locally.
 //!
-//! The modules follow the data's path:
+//! The modules follow the data's path, each using only those above it:
+//! - [`error`]: how errors show each cause once;
 //! - [`source`]: find archives (local or S3), classify keys, stream records out of files;
-//! - [`schema`]: the `events` table schema, record parsing and checks;
+//! - [`schema`]: the tables' schemas, record parsing and checks;
 //! - [`lake`]: the Delta tables, deduplication and atomic commits;
 //! - [`rollup`]: per-minute and per-hour call counts derived from the events;
-//! - [`ingest`]: the pipeline from sources to the lake, with its summary;
-//! - [`insights`]: baselines, scores, the detector, Insights records, tables and files;
-//! - [`udf`]: the model's SQL functions;
-//! - [`sql`]: the DataFusion session over the lake;
+//! - [`ingest`]: the pipeline from sources to the lake and its rollups, with its summary;
+//! - [`model`]: baselines and deviation scores, shared by the detector and the SQL functions;
+//! - [`sql`]: everything DataFusion: the session over the lake, its scan, the UDFs, the REPL;
+//! - [`generate`]: realistic archives with labelled anomalies (a test and demo source);
+//! - [`insights`]: the detector, Insights records, their tables and files, and their quality
+//!   against a generator's labels;
 //! - [`schedule`]: scheduled queries and their run history;
-//! - [`generate`]: realistic archives with labelled anomalies.
+//! - [`backfill`] and [`demo`]: the commands that chain the steps above.
 //!
-//! The `prism` binary is a thin command-line layer over these.
+//! The `prism` binary is a thin command-line layer over these (`src/cli/`).
 
-pub mod backfill;
-pub mod demo;
-pub mod generate;
-pub mod ingest;
-pub mod insights;
+pub mod error;
+pub mod source;
+pub mod schema;
 pub mod lake;
 pub mod rollup;
-pub mod schedule;
-pub mod schema;
-pub mod source;
+pub mod ingest;
+pub mod model;
 pub mod sql;
-pub mod udf;
+pub mod generate;
+pub mod insights;
+pub mod schedule;
+pub mod backfill;
+pub mod demo;
 
 pub use ingest::{ingest, IngestOptions, IngestSummary, Progress};
 pub use lake::Lake;

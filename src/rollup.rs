@@ -1,7 +1,7 @@
 //! Per-minute and per-hour API call counts kept beside the events, so that Insights read
 //! thousands of rows per series instead of millions of events.
 //!
-//! The `rollups` table is *derived* from `events`: [`catch_up`] counts every events file not
+//! The `rollups` table is *derived* from `events`: [`Rollups::catch_up`] counts every events file not
 //! yet counted, and writes the counts (summed over those files) with one `file` row per file
 //! counted, in one commit. Ingest calls it after each events commit; Insights call it before
 //! reading. A crash between the two commits therefore loses nothing (the next catch-up counts
@@ -21,14 +21,14 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, StructArray,
     TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::lake::{self, Lake, LakeError};
+use crate::schema::tables::ROLLUPS as ROLLUPS_TABLE;
 
-pub const ROLLUPS_TABLE: &str = "rollups";
 pub const MINUTE: &str = "minute";
 pub const HOUR: &str = "hour";
 /// One row per events file counted (`datafile`, and its events in `calls`).
@@ -37,26 +37,6 @@ pub const FILE: &str = "file";
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
 
-/// Schema of `rollups`. `errorcode` is null for calls that succeeded; `useridentityarn` and
-/// `useragent` are null on minute rows.
-pub fn rollups_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("recipientaccountid", DataType::Utf8, false),
-        Field::new("awsregion", DataType::Utf8, false),
-        Field::new("period", ts, false),
-        Field::new("eventsource", DataType::Utf8, false),
-        Field::new("eventname", DataType::Utf8, false),
-        Field::new("errorcode", DataType::Utf8, true),
-        Field::new("readonly", DataType::Boolean, true),
-        Field::new("management", DataType::Boolean, false),
-        Field::new("useridentityarn", DataType::Utf8, true),
-        Field::new("useragent", DataType::Utf8, true),
-        Field::new("calls", DataType::Int64, false),
-        Field::new("datafile", DataType::Utf8, true),
-    ]))
-}
 
 /// Events files counted per rollups commit.
 const CHUNK_FILES: usize = 2_000;
@@ -69,68 +49,90 @@ pub struct CatchUp {
     pub rows: u64,
 }
 
-/// Counts every events file that the rollups do not cover yet, in one commit.
-pub async fn catch_up(lake: &mut Lake) -> Result<CatchUp, LakeError> {
-    let mut out = CatchUp::default();
-    if lake.rolled_files.is_none() {
-        let mut done = HashSet::new();
-        for b in lake::read_table_columns(&lake.rollups, &["datafile"], None).await? {
-            if let Some(col) = b.column(0).as_string_opt::<i32>() {
-                done.extend(col.iter().flatten().map(str::to_owned));
-            }
-        }
-        lake.rolled_files = Some(done);
+/// The lake's `rollups` table, opened by its owner (as the scheduler's history is), with the
+/// set of events files it already counts.
+pub struct Rollups {
+    table: DeltaTable,
+    /// Events files the rollups already count, loaded on first use.
+    counted: Option<HashSet<String>>,
+}
+
+impl Rollups {
+    /// Opens the lake's rollups (creating the table on a lake older than it).
+    pub async fn open(lake: &Lake) -> Result<Rollups, LakeError> {
+        let table = lake.table(ROLLUPS_TABLE, crate::schema::tables::rollups_schema(), &[]).await?;
+        Ok(Rollups { table, counted: None })
     }
-    let done = lake.rolled_files.as_ref().map(|d| d.len()).unwrap_or(0);
-    let pending: Vec<(String, String)> = lake::partition_files(lake.events())
-        .into_iter()
-        .filter(|f| lake.rolled_files.as_ref().is_none_or(|d| !d.contains(&f.path)))
-        .map(|f| (f.path, f.region))
-        .collect();
-    tracing::debug!(done, pending = pending.len(), "rollup catch-up");
-    if pending.is_empty() {
-        return Ok(out);
+
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
     }
-    // In chunks, each its own commit, so memory stays bounded on a lake never rolled up.
-    let table = lake.events().clone();
-    for chunk in pending.chunks(CHUNK_FILES) {
-        let counted: Vec<(String, Counts)> = futures::stream::iter(chunk.iter().cloned().map(|(path, region)| {
-            let table = table.clone();
-            async move {
-                let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
-                let mut counts = Counts::default();
-                for b in &batches {
-                    counts.add(b, &region)?;
+
+    /// Counts every events file of `lake` that the rollups do not cover yet, in commits of
+    /// [`CHUNK_FILES`] files.
+    pub async fn catch_up(&mut self, lake: &Lake) -> Result<CatchUp, LakeError> {
+        let mut out = CatchUp::default();
+        if self.counted.is_none() {
+            let mut done = HashSet::new();
+            for b in lake::read_table_columns(&self.table, &["datafile"], None).await? {
+                if let Some(col) = b.column(0).as_string_opt::<i32>() {
+                    done.extend(col.iter().flatten().map(str::to_owned));
                 }
-                Ok::<_, LakeError>((path, counts))
             }
-        }))
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-        // Counts add up across files, so one commit writes each key once.
-        let mut rows = RowsBuilder::default();
-        let mut total = Counts::default();
-        for (path, counts) in &counted {
-            out.files += 1;
-            out.events += counts.events;
-            rows.push_file(path, counts.events);
-            total.merge(counts);
+            self.counted = Some(done);
         }
-        rows.push(&total);
-        let batch = rows.finish()?;
-        out.rows += batch.num_rows() as u64;
-        let rollups = lake.rollups.clone();
-        lake.rollups = rollups
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
-        if let Some(d) = lake.rolled_files.as_mut() {
-            d.extend(counted.into_iter().map(|(p, _)| p));
+        let done = self.counted.as_ref().map(|d| d.len()).unwrap_or(0);
+        let pending: Vec<(String, String)> = lake::partition_files(lake.events())
+            .into_iter()
+            .filter(|f| self.counted.as_ref().is_none_or(|d| !d.contains(&f.path)))
+            .map(|f| (f.path, f.region))
+            .collect();
+        tracing::debug!(done, pending = pending.len(), "rollup catch-up");
+        if pending.is_empty() {
+            return Ok(out);
         }
+        // In chunks, each its own commit, so memory stays bounded on a lake never rolled up.
+        let table = lake.events().clone();
+        for chunk in pending.chunks(CHUNK_FILES) {
+            let counted: Vec<(String, Counts)> = futures::stream::iter(chunk.iter().cloned().map(|(path, region)| {
+                let table = table.clone();
+                async move {
+                    let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
+                    let mut counts = Counts::default();
+                    for b in &batches {
+                        counts.add(b, &region)?;
+                    }
+                    Ok::<_, LakeError>((path, counts))
+                }
+            }))
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+            // Counts add up across files, so one commit writes each key once.
+            let mut rows = RowsBuilder::default();
+            let mut total = Counts::default();
+            for (path, counts) in &counted {
+                out.files += 1;
+                out.events += counts.events;
+                rows.push_file(path, counts.events);
+                total.merge(counts);
+            }
+            rows.push(&total);
+            let batch = rows.finish()?;
+            out.rows += batch.num_rows() as u64;
+            self.table = self
+                .table
+                .clone()
+                .write(vec![batch])
+                .with_save_mode(SaveMode::Append)
+                .await
+                .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
+            if let Some(d) = self.counted.as_mut() {
+                d.extend(counted.into_iter().map(|(p, _)| p));
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// The events columns a rollup reads (`awsregion` comes from the partition).
@@ -375,12 +377,7 @@ impl RowsBuilder {
             Arc::new(self.calls.finish()),
             Arc::new(self.datafile.finish()),
         ];
-        RecordBatch::try_new(rollups_schema(), columns)
+        RecordBatch::try_new(crate::schema::tables::rollups_schema(), columns)
             .map_err(|source| LakeError::Arrow { context: "building rollup rows".into(), source })
     }
-}
-
-/// Opens (or creates) the rollups table of the lake at `url`.
-pub(crate) async fn open(url: &url::Url) -> Result<DeltaTable, LakeError> {
-    lake::open_or_create_table(url, ROLLUPS_TABLE, rollups_schema(), &[], &[]).await
 }

@@ -1,4 +1,4 @@
-//! `prism selectors`, `prism insights` and `prism demo`: argument parsing and printing only.
+//! `prism insights backfill | run | evaluate`: find unusual API call and error rates.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,35 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
+
+use super::args::{check_range, parse_date, parse_sensitivity, parse_time};
 use clap::{Args, Subcommand};
 
 use prism::insights::detect::DetectorParams;
 use prism::insights::{self, Mode, RunOptions, RunSummary};
-
-#[derive(Subcommand)]
-pub enum SelectorsCommand {
-    /// Enable Insights types (like PutInsightSelectors). An empty list turns Insights off.
-    #[command(after_help = "\
-Examples:
-  prism selectors put --lake ./lake --insight-selectors '[{\"InsightType\":\"ApiCallRateInsight\"},{\"InsightType\":\"ApiErrorRateInsight\"}]'
-  prism selectors put --lake ./lake --insight-selectors '[]'        # Insights off
-
-Valid types: ApiCallRateInsight (write management calls per minute, per API) and
-ApiErrorRateInsight (management calls per minute with one error code, per API and code).
-Both are off by default.")]
-    Put {
-        #[arg(long)]
-        lake: String,
-        /// JSON list of {"InsightType": …}, or the whole {"InsightSelectors":[…]} request.
-        #[arg(long, value_name = "JSON")]
-        insight_selectors: String,
-    },
-    /// Show the enabled types (like GetInsightSelectors).
-    Get {
-        #[arg(long)]
-        lake: String,
-    },
-}
 
 #[derive(Subcommand)]
 pub enum InsightsCommand {
@@ -99,7 +76,7 @@ pub struct RunArgs {
     #[arg(long)]
     out: Option<String>,
     /// Detector sensitivity: 2 finds weaker deviations, 0.5 only stronger ones.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_sensitivity)]
     sensitivity: f64,
     /// Newest minutes of data left for a later run.
     #[arg(long, default_value_t = 10)]
@@ -112,59 +89,15 @@ pub struct RunArgs {
     quiet: bool,
 }
 
-#[derive(Args)]
-pub struct DemoArgs {
-    /// Folder for the sample archive and lake (default: a folder under the system temp dir).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Events per day per account and region.
-    #[arg(long, default_value_t = 20_000)]
-    events_per_day: u64,
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-}
-
-fn parse_date(s: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("`{s}` is not a date like 2024-06-30"))
-}
-
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| format!("`{s}` is not a time like 2024-06-30T12:00:00Z"))
-}
-
-pub async fn selectors(cmd: SelectorsCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        SelectorsCommand::Put { lake, insight_selectors } => {
-            let types = insights::parse_selectors(&insight_selectors)?;
-            let mut lake = prism::Lake::open(&lake).await?;
-            insights::put_selectors(&mut lake, types.clone()).await?;
-            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&lake, &types))?);
-        }
-        SelectorsCommand::Get { lake } => {
-            let lake = prism::Lake::open(&lake).await?;
-            let types = insights::get_selectors(&lake)?;
-            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&lake, &types))?);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn insights(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
     let (common, mode) = match cmd {
         InsightsCommand::Backfill { common, from, to } => {
-            if let (Some(f), Some(t)) = (from, to)
-                && f > t
-            {
-                anyhow::bail!("--from {f} is after --to {t}");
-            }
+            check_range(from, to)?;
             (common, Mode::Backfill { from, to })
         }
         InsightsCommand::Run { common, until } => (common, Mode::Incremental { until }),
         InsightsCommand::Evaluate { lake, labels, json } => return evaluate(&lake, &labels, json).await,
     };
-    if !(common.sensitivity.is_finite() && common.sensitivity > 0.0) {
-        anyhow::bail!("--sensitivity must be a positive number, like 0.5, 1 or 2");
-    }
     let mut opts = RunOptions::new(common.lake, mode);
     opts.out = common.out;
     opts.params = DetectorParams::with_sensitivity(common.sensitivity);
@@ -183,7 +116,7 @@ pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<
     let progress = Arc::new(insights::Progress::default());
     let bar = (show && std::io::stderr().is_terminal()).then(|| {
         let progress = progress.clone();
-        crate::progress_bar::Bar::start("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}", move |bar| {
+        super::progress::Bar::start("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}", move |bar| {
             bar.set_length(progress.series_total.load(Ordering::Relaxed));
             bar.set_position(progress.series_done.load(Ordering::Relaxed));
             bar.set_message(format!(
@@ -275,15 +208,3 @@ pub fn print_quality(q: &insights::quality::Quality) {
     );
 }
 
-pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.dir.unwrap_or_else(|| std::env::temp_dir().join("prism-demo"));
-    let mut opts = prism::demo::DemoOptions::new(&dir);
-    opts.events_per_day = args.events_per_day;
-    opts.seed = args.seed;
-    let report = prism::demo::run(&opts, |step| eprintln!("{step}")).await?;
-    println!();
-    print_quality(&report.quality);
-    println!("\nA sample query (prism sql --lake {} -c \"…\"):\n  {}\n{}", report.lake.display(), report.sample_query, report.sample_result);
-    println!("Explore: prism sql --lake {}", report.lake.display());
-    Ok(ExitCode::SUCCESS)
-}

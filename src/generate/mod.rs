@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use catalogue::{Api, Caller, APIS, SCHEDULED_JOBS};
 
@@ -28,7 +28,7 @@ use catalogue::{Api, Caller, APIS, SCHEDULED_JOBS};
 pub enum GenerateError {
     #[error("invalid generator options: {0}")]
     Options(String),
-    #[error("writing `{path}`: {source}")]
+    #[error("writing `{path}`")]
     Write {
         path: String,
         #[source]
@@ -98,12 +98,13 @@ impl GenerateOptions {
     }
 }
 
-/// One injected anomaly: the ground truth the detector is scored against.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One injected anomaly: the ground truth the detector is scored against. Written to
+/// `labels.json` by the generator and read back by `prism insights evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Label {
     pub id: u32,
     /// `spike`, `drop` or `error_burst`.
-    pub kind: &'static str,
+    pub kind: String,
     pub account: String,
     pub region: String,
     #[serde(rename = "eventSource")]
@@ -112,7 +113,7 @@ pub struct Label {
     pub event_name: String,
     /// `ApiCallRateInsight` or `ApiErrorRateInsight`.
     #[serde(rename = "insightType")]
-    pub insight_type: &'static str,
+    pub insight_type: String,
     #[serde(rename = "errorCode")]
     pub error_code: Option<String>,
     /// First minute (UTC), inclusive.
@@ -121,12 +122,12 @@ pub struct Label {
     pub end: String,
     /// Spikes: the multiple of the API's usual rate. Drops: 0. Error bursts: errors per minute.
     pub magnitude: f64,
-    #[serde(rename = "userIdentityArn")]
+    #[serde(rename = "userIdentityArn", default)]
     pub user_identity_arn: Option<String>,
-    #[serde(rename = "userAgent")]
+    #[serde(rename = "userAgent", default)]
     pub user_agent: Option<String>,
     /// Drops: the calls the API would have made during the silence (at its usual rate).
-    #[serde(rename = "expectedCalls", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "expectedCalls", default, skip_serializing_if = "Option::is_none")]
     pub expected_calls: Option<f64>,
     #[serde(skip)]
     start_minute: u32,
@@ -134,27 +135,36 @@ pub struct Label {
     end_minute: u32,
 }
 
-/// `labels.json`.
-#[derive(Debug, Serialize)]
+/// `labels.json`: the one definition of its format, for the generator and the evaluator.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Labels {
+    #[serde(default)]
     pub seed: u64,
+    #[serde(default)]
     pub start: String,
+    #[serde(default)]
     pub days: u32,
+    #[serde(default)]
     pub accounts: Vec<String>,
+    #[serde(default)]
     pub regions: Vec<String>,
+    #[serde(default)]
     pub events_per_day: u64,
     pub anomalies: Vec<Label>,
+    #[serde(default)]
     pub scheduled_jobs: Vec<ScheduledJobLabel>,
 }
 
-#[derive(Debug, Serialize)]
+/// A scheduled job's burst: normal activity that must not be flagged.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ScheduledJobLabel {
     #[serde(rename = "eventSource")]
-    pub event_source: &'static str,
+    pub event_source: String,
     #[serde(rename = "eventName")]
-    pub event_name: &'static str,
+    pub event_name: String,
     /// `HH:MM` daily, or `*:MM` hourly (UTC).
     pub at: String,
+    #[serde(default)]
     pub calls: u32,
 }
 
@@ -309,8 +319,8 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, GenerateError
         scheduled_jobs: SCHEDULED_JOBS
             .iter()
             .map(|j| ScheduledJobLabel {
-                event_source: j.source,
-                event_name: j.name,
+                event_source: j.source.to_owned(),
+                event_name: j.name.to_owned(),
                 at: if j.hourly { format!("*:{:02}", j.minute) } else { format!("{:02}:{:02}", j.minute / 60, j.minute % 60) },
                 calls: j.calls,
             })
@@ -413,12 +423,12 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
             };
             out.push(Label {
                 id,
-                kind,
+                kind: kind.to_owned(),
                 account,
                 region,
                 event_source: api.source.to_owned(),
                 event_name: api.name.to_owned(),
-                insight_type: insight,
+                insight_type: insight.to_owned(),
                 error_code,
                 start: minute_name(opts.start, start),
                 end: minute_name(opts.start, end),
@@ -530,7 +540,7 @@ impl<'a> Stream<'a> {
             }
             for l in active.iter().filter(|l| l.event_name == api.name && l.event_source == api.source) {
                 let actor = l.user_identity_arn.as_deref().zip(l.user_agent.as_deref());
-                let extra = match l.kind {
+                let extra = match l.kind.as_str() {
                     // At least `magnitude` extra calls, so rare APIs show the multiple too.
                     "spike" => self.rng.poisson((rate * (l.magnitude - 1.0)).max(l.magnitude)),
                     "error_burst" => self.rng.poisson(l.magnitude),

@@ -13,9 +13,9 @@
 //! Everything here is a pure function of the series, so analysing history in one pass or in
 //! any number of chunks (carrying the open Insight over) finds the same Insights.
 
-use super::model::{self, Baseline, BaselineParams};
+use crate::model::{self, Baseline, BaselineParams};
 
-/// The detector's parameters (README, "The model").
+/// The detector's parameters (docs/insights.md, "The model").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorParams {
     pub baseline: BaselineParams,

@@ -1,14 +1,13 @@
 //! Insights: unusual API call and error rates, found in the lake's rollups, written as
 //! CloudTrail Insights records to the `insights` table and as AWS-format files.
 //!
-//! - [`model`]: baseline and scores (shared with the SQL functions in [`crate::udf`]);
+//! - the model ([`crate::model`], shared with the SQL functions in [`crate::sql::udf`]);
 //! - [`detect`]: the Start/End state machine;
 //! - [`records`]: statistics, attributions and the AWS record shape;
 //! - this module: selectors, the backfill and incremental runs, tables and files;
 //! - [`quality`]: scoring found Insights against a generator's `labels.json`.
 
 pub mod detect;
-pub mod model;
 pub mod quality;
 pub mod records;
 
@@ -27,11 +26,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use crate::lake::{Lake, LakeError};
+use crate::model;
 use detect::{DetectorParams, Direction, State, Transition};
 use records::{InsightRecord, SeriesKey};
 
-pub const INSIGHTS_TABLE: &str = "insights";
-pub const RUNS_TABLE: &str = "insight_runs";
+pub use crate::schema::tables::{INSIGHTS as INSIGHTS_TABLE, INSIGHT_RUNS as RUNS_TABLE};
 pub const CALL_RATE: &str = "ApiCallRateInsight";
 pub const ERROR_RATE: &str = "ApiErrorRateInsight";
 const VALID_TYPES: [&str; 2] = [CALL_RATE, ERROR_RATE];
@@ -44,7 +43,7 @@ pub enum InsightsError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Sql(#[from] crate::sql::SqlError),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Query {
         context: String,
         #[source]
@@ -58,16 +57,51 @@ pub enum InsightsError {
     NotEnabled(String),
     #[error("Insights cannot be enabled on {0}: its settings say the trail does not log management events, and Insights analyse management events only")]
     ManagementEventsOff(String),
-    #[error("writing {context}: {source}")]
+    #[error("writing {context}")]
     Store {
         context: String,
         #[source]
         source: object_store::Error,
     },
-    #[error("`{location}` is not a usable output location: {reason}")]
-    Output { location: String, reason: String },
+    #[error("`{location}` is not a usable output location")]
+    Output {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The lake's data is not as the code expects (a column missing or of another type).
     #[error("{0}")]
     Data(String),
+    #[error("{context}")]
+    Read {
+        context: String,
+        #[source]
+        source: LakeError,
+    },
+    #[error("{context}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not a labels file")]
+    Labels {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("label time `{time}`")]
+    LabelTime {
+        time: String,
+        #[source]
+        source: chrono::ParseError,
+    },
 }
 
 type Result<T, E = InsightsError> = std::result::Result<T, E>;
@@ -206,14 +240,14 @@ pub struct RunSummary {
 /// Runs Insights over the lake: backfill or incremental.
 pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
     let started = Instant::now();
-    let mut lake = Lake::open(&opts.lake).await?;
+    let lake = Lake::open(&opts.lake).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let mut summary = RunSummary { run_id: run_id.clone(), insight_types: lake.config().insight_selectors.clone(), ..Default::default() };
     if summary.insight_types.is_empty() {
         return Ok(summary);
     }
     let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
-    summary.rolled_up_events = crate::rollup::catch_up(&mut lake).await?.events;
+    summary.rolled_up_events = crate::rollup::Rollups::open(&lake).await?.catch_up(&lake).await?.events;
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(&lake).await?;
     let ctx = crate::sql::session(&lake).await?;
@@ -466,8 +500,8 @@ struct Tables {
 impl Tables {
     async fn open(lake: &Lake) -> Result<Tables> {
         Ok(Tables {
-            insights: lake.table(INSIGHTS_TABLE, records::insights_schema(), &[]).await?,
-            runs: lake.table(RUNS_TABLE, records::runs_schema(), &[]).await?,
+            insights: lake.table(INSIGHTS_TABLE, crate::schema::tables::insights_schema(), &[]).await?,
+            runs: lake.table(RUNS_TABLE, crate::schema::tables::insight_runs_schema(), &[]).await?,
         })
     }
 
@@ -555,9 +589,9 @@ impl OutputStore {
         let Some(out) = out else {
             return Ok(OutputStore { store: lake.store(), shown: lake.url().to_string() });
         };
-        let invalid = |reason: String| InsightsError::Output { location: out.to_owned(), reason };
-        let url = crate::lake::lake_url(out, true).map_err(|e| invalid(e.to_string()))?;
-        let store = crate::source::store_for(&url).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| InsightsError::Output { location: out.to_owned(), source };
+        let url = crate::lake::lake_url(out, true).map_err(|e| invalid(e.into()))?;
+        let store = crate::source::store_for(&url).map_err(|e| invalid(e.into()))?;
         Ok(OutputStore { store, shown: url.to_string() })
     }
 

@@ -1,5 +1,5 @@
 //! Scores found Insights against a generator's `labels.json`: recall, precision and false
-//! Insights per 100 API-days (README, "Detector quality").
+//! Insights per 100 API-days (docs/insights.md, "Detector quality").
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -7,50 +7,14 @@ use std::path::Path;
 use arrow::array::{Array, AsArray};
 use chrono::DateTime;
 use datafusion::prelude::SessionContext;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{InsightsError, Result};
+use crate::generate::{Label, Labels};
 use crate::lake::Lake;
 
 /// Minutes of slack either side of a label when matching an Insight to it.
 const SLACK_MINUTES: i64 = 5;
-
-#[derive(Debug, Clone, Deserialize)]
-struct LabelFile {
-    anomalies: Vec<Label>,
-    #[serde(default)]
-    scheduled_jobs: Vec<Job>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Label {
-    pub id: u32,
-    pub kind: String,
-    pub account: String,
-    pub region: String,
-    #[serde(rename = "eventSource")]
-    pub event_source: String,
-    #[serde(rename = "eventName")]
-    pub event_name: String,
-    #[serde(rename = "insightType")]
-    pub insight_type: String,
-    #[serde(rename = "errorCode")]
-    pub error_code: Option<String>,
-    pub start: String,
-    pub end: String,
-    pub magnitude: f64,
-    #[serde(rename = "expectedCalls", default, skip_serializing_if = "Option::is_none")]
-    pub expected_calls: Option<f64>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Job {
-    #[serde(rename = "eventSource")]
-    event_source: String,
-    #[serde(rename = "eventName")]
-    event_name: String,
-    at: String,
-}
 
 /// One Insight as found (Start and, when closed, End).
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +65,7 @@ pub struct Quality {
 fn minute(s: &str) -> Result<i64> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp().div_euclid(60))
-        .map_err(|e| InsightsError::Data(format!("label time `{s}`: {e}")))
+        .map_err(|source| InsightsError::LabelTime { time: s.to_owned(), source })
 }
 
 /// Whether a label counts toward the recall target.
@@ -120,8 +84,8 @@ pub fn eligible(l: &Label) -> Result<bool> {
 
 /// Reads the Insights of the lake at `lake` and scores them against `labels`.
 pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
-    let text = std::fs::read_to_string(labels).map_err(|e| InsightsError::Data(format!("reading {}: {e}", labels.display())))?;
-    let file: LabelFile = serde_json::from_str(&text).map_err(|e| InsightsError::Data(format!("{} is not a labels file: {e}", labels.display())))?;
+    let text = std::fs::read_to_string(labels).map_err(|source| InsightsError::Io { context: format!("reading {}", labels.display()), source })?;
+    let file: Labels = serde_json::from_str(&text).map_err(|source| InsightsError::Labels { path: labels.display().to_string(), source })?;
     let lake = Lake::open(lake).await?;
     let ctx = super::session(&lake).await?;
     let mut found = read_found(&ctx).await?;

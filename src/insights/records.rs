@@ -8,13 +8,13 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
 use datafusion::prelude::{col, lit, Expr, SessionContext};
 use datafusion::scalar::ScalarValue;
 use serde_json::{json, Value};
 
 use super::detect::{Direction, Open, Transition};
-use super::model::Baseline;
+use crate::model::Baseline;
 use super::{query, InsightsError, Result, CALL_RATE, ERROR_RATE, INSIGHTS_TABLE, MICROS_PER_MINUTE};
 use crate::schema::Granularity;
 
@@ -242,7 +242,7 @@ async fn insight_events(s: &SeriesContext<'_>, from: i64, until: i64, context: &
         .collect();
     let batches = crate::lake::read_files_columns(s.events, &paths, crate::rollup::PROJECTION)
         .await
-        .map_err(|e| InsightsError::Data(format!("{context}: {e}")))?;
+        .map_err(|source| InsightsError::Read { context: context.to_owned(), source })?;
     let k = s.key;
     let (lo, hi) = (from * MICROS_PER_MINUTE, until * MICROS_PER_MINUTE);
     let null = || "null".to_owned();
@@ -264,7 +264,7 @@ async fn insight_events(s: &SeriesContext<'_>, from: i64, until: i64, context: &
                 out.push((e.time.div_euclid(MICROS_PER_MINUTE), [text(e.caller), text(e.agent), text(e.error)]));
             }
         })
-        .map_err(|e| InsightsError::Data(format!("{context}: {e}")))?;
+        .map_err(|source| InsightsError::Read { context: context.to_owned(), source })?;
     }
     Ok(out)
 }
@@ -308,31 +308,6 @@ fn text(a: &StringArray, i: usize) -> String {
     if a.is_valid(i) { a.value(i).to_owned() } else { "null".to_owned() }
 }
 
-/// Schema of the `insights` table: the record's fields flattened in the CloudTrail Lake style,
-/// and the whole record in `eventjson`.
-pub fn insights_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("eventid", DataType::Utf8, false),
-        Field::new("sharedeventid", DataType::Utf8, false),
-        Field::new("eventtime", ts.clone(), false),
-        Field::new("awsregion", DataType::Utf8, false),
-        Field::new("recipientaccountid", DataType::Utf8, false),
-        Field::new("insightstate", DataType::Utf8, false),
-        Field::new("insighttype", DataType::Utf8, false),
-        Field::new("insighteventsource", DataType::Utf8, false),
-        Field::new("insighteventname", DataType::Utf8, false),
-        Field::new("insighterrorcode", DataType::Utf8, true),
-        Field::new("insightdirection", DataType::Utf8, false),
-        Field::new("baselineaverage", DataType::Float64, false),
-        Field::new("insightaverage", DataType::Float64, false),
-        Field::new("insightduration", DataType::Int64, false),
-        Field::new("baselineduration", DataType::Int64, false),
-        Field::new("decidedat", ts, false),
-        Field::new("eventjson", DataType::Utf8, false),
-        Field::new("runid", DataType::Utf8, false),
-    ]))
-}
 
 fn timestamps(minutes: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from_iter_values(minutes.map(|m| m * MICROS_PER_MINUTE)).with_timezone("UTC"))
@@ -360,7 +335,7 @@ pub fn to_batch(recs: &[InsightRecord], run_id: &str) -> Result<RecordBatch> {
         strings(&|r| Some(r.json.to_string())),
         strings(&|_| Some(run_id.to_owned())),
     ];
-    RecordBatch::try_new(insights_schema(), columns).map_err(|e| InsightsError::Data(format!("building insights rows: {e}")))
+    RecordBatch::try_new(crate::schema::tables::insights_schema(), columns).map_err(|source| InsightsError::Arrow { context: "building insights rows".into(), source })
 }
 
 /// What a later run needs of a stored record.
@@ -439,7 +414,7 @@ pub fn insight_file(account: &str, region: &str, recs: &[&InsightRecord]) -> Res
     );
     let body = json!({"Records": sorted.iter().map(|r| &r.json).collect::<Vec<_>>()});
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let io = |e: std::io::Error| InsightsError::Data(format!("compressing {path}: {e}"));
+    let io = |source: std::io::Error| InsightsError::Io { context: format!("compressing {path}"), source };
     gz.write_all(body.to_string().as_bytes()).map_err(io)?;
     let bytes = gz.finish().map_err(io)?;
     Ok((path, bytes))
@@ -458,21 +433,6 @@ pub struct RunRow {
     pub ends: u64,
 }
 
-pub fn runs_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("runid", DataType::Utf8, false),
-        Field::new("mode", DataType::Utf8, false),
-        Field::new("recipientaccountid", DataType::Utf8, false),
-        Field::new("awsregion", DataType::Utf8, false),
-        Field::new("analysedfrom", ts.clone(), false),
-        Field::new("analysedto", ts.clone(), false),
-        Field::new("starts", DataType::Int64, false),
-        Field::new("ends", DataType::Int64, false),
-        Field::new("seconds", DataType::Float64, false),
-        Field::new("finishedat", ts, false),
-    ]))
-}
 
 pub fn runs_batch(rows: &[RunRow], seconds: f64) -> Result<RecordBatch> {
     let now = chrono::Utc::now().timestamp_micros();
@@ -489,5 +449,5 @@ pub fn runs_batch(rows: &[RunRow], seconds: f64) -> Result<RecordBatch> {
         Arc::new(rows.iter().map(|_| seconds).collect::<Float64Array>()),
         Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| now)).with_timezone("UTC")),
     ];
-    RecordBatch::try_new(runs_schema(), columns).map_err(|e| InsightsError::Data(format!("building insight_runs rows: {e}")))
+    RecordBatch::try_new(crate::schema::tables::insight_runs_schema(), columns).map_err(|source| InsightsError::Arrow { context: "building insight_runs rows".into(), source })
 }

@@ -34,9 +34,7 @@ pub const KEYS: &[&str] = &[
 /// The output template used when a scheduled query has no `-- output:` line.
 pub const DEFAULT_OUTPUT: &str = "{name}/{date}.csv";
 
-/// Placeholders of the SQL text, replaced by timestamp literals.
-pub const SQL_START: &str = "{start}";
-pub const SQL_END: &str = "{end}";
+pub use crate::sql::window::{sql_timestamp, Span, TimeWindow, SQL_END, SQL_START};
 
 /// A problem with one file, reported with its line (1-based) when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -90,69 +88,6 @@ impl Schedule {
     pub fn next_slot(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.find_next_occurrence(&now, false).ok()
     }
-}
-
-/// A duration written as whole numbers of units: `15m`, `1h`, `1d`, `1w`, `1h30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(TimeDelta);
-
-impl Span {
-    pub fn parse(text: &str) -> Result<Span, String> {
-        let bad = || {
-            format!("`{text}` is not a duration like 15m, 1h, 1d, 1w or 1h30m (units m, h, d, w)")
-        };
-        let mut total = TimeDelta::zero();
-        let mut digits = String::new();
-        for c in text.chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            let n: i64 = digits.parse().map_err(|_| bad())?;
-            digits.clear();
-            let unit = match c {
-                'm' => TimeDelta::try_minutes(n),
-                'h' => TimeDelta::try_hours(n),
-                'd' => TimeDelta::try_days(n),
-                'w' => TimeDelta::try_weeks(n),
-                _ => None,
-            };
-            total = unit.and_then(|u| total.checked_add(&u)).ok_or_else(bad)?;
-        }
-        if !digits.is_empty() || total <= TimeDelta::zero() {
-            return Err(bad());
-        }
-        Ok(Span(total))
-    }
-
-    pub fn delta(&self) -> TimeDelta {
-        self.0
-    }
-}
-
-impl std::fmt::Display for Span {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut minutes = self.0.num_minutes();
-        for (unit, size) in [("w", 7 * 24 * 60), ("d", 24 * 60), ("h", 60), ("m", 1)] {
-            if minutes >= size {
-                write!(f, "{}{unit}", minutes / size)?;
-                minutes %= size;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The time range a run covers: `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeWindow {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-}
-
-/// `2024-06-01T12:00:00Z` as a SQL literal that compares with `eventtime` (a UTC timestamp).
-pub fn sql_timestamp(t: DateTime<Utc>) -> String {
-    format!("TIMESTAMP '{}'", t.format("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 /// A timestamp that is safe in a file name and sorts in time order: `20240601T1200Z`.
@@ -243,10 +178,7 @@ impl QueryFile {
     /// The SQL of a run: `{start}` and `{end}` become `TIMESTAMP '…Z'` literals.
     pub fn render_sql(&self, window: Option<TimeWindow>) -> String {
         match window {
-            Some(w) => self
-                .sql
-                .replace(SQL_START, &sql_timestamp(w.start))
-                .replace(SQL_END, &sql_timestamp(w.end)),
+            Some(w) => w.fill(&self.sql),
             None => self.sql.clone(),
         }
     }

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{
-    DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
-};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
 use deltalake::protocol::SaveMode;
@@ -19,7 +17,8 @@ use deltalake::protocol::SaveMode;
 use crate::lake::{Lake, LakeError, read_table_columns};
 
 /// The table's name, and so its name in SQL.
-pub const RUNS_TABLE: &str = "query_runs";
+pub use crate::schema::tables::QUERY_RUNS as RUNS_TABLE;
+use crate::schema::tables::query_runs_schema as runs_schema;
 
 /// Number of data files at which the history is compacted into one.
 pub const COMPACT_AT_FILES: usize = 32;
@@ -63,25 +62,6 @@ pub struct QueryRun {
     pub run_id: String,
 }
 
-/// Columns of `query_runs`. Names are lower case without separators, like `ingest_log`'s.
-pub fn runs_schema() -> SchemaRef {
-    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("query", DataType::Utf8, false),
-        Field::new("file", DataType::Utf8, true),
-        Field::new("schedule", DataType::Utf8, true),
-        Field::new("slot", ts(), false),
-        Field::new("windowstart", ts(), true),
-        Field::new("windowend", ts(), true),
-        Field::new("startedat", ts(), true),
-        Field::new("durationms", DataType::Int64, true),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("rows", DataType::Int64, true),
-        Field::new("output", DataType::Utf8, true),
-        Field::new("error", DataType::Utf8, true),
-        Field::new("runid", DataType::Utf8, true),
-    ]))
-}
 
 /// What the history says of one query.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]

@@ -38,7 +38,7 @@ pub use history::{History, LastRuns, QueryRun, RUNS_TABLE, RunStatus};
 /// Errors that stop a whole pass (a single query's failure is recorded, not raised).
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("reading the queries folder `{path}`: {source}")]
+    #[error("reading the queries folder `{path}`")]
     Folder {
         path: String,
         #[source]
@@ -47,8 +47,8 @@ pub enum ScheduleError {
     // Boxed: the lake's errors are large, and this error is returned on every path.
     #[error(transparent)]
     Lake(Box<LakeError>),
-    #[error("building the SQL session: {0}")]
-    Session(Box<SqlError>),
+    #[error("building the SQL session")]
+    Session(#[source] Box<SqlError>),
 }
 
 impl From<LakeError> for ScheduleError {
@@ -66,11 +66,11 @@ impl From<SqlError> for ScheduleError {
 /// Why one query's run failed; stored as text in the history.
 #[derive(Debug, thiserror::Error)]
 enum QueryError {
-    #[error("{0}")]
+    #[error(transparent)]
     Sql(#[from] datafusion::error::DataFusionError),
-    #[error("{0}")]
+    #[error(transparent)]
     Output(#[from] OutputError),
-    #[error("the output writer stopped: {0}")]
+    #[error("the output writer stopped")]
     Writer(#[from] tokio::task::JoinError),
 }
 
@@ -360,7 +360,7 @@ pub async fn run_query(
             Some(path.display().to_string()),
             None,
         ),
-        Err(e) => (RunStatus::Error, None, None, Some(e.to_string())),
+        Err(e) => (RunStatus::Error, None, None, Some(crate::error::report(&e))),
     };
     QueryRun {
         query: q.name.clone(),

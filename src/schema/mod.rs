@@ -6,6 +6,7 @@
 //! Arrow fields and the column builders all derive from those declarations (see `fields.rs`).
 
 pub mod fields;
+pub mod tables;
 pub mod time;
 
 use std::borrow::Cow;

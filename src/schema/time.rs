@@ -39,7 +39,7 @@ pub fn parse_event_time(s: &str) -> Option<i64> {
 }
 
 /// How finely the lake's partitions divide time. Chosen when a lake is created and recorded in
-/// it: minute partitions make many small files, day partitions few large ones (README, "Lake").
+/// it: minute partitions make many small files, day partitions few large ones (docs/lake.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {

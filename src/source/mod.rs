@@ -28,13 +28,19 @@ pub use records::{Item, Layout, RecordReader, StreamError, StreamErrorKind};
 pub enum SourceError {
     #[error("`{location}` is not a readable source: {reason}")]
     InvalidLocation { location: String, reason: String },
-    #[error("cannot list `{location}`: {source}")]
+    #[error("`{location}` is not a readable source")]
+    Location {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot list `{location}`")]
     List {
         location: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("cannot open `{location}`: {source}")]
+    #[error("cannot open `{location}`")]
     Open {
         location: String,
         #[source]
@@ -159,11 +165,12 @@ impl Location {
     /// Parses a command-line location: `s3://bucket/prefix`, `file:///path`, or a path.
     pub fn parse(s: &str) -> Result<Location, SourceError> {
         let invalid = |reason: String| SourceError::InvalidLocation { location: s.to_owned(), reason };
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| SourceError::Location { location: s.to_owned(), source };
         if let Some((scheme, _)) = s.split_once("://") {
-            let url = Url::parse(s).map_err(|e| invalid(e.to_string()))?;
+            let url = Url::parse(s).map_err(|e| failed(e.into()))?;
             if scheme == "file" {
                 let path = url.to_file_path().map_err(|_| invalid("not a local file URL".into()))?;
-                return Location::parse_local(&path).map_err(invalid);
+                return Location::parse_local(&path).map_err(|e| failed(e.into()));
             }
             if !matches!(scheme, "s3" | "s3a") {
                 return Err(invalid(format!("unsupported scheme `{scheme}://` (use a path or s3://bucket/prefix)")));
@@ -171,14 +178,14 @@ impl Location {
             if url.host_str().unwrap_or("").is_empty() {
                 return Err(invalid("the URL names no bucket".into()));
             }
-            let store = store_for(&url).map_err(|e| invalid(e.to_string()))?;
+            let store = store_for(&url).map_err(|e| failed(e.into()))?;
             return Ok(Location::Remote { url, store });
         }
-        Location::parse_local(Path::new(s)).map_err(invalid)
+        Location::parse_local(Path::new(s)).map_err(|e| failed(e.into()))
     }
 
-    fn parse_local(path: &Path) -> Result<Location, String> {
-        let abs = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    fn parse_local(path: &Path) -> Result<Location, io::Error> {
+        let abs = std::fs::canonicalize(path)?;
         Ok(Location::Local(abs))
     }
 

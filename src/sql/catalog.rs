@@ -29,7 +29,8 @@ use object_store::path::Path as ObjectPath;
 use url::Url;
 
 use super::scan::LakeTable;
-use crate::lake::{INGEST_LOG_TABLE, Lake};
+use crate::lake::Lake;
+use crate::schema::tables::INGEST_LOG as INGEST_LOG_TABLE;
 
 /// The folder inside a table that makes it a Delta table.
 const DELTA_LOG: &str = "_delta_log";

@@ -15,6 +15,7 @@ use futures::StreamExt;
 
 use super::SqlError;
 use super::output::{AtomicFile, OutputError, OutputFormat, ResultWriter};
+use super::window::{uses_window, TimeWindow, SQL_END, SQL_START};
 
 /// Rows shown on a terminal when `--maxrows` is not given (as datafusion-cli).
 pub const DEFAULT_MAXROWS: usize = 40;
@@ -318,6 +319,8 @@ pub struct BatchOptions {
     /// Rows written to stdout; by default [`DEFAULT_MAXROWS`] on a terminal, all otherwise.
     /// `Some(0)` means all. Never applies to `output`.
     pub maxrows: Option<usize>,
+    /// Fills `{start}` and `{end}`; without it, SQL that uses them is refused.
+    pub window: Option<TimeWindow>,
 }
 
 /// Runs every statement of `inputs` in order, stopping at the first that fails. Results go to
@@ -362,6 +365,16 @@ pub async fn run_inputs(ctx: &SessionContext, inputs: &[Input], opts: &BatchOpti
                     .map_err(|source| SqlError::Read { what: "standard input".into(), source })?;
                 ("<stdin>".to_owned(), text)
             }
+        };
+        let text = match &opts.window {
+            Some(window) => window.fill(&text),
+            None if uses_window(&text) => {
+                return Err(SqlError::Usage(format!(
+                    "{origin} uses the {SQL_START}/{SQL_END} placeholders of scheduled queries: give --window 1h \
+                     (the hour ending now), or --start and --end, to fill them"
+                )));
+            }
+            None => text,
         };
         let statements = split_statements(&text);
         scripts.push((origin, text, statements));

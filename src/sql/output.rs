@@ -11,19 +11,19 @@ use datafusion::parquet::errors::ParquetError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("writing {what}: {source}")]
+    #[error("writing {what}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("formatting results as {format}: {source}")]
+    #[error("formatting results as {format}")]
     Arrow {
         format: OutputFormat,
         #[source]
         source: ArrowError,
     },
-    #[error("writing Parquet: {0}")]
+    #[error("writing Parquet")]
     Parquet(#[from] ParquetError),
     #[error(
         "cannot tell the output format of `{path}` from its extension; use .csv, .json, .ndjson or .parquet, or give the format (--format)"

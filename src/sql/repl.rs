@@ -156,12 +156,12 @@ async fn meta_command(ctx: &SessionContext, meta: &str, state: &mut State) -> Fl
             let mut out = std::io::stdout();
             let sink = Sink { format: OutputFormat::Table, maxrows: None, out: &mut out };
             if let Err(e) = exec::execute(ctx, sql, sink).await {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::error::report(&e));
             }
         }
         ("d", table) => {
             if let Err(e) = describe_table(ctx, table).await {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::error::report(&e));
             }
         }
         ("timing", "" | "on" | "off") => {
@@ -219,12 +219,12 @@ async fn run_text(ctx: &SessionContext, origin: &str, text: &str, state: &State)
                         eprintln!("{excerpt}");
                     }
                 } else {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", crate::error::report(&e));
                 }
                 return;
             }
             Err(ExecError::Output(e)) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::error::report(&e));
                 return;
             }
         }

@@ -1,17 +1,16 @@
 //! Runs every `tests/slt/*.slt` file (sqllogictest format) against a lake built from fixture data,
 //! through the session every entry point uses (`prism::sql::session`).
 //!
-//! `cargo test --test sqllogictests` runs them all; `cargo test --test sqllogictests -- json` runs
-//! the files whose name contains `json`. A new `.slt` file in tests/slt/ is picked up by itself.
+//! `cargo test slt` runs them all; `PRISM_SLT=json cargo test slt` runs the files whose name
+//! contains `json`. A new `.slt` file in tests/slt/ is picked up by itself.
 //!
 //! The fixture lake holds hand-written records (account 111122223333) whose values the .slt files
 //! state exactly, a few real records from the corpus, one rejected record, and a small generated
 //! archive (another account) that only aggregate facts are asserted about. To look at it while
-//! writing a .slt file, keep it: `PRISM_SLT_LAKE=/tmp/slt cargo test --test sqllogictests`, then
+//! writing a .slt file, keep it: `PRISM_SLT_LAKE=/tmp/slt cargo test slt`, then
 //! `prism sql --lake /tmp/slt/lake -c "…"`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
@@ -22,7 +21,6 @@ use datafusion::prelude::SessionContext;
 use serde_json::{Value, json};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
-mod common;
 
 /// One connection: a session over the fixture lake.
 struct Prism {
@@ -92,7 +90,7 @@ const ACCT: &str = "111122223333";
 /// Hand-written records whose every value the .slt files may state.
 fn hand_records() -> Vec<Value> {
     let base = |id: &str, time: &str| {
-        let mut r = common::record(id, time, "us-east-1");
+        let mut r = crate::common::record(id, time, "us-east-1");
         r["recipientAccountId"] = json!(ACCT);
         r
     };
@@ -150,21 +148,15 @@ fn hand_records() -> Vec<Value> {
 async fn build_lake(dir: &Path) -> PathBuf {
     let archive = dir.join("archive");
     let lake = dir.join("lake");
-    common::write_gz(&common::log_path(&archive, ACCT, "us-east-1", "20240310", "SltHandWritten01"), &hand_records());
+    crate::common::write_gz(&crate::common::log_path(&archive, ACCT, "us-east-1", "20240310", "SltHandWritten01"), &hand_records());
     // Real records: a console sign-in without MFA and a security group opened with the older
     // top-level cidrIp shape.
     let real = archive.join("real");
     std::fs::create_dir_all(&real).unwrap();
     for name in ["aws.initial-access.console-login-without-mfa.json", "aws.exfiltration.ec2-security-group-open-port-22-ingress.json"] {
-        std::fs::copy(common::corpus().join("stratus-red-team").join(name), real.join(name)).unwrap();
+        std::fs::copy(crate::common::corpus().join("stratus-red-team").join(name), real.join(name)).unwrap();
     }
-    let mut opts = prism::generate::GenerateOptions::new(archive.join("generated"));
-    opts.accounts = 1;
-    opts.regions = vec!["us-east-1".into()];
-    opts.days = 1;
-    opts.events_per_day = 300;
-    opts.anomalies = 0;
-    opts.seed = 5;
+    let opts = crate::common::one_account(&archive.join("generated"), "us-east-1", 1, 300, 0, 5);
     tokio::task::spawn_blocking(move || prism::generate::generate(&opts)).await.unwrap().unwrap();
 
     let opts = prism::IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
@@ -184,9 +176,11 @@ fn slt_files() -> Vec<PathBuf> {
     files
 }
 
-fn main() -> ExitCode {
-    // Words that are not flags select files by name, like a test filter.
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+#[test]
+fn slt() {
+    // PRISM_SLT=a,b runs the files whose name contains a or b.
+    let filters: Vec<String> =
+        std::env::var("PRISM_SLT").unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect();
     let files: Vec<PathBuf> = slt_files()
         .into_iter()
         .filter(|p| filters.is_empty() || filters.iter().any(|f| p.file_name().unwrap().to_string_lossy().contains(f.as_str())))
@@ -224,5 +218,5 @@ fn main() -> ExitCode {
         failures
     });
     println!("\n{} .slt files, {} failed", files.len(), failures);
-    if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    assert_eq!(failures, 0, "{failures} .slt files failed (see above)");
 }

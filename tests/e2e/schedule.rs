@@ -1,7 +1,6 @@
 //! End-to-end tests of `prism schedule`: the real binary on a small lake whose events sit at
 //! known times, with time moved by `--now`.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,7 +13,7 @@ fn fixture_queries() -> PathBuf {
 }
 
 fn event(id: &str, time: &str, name: &str) -> Value {
-    let mut r = common::record(id, time, "us-east-1");
+    let mut r = crate::common::record(id, time, "us-east-1");
     r["eventName"] = Value::from(name);
     r
 }
@@ -31,18 +30,18 @@ fn lake(dir: &Path) -> PathBuf {
         event("e4", "2024-06-01T11:59:59Z", "GetObject"),
         event("e5", "2024-06-01T12:00:00Z", "DescribeInstances"),
     ];
-    common::write_gz(
-        &common::log_path(&archive, "111122223333", "us-east-1", "20240601", "a"),
+    crate::common::write_gz(
+        &crate::common::log_path(&archive, "111122223333", "us-east-1", "20240601", "a"),
         &day1,
     );
     let day3 = [event("e6", "2024-06-03T08:15:00Z", "PutObject")];
-    common::write_gz(
-        &common::log_path(&archive, "111122223333", "us-east-1", "20240603", "b"),
+    crate::common::write_gz(
+        &crate::common::log_path(&archive, "111122223333", "us-east-1", "20240603", "b"),
         &day3,
     );
     let lake = dir.join("lake");
     let (code, summary) =
-        common::run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap()]);
+        crate::common::run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap()]);
     assert_eq!(code, 0, "{summary}");
     lake
 }
@@ -85,7 +84,7 @@ impl Setup {
 }
 
 fn prism(args: &[&str]) -> Output {
-    Command::new(common::prism_bin())
+    Command::new(crate::common::prism_bin())
         .args(args)
         .output()
         .unwrap()
@@ -121,7 +120,7 @@ fn run_once(lake: &Path, queries: &Path, out: &Path, now: &str) -> (i32, Value) 
 
 /// `prism schedule <command> --lake LAKE --queries QUERIES …extra`.
 fn schedule(command: &str, lake: &Path, queries: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(common::prism_bin());
+    let mut c = Command::new(crate::common::prism_bin());
     c.args([
         "schedule",
         command,

@@ -1,5 +1,5 @@
 //! SQL functions for baselines and deviation scores, registered in every session. They call
-//! the detector's own model ([`crate::insights::model`]), so a query can recompute exactly what
+//! the detector's own model ([`crate::model`]), so a query can recompute exactly what
 //! the detector saw, on CloudTrail minutes or on any regularly sampled series.
 //!
 //! - `baseline(value, time, step, range [, season [, tolerance [, smoothing]]])`, a window
@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
-use crate::insights::model::{self, BaselineParams};
+use crate::model::{self, BaselineParams};
 
 /// Registers the functions in `ctx`.
 pub fn register(ctx: &SessionContext) {

@@ -1,25 +1,17 @@
 //! End-to-end tests of `prism generate`: its archives ingest cleanly, its labels describe what
 //! is in the files, and a seed fixes every byte.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use prism::generate::{generate, GenerateOptions};
 use prism::ingest::{IngestOptions, Progress};
 
 fn small(out: &Path) -> GenerateOptions {
-    let mut o = GenerateOptions::new(out);
-    o.accounts = 1;
-    o.regions = vec!["us-east-1".into()];
-    o.days = 8;
-    o.events_per_day = 10_000;
-    o.anomalies = 8;
-    o.seed = 3;
-    o
+    one_account(out, "us-east-1", 8, 10_000, 8, 3)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,6 @@
 //! End-to-end tests of Insights: selectors, backfill and incremental runs, the AWS-format
 //! records and files, the SQL functions against the detector, crashes, and the demo.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -9,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{prism_bin, scalar, strings};
+use crate::common::{prism_bin, scalar, strings};
 
 const BOTH: &str = r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#;
 
@@ -21,14 +20,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("archive");
         let lake = dir.path().join("lake");
-        let mut g = prism::generate::GenerateOptions::new(&archive);
-        g.accounts = 1;
-        g.regions = vec!["eu-west-1".into()];
-        g.days = 9;
-        g.events_per_day = 3_000;
-        g.anomalies = 6;
-        g.seed = 11;
-        prism::generate::generate(&g).unwrap();
+        prism::generate::generate(&crate::common::one_account(&archive, "eu-west-1", 9, 3_000, 6, 11)).unwrap();
         let out = prism(&["ingest", archive.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--quiet"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         (dir, archive, lake)
@@ -403,7 +395,7 @@ fn rollups_count_every_event_of_the_real_corpus() {
     let tmp = tempfile::tempdir().unwrap();
     let lake = tmp.path().join("lake");
     let l = lake.to_str().unwrap();
-    let out = prism(&["ingest", common::corpus().to_str().unwrap(), "--lake", l, "--quiet"]);
+    let out = prism(&["ingest", crate::common::corpus().to_str().unwrap(), "--lake", l, "--quiet"]);
     assert_eq!(out.status.code(), Some(3), "the corpus has damaged files");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

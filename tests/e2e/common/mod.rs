@@ -107,3 +107,15 @@ pub fn run_ingest(args: &[&str]) -> (i32, serde_json::Value) {
     });
     (code, summary)
 }
+
+/// The generator's options for one account in one region: the archive most tests build.
+pub fn one_account(out: &Path, region: &str, days: u32, events_per_day: u64, anomalies: u32, seed: u64) -> prism::generate::GenerateOptions {
+    let mut g = prism::generate::GenerateOptions::new(out);
+    g.accounts = 1;
+    g.regions = vec![region.into()];
+    g.days = days;
+    g.events_per_day = events_per_day;
+    g.anomalies = anomalies;
+    g.seed = seed;
+    g
+}

@@ -8,14 +8,13 @@
 //! are checked column by column; rows from the generated archive are checked against the same
 //! logic computed here in Rust over the archive's records.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const ACCT: &str = "111122223333";

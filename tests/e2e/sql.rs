@@ -1,7 +1,6 @@
 //! `prism sql` and the session: refresh while open, time pruning, -c/-f/stdin, output files,
 //! errors, and the interactive shell driven in a real terminal (tmux).
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{log_path, prism_bin, record, run_ingest, write_gz};
+use crate::common::{log_path, prism_bin, record, run_ingest, write_gz};
 use datafusion::physical_plan::ExecutionPlan;
 
 /// Records with a few API names, so that a GROUP BY has a known answer.

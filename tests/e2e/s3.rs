@@ -1,15 +1,14 @@
-//! S3 end to end, against a real S3 protocol server started by the tests (tests/common/s3.rs):
+//! S3 end to end, against a real S3 protocol server started by the tests (tests/e2e/common/s3.rs):
 //! archives read from a bucket, lakes and Insights files written to one, `prism backfill`
 //! killed and resumed, listing restricted to the date folders, and injected faults.
 
-mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::prism_bin;
-use common::s3::{Fault, S3Server};
+use crate::common::prism_bin;
+use crate::common::s3::{Fault, S3Server};
 
 const BOTH: &str = r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#;
 
@@ -19,14 +18,7 @@ fn archive() -> &'static (tempfile::TempDir, PathBuf) {
     ARCHIVE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("archive");
-        let mut g = prism::generate::GenerateOptions::new(&archive);
-        g.accounts = 1;
-        g.regions = vec!["eu-west-1".into()];
-        g.days = 9;
-        g.events_per_day = 2_000;
-        g.anomalies = 4;
-        g.seed = 5;
-        prism::generate::generate(&g).unwrap();
+        prism::generate::generate(&crate::common::one_account(&archive, "eu-west-1", 9, 2_000, 4, 5)).unwrap();
         (dir, archive)
     })
 }
@@ -436,7 +428,7 @@ fn the_server_lists_awkward_names_page_by_page_in_key_order() {
     use object_store::ObjectStore;
     use object_store::path::Path as ObjectPath;
     let server = S3Server::start("list-bucket");
-    let stock = S3Server::start_with("list-bucket", common::s3::Listing::Stock);
+    let stock = S3Server::start_with("list-bucket", crate::common::s3::Listing::Stock);
     let keys = awkward_tree(&server.root.join("list-bucket"));
     awkward_tree(&stock.root.join("list-bucket"));
     let (client, stock_client) = (server.client(), stock.client());

@@ -1,13 +1,12 @@
 //! End-to-end tests of `prism ingest`, on the real corpus and on files built here.
 
-mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use prism::ingest::{IngestOptions, IngestSummary, Progress};
 
 async fn ingest(sources: &[&Path], lake: &Path) -> IngestSummary {

@@ -1,0 +1,83 @@
+//! The command line: one module per command, each holding its arguments, its help and the
+//! printing of its results. Commands parse, call the library and print; nothing else.
+
+mod args;
+mod backfill;
+mod demo;
+mod generate;
+mod ingest;
+mod insights;
+mod progress;
+mod schedule;
+mod selectors;
+mod sql;
+
+use std::process::ExitCode;
+
+use clap::{ArgMatches, Parser, Subcommand};
+
+/// Exit status of a run that finished but left something out (rejected records, unread
+/// objects, failed queries): docs/ingest.md, "Exit status".
+pub const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "prism",
+    version,
+    about = "CloudTrail archives to a SQL-queryable Parquet lake, with CloudTrail Insights computed locally",
+    long_about = "Prism turns AWS CloudTrail log archives into a Parquet lake (Delta tables) that \
+                  you can query with SQL, and finds unusual API activity in it as CloudTrail \
+                  Insights does.\n\nStart with:\n  prism demo\n  prism ingest ./AWSLogs --lake ./lake\n  \
+                  prism sql --lake ./lake -c \"SELECT eventname, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC LIMIT 10\""
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read CloudTrail archives into the lake (only files not ingested before).
+    #[command(after_help = ingest::HELP)]
+    Ingest(ingest::IngestArgs),
+    /// Ingest an archive and backfill Insights over it in one resumable command.
+    #[command(after_help = backfill::HELP)]
+    Backfill(backfill::BackfillArgs),
+    /// Write a realistic CloudTrail archive with labelled anomalies (labels.json).
+    #[command(after_help = generate::HELP)]
+    Generate(generate::GenerateArgs),
+    /// Enable or show Insights types (like CloudTrail's Put/GetInsightSelectors).
+    #[command(subcommand)]
+    Selectors(selectors::SelectorsCommand),
+    /// Find unusual API call and error rates: backfill history, run incrementally, evaluate.
+    #[command(subcommand)]
+    Insights(insights::InsightsCommand),
+    /// Generate a sample, ingest it, backfill Insights and show them beside their labels.
+    #[command(after_help = demo::HELP)]
+    Demo(demo::DemoArgs),
+    /// Query the lake (or your own files) with SQL: an interactive shell, or -c, -f or stdin.
+    #[command(after_help = sql::HELP)]
+    Sql(sql::SqlArgs),
+    /// Run .sql files on a cron schedule: once from cron, or as a long-running service.
+    #[command(subcommand, after_help = schedule::HELP)]
+    Schedule(schedule::ScheduleCommand),
+}
+
+impl Cli {
+    /// Runs the command. `matches` are the raw matches, for arguments whose order matters.
+    pub async fn run(self, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Ingest(args) => ingest::run(args).await,
+            Command::Backfill(args) => backfill::run(args).await,
+            Command::Generate(args) => generate::run(args).await,
+            Command::Selectors(cmd) => selectors::run(cmd).await,
+            Command::Insights(cmd) => insights::run(cmd).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Sql(args) => {
+                let inputs = matches.subcommand_matches("sql").map(|m| sql::inputs(m, &args)).unwrap_or_default();
+                sql::run(args, inputs).await
+            }
+            Command::Schedule(cmd) => schedule::run(cmd).await,
+        }
+    }
+}
