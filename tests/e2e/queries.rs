@@ -1129,15 +1129,12 @@ fn every_shipped_query_runs() {
 #[test]
 fn windowed_queries_run_by_hand_as_the_readme_shows() {
     let readme = std::fs::read_to_string(queries_dir().join("README.md")).unwrap();
-    let function = readme.lines().find(|l| l.starts_with("window() {")).expect("the README defines window()");
-    let script = format!("{function}\n\"$PRISM\" sql --lake \"$LAKE\" --format csv -f <(window queries/root_activity.sql {} {})", DAY.0, DAY.1);
-    let out = std::process::Command::new("bash")
-        .args(["-c", &script])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("PRISM", prism_bin())
-        .env("LAKE", &fixture().lake)
-        .output()
-        .unwrap();
+    let shown = readme.lines().find(|l| l.starts_with("prism sql --lake ./lake -f queries/root_activity.sql --start")).expect("the README shows --start/--end");
+    let args: Vec<String> = shown.split_whitespace().skip(1).map(|w| w.replace("./lake", &fixture().lake.to_string_lossy())).collect();
+    let (start, end) = (&args[args.len() - 3], &args[args.len() - 1]);
+    let args: Vec<&str> = args[..args.len() - 4].iter().map(String::as_str).chain(["--start", DAY.0, "--end", DAY.1, "--format", "csv"]).collect();
+    assert!(start.ends_with('Z') && end.ends_with('Z'), "{shown}");
+    let out = std::process::Command::new(prism_bin()).args(&args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = String::from_utf8(out.stdout).unwrap();
     let ids: Vec<&str> = csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap()).collect();
