@@ -48,13 +48,7 @@ pub struct BackfillOptions {
 
 impl BackfillOptions {
     pub fn new(ingest: IngestOptions) -> Self {
-        BackfillOptions {
-            ingest,
-            insights: InsightsChoice::Default,
-            out: None,
-            params: Default::default(),
-            settle_minutes: 10,
-        }
+        BackfillOptions { ingest, insights: InsightsChoice::Default, out: None, params: Default::default(), settle_minutes: 10 }
     }
 }
 
@@ -89,11 +83,7 @@ pub struct BackfillSummary {
 pub async fn backfill(opts: &BackfillOptions, progress: &Progress) -> Result<BackfillSummary, BackfillError> {
     progress.phase.store(PHASE_INGEST, Ordering::Relaxed);
     let ingest = ingest::ingest(&opts.ingest, progress.ingest.clone()).await?;
-    let mut summary = BackfillSummary {
-        unread: ingest.unread.clone(),
-        ingest,
-        ..Default::default()
-    };
+    let mut summary = BackfillSummary { unread: ingest.unread.clone(), ingest, ..Default::default() };
     if opts.ingest.dry_run {
         summary.insights_not_run = Some("dry run".into());
         return Ok(summary);
@@ -117,13 +107,7 @@ pub async fn backfill(opts: &BackfillOptions, progress: &Progress) -> Result<Bac
     drop(lake);
     progress.phase.store(PHASE_INSIGHTS, Ordering::Relaxed);
     let range = opts.ingest.range;
-    let mut run = RunOptions::new(
-        opts.ingest.lake.clone(),
-        Mode::Backfill {
-            from: range.from,
-            to: range.to,
-        },
-    );
+    let mut run = RunOptions::new(opts.ingest.lake.clone(), Mode::Backfill { from: range.from, to: range.to });
     run.out = opts.out.clone();
     run.params = opts.params;
     run.settle_minutes = opts.settle_minutes;

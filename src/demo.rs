@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::insights::{self, quality::Quality, Mode, RunOptions};
+use crate::insights::{self, Mode, RunOptions, quality::Quality};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -83,16 +83,8 @@ pub async fn run(opts: &DemoOptions, mut step: impl FnMut(String)) -> Result<Dem
     g.days = opts.days;
     g.events_per_day = opts.events_per_day;
     g.seed = opts.seed;
-    step(format!(
-        "1/4 generating {} days of CloudTrail for {} accounts with {} labelled anomalies in {}",
-        g.days,
-        g.accounts,
-        g.anomalies,
-        archive.display()
-    ));
-    let generated = tokio::task::spawn_blocking(move || crate::generate::generate(&g))
-        .await
-        .map_err(|e| DemoError::Worker(e.to_string()))??;
+    step(format!("1/4 generating {} days of CloudTrail for {} accounts with {} labelled anomalies in {}", g.days, g.accounts, g.anomalies, archive.display()));
+    let generated = tokio::task::spawn_blocking(move || crate::generate::generate(&g)).await.map_err(|e| DemoError::Worker(e.to_string()))??;
     step(format!("    {} events in {} files", generated.events, generated.files));
 
     step(format!("2/4 ingesting into {}", lake_dir.display()));
@@ -113,8 +105,6 @@ pub async fn run(opts: &DemoOptions, mut step: impl FnMut(String)) -> Result<Dem
     let ctx = crate::sql::session(&lake).await?;
     let df = ctx.sql(SAMPLE_QUERY).await?;
     let batches = df.collect().await?;
-    let sample_result = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .map_err(|e| DemoError::Query(e.into()))?
-        .to_string();
+    let sample_result = datafusion::arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| DemoError::Query(e.into()))?.to_string();
     Ok(DemoReport { lake: lake_dir, archive, quality, sample_query: SAMPLE_QUERY.into(), sample_result })
 }

@@ -9,8 +9,8 @@
 //! are then recognised as duplicates, so counts come out exact.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
@@ -200,12 +200,7 @@ async fn dry_run(opts: &IngestOptions, started: Instant) -> Result<IngestSummary
     let lake = Lake::open(&opts.lake).await.ok();
     let mut summary = IngestSummary {
         lake: lake.as_ref().map(|l| l.url().to_string()).unwrap_or_else(|| opts.lake.clone()),
-        granularity: lake
-            .as_ref()
-            .map(|l| l.config().granularity)
-            .or(opts.granularity)
-            .unwrap_or_default()
-            .to_string(),
+        granularity: lake.as_ref().map(|l| l.config().granularity).or(opts.granularity).unwrap_or_default().to_string(),
         dry_run: true,
         ..Default::default()
     };
@@ -225,11 +220,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<Ing
     let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
     let mut rollups = Rollups::open(&lake).await?;
     let granularity = lake.config().granularity;
-    let mut summary = IngestSummary {
-        lake: lake.url().to_string(),
-        granularity: granularity.to_string(),
-        ..Default::default()
-    };
+    let mut summary = IngestSummary { lake: lake.url().to_string(), granularity: granularity.to_string(), ..Default::default() };
 
     // 1. List. 2. Leave out what earlier runs completed.
     let objects = list_sources(opts, Some(&lake), &mut summary).await?;
@@ -556,7 +547,6 @@ impl IngestLogBuilder {
             A::new(self.run.finish()),
             A::new(self.at.finish().with_timezone("UTC")),
         ];
-        RecordBatch::try_new(crate::schema::tables::ingest_log_schema(), columns)
-            .unwrap_or_else(|e| panic!("ingest_log schema mismatch: {e}"))
+        RecordBatch::try_new(crate::schema::tables::ingest_log_schema(), columns).unwrap_or_else(|e| panic!("ingest_log schema mismatch: {e}"))
     }
 }

@@ -19,26 +19,26 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::compute::{lexsort_to_indices, SortColumn};
+use arrow::compute::{SortColumn, lexsort_to_indices};
 use arrow::datatypes::SchemaRef;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use parquet::arrow::ProjectionMask;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::ProjectionMask;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::schema::{self, Granularity, AWS_REGION, EVENT_ID, EVENT_PERIOD, EVENT_TIME, SOURCE_FILE};
+use crate::schema::{self, AWS_REGION, EVENT_ID, EVENT_PERIOD, EVENT_TIME, Granularity, SOURCE_FILE};
 
 /// Errors of the lake layer, each naming the table or object concerned.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +96,7 @@ type Result<T, E = LakeError> = std::result::Result<T, E>;
 /// The lake's URL and the object store rooted at it.
 fn connect(location: &str, create: bool) -> Result<(Url, Arc<dyn ObjectStore>)> {
     let url = lake_url(location, create)?;
-    let store = crate::source::store_for(&url)
-        .map_err(delta(format!("lake `{url}`")))?;
+    let store = crate::source::store_for(&url).map_err(delta(format!("lake `{url}`")))?;
     Ok((url, store))
 }
 
@@ -207,10 +206,7 @@ impl Lake {
         {
             return Err(LakeError::Config {
                 path: format!("{url}{CONFIG_FILE}"),
-                reason: format!(
-                    "this lake was created with {} partitions; --granularity {g} applies only to a new lake",
-                    config.granularity
-                ),
+                reason: format!("this lake was created with {} partitions; --granularity {g} applies only to a new lake", config.granularity),
             });
         }
         let events = open_or_create_table(
@@ -237,10 +233,7 @@ impl Lake {
     pub async fn save_config(&mut self, config: LakeConfig) -> Result<()> {
         let shown = format!("{}{CONFIG_FILE}", self.url);
         let body = serde_json::to_vec_pretty(&config).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })?;
-        self.store
-            .put(&ObjectPath::from(CONFIG_FILE), PutPayload::from(body))
-            .await
-            .map_err(|source| LakeError::Store { context: shown, source })?;
+        self.store.put(&ObjectPath::from(CONFIG_FILE), PutPayload::from(body)).await.map_err(|source| LakeError::Store { context: shown, source })?;
         self.config = config;
         Ok(())
     }
@@ -286,11 +279,7 @@ impl Lake {
             return Ok(());
         }
         let table = self.ingest_log.clone();
-        self.ingest_log = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(delta(format!("writing {}{INGEST_LOG_TABLE}", self.url)))?;
+        self.ingest_log = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(delta(format!("writing {}{INGEST_LOG_TABLE}", self.url)))?;
         Ok(())
     }
 
@@ -299,12 +288,7 @@ impl Lake {
     ///
     /// Only the key columns are concatenated and sorted; each partition's rows are then
     /// gathered from the batches on their own, so peak memory is the input plus one partition.
-    pub async fn append_events(
-        &mut self,
-        batches: &[RecordBatch],
-        index: &mut EventIndex,
-        metadata: serde_json::Value,
-    ) -> Result<AppendOutcome> {
+    pub async fn append_events(&mut self, batches: &[RecordBatch], index: &mut EventIndex, metadata: serde_json::Value) -> Result<AppendOutcome> {
         let mut outcome = AppendOutcome::default();
         let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
         if batches.is_empty() {
@@ -317,12 +301,9 @@ impl Lake {
         // Sort by partition, then time: one run of rows per partition, time-ordered in files.
         // One concatenation and one `take` (each intermediate dropped at once) cost less than
         // gathering every partition from many batches, and leave zero-copy slices.
-        let all = arrow::compute::concat_batches(&batches[0].schema(), batches.iter().copied())
-            .map_err(arrow_err("buffering events"))?;
+        let all = arrow::compute::concat_batches(&batches[0].schema(), batches.iter().copied()).map_err(arrow_err("buffering events"))?;
         let col = |name: &str| {
-            all.column_by_name(name)
-                .cloned()
-                .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("batch lacks column {name}") })
+            all.column_by_name(name).cloned().ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("batch lacks column {name}") })
         };
         let order = lexsort_to_indices(
             &[
@@ -425,9 +406,7 @@ impl Lake {
             let table = self.events.clone();
             let props = writer_properties(self.config.granularity);
             tasks.spawn(async move {
-                let mut writer = RecordBatchWriter::for_table(&table)
-                    .map_err(delta("preparing the events writer"))?
-                    .with_writer_properties(props);
+                let mut writer = RecordBatchWriter::for_table(&table).map_err(delta("preparing the events writer"))?.with_writer_properties(props);
                 let mut adds = Vec::new();
                 for ((region, period), batch) in group {
                     let mut values = indexmap::IndexMap::new();
@@ -596,11 +575,7 @@ pub(crate) fn partition_files(table: &DeltaTable) -> Vec<PartitionFile> {
 }
 
 /// Reads `columns` of every active file of `table` (or only of `paths`).
-pub async fn read_table_columns(
-    table: &DeltaTable,
-    columns: &[&str],
-    paths: Option<&[String]>,
-) -> Result<Vec<RecordBatch>> {
+pub async fn read_table_columns(table: &DeltaTable, columns: &[&str], paths: Option<&[String]>) -> Result<Vec<RecordBatch>> {
     let all: Vec<String>;
     let paths = match paths {
         Some(p) => p,
@@ -625,18 +600,10 @@ pub(crate) async fn read_files_columns(table: &DeltaTable, paths: &[String], col
         // exactly this job (ranged reads of one column) with no extra code here.
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.clone(), path.clone());
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|source| LakeError::Parquet { context: context(), source })?;
+        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|source| LakeError::Parquet { context: context(), source })?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-        let stream = builder
-            .with_projection(mask)
-            .build()
-            .map_err(|source| LakeError::Parquet { context: context(), source })?;
-        let batches: Vec<RecordBatch> = stream
-            .try_collect()
-            .await
-            .map_err(|source| LakeError::Parquet { context: context(), source })?;
+        let stream = builder.with_projection(mask).build().map_err(|source| LakeError::Parquet { context: context(), source })?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|source| LakeError::Parquet { context: context(), source })?;
         out.extend(batches);
     }
     Ok(out)
@@ -645,9 +612,7 @@ pub(crate) async fn read_files_columns(table: &DeltaTable, paths: &[String], col
 async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &LakeConfig) -> Result<LakeConfig> {
     let path = ObjectPath::from(CONFIG_FILE);
     let shown = format!("{url}{CONFIG_FILE}");
-    let read = |bytes: &[u8]| {
-        serde_json::from_slice::<LakeConfig>(bytes).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })
-    };
+    let read = |bytes: &[u8]| serde_json::from_slice::<LakeConfig>(bytes).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source });
     match store.get(&path).await {
         Ok(r) => {
             let bytes = r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
@@ -713,4 +678,3 @@ pub async fn open_or_create_table(
         Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(delta(format!("opening {url}"))),
     }
 }
-

@@ -18,19 +18,19 @@
 //!
 //! The `prism` binary is a thin command-line layer over these (`src/cli/`).
 
-pub mod error;
-pub mod source;
-pub mod schema;
-pub mod lake;
-pub mod rollup;
-pub mod ingest;
-pub mod model;
-pub mod sql;
-pub mod generate;
-pub mod insights;
-pub mod schedule;
 pub mod backfill;
 pub mod demo;
+pub mod error;
+pub mod generate;
+pub mod ingest;
+pub mod insights;
+pub mod lake;
+pub mod model;
+pub mod rollup;
+pub mod schedule;
+pub mod schema;
+pub mod source;
+pub mod sql;
 
-pub use ingest::{ingest, IngestOptions, IngestSummary, Progress};
+pub use ingest::{IngestOptions, IngestSummary, Progress, ingest};
 pub use lake::Lake;

@@ -21,9 +21,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         // Dependencies log routine conditions as errors (e.g. "no files in log segment" while a
         // table is being created); show only Prism's own warnings unless PRISM_LOG asks.
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("prism=warn")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("prism=warn")))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

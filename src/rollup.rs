@@ -18,12 +18,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, StructArray,
-    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 
-use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
+use deltalake::protocol::SaveMode;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::lake::{self, Lake, LakeError};
@@ -36,7 +36,6 @@ pub const FILE: &str = "file";
 
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
-
 
 /// Events files counted per rollups commit.
 const CHUNK_FILES: usize = 2_000;
@@ -274,10 +273,7 @@ pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -
     let string = |name: &str| b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(name));
     let boolean = |name: &str| b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>()).ok_or_else(|| bad(name));
     let account = string("recipientaccountid")?;
-    let time = b
-        .column_by_name("eventtime")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        .ok_or_else(|| bad("eventtime"))?;
+    let time = b.column_by_name("eventtime").and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>()).ok_or_else(|| bad("eventtime"))?;
     let (source, name, error, agent, category) =
         (string("eventsource")?, string("eventname")?, string("errorcode")?, string("useragent")?, string("eventcategory")?);
     let (readonly, management) = (boolean("readonly")?, boolean("managementevent")?);

@@ -10,9 +10,7 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
 
 /// An instant, RFC 3339 (`2024-06-01T12:00:00Z`, or with an offset).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| format!("`{s}` is not an RFC 3339 time like 2024-06-01T12:00:00Z"))
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| format!("`{s}` is not an RFC 3339 time like 2024-06-01T12:00:00Z"))
 }
 
 /// A duration like `15m`, `1h`, `1d`, `1w` or `1h30m`.

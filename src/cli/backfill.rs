@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use super::EXIT_PARTIAL;
 use super::args::parse_sensitivity;
 use super::ingest::IngestArgs;
-use super::EXIT_PARTIAL;
 
 pub const HELP: &str = "\
 Examples:
@@ -87,4 +87,3 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let done = summary.ingest.dry_run || (summary.complete && summary.ingest.is_clean());
     Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }
-

@@ -72,9 +72,14 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "Generated {} events ({} delivered twice) in {} files, {:.1} MB of JSON, {} anomalies labelled; {:.2} s, {:.0} events/s",
-            summary.events, summary.duplicates, summary.files, summary.bytes as f64 / 1e6, summary.anomalies, summary.seconds, summary.events_per_second
+            summary.events,
+            summary.duplicates,
+            summary.files,
+            summary.bytes as f64 / 1e6,
+            summary.anomalies,
+            summary.seconds,
+            summary.events_per_second
         );
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -12,8 +12,8 @@ use prism::ingest::{IngestOptions, IngestSummary, Progress};
 use prism::schema::Granularity;
 use prism::source::DateRange;
 
-use super::args::{check_range, parse_date};
 use super::EXIT_PARTIAL;
+use super::args::{check_range, parse_date};
 
 pub const HELP: &str = "\
 Examples:
@@ -146,11 +146,7 @@ pub fn print_summary(s: &IngestSummary) {
     for (reason, n) in &s.rejected_by_reason {
         let _ = writeln!(out, "           {reason}: {n}");
     }
-    let _ = writeln!(
-        out,
-        "  output:  {} Parquet files in {} commits",
-        s.files_written, s.commits
-    );
+    let _ = writeln!(out, "  output:  {} Parquet files in {} commits", s.files_written, s.commits);
     let _ = writeln!(
         out,
         "  time:    {:.2} s, {:.0} events/s, {:.1} MB/s of JSON",
@@ -170,4 +166,3 @@ pub fn print_summary(s: &IngestSummary) {
     }
     let _ = std::io::stdout().write_all(out.as_bytes());
 }
-

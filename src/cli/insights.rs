@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -119,11 +119,7 @@ pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<
         super::progress::Bar::start("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}", move |bar| {
             bar.set_length(progress.series_total.load(Ordering::Relaxed));
             bar.set_position(progress.series_done.load(Ordering::Relaxed));
-            bar.set_message(format!(
-                "· {} minutes scored · {} Insights",
-                progress.minutes.load(Ordering::Relaxed),
-                progress.found.load(Ordering::Relaxed)
-            ));
+            bar.set_message(format!("· {} minutes scored · {} Insights", progress.minutes.load(Ordering::Relaxed), progress.found.load(Ordering::Relaxed)));
         })
     });
     let result = insights::run(opts, &progress).await;
@@ -134,7 +130,9 @@ pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<
 pub fn print_run(s: &RunSummary) {
     if s.insight_types.is_empty() {
         println!("Insights are not enabled on this lake; nothing to do. Enable them with:");
-        println!("  prism selectors put --lake LAKE --insight-selectors '[{{\"InsightType\":\"ApiCallRateInsight\"}},{{\"InsightType\":\"ApiErrorRateInsight\"}}]'");
+        println!(
+            "  prism selectors put --lake LAKE --insight-selectors '[{{\"InsightType\":\"ApiCallRateInsight\"}},{{\"InsightType\":\"ApiErrorRateInsight\"}}]'"
+        );
         return;
     }
     println!("Insights ({})", s.insight_types.join(", "));
@@ -207,4 +205,3 @@ pub fn print_quality(q: &insights::quality::Quality) {
         q.false_insights, q.api_days, q.false_per_100_api_days, q.scheduled_job_flags
     );
 }
-

@@ -1,8 +1,8 @@
 //! One progress-bar driver for every long command: a thread redraws the bar from shared
 //! counters until stopped, so the work itself never waits on the terminal.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A bar drawn on stderr by its own thread; dropped or [`Bar::finish`]ed, it is cleared.
@@ -51,27 +51,23 @@ impl Drop for Bar {
 /// Draws files, events, MB/s and ETA on stderr until finished; with `backfill`, then the
 /// Insights step's series.
 pub fn ingest_bar(progress: Arc<prism::ingest::Progress>, backfill: Option<Arc<prism::backfill::Progress>>) -> Bar {
-    Bar::start(
-        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        move |bar| {
-            bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
-            bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));
-            let mut msg = format!(
-                "files {}/{} · events {}",
-                progress.files_done.load(Ordering::Relaxed),
-                progress.files_total.load(Ordering::Relaxed),
-                progress.records.load(Ordering::Relaxed)
+    Bar::start("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}", move |bar| {
+        bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
+        bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));
+        let mut msg = format!(
+            "files {}/{} · events {}",
+            progress.files_done.load(Ordering::Relaxed),
+            progress.files_total.load(Ordering::Relaxed),
+            progress.records.load(Ordering::Relaxed)
+        );
+        if let Some(b) = backfill.as_ref().filter(|b| b.phase.load(Ordering::Relaxed) == prism::backfill::PHASE_INSIGHTS) {
+            msg = format!(
+                "{msg} · insights: series {}/{} · {} found",
+                b.insights.series_done.load(Ordering::Relaxed),
+                b.insights.series_total.load(Ordering::Relaxed),
+                b.insights.found.load(Ordering::Relaxed)
             );
-            if let Some(b) = backfill.as_ref().filter(|b| b.phase.load(Ordering::Relaxed) == prism::backfill::PHASE_INSIGHTS) {
-                msg = format!(
-                    "{msg} · insights: series {}/{} · {} found",
-                    b.insights.series_done.load(Ordering::Relaxed),
-                    b.insights.series_total.load(Ordering::Relaxed),
-                    b.insights.found.load(Ordering::Relaxed)
-                );
-            }
-            bar.set_message(msg);
-        },
-    )
+        }
+        bar.set_message(msg);
+    })
 }
-

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use prism::schedule;
 
-use super::args::parse_time;
 use super::EXIT_PARTIAL;
+use super::args::parse_time;
 
 pub const HELP: &str = "\
 A query file schedules itself with comment lines at its top:
@@ -162,10 +162,7 @@ async fn next_signal() -> bool {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
             return false;
         };
         tokio::select! {
@@ -193,14 +190,9 @@ fn run_line(r: &schedule::QueryRun) -> String {
             r.duration_ms,
             r.output.as_deref().unwrap_or("")
         ),
-        schedule::RunStatus::Error => format!(
-            "FAILED  {}  slot {}  {} ms  {}: {}",
-            r.query,
-            minute(r.slot),
-            r.duration_ms,
-            r.file,
-            r.error.as_deref().unwrap_or("")
-        ),
+        schedule::RunStatus::Error => {
+            format!("FAILED  {}  slot {}  {} ms  {}: {}", r.query, minute(r.slot), r.duration_ms, r.file, r.error.as_deref().unwrap_or(""))
+        }
     }
 }
 
@@ -208,9 +200,7 @@ async fn run_once(args: ScheduleRunArgs) -> anyhow::Result<ExitCode> {
     let now = args.now.unwrap_or_else(Utc::now);
     let catalogue = schedule::load_queries(&args.common.queries)?;
     let lake = prism::Lake::open(&args.lake).await?;
-    let options = schedule::RunOptions {
-        out_dir: args.common.out.clone(),
-    };
+    let options = schedule::RunOptions { out_dir: args.common.out.clone() };
     let stop = stop_on_signals();
     let json = args.common.json;
     let summary = schedule::run_due(&lake, &catalogue, now, &options, &stop, |r| {
@@ -246,34 +236,21 @@ async fn run_once(args: ScheduleRunArgs) -> anyhow::Result<ExitCode> {
             summary.not_due.len(),
             summary.unscheduled.len(),
             summary.problems.len(),
-            if summary.not_run.is_empty() {
-                String::new()
-            } else {
-                format!(", {} not run", summary.not_run.len())
-            }
+            if summary.not_run.is_empty() { String::new() } else { format!(", {} not run", summary.not_run.len()) }
         );
     }
-    Ok(if summary.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_PARTIAL)
-    })
+    Ok(if summary.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }
 
 async fn serve(args: ScheduleServeArgs) -> anyhow::Result<ExitCode> {
     let options = schedule::ServeOptions {
         lake: args.lake,
         queries: args.common.queries,
-        run: schedule::RunOptions {
-            out_dir: args.common.out,
-        },
+        run: schedule::RunOptions { out_dir: args.common.out },
         poll: Duration::from_secs(args.poll),
     };
     let json = args.common.json;
-    eprintln!(
-        "serving the queries of {} (Ctrl-C stops after the running query)",
-        options.queries.display()
-    );
+    eprintln!("serving the queries of {} (Ctrl-C stops after the running query)", options.queries.display());
     let stop = stop_on_signals();
     let totals = schedule::serve(&options, Utc::now, &stop, |event| match event {
         schedule::ServeEvent::Run(r) if json => {
@@ -292,10 +269,7 @@ async fn serve(args: ScheduleServeArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("serve failed")?;
-    eprintln!(
-        "stopped: {} loops, {} runs, {} failed",
-        totals.passes, totals.runs, totals.failed
-    );
+    eprintln!("stopped: {} loops, {} runs, {} failed", totals.passes, totals.runs, totals.failed);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -308,17 +282,11 @@ async fn list(args: ScheduleListArgs) -> anyhow::Result<ExitCode> {
     };
     let statuses = schedule::statuses(&catalogue, history.as_ref(), now);
     if args.json {
-        let out =
-            serde_json::json!({"now": now, "queries": statuses, "problems": catalogue.problems});
+        let out = serde_json::json!({"now": now, "queries": statuses, "problems": catalogue.problems});
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(if catalogue.problems.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_PARTIAL)
-        });
+        return Ok(if catalogue.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) });
     }
-    let mut rows =
-        vec![["NAME", "SCHEDULE", "WINDOW", "NEXT", "LAST RUN", "OUTPUT"].map(String::from)];
+    let mut rows = vec![["NAME", "SCHEDULE", "WINDOW", "NEXT", "LAST RUN", "OUTPUT"].map(String::from)];
     for s in &statuses {
         let next = match (&s.schedule, s.due) {
             (None, _) => "not scheduled".to_owned(),
@@ -342,37 +310,16 @@ async fn list(args: ScheduleListArgs) -> anyhow::Result<ExitCode> {
             (Some(w), None) => w.to_owned(),
             _ => "-".to_owned(),
         };
-        let output = if s.schedule.is_some() {
-            s.output.clone()
-        } else {
-            "-".to_owned()
-        };
-        rows.push([
-            s.name.clone(),
-            s.schedule.clone().unwrap_or_else(|| "-".into()),
-            window,
-            next,
-            last,
-            output,
-        ]);
+        let output = if s.schedule.is_some() { s.output.clone() } else { "-".to_owned() };
+        rows.push([s.name.clone(), s.schedule.clone().unwrap_or_else(|| "-".into()), window, next, last, output]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         println!("{}", cells.join("  ").trim_end());
     }
     for p in &catalogue.problems {
         println!("BAD  {p}");
     }
-    Ok(if catalogue.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_PARTIAL)
-    })
+    Ok(if catalogue.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
 }

@@ -48,4 +48,3 @@ pub async fn run(cmd: SelectorsCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -7,8 +7,8 @@ use clap::Args;
 
 use chrono::{DateTime, Utc};
 
-use prism::sql::window::{Span, TimeWindow};
 use prism::sql::OutputFormat;
+use prism::sql::window::{Span, TimeWindow};
 
 use super::args::{parse_span, parse_time};
 

@@ -101,9 +101,21 @@ pub const SCHEDULED_JOBS: &[ScheduledJob] = &[
 /// User agents by caller kind.
 pub fn user_agents(caller: Caller) -> &'static [&'static str] {
     match caller {
-        Human => &["console.amazonaws.com", "aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0 exe/x86_64.ubuntu.22 prompt/off command/ec2.describe-instances", "AWS Internal"],
-        App => &["Boto3/1.34.69 md/Botocore#1.34.69 ua/2.0 os/linux#6.1.0 md/arch#x86_64 lang/python#3.11.8", "aws-sdk-go-v2/1.26.1 os/linux lang/go#1.22.1 md/GOOS#linux md/GOARCH#amd64", "amazon-ssm-agent/3.3.40.0"],
-        Automation => &["APN/1.0 HashiCorp/1.0 Terraform/1.7.5 (+https://www.terraform.io) terraform-provider-aws/5.42.0", "aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0 exe/x86_64.ubuntu.22 command/cloudformation.deploy", "aws-sdk-js/3.540.0"],
+        Human => &[
+            "console.amazonaws.com",
+            "aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0 exe/x86_64.ubuntu.22 prompt/off command/ec2.describe-instances",
+            "AWS Internal",
+        ],
+        App => &[
+            "Boto3/1.34.69 md/Botocore#1.34.69 ua/2.0 os/linux#6.1.0 md/arch#x86_64 lang/python#3.11.8",
+            "aws-sdk-go-v2/1.26.1 os/linux lang/go#1.22.1 md/GOOS#linux md/GOARCH#amd64",
+            "amazon-ssm-agent/3.3.40.0",
+        ],
+        Automation => &[
+            "APN/1.0 HashiCorp/1.0 Terraform/1.7.5 (+https://www.terraform.io) terraform-provider-aws/5.42.0",
+            "aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0 exe/x86_64.ubuntu.22 command/cloudformation.deploy",
+            "aws-sdk-js/3.540.0",
+        ],
         Service => &["autoscaling.amazonaws.com", "cloudformation.amazonaws.com", "config.amazonaws.com"],
     }
 }

@@ -14,14 +14,14 @@ pub mod catalogue;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use catalogue::{Api, Caller, APIS, SCHEDULED_JOBS};
+use catalogue::{APIS, Api, Caller, SCHEDULED_JOBS};
 
 /// Errors of the generator.
 #[derive(Debug, thiserror::Error)]
@@ -232,15 +232,7 @@ impl Rng {
     /// A UUID-shaped identifier.
     pub fn uuid(&mut self, out: &mut String) {
         let (a, b) = (self.next_u64(), self.next_u64());
-        let _ = write!(
-            out,
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            (b >> 48) & 0x3fff | 0x8000,
-            b & 0xffff_ffff_ffff
-        );
+        let _ = write!(out, "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, (b >> 48) & 0x3fff | 0x8000, b & 0xffff_ffff_ffff);
     }
     fn alnum(&mut self, n: usize) -> String {
         const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -283,22 +275,24 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, GenerateError
     let error: Mutex<Option<GenerateError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..opts.threads.clamp(1, streams.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(a, r)) = streams.get(i) else { break };
-                let stream = Stream::new(opts, &accounts[a], &opts.regions[r], a, r, &labels);
-                match stream.run() {
-                    Ok(st) => {
-                        files.fetch_add(st.files, Ordering::Relaxed);
-                        events.fetch_add(st.events, Ordering::Relaxed);
-                        dups.fetch_add(st.duplicates, Ordering::Relaxed);
-                        bytes.fetch_add(st.bytes, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if let Ok(mut slot) = error.lock() {
-                            slot.get_or_insert(e);
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(a, r)) = streams.get(i) else { break };
+                    let stream = Stream::new(opts, &accounts[a], &opts.regions[r], a, r, &labels);
+                    match stream.run() {
+                        Ok(st) => {
+                            files.fetch_add(st.files, Ordering::Relaxed);
+                            events.fetch_add(st.events, Ordering::Relaxed);
+                            dups.fetch_add(st.duplicates, Ordering::Relaxed);
+                            bytes.fetch_add(st.bytes, Ordering::Relaxed);
                         }
-                        break;
+                        Err(e) => {
+                            if let Ok(mut slot) = error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            break;
+                        }
                     }
                 }
             });
@@ -408,9 +402,9 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
                 }
                 expected_calls = Some((calls * 10.0).round() / 10.0);
             }
-            let clash = out.iter().any(|l| {
-                l.account == account && l.region == region && l.event_name == api.name && l.start_minute < end + 60 && start < l.end_minute + 60
-            });
+            let clash = out
+                .iter()
+                .any(|l| l.account == account && l.region == region && l.event_name == api.name && l.start_minute < end + 60 && start < l.end_minute + 60);
             if clash {
                 continue;
             }
@@ -627,7 +621,13 @@ impl<'a> Stream<'a> {
                 let key = rng.alnum(16).to_uppercase();
                 if arn.contains(":assumed-role/") {
                     let creation = format!("{hour}:00:00Z");
-                    let role = AssumedRole { issuer_id: &format!("AROA{acct}"), role: "ci-deploy", access_key: &format!("ASIA{key}"), creation: &creation, ..AssumedRole::new(acct, user) };
+                    let role = AssumedRole {
+                        issuer_id: &format!("AROA{acct}"),
+                        role: "ci-deploy",
+                        access_key: &format!("ASIA{key}"),
+                        creation: &creation,
+                        ..AssumedRole::new(acct, user)
+                    };
                     role.write(out);
                 } else {
                     write_iam_user(out, acct, &format!("AIDA{acct}{user}"), arn, &format!("AKIA{key}"), user);
@@ -642,7 +642,14 @@ impl<'a> Stream<'a> {
                     write_iam_user(out, acct, &format!("AIDA{acct}{user}"), &arn, &format!("AKIA{acct}{user}"), user);
                 } else {
                     let creation = format!("{day}T08:00:00Z");
-                    let role = AssumedRole { issuer_id: &format!("AROA{acct}"), role: "Admin", access_key: &format!("ASIA{acct}{user}"), creation: &creation, mfa: true, ..AssumedRole::new(acct, user) };
+                    let role = AssumedRole {
+                        issuer_id: &format!("AROA{acct}"),
+                        role: "Admin",
+                        access_key: &format!("ASIA{acct}{user}"),
+                        creation: &creation,
+                        mfa: true,
+                        ..AssumedRole::new(acct, user)
+                    };
                     role.write(out);
                 }
                 (format!("203.0.113.{}", rng.below(20) + 10), ua)
@@ -651,7 +658,14 @@ impl<'a> Stream<'a> {
                 let instance = *rng.pick(&["i-0a1b2c3d4e5f60718", "i-0f9e8d7c6b5a40312", "i-0123456789abcdef0", "i-0fedcba9876543210"]);
                 let ua = *rng.pick(catalogue::user_agents(Caller::App));
                 let creation = format!("{hour}:00:00Z");
-                let role = AssumedRole { issuer_id: &format!("AROA{acct}APP"), role: "app-role", access_key: &format!("ASIA{acct}APP"), creation: &creation, ec2_role_delivery: true, ..AssumedRole::new(acct, instance) };
+                let role = AssumedRole {
+                    issuer_id: &format!("AROA{acct}APP"),
+                    role: "app-role",
+                    access_key: &format!("ASIA{acct}APP"),
+                    creation: &creation,
+                    ec2_role_delivery: true,
+                    ..AssumedRole::new(acct, instance)
+                };
                 role.write(out);
                 (format!("10.0.{}.{}", rng.below(4), rng.below(250) + 1), ua)
             }
@@ -660,7 +674,14 @@ impl<'a> Stream<'a> {
                 if rng.chance(0.7) {
                     let creation = format!("{hour}:00:00Z");
                     let provider = format!("arn:aws:iam::{acct}:oidc-provider/token.actions.githubusercontent.com");
-                    let role = AssumedRole { issuer_id: &format!("AROA{acct}CI"), role: "ci-deploy", access_key: &format!("ASIA{acct}CI"), creation: &creation, web_identity: Some(&provider), ..AssumedRole::new(acct, "GitHubActions") };
+                    let role = AssumedRole {
+                        issuer_id: &format!("AROA{acct}CI"),
+                        role: "ci-deploy",
+                        access_key: &format!("ASIA{acct}CI"),
+                        creation: &creation,
+                        web_identity: Some(&provider),
+                        ..AssumedRole::new(acct, "GitHubActions")
+                    };
                     role.write(out);
                 } else {
                     let arn = format!("arn:aws:iam::{acct}:user/terraform");
@@ -677,9 +698,7 @@ impl<'a> Stream<'a> {
         let _ = write!(
             out,
             ",\"eventTime\":\"{minute_prefix}{second:02}Z\",\"eventSource\":\"{}\",\"eventName\":\"{}\",\"awsRegion\":\"{}\",\"sourceIPAddress\":\"{ip}\",\"userAgent\":\"{agent}\"",
-            api.source,
-            api.name,
-            self.region
+            api.source, api.name, self.region
         );
         if let Some(code) = call.error {
             let _ = write!(out, ",\"errorCode\":\"{code}\",\"errorMessage\":\"The request failed: {code}\"");
@@ -713,7 +732,10 @@ impl<'a> Stream<'a> {
 
 /// `userIdentity` of an IAM user.
 fn write_iam_user(out: &mut String, acct: &str, principal_id: &str, arn: &str, access_key: &str, user: &str) {
-    let _ = write!(out, "{{\"type\":\"IAMUser\",\"principalId\":\"{principal_id}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"{access_key}\",\"userName\":\"{user}\"}}");
+    let _ = write!(
+        out,
+        "{{\"type\":\"IAMUser\",\"principalId\":\"{principal_id}\",\"arn\":\"{arn}\",\"accountId\":\"{acct}\",\"accessKeyId\":\"{access_key}\",\"userName\":\"{user}\"}}"
+    );
 }
 
 /// `userIdentity` of an assumed-role session, with its session context.
@@ -757,11 +779,21 @@ impl<'a> AssumedRole<'a> {
 fn request_parameters(out: &mut String, api: &Api, rng: &mut Rng, acct: &str) {
     let n = rng.below(40);
     let _ = match api.name {
-        "RunInstances" => write!(out, "{{\"instancesSet\":{{\"items\":[{{\"imageId\":\"ami-0c55b159cbfafe1f0\",\"minCount\":1,\"maxCount\":{}}}]}},\"instanceType\":\"t3.micro\",\"monitoring\":{{\"enabled\":false}}}}", n % 3 + 1),
-        "AuthorizeSecurityGroupIngress" => write!(out, "{{\"groupId\":\"sg-0{n:07x}\",\"ipPermissions\":{{\"items\":[{{\"ipProtocol\":\"tcp\",\"fromPort\":22,\"toPort\":22,\"ipRanges\":{{\"items\":[{{\"cidrIp\":\"0.0.0.0/0\"}}]}}}}]}}}}"),
+        "RunInstances" => write!(
+            out,
+            "{{\"instancesSet\":{{\"items\":[{{\"imageId\":\"ami-0c55b159cbfafe1f0\",\"minCount\":1,\"maxCount\":{}}}]}},\"instanceType\":\"t3.micro\",\"monitoring\":{{\"enabled\":false}}}}",
+            n % 3 + 1
+        ),
+        "AuthorizeSecurityGroupIngress" => write!(
+            out,
+            "{{\"groupId\":\"sg-0{n:07x}\",\"ipPermissions\":{{\"items\":[{{\"ipProtocol\":\"tcp\",\"fromPort\":22,\"toPort\":22,\"ipRanges\":{{\"items\":[{{\"cidrIp\":\"0.0.0.0/0\"}}]}}}}]}}}}"
+        ),
         "CreateAccessKey" | "CreateUser" | "GetUser" => write!(out, "{{\"userName\":\"svc-user-{n}\"}}"),
         "AssumeRole" => write!(out, "{{\"roleArn\":\"arn:aws:iam::{acct}:role/app-role\",\"roleSessionName\":\"session-{n}\",\"durationSeconds\":3600}}"),
-        "Decrypt" | "GenerateDataKey" => write!(out, "{{\"encryptionAlgorithm\":\"SYMMETRIC_DEFAULT\",\"keyId\":\"arn:aws:kms:us-east-1:{acct}:key/0000{n:04}-aaaa-bbbb-cccc-dddddddddddd\"}}"),
+        "Decrypt" | "GenerateDataKey" => write!(
+            out,
+            "{{\"encryptionAlgorithm\":\"SYMMETRIC_DEFAULT\",\"keyId\":\"arn:aws:kms:us-east-1:{acct}:key/0000{n:04}-aaaa-bbbb-cccc-dddddddddddd\"}}"
+        ),
         "GetParameter" | "PutParameter" => write!(out, "{{\"name\":\"/app/config/param-{n}\",\"withDecryption\":true}}"),
         "GetSecretValue" => write!(out, "{{\"secretId\":\"prod/db/password-{n}\"}}"),
         "CreateLogStream" => write!(out, "{{\"logGroupName\":\"/aws/lambda/fn-{n}\",\"logStreamName\":\"2024/01/01/[$LATEST]{n:032x}\"}}"),

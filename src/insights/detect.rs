@@ -71,7 +71,12 @@ impl DetectorParams {
 
     /// Minutes before an analysed minute that the detector reads.
     pub fn lookback(&self) -> usize {
-        self.baseline.window + self.baseline.tolerance + self.baseline.smoothing + RECENT + self.spike_window.max(self.drop_windows[0]).max(self.drop_windows[1]) + 1
+        self.baseline.window
+            + self.baseline.tolerance
+            + self.baseline.smoothing
+            + RECENT
+            + self.spike_window.max(self.drop_windows[0]).max(self.drop_windows[1])
+            + 1
     }
 }
 

@@ -12,14 +12,14 @@ pub mod quality;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{col, lit, SessionContext};
+use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::protocol::SaveMode;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -30,7 +30,7 @@ use crate::model;
 use detect::{DetectorParams, Direction, State, Transition};
 use records::{InsightRecord, SeriesKey};
 
-pub use crate::schema::tables::{INSIGHTS as INSIGHTS_TABLE, INSIGHT_RUNS as RUNS_TABLE};
+pub use crate::schema::tables::{INSIGHT_RUNS as RUNS_TABLE, INSIGHTS as INSIGHTS_TABLE};
 pub const CALL_RATE: &str = "ApiCallRateInsight";
 pub const ERROR_RATE: &str = "ApiErrorRateInsight";
 const VALID_TYPES: [&str; 2] = [CALL_RATE, ERROR_RATE];
@@ -50,7 +50,9 @@ pub enum InsightsError {
         source: DataFusionError,
     },
     /// Mirrors AWS's `InvalidInsightSelectorsException`.
-    #[error("InvalidInsightSelectorsException: {0}. Valid InsightType values: ApiCallRateInsight, ApiErrorRateInsight; for example [{{\"InsightType\":\"ApiCallRateInsight\"}}]")]
+    #[error(
+        "InvalidInsightSelectorsException: {0}. Valid InsightType values: ApiCallRateInsight, ApiErrorRateInsight; for example [{{\"InsightType\":\"ApiCallRateInsight\"}}]"
+    )]
     InvalidSelectors(String),
     /// Mirrors AWS's `InsightNotEnabledException`.
     #[error("InsightNotEnabledException: the lake {0} does not have Insights enabled; enable them with `prism selectors put`")]
@@ -272,10 +274,9 @@ pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
         }
         let horizon = last + 1 - opts.settle_minutes.max(0);
         let (start, end) = match &opts.mode {
-            Mode::Backfill { from, to } => (
-                from.map(day_minute).unwrap_or(*first).max(*first),
-                to.map(|d| day_minute(d) + 1440).unwrap_or(horizon).min(horizon),
-            ),
+            Mode::Backfill { from, to } => {
+                (from.map(day_minute).unwrap_or(*first).max(*first), to.map(|d| day_minute(d) + 1440).unwrap_or(horizon).min(horizon))
+            }
             Mode::Incremental { until } => (
                 watermarks.get(&(account.clone(), region.clone())).copied().unwrap_or(*first).max(*first),
                 until.map(|u| u.timestamp().div_euclid(60)).unwrap_or(horizon).min(horizon),
@@ -429,10 +430,7 @@ async fn account_region_bounds(ctx: &SessionContext) -> Result<BTreeMap<(String,
         let lo = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         let hi = b.column(3).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         for i in 0..b.num_rows() {
-            out.insert(
-                (a.value(i).to_owned(), r.value(i).to_owned()),
-                (lo.value(i).div_euclid(MICROS_PER_MINUTE), hi.value(i).div_euclid(MICROS_PER_MINUTE)),
-            );
+            out.insert((a.value(i).to_owned(), r.value(i).to_owned()), (lo.value(i).div_euclid(MICROS_PER_MINUTE), hi.value(i).div_euclid(MICROS_PER_MINUTE)));
         }
     }
     Ok(out)
@@ -607,10 +605,7 @@ impl OutputStore {
         for ((account, region, _day), group) in groups {
             let (path, body) = records::insight_file(&account, &region, &group)?;
             let shown = format!("{}{path}", self.shown);
-            self.store
-                .put(&ObjectPath::from(path.as_str()), PutPayload::from(body))
-                .await
-                .map_err(|source| InsightsError::Store { context: shown, source })?;
+            self.store.put(&ObjectPath::from(path.as_str()), PutPayload::from(body)).await.map_err(|source| InsightsError::Store { context: shown, source })?;
             files += 1;
         }
         Ok(files)

@@ -63,9 +63,7 @@ pub struct Quality {
 }
 
 fn minute(s: &str) -> Result<i64> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp().div_euclid(60))
-        .map_err(|source| InsightsError::LabelTime { time: s.to_owned(), source })
+    DateTime::parse_from_rfc3339(s).map(|t| t.timestamp().div_euclid(60)).map_err(|source| InsightsError::LabelTime { time: s.to_owned(), source })
 }
 
 /// Whether a label counts toward the recall target.
@@ -94,8 +92,7 @@ pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
         for l in &file.anomalies {
             // An error burst on a write API is also a burst of write calls: the call-rate
             // Insight it causes is a true one.
-            let same_type = l.insight_type == f.insight_type
-                || (l.kind == "error_burst" && f.insight_type == super::CALL_RATE && f.direction == "spike");
+            let same_type = l.insight_type == f.insight_type || (l.kind == "error_burst" && f.insight_type == super::CALL_RATE && f.direction == "spike");
             let same = l.account == f.account
                 && l.region == f.region
                 && same_type

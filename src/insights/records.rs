@@ -5,17 +5,15 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 
-use datafusion::prelude::{col, lit, Expr, SessionContext};
+use datafusion::prelude::{Expr, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::detect::{Direction, Open, Transition};
+use super::{CALL_RATE, ERROR_RATE, INSIGHTS_TABLE, InsightsError, MICROS_PER_MINUTE, Result, query};
 use crate::model::Baseline;
-use super::{query, InsightsError, Result, CALL_RATE, ERROR_RATE, INSIGHTS_TABLE, MICROS_PER_MINUTE};
 use crate::schema::Granularity;
 
 /// Namespace of Insight IDs (fixed, so IDs are stable across versions and machines).
@@ -234,12 +232,7 @@ impl AttributionCache {
 async fn insight_events(s: &SeriesContext<'_>, from: i64, until: i64, context: &str) -> Result<Vec<(i64, [String; 3])>> {
     let mut buckets: Vec<String> = (from..until).map(|m| s.granularity.bucket_name(m * MICROS_PER_MINUTE)).collect();
     buckets.dedup();
-    let paths: Vec<String> = buckets
-        .into_iter()
-        .filter_map(|b| s.files.get(&(s.region.to_owned(), b)))
-        .flatten()
-        .cloned()
-        .collect();
+    let paths: Vec<String> = buckets.into_iter().filter_map(|b| s.files.get(&(s.region.to_owned(), b))).flatten().cloned().collect();
     let batches = crate::lake::read_files_columns(s.events, &paths, crate::rollup::PROJECTION)
         .await
         .map_err(|source| InsightsError::Read { context: context.to_owned(), source })?;
@@ -308,7 +301,6 @@ fn text(a: &StringArray, i: usize) -> String {
     if a.is_valid(i) { a.value(i).to_owned() } else { "null".to_owned() }
 }
 
-
 fn timestamps(minutes: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from_iter_values(minutes.map(|m| m * MICROS_PER_MINUTE)).with_timezone("UTC"))
 }
@@ -335,7 +327,8 @@ pub fn to_batch(recs: &[InsightRecord], run_id: &str) -> Result<RecordBatch> {
         strings(&|r| Some(r.json.to_string())),
         strings(&|_| Some(run_id.to_owned())),
     ];
-    RecordBatch::try_new(crate::schema::tables::insights_schema(), columns).map_err(|source| InsightsError::Arrow { context: "building insights rows".into(), source })
+    RecordBatch::try_new(crate::schema::tables::insights_schema(), columns)
+        .map_err(|source| InsightsError::Arrow { context: "building insights rows".into(), source })
 }
 
 /// What a later run needs of a stored record.
@@ -433,7 +426,6 @@ pub struct RunRow {
     pub ends: u64,
 }
 
-
 pub fn runs_batch(rows: &[RunRow], seconds: f64) -> Result<RecordBatch> {
     let now = chrono::Utc::now().timestamp_micros();
     let strings = |f: &dyn Fn(&RunRow) -> String| -> ArrayRef { Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>()) };
@@ -449,5 +441,6 @@ pub fn runs_batch(rows: &[RunRow], seconds: f64) -> Result<RecordBatch> {
         Arc::new(rows.iter().map(|_| seconds).collect::<Float64Array>()),
         Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| now)).with_timezone("UTC")),
     ];
-    RecordBatch::try_new(crate::schema::tables::insight_runs_schema(), columns).map_err(|source| InsightsError::Arrow { context: "building insight_runs rows".into(), source })
+    RecordBatch::try_new(crate::schema::tables::insight_runs_schema(), columns)
+        .map_err(|source| InsightsError::Arrow { context: "building insight_runs rows".into(), source })
 }

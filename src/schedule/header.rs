@@ -22,19 +22,12 @@ use croner::parser::{CronParser, Seconds, Year};
 use crate::sql::OutputFormat;
 
 /// Keys a header may hold. `description` is documentation only.
-pub const KEYS: &[&str] = &[
-    "name",
-    "schedule",
-    "output",
-    "window",
-    "delay",
-    "description",
-];
+pub const KEYS: &[&str] = &["name", "schedule", "output", "window", "delay", "description"];
 
 /// The output template used when a scheduled query has no `-- output:` line.
 pub const DEFAULT_OUTPUT: &str = "{name}/{date}.csv";
 
-pub use crate::sql::window::{sql_timestamp, Span, TimeWindow, SQL_END, SQL_START};
+pub use crate::sql::window::{SQL_END, SQL_START, Span, TimeWindow, sql_timestamp};
 
 /// A problem with one file, reported with its line (1-based) when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -62,17 +55,10 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, String> {
-        let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser
-            .parse(text)
-            .map_err(|e| format!("`{text}` is not a cron schedule (5 fields: minute hour day month weekday, e.g. `0 * * * *`): {e}"))?;
-        Ok(Schedule {
-            text: text.to_owned(),
-            cron,
-        })
+        let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build();
+        let cron =
+            parser.parse(text).map_err(|e| format!("`{text}` is not a cron schedule (5 fields: minute hour day month weekday, e.g. `0 * * * *`): {e}"))?;
+        Ok(Schedule { text: text.to_owned(), cron })
     }
 
     pub fn as_str(&self) -> &str {
@@ -115,17 +101,12 @@ impl OutputTemplate {
             };
             let key = &after[..close];
             if !OUTPUT_PLACEHOLDERS.contains(&key) {
-                return Err(format!(
-                    "`{{{key}}}` in `{text}` is not a placeholder; use {{name}}, {{date}}, {{start}} or {{end}}"
-                ));
+                return Err(format!("`{{{key}}}` in `{text}` is not a placeholder; use {{name}}, {{date}}, {{start}} or {{end}}"));
             }
             rest = &after[close + 1..];
         }
         let format = OutputFormat::from_path(Path::new(text)).map_err(|e| e.to_string())?;
-        Ok(OutputTemplate {
-            template: text.to_owned(),
-            format,
-        })
+        Ok(OutputTemplate { template: text.to_owned(), format })
     }
 
     pub fn uses_window(&self) -> bool {
@@ -136,14 +117,9 @@ impl OutputTemplate {
     /// query has no window.
     pub fn render(&self, name: &str, slot: DateTime<Utc>, window: Option<TimeWindow>) -> PathBuf {
         let day = window.map_or(slot, |w| w.end);
-        let mut s = self
-            .template
-            .replace("{name}", name)
-            .replace("{date}", &day.format("%Y-%m-%d").to_string());
+        let mut s = self.template.replace("{name}", name).replace("{date}", &day.format("%Y-%m-%d").to_string());
         if let Some(w) = window {
-            s = s
-                .replace("{start}", &compact_timestamp(w.start))
-                .replace("{end}", &compact_timestamp(w.end));
+            s = s.replace("{start}", &compact_timestamp(w.start)).replace("{end}", &compact_timestamp(w.end));
         }
         PathBuf::from(s)
     }
@@ -169,10 +145,7 @@ impl QueryFile {
     /// The window a run at `slot` covers: it ends `delay` before the slot and lasts `window`.
     pub fn window_at(&self, slot: DateTime<Utc>) -> Option<TimeWindow> {
         let end = slot - self.delay.map_or(TimeDelta::zero(), |d| d.delta());
-        self.window.map(|w| TimeWindow {
-            start: end - w.delta(),
-            end,
-        })
+        self.window.map(|w| TimeWindow { start: end - w.delta(), end })
     }
 
     /// The SQL of a run: `{start}` and `{end}` become `TIMESTAMP '…Z'` literals.
@@ -188,11 +161,7 @@ impl QueryFile {
 pub fn parse_query_file(file: &Path, text: &str) -> Result<QueryFile, Vec<HeaderProblem>> {
     let mut problems = Vec::new();
     let mut problem = |line: usize, message: String| {
-        problems.push(HeaderProblem {
-            file: file.to_owned(),
-            line: Some(line),
-            message,
-        });
+        problems.push(HeaderProblem { file: file.to_owned(), line: Some(line), message });
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut name = None;
@@ -216,10 +185,7 @@ pub fn parse_query_file(file: &Path, text: &str) -> Result<QueryFile, Vec<Header
             continue;
         };
         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
-            problem(
-                n,
-                format!("`{key}:` is given twice (first on line {first})"),
-            );
+            problem(n, format!("`{key}:` is given twice (first on line {first})"));
             continue;
         }
         seen.push((key, n));
@@ -229,19 +195,10 @@ pub fn parse_query_file(file: &Path, text: &str) -> Result<QueryFile, Vec<Header
         }
         match key {
             "name" => {
-                if value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-                    && !value.starts_with('.')
-                {
+                if value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) && !value.starts_with('.') {
                     name = Some(value.to_owned());
                 } else {
-                    problem(
-                        n,
-                        format!(
-                            "name `{value}` may hold only letters, digits, `_`, `-` and `.` (it is used in paths)"
-                        ),
-                    );
+                    problem(n, format!("name `{value}` may hold only letters, digits, `_`, `-` and `.` (it is used in paths)"));
                 }
             }
             "schedule" => match Schedule::parse(value) {
@@ -264,73 +221,39 @@ pub fn parse_query_file(file: &Path, text: &str) -> Result<QueryFile, Vec<Header
                 Err(e) => problem(n, format!("delay: {e}")),
             },
             "description" => description = Some(value.to_owned()),
-            other => problem(
-                n,
-                format!(
-                    "unknown header key `{other}:` (known: {}); a prose comment should not start with a lower-case `word:`",
-                    KEYS.join(", ")
-                ),
-            ),
+            other => {
+                problem(n, format!("unknown header key `{other}:` (known: {}); a prose comment should not start with a lower-case `word:`", KEYS.join(", ")))
+            }
         }
     }
-    let output = output.unwrap_or_else(|| OutputTemplate {
-        template: DEFAULT_OUTPUT.to_owned(),
-        format: OutputFormat::Csv,
-    });
+    let output = output.unwrap_or_else(|| OutputTemplate { template: DEFAULT_OUTPUT.to_owned(), format: OutputFormat::Csv });
     let line_of = |key: &str| seen.iter().find(|(k, _)| *k == key).map(|(_, l)| *l);
     // A bad `window:` line is reported already; these are for a header without one.
     if line_of("window").is_none() {
         for placeholder in [SQL_START, SQL_END] {
             if let Some(line) = text.lines().position(|l| l.contains(placeholder)) {
-                problem(
-                    line + 1,
-                    format!(
-                        "the SQL uses {placeholder} but the header has no `-- window:` line to fill it"
-                    ),
-                );
+                problem(line + 1, format!("the SQL uses {placeholder} but the header has no `-- window:` line to fill it"));
             }
         }
         if output.uses_window() {
-            problem(
-                output_line,
-                "output uses {start} or {end} but the header has no `-- window:` line".to_owned(),
-            );
+            problem(output_line, "output uses {start} or {end} but the header has no `-- window:` line".to_owned());
         }
         if let Some(line) = line_of("delay") {
-            problem(
-                line,
-                "`delay:` shifts the window, but the header has no `-- window:` line".to_owned(),
-            );
+            problem(line, "`delay:` shifts the window, but the header has no `-- window:` line".to_owned());
         }
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let name = name.unwrap_or_else(|| {
-        file.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    Ok(QueryFile {
-        name,
-        file: file.to_owned(),
-        schedule,
-        output,
-        window,
-        delay,
-        description,
-        sql: text.to_owned(),
-    })
+    let name = name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    Ok(QueryFile { name, file: file.to_owned(), schedule, output, window, delay, description, sql: text.to_owned() })
 }
 
 /// `key: value` when the comment is a header line: a lower-case word, a colon, the value.
 fn header_line(comment: &str) -> Option<(&str, &str)> {
     let comment = comment.trim_start();
     let (key, value) = comment.split_once(':')?;
-    let is_key = key.starts_with(|c: char| c.is_ascii_lowercase())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let is_key = key.starts_with(|c: char| c.is_ascii_lowercase()) && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     is_key.then(|| (key, value.trim()))
 }
 
@@ -401,75 +324,39 @@ mod tests {
         assert!(Schedule::parse("0 * * * *").is_ok());
         assert!(Schedule::parse("*/15 8-18 * * mon-fri").is_ok());
         assert!(Schedule::parse("@daily").is_ok());
-        assert!(
-            Schedule::parse("0 0 * * * *").is_err(),
-            "six fields (seconds) are refused"
-        );
+        assert!(Schedule::parse("0 0 * * * *").is_err(), "six fields (seconds) are refused");
         assert!(Schedule::parse("0 * * *").is_err());
         assert!(Schedule::parse("every hour").is_err());
     }
 
     #[test]
     fn placeholders_need_a_window() {
-        let p = lines(
-            parse("-- schedule: 0 * * * *\nSELECT *\nFROM events WHERE eventtime >= {start}")
-                .unwrap_err(),
-        );
-        assert_eq!(
-            p,
-            vec![(
-                Some(3),
-                "the SQL uses {start} but the header has no `-- window:` line to fill it"
-                    .to_owned()
-            )]
-        );
+        let p = lines(parse("-- schedule: 0 * * * *\nSELECT *\nFROM events WHERE eventtime >= {start}").unwrap_err());
+        assert_eq!(p, vec![(Some(3), "the SQL uses {start} but the header has no `-- window:` line to fill it".to_owned())]);
         let p = lines(parse("-- output: r/{start}.csv\nSELECT 1").unwrap_err());
         assert_eq!(p[0].0, Some(1));
         let p = lines(parse("-- output: r/{when}.csv\nSELECT 1").unwrap_err());
-        assert!(
-            p[0].1
-                .contains("`{when}` in `r/{when}.csv` is not a placeholder"),
-            "{p:?}"
-        );
+        assert!(p[0].1.contains("`{when}` in `r/{when}.csv` is not a placeholder"), "{p:?}");
         let p = lines(parse("-- delay: 15m\nSELECT 1").unwrap_err());
         assert!(p[0].1.contains("no `-- window:`"));
     }
 
     #[test]
     fn prose_and_names() {
-        assert!(
-            parse("-- Note: capitalised prose is fine\n-- see http://example.com\nSELECT 1")
-                .is_ok()
-        );
+        assert!(parse("-- Note: capitalised prose is fine\n-- see http://example.com\nSELECT 1").is_ok());
         let p = lines(parse("-- name: ../etc\nSELECT 1").unwrap_err());
         assert!(p[0].1.contains("used in paths"));
-        assert!(
-            lines(parse("-- schedule:\nSELECT 1").unwrap_err())[0]
-                .1
-                .contains("has no value")
-        );
+        assert!(lines(parse("-- schedule:\nSELECT 1").unwrap_err())[0].1.contains("has no value"));
     }
 
     #[test]
     fn spans() {
         assert_eq!(Span::parse("15m").unwrap().delta(), TimeDelta::minutes(15));
-        assert_eq!(
-            Span::parse("1h30m").unwrap().delta(),
-            TimeDelta::minutes(90)
-        );
+        assert_eq!(Span::parse("1h30m").unwrap().delta(), TimeDelta::minutes(90));
         assert_eq!(Span::parse("1d").unwrap().delta(), TimeDelta::days(1));
         assert_eq!(Span::parse("2w").unwrap().to_string(), "2w");
         assert_eq!(Span::parse("90m").unwrap().to_string(), "1h30m");
-        for bad in [
-            "",
-            "1",
-            "h",
-            "0m",
-            "1s",
-            "1 h",
-            "-1h",
-            "99999999999999999999d",
-        ] {
+        for bad in ["", "1", "h", "0m", "1s", "1 h", "-1h", "99999999999999999999d"] {
             assert!(Span::parse(bad).is_err(), "{bad}");
         }
     }
@@ -483,47 +370,21 @@ mod tests {
         .unwrap();
         let slot = Utc.with_ymd_and_hms(2024, 6, 1, 0, 0, 0).unwrap();
         let w = q.window_at(slot).unwrap();
-        assert_eq!(
-            w,
-            TimeWindow {
-                start: t("2024-05-31T22:45:00Z"),
-                end: t("2024-05-31T23:45:00Z")
-            }
-        );
-        assert!(q.render_sql(Some(w)).ends_with(
-            "WHERE eventtime >= TIMESTAMP '2024-05-31T22:45:00Z' AND eventtime < TIMESTAMP '2024-05-31T23:45:00Z'"
-        ));
-        assert_eq!(
-            q.output.render(&q.name, slot, Some(w)),
-            PathBuf::from("r/hot/2024-05-31/20240531T2245Z_20240531T2345Z.json")
-        );
+        assert_eq!(w, TimeWindow { start: t("2024-05-31T22:45:00Z"), end: t("2024-05-31T23:45:00Z") });
+        assert!(q.render_sql(Some(w)).ends_with("WHERE eventtime >= TIMESTAMP '2024-05-31T22:45:00Z' AND eventtime < TIMESTAMP '2024-05-31T23:45:00Z'"));
+        assert_eq!(q.output.render(&q.name, slot, Some(w)), PathBuf::from("r/hot/2024-05-31/20240531T2245Z_20240531T2345Z.json"));
         let plain = parse("-- output: {name}-{date}.ndjson\nSELECT 1").unwrap();
-        assert_eq!(
-            plain.output.render("x", slot, None),
-            PathBuf::from("x-2024-06-01.ndjson")
-        );
+        assert_eq!(plain.output.render("x", slot, None), PathBuf::from("x-2024-06-01.ndjson"));
         assert_eq!(plain.render_sql(None), plain.sql);
     }
 
     #[test]
     fn slots_are_utc_and_inclusive() {
         let s = Schedule::parse("0 * * * *").unwrap();
-        assert_eq!(
-            s.latest_slot(t("2024-06-01T12:00:00Z")),
-            Some(t("2024-06-01T12:00:00Z"))
-        );
-        assert_eq!(
-            s.latest_slot(t("2024-06-01T12:59:59Z")),
-            Some(t("2024-06-01T12:00:00Z"))
-        );
-        assert_eq!(
-            s.next_slot(t("2024-06-01T12:00:00Z")),
-            Some(t("2024-06-01T13:00:00Z"))
-        );
+        assert_eq!(s.latest_slot(t("2024-06-01T12:00:00Z")), Some(t("2024-06-01T12:00:00Z")));
+        assert_eq!(s.latest_slot(t("2024-06-01T12:59:59Z")), Some(t("2024-06-01T12:00:00Z")));
+        assert_eq!(s.next_slot(t("2024-06-01T12:00:00Z")), Some(t("2024-06-01T13:00:00Z")));
         let daily = Schedule::parse("30 2 * * *").unwrap();
-        assert_eq!(
-            daily.latest_slot(t("2024-06-01T02:29:00Z")),
-            Some(t("2024-05-31T02:30:00Z"))
-        );
+        assert_eq!(daily.latest_slot(t("2024-06-01T02:29:00Z")), Some(t("2024-05-31T02:30:00Z")));
     }
 }

@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
@@ -62,7 +60,6 @@ pub struct QueryRun {
     pub run_id: String,
 }
 
-
 /// What the history says of one query.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct LastRuns {
@@ -79,20 +76,14 @@ pub struct History {
 }
 
 fn delta_error(context: &str) -> impl FnOnce(deltalake::DeltaTableError) -> LakeError + '_ {
-    move |source| LakeError::Delta {
-        context: context.to_owned(),
-        source,
-    }
+    move |source| LakeError::Delta { context: context.to_owned(), source }
 }
 
 impl History {
     /// Opens `query_runs` in `lake` (creating it when missing) and reads it.
     pub async fn open(lake: &Lake) -> Result<History, LakeError> {
         let table = lake.table(RUNS_TABLE, runs_schema(), &[]).await?;
-        let mut history = History {
-            table,
-            by_query: HashMap::new(),
-        };
+        let mut history = History { table, by_query: HashMap::new() };
         for run in read_runs(&history.table).await? {
             history.note(run);
         }
@@ -109,18 +100,9 @@ impl History {
     pub async fn record(&mut self, run: &QueryRun) -> Result<(), LakeError> {
         let batch = runs_batch(std::slice::from_ref(run))?;
         let table = self.table.clone();
-        self.table = table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(delta_error("writing the run history (query_runs)"))?;
+        self.table = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(delta_error("writing the run history (query_runs)"))?;
         if self.files() >= COMPACT_AT_FILES {
-            let (table, _) = self
-                .table
-                .clone()
-                .optimize()
-                .await
-                .map_err(delta_error("compacting the run history (query_runs)"))?;
+            let (table, _) = self.table.clone().optimize().await.map_err(delta_error("compacting the run history (query_runs)"))?;
             self.table = table;
         }
         self.note(run.clone());
@@ -129,10 +111,7 @@ impl History {
 
     /// Active data files of the table.
     pub fn files(&self) -> usize {
-        self.table
-            .snapshot()
-            .map(|s| s.log_data().num_files())
-            .unwrap_or(0)
+        self.table.snapshot().map(|s| s.log_data().num_files()).unwrap_or(0)
     }
 
     fn note(&mut self, run: QueryRun) {
@@ -140,11 +119,7 @@ impl History {
         if run.status == RunStatus::Ok && entry.last_ok_slot.is_none_or(|s| s < run.slot) {
             entry.last_ok_slot = Some(run.slot);
         }
-        if entry
-            .last
-            .as_ref()
-            .is_none_or(|l| l.started_at <= run.started_at)
-        {
+        if entry.last.as_ref().is_none_or(|l| l.started_at <= run.started_at) {
             entry.last = Some(run);
         }
     }
@@ -155,11 +130,8 @@ fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 fn runs_batch(runs: &[QueryRun]) -> Result<RecordBatch, LakeError> {
-    let ts =
-        |v: Vec<Option<i64>>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"));
-    let strings = |f: &dyn Fn(&QueryRun) -> Option<&str>| {
-        Arc::new(runs.iter().map(f).collect::<StringArray>())
-    };
+    let ts = |v: Vec<Option<i64>>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"));
+    let strings = |f: &dyn Fn(&QueryRun) -> Option<&str>| Arc::new(runs.iter().map(f).collect::<StringArray>());
     let columns: Vec<Arc<dyn Array>> = vec![
         strings(&|r| Some(&r.query)),
         strings(&|r| Some(&r.file)),
@@ -168,25 +140,14 @@ fn runs_batch(runs: &[QueryRun]) -> Result<RecordBatch, LakeError> {
         ts(runs.iter().map(|r| r.window_start.map(micros)).collect()),
         ts(runs.iter().map(|r| r.window_end.map(micros)).collect()),
         ts(runs.iter().map(|r| Some(micros(r.started_at))).collect()),
-        Arc::new(
-            runs.iter()
-                .map(|r| Some(r.duration_ms as i64))
-                .collect::<Int64Array>(),
-        ),
+        Arc::new(runs.iter().map(|r| Some(r.duration_ms as i64)).collect::<Int64Array>()),
         strings(&|r| Some(r.status.as_str())),
-        Arc::new(
-            runs.iter()
-                .map(|r| r.rows.map(|n| n as i64))
-                .collect::<Int64Array>(),
-        ),
+        Arc::new(runs.iter().map(|r| r.rows.map(|n| n as i64)).collect::<Int64Array>()),
         strings(&|r| r.output.as_deref()),
         strings(&|r| r.error.as_deref()),
         strings(&|r| Some(&r.run_id)),
     ];
-    RecordBatch::try_new(runs_schema(), columns).map_err(|source| LakeError::Arrow {
-        context: "building query_runs rows".into(),
-        source,
-    })
+    RecordBatch::try_new(runs_schema(), columns).map_err(|source| LakeError::Arrow { context: "building query_runs rows".into(), source })
 }
 
 /// Every row of the table.
@@ -201,21 +162,14 @@ async fn read_runs(table: &DeltaTable) -> Result<Vec<QueryRun>, LakeError> {
             let field = schema.field_with_name(name).ok()?;
             arrow::compute::cast(batch.column_by_name(name)?, field.data_type()).ok()
         };
-        let cols: HashMap<&str, Arc<dyn Array>> = names
-            .iter()
-            .filter_map(|n| Some((*n, column(n)?)))
-            .collect();
+        let cols: HashMap<&str, Arc<dyn Array>> = names.iter().filter_map(|n| Some((*n, column(n)?))).collect();
         let text = |name: &str, i: usize| {
             let c = cols.get(name)?.as_string_opt::<i32>()?;
             c.is_valid(i).then(|| c.value(i).to_owned())
         };
         let time = |name: &str, i: usize| {
-            let c = cols
-                .get(name)?
-                .as_primitive_opt::<TimestampMicrosecondType>()?;
-            c.is_valid(i)
-                .then(|| DateTime::from_timestamp_micros(c.value(i)))
-                .flatten()
+            let c = cols.get(name)?.as_primitive_opt::<TimestampMicrosecondType>()?;
+            c.is_valid(i).then(|| DateTime::from_timestamp_micros(c.value(i))).flatten()
         };
         let int = |name: &str, i: usize| {
             let c = cols.get(name)?.as_primitive_opt::<Int64Type>()?;
@@ -235,11 +189,7 @@ async fn read_runs(table: &DeltaTable) -> Result<Vec<QueryRun>, LakeError> {
                 window_end: time("windowend", i),
                 started_at: time("startedat", i).unwrap_or(slot),
                 duration_ms: int("durationms", i).unwrap_or(0),
-                status: if text("status", i).as_deref() == Some("ok") {
-                    RunStatus::Ok
-                } else {
-                    RunStatus::Error
-                },
+                status: if text("status", i).as_deref() == Some("ok") { RunStatus::Ok } else { RunStatus::Error },
                 rows: int("rows", i),
                 output: text("output", i),
                 error: text("error", i),
@@ -276,29 +226,18 @@ mod tests {
     #[tokio::test]
     async fn history_round_trips_and_stays_compact() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open_or_create(dir.path().to_str().unwrap(), None)
-            .await
-            .unwrap();
+        let lake = Lake::open_or_create(dir.path().to_str().unwrap(), None).await.unwrap();
         let mut history = History::open(&lake).await.unwrap();
         assert!(history.get("hourly").is_none());
-        let t0 = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z").unwrap().with_timezone(&Utc);
         let n = COMPACT_AT_FILES as i64 + 5;
         for i in 0..n {
-            history
-                .record(&run("hourly", t0 + TimeDelta::hours(i), RunStatus::Ok))
-                .await
-                .unwrap();
+            history.record(&run("hourly", t0 + TimeDelta::hours(i), RunStatus::Ok)).await.unwrap();
         }
         // A later failure does not move the last successful slot.
         let failed = run("hourly", t0 + TimeDelta::hours(n), RunStatus::Error);
         history.record(&failed).await.unwrap();
-        assert!(
-            history.files() < COMPACT_AT_FILES,
-            "{} files",
-            history.files()
-        );
+        assert!(history.files() < COMPACT_AT_FILES, "{} files", history.files());
 
         let reread = History::open(&lake).await.unwrap();
         let last = reread.get("hourly").unwrap();

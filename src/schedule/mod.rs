@@ -85,10 +85,7 @@ pub struct Catalogue {
 /// with a bad header, or whose name is already taken by an earlier file, is reported and left
 /// out; the others are kept.
 pub fn load_queries(dir: &Path) -> Result<Catalogue, ScheduleError> {
-    let folder = |source| ScheduleError::Folder {
-        path: dir.display().to_string(),
-        source,
-    };
+    let folder = |source| ScheduleError::Folder { path: dir.display().to_string(), source };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(folder)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -101,27 +98,15 @@ pub fn load_queries(dir: &Path) -> Result<Catalogue, ScheduleError> {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
-                catalogue.problems.push(HeaderProblem {
-                    file,
-                    line: None,
-                    message: format!("cannot read: {e}"),
-                });
+                catalogue.problems.push(HeaderProblem { file, line: None, message: format!("cannot read: {e}") });
                 continue;
             }
         };
         match header::parse_query_file(&file, &text) {
             Ok(q) => {
                 if let Some(first) = names.get(&q.name) {
-                    let message = format!(
-                        "the name `{}` is already used by {}; this file is skipped",
-                        q.name,
-                        first.display()
-                    );
-                    catalogue.problems.push(HeaderProblem {
-                        file,
-                        line: None,
-                        message,
-                    });
+                    let message = format!("the name `{}` is already used by {}; this file is skipped", q.name, first.display());
+                    catalogue.problems.push(HeaderProblem { file, line: None, message });
                     continue;
                 }
                 names.insert(q.name.clone(), file);
@@ -135,11 +120,7 @@ pub fn load_queries(dir: &Path) -> Result<Catalogue, ScheduleError> {
 
 /// The slot a query is due for at `now`, if it is due: its latest slot at or before `now`, when
 /// that is later than the slot of its last successful run.
-pub fn due_slot(
-    schedule: &Schedule,
-    last_ok_slot: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
+pub fn due_slot(schedule: &Schedule, last_ok_slot: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let slot = schedule.latest_slot(now)?;
     match last_ok_slot {
         Some(done) if done >= slot => None,
@@ -170,19 +151,12 @@ pub struct QueryStatus {
 
 /// The status of every query at `now`. Without a history (no lake given), nothing is known to
 /// have run, so every scheduled query with a slot is due.
-pub fn statuses(
-    catalogue: &Catalogue,
-    history: Option<&History>,
-    now: DateTime<Utc>,
-) -> Vec<QueryStatus> {
+pub fn statuses(catalogue: &Catalogue, history: Option<&History>, now: DateTime<Utc>) -> Vec<QueryStatus> {
     catalogue
         .queries
         .iter()
         .map(|q| {
-            let last = history
-                .and_then(|h| h.get(&q.name))
-                .cloned()
-                .unwrap_or_default();
+            let last = history.and_then(|h| h.get(&q.name)).cloned().unwrap_or_default();
             QueryStatus {
                 name: q.name.clone(),
                 file: q.file.display().to_string(),
@@ -191,10 +165,7 @@ pub fn statuses(
                 delay: q.delay.map(|d| d.to_string()),
                 output: q.output.template.clone(),
                 description: q.description.clone(),
-                due: q
-                    .schedule
-                    .as_ref()
-                    .and_then(|s| due_slot(s, last.last_ok_slot, now)),
+                due: q.schedule.as_ref().and_then(|s| due_slot(s, last.last_ok_slot, now)),
                 next_slot: q.schedule.as_ref().and_then(|s| s.next_slot(now)),
                 last_ok_slot: last.last_ok_slot,
                 last_run: last.last,
@@ -236,10 +207,7 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn failed(&self) -> usize {
-        self.runs
-            .iter()
-            .filter(|r| r.status == RunStatus::Error)
-            .count()
+        self.runs.iter().filter(|r| r.status == RunStatus::Error).count()
     }
 
     /// Every due query ran and succeeded, and every file was readable.
@@ -286,19 +254,11 @@ async fn run_pass(
         not_run: Vec::new(),
     };
     let mut due = Vec::new();
-    for (q, status) in catalogue
-        .queries
-        .iter()
-        .zip(statuses(catalogue, Some(&history), now))
-    {
+    for (q, status) in catalogue.queries.iter().zip(statuses(catalogue, Some(&history), now)) {
         match (&q.schedule, status.due) {
             (None, _) => summary.unscheduled.push(q.name.clone()),
             (Some(_), Some(slot)) if wanted(q, slot) => due.push((q, slot)),
-            (Some(_), _) => summary.not_due.push(NotDue {
-                name: q.name.clone(),
-                last_ok_slot: status.last_ok_slot,
-                next_slot: status.next_slot,
-            }),
+            (Some(_), _) => summary.not_due.push(NotDue { name: q.name.clone(), last_ok_slot: status.last_ok_slot, next_slot: status.next_slot }),
         }
     }
     if due.is_empty() {
@@ -319,57 +279,34 @@ async fn run_pass(
 }
 
 /// Runs one query for `slot` and writes its output; never fails, the error is in the result.
-pub async fn run_query(
-    ctx: &SessionContext,
-    q: &QueryFile,
-    slot: DateTime<Utc>,
-    options: &RunOptions,
-    run_id: &str,
-) -> QueryRun {
+pub async fn run_query(ctx: &SessionContext, q: &QueryFile, slot: DateTime<Utc>, options: &RunOptions, run_id: &str) -> QueryRun {
     let started_at = Utc::now();
     let clock = Instant::now();
     let window = q.window_at(slot);
     let sql = q.render_sql(window);
     let rendered = q.output.render(&q.name, slot, window);
-    let path = if options.out_dir == Path::new(".") {
-        rendered
-    } else {
-        options.out_dir.join(rendered)
-    };
+    let path = if options.out_dir == Path::new(".") { rendered } else { options.out_dir.join(rendered) };
     let format = q.output.format;
     let result: Result<u64, QueryError> = async {
         // Scheduled queries only read: no DDL, DML or SET statements.
-        let read_only = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
+        let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(&sql, read_only).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let target = path.clone();
-        tokio::task::spawn_blocking(move || write_file_atomic(&target, format, &schema, &batches))
-            .await??;
+        tokio::task::spawn_blocking(move || write_file_atomic(&target, format, &schema, &batches)).await??;
         Ok(rows)
     }
     .await;
     let (status, rows, output, error) = match result {
-        Ok(rows) => (
-            RunStatus::Ok,
-            Some(rows),
-            Some(path.display().to_string()),
-            None,
-        ),
+        Ok(rows) => (RunStatus::Ok, Some(rows), Some(path.display().to_string()), None),
         Err(e) => (RunStatus::Error, None, None, Some(crate::error::report(&e))),
     };
     QueryRun {
         query: q.name.clone(),
         file: q.file.display().to_string(),
-        schedule: q
-            .schedule
-            .as_ref()
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_default(),
+        schedule: q.schedule.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default(),
         slot,
         window_start: window.map(|w| w.start),
         window_end: window.map(|w| w.end),
@@ -438,18 +375,8 @@ pub async fn serve(
                 shown_problems = Some(catalogue.problems.clone());
             }
             let lake = Lake::open(&options.lake).await?;
-            let not_failed =
-                |q: &QueryFile, slot| failed.get(&q.name) != Some(&(slot, q.sql.clone()));
-            let summary = run_pass(
-                &lake,
-                &catalogue,
-                clock(),
-                &options.run,
-                stop,
-                &not_failed,
-                |r| on_event(ServeEvent::Run(r)),
-            )
-            .await?;
+            let not_failed = |q: &QueryFile, slot| failed.get(&q.name) != Some(&(slot, q.sql.clone()));
+            let summary = run_pass(&lake, &catalogue, clock(), &options.run, stop, &not_failed, |r| on_event(ServeEvent::Run(r))).await?;
             Ok::<_, ScheduleError>((catalogue, summary))
         }
         .await;
@@ -460,11 +387,7 @@ pub async fn serve(
                     totals.runs += 1;
                     if run.status == RunStatus::Error {
                         totals.failed += 1;
-                        let sql = catalogue
-                            .queries
-                            .iter()
-                            .find(|q| q.name == run.query)
-                            .map(|q| q.sql.clone());
+                        let sql = catalogue.queries.iter().find(|q| q.name == run.query).map(|q| q.sql.clone());
                         failed.insert(run.query.clone(), (run.slot, sql.unwrap_or_default()));
                     } else {
                         failed.remove(&run.query);
@@ -480,12 +403,7 @@ pub async fn serve(
         };
         let now = clock();
         let poll = chrono::TimeDelta::from_std(options.poll).unwrap_or(chrono::TimeDelta::MAX);
-        let wake = catalogue
-            .queries
-            .iter()
-            .filter_map(|q| q.schedule.as_ref()?.next_slot(now))
-            .min()
-            .map_or(now + poll, |next| next.min(now + poll));
+        let wake = catalogue.queries.iter().filter_map(|q| q.schedule.as_ref()?.next_slot(now)).min().map_or(now + poll, |next| next.min(now + poll));
         on_event(ServeEvent::Sleeping(wake));
         let pause = (wake - now).to_std().unwrap_or_default();
         tokio::select! {
@@ -508,52 +426,20 @@ mod tests {
     fn due_means_a_later_slot_than_the_last_success() {
         let hourly = Schedule::parse("0 * * * *").unwrap();
         let now = t("2024-06-01T12:30:00Z");
-        assert_eq!(
-            due_slot(&hourly, None, now),
-            Some(t("2024-06-01T12:00:00Z")),
-            "never ran: due"
-        );
-        assert_eq!(
-            due_slot(&hourly, Some(t("2024-06-01T12:00:00Z")), now),
-            None,
-            "ran for this slot"
-        );
-        assert_eq!(
-            due_slot(&hourly, Some(t("2024-06-01T11:00:00Z")), now),
-            Some(t("2024-06-01T12:00:00Z"))
-        );
+        assert_eq!(due_slot(&hourly, None, now), Some(t("2024-06-01T12:00:00Z")), "never ran: due");
+        assert_eq!(due_slot(&hourly, Some(t("2024-06-01T12:00:00Z")), now), None, "ran for this slot");
+        assert_eq!(due_slot(&hourly, Some(t("2024-06-01T11:00:00Z")), now), Some(t("2024-06-01T12:00:00Z")));
         // Off for two days: due once, for the latest slot only.
-        assert_eq!(
-            due_slot(&hourly, Some(t("2024-05-30T09:00:00Z")), now),
-            Some(t("2024-06-01T12:00:00Z"))
-        );
+        assert_eq!(due_slot(&hourly, Some(t("2024-05-30T09:00:00Z")), now), Some(t("2024-06-01T12:00:00Z")));
         // A slot is due at its exact time.
-        assert_eq!(
-            due_slot(
-                &hourly,
-                Some(t("2024-06-01T11:00:00Z")),
-                t("2024-06-01T12:00:00Z")
-            ),
-            Some(t("2024-06-01T12:00:00Z"))
-        );
-        assert_eq!(
-            due_slot(
-                &hourly,
-                Some(t("2024-06-01T12:00:00Z")),
-                t("2024-06-01T12:59:59Z")
-            ),
-            None
-        );
+        assert_eq!(due_slot(&hourly, Some(t("2024-06-01T11:00:00Z")), t("2024-06-01T12:00:00Z")), Some(t("2024-06-01T12:00:00Z")));
+        assert_eq!(due_slot(&hourly, Some(t("2024-06-01T12:00:00Z")), t("2024-06-01T12:59:59Z")), None);
     }
 
     #[test]
     fn folder_keeps_good_files_and_reports_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("a.sql"),
-            "-- name: one\n-- schedule: 0 * * * *\nSELECT 1",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a.sql"), "-- name: one\n-- schedule: 0 * * * *\nSELECT 1").unwrap();
         std::fs::write(dir.path().join("b.sql"), "-- schedule: 0 0 * * 9\nSELECT 1").unwrap();
         std::fs::write(dir.path().join("c.sql"), "-- name: one\nSELECT 2").unwrap();
         std::fs::write(dir.path().join("d.sql"), "SELECT 3").unwrap();
@@ -563,15 +449,8 @@ mod tests {
         assert_eq!(names, ["one", "d"]);
         assert_eq!(c.problems.len(), 2, "{:?}", c.problems);
         let first = c.problems[0].to_string();
-        assert!(
-            first.contains("b.sql:1: `0 0 * * 9` is not a cron schedule"),
-            "{first}"
-        );
-        assert!(
-            c.problems[1]
-                .to_string()
-                .contains("c.sql: the name `one` is already used by")
-        );
+        assert!(first.contains("b.sql:1: `0 0 * * 9` is not a cron schedule"), "{first}");
+        assert!(c.problems[1].to_string().contains("c.sql: the name `one` is already used by"));
         assert!(load_queries(&dir.path().join("missing")).is_err());
     }
 }

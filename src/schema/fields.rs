@@ -12,10 +12,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, ListArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
-};
 use arrow::array::NullBufferBuilder;
+use arrow::array::{ArrayRef, BooleanBuilder, ListArray, StringBuilder, StructArray, TimestampMicrosecondBuilder};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
@@ -204,8 +202,7 @@ impl ColumnBuilder for TimeB {
 }
 impl AppendValue<Str<'_>> for TimeB {
     fn append_value_opt(&mut self, v: Option<&Str<'_>>) {
-        self.0
-            .append_option(v.and_then(|s| super::time::parse_event_time(s.as_str())))
+        self.0.append_option(v.and_then(|s| super::time::parse_event_time(s.as_str())))
     }
 }
 
@@ -217,11 +214,7 @@ pub struct ListB<B> {
 }
 impl<B: Default> Default for ListB<B> {
     fn default() -> Self {
-        ListB {
-            items: B::default(),
-            offsets: vec![0],
-            nulls: NullBufferBuilder::new(0),
-        }
+        ListB { items: B::default(), offsets: vec![0], nulls: NullBufferBuilder::new(0) }
     }
 }
 impl<B: ColumnBuilder> ColumnBuilder for ListB<B> {
@@ -232,12 +225,7 @@ impl<B: ColumnBuilder> ColumnBuilder for ListB<B> {
         let values = self.items.finish();
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         let field = Arc::new(Field::new_list_field(B::data_type(), true));
-        Arc::new(ListArray::new(
-            field,
-            OffsetBuffer::new(offsets.into()),
-            values,
-            self.nulls.finish(),
-        ))
+        Arc::new(ListArray::new(field, OffsetBuffer::new(offsets.into()), values, self.nulls.finish()))
     }
 }
 impl<T, B: AppendValue<T>> AppendValue<Vec<T>> for ListB<B> {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use fields::{cloudtrail_object, CollectExtras, Extras, Str};
-pub use time::{parse_event_time, Granularity};
+use fields::{CollectExtras, Extras, Str, cloudtrail_object};
+pub use time::{Granularity, parse_event_time};
 
 cloudtrail_object!(
     /// `userIdentity.onBehalfOf` (IAM Identity Center).
@@ -206,10 +206,7 @@ impl RecordError {
 /// logs must pass this before they name a folder.
 pub fn is_safe_name(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+    !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
 /// Parses one record's JSON.
@@ -240,10 +237,7 @@ pub fn check_record(event: &Event<'_>, raw: &[u8]) -> Result<Checked, RecordErro
     let time = match &event.eventtime {
         None => return Err(RecordError::new(RecordRejection::MissingEventTime, "record has no eventTime")),
         Some(t) => parse_event_time(t.as_str()).ok_or_else(|| {
-            RecordError::new(
-                RecordRejection::InvalidEventTime,
-                format!("eventTime `{}` is not an RFC 3339 timestamp", truncate(t.as_str(), 64)),
-            )
+            RecordError::new(RecordRejection::InvalidEventTime, format!("eventTime `{}` is not an RFC 3339 timestamp", truncate(t.as_str(), 64)))
         })?,
     };
     match &event.awsregion {
@@ -251,11 +245,8 @@ pub fn check_record(event: &Event<'_>, raw: &[u8]) -> Result<Checked, RecordErro
         Some(r) if !is_safe_name(r.as_str()) => {
             return Err(RecordError::new(
                 RecordRejection::InvalidRegion,
-                format!(
-                    "awsRegion `{}` is not a valid name (letters, digits and '-', at most 64)",
-                    truncate(r.as_str(), 64)
-                ),
-            ))
+                format!("awsRegion `{}` is not a valid name (letters, digits and '-', at most 64)", truncate(r.as_str(), 64)),
+            ));
         }
         Some(_) => {}
     }
@@ -272,8 +263,7 @@ const DERIVED_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1f_5c2e_93a4_
 /// A UUID v5 of the record's canonical JSON (keys sorted, no insignificant whitespace), so
 /// the same record formatted differently gets the same ID.
 pub fn derive_event_id(raw: &[u8]) -> Result<String, RecordError> {
-    let value: serde_json::Value = serde_json::from_slice(raw)
-        .map_err(|e| RecordError::new(RecordRejection::InvalidJson, e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| RecordError::new(RecordRejection::InvalidJson, e.to_string()))?;
     let mut canonical = String::with_capacity(raw.len());
     write_canonical(&value, &mut canonical);
     Ok(uuid::Uuid::new_v5(&DERIVED_ID_NAMESPACE, canonical.as_bytes()).to_string())

@@ -46,8 +46,21 @@ fn build(records: &[&str]) -> RecordBatch {
 fn batch_has_the_documented_schema() {
     let batch = build(&[FULL]);
     assert_eq!(batch.schema(), events_schema());
-    for name in ["eventtime", "eventsource", "eventname", "awsregion", "useridentity", "errorcode", "readonly",
-        "managementevent", "requestparameters", "resources", "sourcefile", "eventperiod", "additionalfields"] {
+    for name in [
+        "eventtime",
+        "eventsource",
+        "eventname",
+        "awsregion",
+        "useridentity",
+        "errorcode",
+        "readonly",
+        "managementevent",
+        "requestparameters",
+        "resources",
+        "sourcefile",
+        "eventperiod",
+        "additionalfields",
+    ] {
         assert!(batch.schema().field_with_name(name).is_ok(), "missing column {name}");
     }
 }
@@ -108,11 +121,7 @@ fn unknown_fields_are_kept_by_path() {
 
 #[test]
 fn rejections_name_the_reason() {
-    let reason = |r: &str| {
-        parse_record(r.as_bytes())
-            .and_then(|ev| check_record(&ev, r.as_bytes()))
-            .unwrap_err()
-    };
+    let reason = |r: &str| parse_record(r.as_bytes()).and_then(|ev| check_record(&ev, r.as_bytes())).unwrap_err();
     assert_eq!(reason(r#"{"awsRegion":"us-east-1"}"#).reason, RecordRejection::MissingEventTime);
     assert_eq!(reason(r#"{"eventTime":null,"awsRegion":"us-east-1"}"#).reason, RecordRejection::MissingEventTime);
     assert_eq!(reason(r#"{"eventTime":"yesterday","awsRegion":"us-east-1"}"#).reason, RecordRejection::InvalidEventTime);

@@ -33,9 +33,7 @@ pub fn parse_event_time(s: &str) -> Option<i64> {
         let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(sec);
         return Some(secs * MICROS_PER_SEC);
     }
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc).timestamp_micros())
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc).timestamp_micros())
 }
 
 /// How finely the lake's partitions divide time. Chosen when a lake is created and recorded in
@@ -71,14 +69,7 @@ impl Granularity {
     pub fn bucket_name(self, micros: i64) -> String {
         let t = DateTime::<Utc>::from_timestamp_micros(self.floor(micros)).unwrap_or_default();
         match self {
-            Granularity::Minute => format!(
-                "{:04}{:02}{:02}T{:02}{:02}Z",
-                t.year(),
-                t.month(),
-                t.day(),
-                t.hour(),
-                t.minute()
-            ),
+            Granularity::Minute => format!("{:04}{:02}{:02}T{:02}{:02}Z", t.year(), t.month(), t.day(), t.hour(), t.minute()),
             Granularity::Hour => format!("{:04}{:02}{:02}T{:02}Z", t.year(), t.month(), t.day(), t.hour()),
             Granularity::Day => format!("{:04}{:02}{:02}", t.year(), t.month(), t.day()),
         }
@@ -121,10 +112,7 @@ mod tests {
 
     #[test]
     fn other_rfc3339_forms_and_garbage() {
-        assert_eq!(
-            parse_event_time("2023-07-10T14:07:31.250+02:00"),
-            Some(parse_event_time("2023-07-10T12:07:31Z").unwrap() + 250_000)
-        );
+        assert_eq!(parse_event_time("2023-07-10T14:07:31.250+02:00"), Some(parse_event_time("2023-07-10T12:07:31Z").unwrap() + 250_000));
         for bad in ["ThisIsAWrongEventTime", "", "2023-13-10T12:07:31Z", "2023-07-10T25:07:31Z", "2023-07-10 12:07:31"] {
             assert_eq!(parse_event_time(bad), None, "{bad}");
         }

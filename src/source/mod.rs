@@ -12,8 +12,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::NaiveDate;
 use futures::TryStreamExt;
@@ -101,11 +101,7 @@ pub fn register_object_stores() {
 struct S3StoreFactory;
 
 impl deltalake::logstore::ObjectStoreFactory for S3StoreFactory {
-    fn parse_url_opts(
-        &self,
-        url: &Url,
-        config: &deltalake::logstore::StorageConfig,
-    ) -> deltalake::DeltaResult<(Arc<dyn ObjectStore>, ObjectPath)> {
+    fn parse_url_opts(&self, url: &Url, config: &deltalake::logstore::StorageConfig) -> deltalake::DeltaResult<(Arc<dyn ObjectStore>, ObjectPath)> {
         use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
         use std::str::FromStr;
         let mut builder = AmazonS3Builder::from_env().with_url(url.as_str()).with_retry(config.retry.clone());
@@ -519,11 +515,7 @@ pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
     }
     let region = rest.get(2).map(|s| s.to_string());
     let date = match rest.get(3..6) {
-        Some([y, m, d]) => NaiveDate::from_ymd_opt(
-            y.parse().unwrap_or(0),
-            m.parse().unwrap_or(0),
-            d.parse().unwrap_or(0),
-        ),
+        Some([y, m, d]) => NaiveDate::from_ymd_opt(y.parse().unwrap_or(0), m.parse().unwrap_or(0), d.parse().unwrap_or(0)),
         _ => None,
     };
     Ok(KeyInfo { account: Some(account.to_string()), region, date })
@@ -581,35 +573,22 @@ impl SourceObject {
     /// [`SourceObject::prefetch`] downloaded, or else the file or the object itself. Must run
     /// on a blocking thread (remote objects are bridged from async). `raw_bytes` and
     /// `json_bytes` count what was read before and after decompression.
-    pub fn open(
-        &self,
-        fetched: Option<bytes::Bytes>,
-        raw_bytes: Arc<AtomicU64>,
-        json_bytes: Arc<AtomicU64>,
-    ) -> Result<Box<dyn Read + Send>, SourceError> {
+    pub fn open(&self, fetched: Option<bytes::Bytes>, raw_bytes: Arc<AtomicU64>, json_bytes: Arc<AtomicU64>) -> Result<Box<dyn Read + Send>, SourceError> {
         let open_err = |e| self.open_error(e);
         let raw: Box<dyn Read + Send> = match (&self.object, fetched) {
             (_, Some(body)) => Box::new(io::Cursor::new(body)),
             (ObjectRef::Local(path), None) => Box::new(File::open(path).map_err(|e| open_err(e.into()))?),
             (ObjectRef::Remote { store, path }, None) => {
                 let handle = tokio::runtime::Handle::current();
-                let result = handle
-                    .block_on(store.get(path))
-                    .map_err(|e| open_err(e.into()))?;
+                let result = handle.block_on(store.get(path)).map_err(|e| open_err(e.into()))?;
                 let stream = result.into_stream().map_err(io::Error::other);
-                Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
-                    tokio_util::io::StreamReader::new(stream),
-                    handle,
-                ))
+                Box::new(tokio_util::io::SyncIoBridge::new_with_handle(tokio_util::io::StreamReader::new(stream), handle))
             }
         };
         let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: raw, counter: raw_bytes });
         let head = buffered.fill_buf().map_err(|e| open_err(e.into()))?;
-        let decoded: Box<dyn Read + Send> = if head.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-        } else {
-            Box::new(buffered)
-        };
+        let decoded: Box<dyn Read + Send> =
+            if head.starts_with(&[0x1f, 0x8b]) { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
         Ok(Box::new(Counting { inner: decoded, counter: json_bytes }))
     }
 }
@@ -736,7 +715,10 @@ mod tests {
 
     #[test]
     fn classifies_the_aws_layout() {
-        let k = classify("b/AWSLogs/o-1234abcde/222222222222/CloudTrail/us-east-1/2025/03/06/222222222222_CloudTrail_us-east-1_20250306T0230Z_QF6qcgyiaVnSueXa.json.gz").unwrap();
+        let k = classify(
+            "b/AWSLogs/o-1234abcde/222222222222/CloudTrail/us-east-1/2025/03/06/222222222222_CloudTrail_us-east-1_20250306T0230Z_QF6qcgyiaVnSueXa.json.gz",
+        )
+        .unwrap();
         assert_eq!(k.account.as_deref(), Some("222222222222"));
         assert_eq!(k.region.as_deref(), Some("us-east-1"));
         assert_eq!(k.date, NaiveDate::from_ymd_opt(2025, 3, 6));
@@ -749,10 +731,7 @@ mod tests {
             Err(SkipReason::Digest)
         );
         assert_eq!(classify("AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz"), Err(SkipReason::Insight));
-        assert_eq!(
-            classify("AWSLogs/1/Config/us-east-1/2024/01/01/ConfigSnapshot/x.json.gz"),
-            Err(SkipReason::OtherService("Config".into()))
-        );
+        assert_eq!(classify("AWSLogs/1/Config/us-east-1/2024/01/01/ConfigSnapshot/x.json.gz"), Err(SkipReason::OtherService("Config".into())));
         assert_eq!(classify("AWSLogs/1/CloudTrail/us-east-1/2024/01/01/README.txt"), Err(SkipReason::NotJson));
         assert_eq!(classify("data/events.ndjson.gz"), Ok(KeyInfo::default()));
         assert_eq!(classify("data/events.JSON"), Ok(KeyInfo::default()));
@@ -762,12 +741,7 @@ mod tests {
 
     #[test]
     fn delivery_order_interleaves_accounts_and_regions_by_time() {
-        let obj = |loc: &str| SourceObject {
-            location: loc.to_owned(),
-            size: 0,
-            key: classify(loc).unwrap(),
-            object: ObjectRef::Local(PathBuf::from(loc)),
-        };
+        let obj = |loc: &str| SourceObject { location: loc.to_owned(), size: 0, key: classify(loc).unwrap(), object: ObjectRef::Local(PathBuf::from(loc)) };
         let mut objs = [
             obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/02/1_CloudTrail_us-east-1_20240602T0000Z_a.json.gz"),
             obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/01/1_CloudTrail_us-east-1_20240601T0005Z_b.json.gz"),

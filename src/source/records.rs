@@ -71,7 +71,9 @@ pub enum Item<'a> {
 enum State {
     Start,
     /// Expecting a record (or, in arrays, the closing bracket when `first` is true).
-    BeforeRecord { first: bool },
+    BeforeRecord {
+        first: bool,
+    },
     AfterRecord,
     /// After the Records array: the rest of the envelope object.
     EnvelopeTail,
@@ -93,17 +95,7 @@ pub struct RecordReader<R> {
 
 impl<R: Read> RecordReader<R> {
     pub fn new(inner: R) -> Self {
-        RecordReader {
-            inner,
-            buf: vec![0; CHUNK],
-            pos: 0,
-            end: 0,
-            eof: false,
-            base: 0,
-            layout: None,
-            state: State::Start,
-            index: 0,
-        }
+        RecordReader { inner, buf: vec![0; CHUNK], pos: 0, end: 0, eof: false, base: 0, layout: None, state: State::Start, index: 0 }
     }
 
     /// The layout detected, once the first bytes were read.
@@ -117,12 +109,7 @@ impl<R: Read> RecordReader<R> {
     }
 
     fn err(&self, kind: StreamErrorKind, message: impl Into<String>) -> StreamError {
-        StreamError {
-            kind,
-            record_index: self.index,
-            offset: self.base + self.pos as u64,
-            message: message.into(),
-        }
+        StreamError { kind, record_index: self.index, offset: self.base + self.pos as u64, message: message.into() }
     }
 
     /// Reads more bytes; returns false at end of stream.
@@ -138,10 +125,7 @@ impl<R: Read> RecordReader<R> {
         }
         if self.end == self.buf.len() {
             if self.buf.len() >= MAX_RECORD_BYTES + CHUNK {
-                return Err(self.err(
-                    StreamErrorKind::RecordTooLarge,
-                    format!("record {} is larger than {} MiB", self.index, MAX_RECORD_BYTES >> 20),
-                ));
+                return Err(self.err(StreamErrorKind::RecordTooLarge, format!("record {} is larger than {} MiB", self.index, MAX_RECORD_BYTES >> 20)));
             }
             let new_len = (self.buf.len() * 2).min(MAX_RECORD_BYTES + CHUNK);
             self.buf.resize(new_len, 0);
@@ -159,11 +143,7 @@ impl<R: Read> RecordReader<R> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.eof = true;
-                    let kind = if e.kind() == io::ErrorKind::UnexpectedEof {
-                        StreamErrorKind::Truncated
-                    } else {
-                        StreamErrorKind::Read
-                    };
+                    let kind = if e.kind() == io::ErrorKind::UnexpectedEof { StreamErrorKind::Truncated } else { StreamErrorKind::Read };
                     return Err(self.err(kind, e.to_string()));
                 }
             }
@@ -254,10 +234,7 @@ impl<R: Read> RecordReader<R> {
                 if scalar && i > 0 {
                     return Ok(i);
                 }
-                return Err(self.err(
-                    StreamErrorKind::Truncated,
-                    format!("the stream ends inside record {}", self.index),
-                ));
+                return Err(self.err(StreamErrorKind::Truncated, format!("the stream ends inside record {}", self.index)));
             }
         }
     }
@@ -299,10 +276,7 @@ impl<R: Read> RecordReader<R> {
                 }
                 Ok(Some(Layout::Lines))
             }
-            Some(c) => Err(self.err(
-                StreamErrorKind::InvalidJson,
-                format!("expected `{{` or `[` at the start, found {:?}", c as char),
-            )),
+            Some(c) => Err(self.err(StreamErrorKind::InvalidJson, format!("expected `{{` or `[` at the start, found {:?}", c as char))),
         }
     }
 
@@ -383,14 +357,11 @@ impl<R: Read> RecordReader<R> {
                             self.state = self.after_array();
                         }
                         Some(c) => {
-                            return Err(self.err(
-                                StreamErrorKind::InvalidJson,
-                                format!("expected `,` or `]` after record {}, found {:?}", self.index - 1, c as char),
-                            ))
+                            return Err(
+                                self.err(StreamErrorKind::InvalidJson, format!("expected `,` or `]` after record {}, found {:?}", self.index - 1, c as char))
+                            );
                         }
-                        None => {
-                            return Err(self.err(StreamErrorKind::Truncated, "the stream ends before the array is closed"))
-                        }
+                        None => return Err(self.err(StreamErrorKind::Truncated, "the stream ends before the array is closed")),
                     }
                 }
                 State::EnvelopeTail => {
@@ -405,12 +376,7 @@ impl<R: Read> RecordReader<R> {
                             self.pos += 1;
                             self.skip_member()?;
                         }
-                        Some(c) => {
-                            return Err(self.err(
-                                StreamErrorKind::InvalidJson,
-                                format!("unexpected {:?} after the Records array", c as char),
-                            ))
-                        }
+                        Some(c) => return Err(self.err(StreamErrorKind::InvalidJson, format!("unexpected {:?} after the Records array", c as char))),
                         None => return Err(self.err(StreamErrorKind::Truncated, "the envelope is not closed")),
                     }
                 }

@@ -44,25 +44,11 @@ struct View {
 }
 
 const VIEWS: &[View] = &[
-    View {
-        name: "rejects",
-        kind: "reject",
-        columns: &["sourcefile", "recordindex", "reason", "message", "record", "runid", "ingestedat"],
-    },
+    View { name: "rejects", kind: "reject", columns: &["sourcefile", "recordindex", "reason", "message", "record", "runid", "ingestedat"] },
     View {
         name: "ingested_files",
         kind: "file",
-        columns: &[
-            "sourcefile",
-            "reason AS status",
-            "filesize",
-            "records",
-            "kept",
-            "duplicates",
-            "rejected",
-            "runid",
-            "ingestedat",
-        ],
+        columns: &["sourcefile", "reason AS status", "filesize", "records", "kept", "duplicates", "rejected", "runid", "ingestedat"],
     },
 ];
 
@@ -87,12 +73,7 @@ impl LakeSchema {
                 tables.insert(name, Arc::new(tokio::sync::Mutex::new(table.clone())));
             }
         }
-        let schema = LakeSchema {
-            url: lake.url().clone(),
-            store: lake.store(),
-            tables: Mutex::new(tables),
-            session_tables: RwLock::new(HashMap::new()),
-        };
+        let schema = LakeSchema { url: lake.url().clone(), store: lake.store(), tables: Mutex::new(tables), session_tables: RwLock::new(HashMap::new()) };
         schema.refresh().await?;
         Ok(schema)
     }
@@ -102,8 +83,7 @@ impl LakeSchema {
     /// a query naming a new table finds it without one.
     pub async fn refresh(&self) -> DfResult<()> {
         let listing = self.store.list_with_delimiter(None).await.map_err(store_error(&self.url))?;
-        let folders: BTreeSet<String> =
-            listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect();
+        let folders: BTreeSet<String> = listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect();
         let known: BTreeSet<String> = self.lake_table_names().into_iter().collect();
         let mut found = Vec::new();
         for name in folders.difference(&known) {
@@ -153,10 +133,7 @@ impl LakeSchema {
                 let Some(table) = self.open(name) else {
                     return Ok(None);
                 };
-                lock(&self.tables)
-                    .entry(name.to_owned())
-                    .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(table)))
-                    .clone()
+                lock(&self.tables).entry(name.to_owned()).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(table))).clone()
             }
         };
         let mut table = handle.lock().await;
@@ -165,9 +142,7 @@ impl LakeSchema {
             // The folder exists but its first commit has not landed yet.
             Err(DeltaTableError::NotATable(_)) => return Ok(None),
             Err(e) => {
-                return Err(DataFusionError::External(
-                    format!("loading lake table `{name}` ({}{name}/): {e}", self.url).into(),
-                ));
+                return Err(DataFusionError::External(format!("loading lake table `{name}` ({}{name}/): {e}", self.url).into()));
             }
         }
         // DataFusion's own Parquet scan over the loaded snapshot (src/sql/scan.rs); delta-rs's
@@ -175,10 +150,7 @@ impl LakeSchema {
         if let Some(scan) = LakeTable::try_new(&table) {
             return Ok(Some(Arc::new(scan)));
         }
-        let provider = table
-            .table_provider()
-            .await
-            .map_err(|e| DataFusionError::External(format!("reading lake table `{name}`: {e}").into()))?;
+        let provider = table.table_provider().await.map_err(|e| DataFusionError::External(format!("reading lake table `{name}`: {e}").into()))?;
         Ok(Some(provider))
     }
 
@@ -194,12 +166,9 @@ impl LakeSchema {
                 None => col(*c),
             })
             .collect();
-        let plan = LogicalPlanBuilder::scan(INGEST_LOG_TABLE, provider_as_source(log), None)?
-            .filter(col("kind").eq(lit(view.kind)))?
-            .project(projection)?
-            .build()?;
-        let definition =
-            format!("SELECT {} FROM {INGEST_LOG_TABLE} WHERE kind = '{}'", view.columns.join(", "), view.kind);
+        let plan =
+            LogicalPlanBuilder::scan(INGEST_LOG_TABLE, provider_as_source(log), None)?.filter(col("kind").eq(lit(view.kind)))?.project(projection)?.build()?;
+        let definition = format!("SELECT {} FROM {INGEST_LOG_TABLE} WHERE kind = '{}'", view.columns.join(", "), view.kind);
         Ok(Some(Arc::new(ViewTable::new(plan, Some(definition)))))
     }
 
@@ -250,9 +219,7 @@ impl SchemaProvider for LakeSchema {
             return Ok(Some(t));
         }
         if lock(&self.tables).contains_key(name) || self.has_view(name) {
-            return Err(DataFusionError::Plan(format!(
-                "`{name}` is a table of the lake; it cannot be dropped from SQL"
-            )));
+            return Err(DataFusionError::Plan(format!("`{name}` is a table of the lake; it cannot be dropped from SQL")));
         }
         Ok(None)
     }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use super::SqlError;
 use super::output::{AtomicFile, OutputError, OutputFormat, ResultWriter};
-use super::window::{uses_window, TimeWindow, SQL_END, SQL_START};
+use super::window::{SQL_END, SQL_START, TimeWindow, uses_window};
 
 /// Rows shown on a terminal when `--maxrows` is not given (as datafusion-cli).
 pub const DEFAULT_MAXROWS: usize = 40;
@@ -74,11 +74,7 @@ pub fn ends_statement(text: &str) -> bool {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, text).tokenize() else {
         return false;
     };
-    tokens
-        .iter()
-        .rev()
-        .find(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
-        .is_some_and(|t| matches!(t, Token::SemiColon))
+    tokens.iter().rev().find(|t| !matches!(t, Token::Whitespace(_) | Token::EOF)).is_some_and(|t| matches!(t, Token::SemiColon))
 }
 
 /// Byte offsets of line starts, to turn the tokenizer's (line, column) into offsets and back.
@@ -190,11 +186,7 @@ fn describe(error: &DataFusionError) -> (String, Option<(usize, usize, usize)>) 
         && span.start.line > 0
     {
         let (line, column) = (span.start.line as usize, span.start.column as usize);
-        let len = if span.end.line == span.start.line && span.end.column > span.start.column {
-            (span.end.column - span.start.column) as usize
-        } else {
-            1
-        };
+        let len = if span.end.line == span.start.line && span.end.column > span.start.column { (span.end.column - span.start.column) as usize } else { 1 };
         return (message, Some((line, column, len)));
     }
     // The parser and tokenizer end their messages with "at Line: L, Column: C", relative to
@@ -285,8 +277,7 @@ pub async fn execute(ctx: &SessionContext, sql: &str, sink: Sink<'_>) -> Result<
         let hidden = rows - shown as u64;
         if hidden > 0 {
             let plural = if hidden == 1 { "" } else { "s" };
-            writeln!(out, "… {hidden} more row{plural}")
-                .map_err(|source| OutputError::Io { what: "results".into(), source })?;
+            writeln!(out, "… {hidden} more row{plural}").map_err(|source| OutputError::Io { what: "results".into(), source })?;
         }
     }
     Ok(Outcome { rows, has_columns, elapsed: started.elapsed() })
@@ -355,14 +346,12 @@ pub async fn run_inputs(ctx: &SessionContext, inputs: &[Input], opts: &BatchOpti
                 (origin, sql.clone())
             }
             Input::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| SqlError::Read { what: path.display().to_string(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| SqlError::Read { what: path.display().to_string(), source })?;
                 (path.display().to_string(), text)
             }
             Input::Stdin => {
                 let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                    .map_err(|source| SqlError::Read { what: "standard input".into(), source })?;
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| SqlError::Read { what: "standard input".into(), source })?;
                 ("<stdin>".to_owned(), text)
             }
         };
@@ -401,9 +390,10 @@ pub async fn run_inputs(ctx: &SessionContext, inputs: &[Input], opts: &BatchOpti
                 _ => {
                     let mut out = Stdout { out: std::io::BufWriter::new(std::io::stdout()), closed: false };
                     let sink = Sink { format, maxrows, out: &mut out };
-                    let written = execute(ctx, &statement.text, sink).await.map(drop).and_then(|()| {
-                        out.flush().map_err(|source| OutputError::Io { what: "stdout".into(), source }.into())
-                    });
+                    let written = execute(ctx, &statement.text, sink)
+                        .await
+                        .map(drop)
+                        .and_then(|()| out.flush().map_err(|source| OutputError::Io { what: "stdout".into(), source }.into()));
                     if out.closed {
                         // The reader has all it wanted (`| head`): stop quietly, as other tools do.
                         return Ok(());
@@ -450,11 +440,7 @@ mod tests {
         let sql = "SELECT ';' AS a; -- one; two\nSELECT \"x;y\" FROM t /* ; */;\n\n  ;SELECT 3";
         assert_eq!(
             texts(sql),
-            vec![
-                ("SELECT ';' AS a".to_owned(), 1, 1),
-                (" -- one; two\nSELECT \"x;y\" FROM t /* ; */".to_owned(), 1, 17),
-                ("SELECT 3".to_owned(), 4, 4),
-            ]
+            vec![("SELECT ';' AS a".to_owned(), 1, 1), (" -- one; two\nSELECT \"x;y\" FROM t /* ; */".to_owned(), 1, 17), ("SELECT 3".to_owned(), 4, 4),]
         );
         assert!(texts("-- only a comment\n;  ").is_empty());
         let numbers: Vec<usize> = split_statements("SELECT 1; SELECT 2").iter().map(|s| s.number).collect();
@@ -463,10 +449,7 @@ mod tests {
 
     #[test]
     fn an_unclosed_quote_ends_the_script_as_one_statement() {
-        assert_eq!(
-            texts("SELECT 1; SELECT 'oops; SELECT 2"),
-            vec![("SELECT 1".to_owned(), 1, 1), (" SELECT 'oops; SELECT 2".to_owned(), 1, 10),]
-        );
+        assert_eq!(texts("SELECT 1; SELECT 'oops; SELECT 2"), vec![("SELECT 1".to_owned(), 1, 1), (" SELECT 'oops; SELECT 2".to_owned(), 1, 10),]);
     }
 
     #[test]
@@ -480,10 +463,7 @@ mod tests {
 
     #[test]
     fn positions() {
-        assert_eq!(
-            parser_position("sql parser error: Expected: end of statement, found: x at Line: 2, Column: 15"),
-            Some((2, 15))
-        );
+        assert_eq!(parser_position("sql parser error: Expected: end of statement, found: x at Line: 2, Column: 15"), Some((2, 15)));
         assert_eq!(parser_position("no position"), None);
         let e = excerpt("SELECT 1;\nSELECT nosuch FROM t", 2, 8, 6).unwrap();
         assert_eq!(e, "2 | SELECT nosuch FROM t\n  |        ^^^^^^");

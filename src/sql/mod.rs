@@ -17,9 +17,9 @@ pub mod udf;
 pub mod window;
 
 pub use catalog::LakeSchema;
-pub use scan::LakeTable;
 pub use exec::{BatchOptions, Input, StatementError};
 pub use output::{OutputError, OutputFormat};
+pub use scan::LakeTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -54,13 +54,9 @@ pub enum SqlError {
 /// JSON functions and the project's UDFs, with the time zone set to UTC.
 pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
     let ctx = base_session()?;
-    let schema = LakeSchema::new(lake)
-        .await
-        .map_err(|e| SqlError::Register { table: lake.url().to_string(), source: e.into() })?;
+    let schema = LakeSchema::new(lake).await.map_err(|e| SqlError::Register { table: lake.url().to_string(), source: e.into() })?;
     let options = ctx.state().config_options().catalog.clone();
-    let catalog = ctx
-        .catalog(&options.default_catalog)
-        .ok_or_else(|| DataFusionError::Plan(format!("no catalog `{}`", options.default_catalog)))?;
+    let catalog = ctx.catalog(&options.default_catalog).ok_or_else(|| DataFusionError::Plan(format!("no catalog `{}`", options.default_catalog)))?;
     catalog.register_schema(&options.default_schema, Arc::new(schema))?;
     Ok(ctx)
 }

@@ -25,9 +25,7 @@ pub enum OutputError {
     },
     #[error("writing Parquet")]
     Parquet(#[from] ParquetError),
-    #[error(
-        "cannot tell the output format of `{path}` from its extension; use .csv, .json, .ndjson or .parquet, or give the format (--format)"
-    )]
+    #[error("cannot tell the output format of `{path}` from its extension; use .csv, .json, .ndjson or .parquet, or give the format (--format)")]
     UnknownExtension { path: String },
 }
 
@@ -112,10 +110,7 @@ fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow:
             continue;
         }
         // One-column NDJSON lines are `{"v":<value>}`, or `{}` for a null.
-        let one = RecordBatch::try_new(
-            std::sync::Arc::new(Schema::new(vec![Field::new("v", field.data_type().clone(), true)])),
-            vec![column.clone()],
-        )?;
+        let one = RecordBatch::try_new(std::sync::Arc::new(Schema::new(vec![Field::new("v", field.data_type().clone(), true)])), vec![column.clone()])?;
         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
         w.write(&one)?;
         w.finish()?;
@@ -145,10 +140,7 @@ impl<W: Write + Send> ResultWriter<W> {
     pub fn new(format: OutputFormat, schema: SchemaRef, out: W) -> Result<Self, OutputError> {
         let state = match format {
             OutputFormat::Table => WriterState::Table { out, batches: Vec::new() },
-            OutputFormat::Csv => WriterState::Csv {
-                out: datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out),
-                wrote: false,
-            },
+            OutputFormat::Csv => WriterState::Csv { out: datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out), wrote: false },
             OutputFormat::Json => WriterState::Json(datafusion::arrow::json::ArrayWriter::new(out)),
             OutputFormat::Ndjson => WriterState::Ndjson(datafusion::arrow::json::LineDelimitedWriter::new(out)),
             OutputFormat::Parquet => WriterState::Parquet(ArrowWriter::try_new(out, schema.clone(), None)?),
@@ -180,8 +172,7 @@ impl<W: Write + Send> ResultWriter<W> {
         let mut out = match self.state {
             WriterState::Table { mut out, batches } => {
                 // With the schema, an empty result still shows its column names.
-                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(self.schema, &batches)
-                    .map_err(arrow)?;
+                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(self.schema, &batches).map_err(arrow)?;
                 writeln!(out, "{table}").map_err(io)?;
                 out
             }
@@ -211,12 +202,7 @@ impl<W: Write + Send> ResultWriter<W> {
 }
 
 /// Writes `batches` (all of `schema`) to `out` in `format`.
-pub fn write_batches<W: Write + Send>(
-    format: OutputFormat,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    out: W,
-) -> Result<(), OutputError> {
+pub fn write_batches<W: Write + Send>(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch], out: W) -> Result<(), OutputError> {
     let mut w = ResultWriter::new(format, schema.clone(), out)?;
     for b in batches {
         w.write(b)?;
@@ -273,12 +259,7 @@ impl Drop for AtomicFile {
 }
 
 /// Writes results to `path` atomically (see [`AtomicFile`]).
-pub fn write_file_atomic(
-    path: &Path,
-    format: OutputFormat,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<(), OutputError> {
+pub fn write_file_atomic(path: &Path, format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(), OutputError> {
     let mut file = AtomicFile::create(path)?;
     write_batches(format, schema, batches, file.writer())?;
     file.commit()
@@ -292,15 +273,8 @@ mod tests {
     use std::sync::Arc;
 
     fn batch() -> (SchemaRef, RecordBatch) {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("api", DataType::Utf8, false),
-            Field::new("n", DataType::Int64, false),
-        ]));
-        let b = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(StringArray::from(vec!["A", "B"])), Arc::new(Int64Array::from(vec![1, 2]))],
-        )
-        .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("api", DataType::Utf8, false), Field::new("n", DataType::Int64, false)]));
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["A", "B"])), Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
         (schema, b)
     }
 
@@ -338,10 +312,8 @@ mod tests {
             vec![std::sync::Arc::new(StringArray::from(vec![Some("arn:a"), None])) as ArrayRef],
             Some(vec![true, false].into()),
         );
-        let schema = std::sync::Arc::new(Schema::new(vec![
-            Field::new("who", DataType::Struct(Fields::from(vec![arn])), true),
-            Field::new("n", DataType::Int64, false),
-        ]));
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("who", DataType::Struct(Fields::from(vec![arn])), true), Field::new("n", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![std::sync::Arc::new(who), std::sync::Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
         assert_eq!(render(OutputFormat::Csv, &[batch], &schema), "who,n\n\"{\"\"arn\"\":\"\"arn:a\"\"}\",1\n,2\n");
     }

@@ -324,13 +324,8 @@ async fn refresh_words(ctx: &SessionContext, words: &Arc<Mutex<Words>>) {
         }
     }
     let state = ctx.state();
-    let mut functions: Vec<String> = state
-        .scalar_functions()
-        .keys()
-        .chain(state.aggregate_functions().keys())
-        .chain(state.window_functions().keys())
-        .cloned()
-        .collect();
+    let mut functions: Vec<String> =
+        state.scalar_functions().keys().chain(state.aggregate_functions().keys()).chain(state.window_functions().keys()).cloned().collect();
     functions.sort();
     functions.dedup();
     let mut w = lock(words);
@@ -380,12 +375,7 @@ impl ReplHelper {
         // Keywords in the case the user types them.
         let upper = word.to_ascii_uppercase();
         let keep_lower = word.chars().any(|c| c.is_ascii_lowercase());
-        out.extend(
-            ALL_KEYWORDS
-                .iter()
-                .filter(|k| k.starts_with(&upper))
-                .map(|k| if keep_lower { k.to_ascii_lowercase() } else { k.to_string() }),
-        );
+        out.extend(ALL_KEYWORDS.iter().filter(|k| k.starts_with(&upper)).map(|k| if keep_lower { k.to_ascii_lowercase() } else { k.to_string() }));
         let mut seen = BTreeSet::new();
         out.retain(|c| seen.insert(c.clone()));
         out
@@ -407,18 +397,11 @@ impl Completer for ReplHelper {
             .map_or(0, |(i, c)| i + c.len_utf8());
         let word = &before_cursor[start..];
         if word.starts_with('\\') && before_cursor[..start].trim().is_empty() {
-            let meta: Vec<Pair> = META_COMMANDS
-                .iter()
-                .filter(|m| m.starts_with(word))
-                .map(|m| Pair { display: m.to_string(), replacement: m.to_string() })
-                .collect();
+            let meta: Vec<Pair> =
+                META_COMMANDS.iter().filter(|m| m.starts_with(word)).map(|m| Pair { display: m.to_string(), replacement: m.to_string() }).collect();
             return Ok((start, meta));
         }
-        let pairs = self
-            .candidates(&before_cursor[..start], word)
-            .into_iter()
-            .map(|c| Pair { display: c.clone(), replacement: c })
-            .collect();
+        let pairs = self.candidates(&before_cursor[..start], word).into_iter().map(|c| Pair { display: c.clone(), replacement: c }).collect();
         Ok((start, pairs))
     }
 }

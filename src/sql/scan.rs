@@ -84,9 +84,7 @@ impl LakeTable {
         for f in logical.fields() {
             let field = if partitioned.contains(f.name().as_str()) {
                 let t = match f.data_type() {
-                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary => {
-                        wrap_partition_type_in_dict(f.data_type().clone())
-                    }
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary => wrap_partition_type_in_dict(f.data_type().clone()),
                     other => other.clone(),
                 };
                 Arc::new(f.as_ref().clone().with_data_type(t))
@@ -130,9 +128,7 @@ impl LakeTable {
         let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
         let physical = session.create_physical_expr(predicate, &df_schema)?;
         let max_in_list = session.config_options().execution.parquet.max_in_list_size;
-        let Some(pruning) =
-            PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).with_max_in_list_size(max_in_list).build(physical)
-        else {
+        let Some(pruning) = PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).with_max_in_list_size(max_in_list).build(physical) else {
             return Ok(None);
         };
         match pruning.prune(log) {
@@ -151,9 +147,10 @@ impl LakeTable {
             .partition_columns
             .iter()
             .map(|c| {
-                let values = log.log.min_values(&Column::new_unqualified(c)).ok_or_else(|| {
-                    DataFusionError::Execution(format!("{}: the Delta log holds no values of partition column `{c}`", self.url))
-                })?;
+                let values = log
+                    .log
+                    .min_values(&Column::new_unqualified(c))
+                    .ok_or_else(|| DataFusionError::Execution(format!("{}: the Delta log holds no values of partition column `{c}`", self.url)))?;
                 let dictionary = matches!(self.schema.field_with_name(c).map(|f| f.data_type()), Ok(DataType::Dictionary(..)));
                 Ok((values, dictionary))
             })
@@ -205,13 +202,7 @@ impl TableProvider for LakeTable {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
-    async fn scan(
-        &self,
-        session: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn scan(&self, session: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {
         let stats = DeltaStats { log: self.state.log_data() };
         let (files, rows) = if stats.num_containers() == 0 {
             (Vec::new(), Some(0))

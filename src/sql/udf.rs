@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, IntervalMonthDayNano};
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{
-    ColumnarValue, PartitionEvaluator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility, WindowUDF, WindowUDFImpl,
+    ColumnarValue, PartitionEvaluator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility, WindowUDF, WindowUDFImpl,
 };
 use datafusion::prelude::SessionContext;
 
@@ -151,9 +150,7 @@ impl PartitionEvaluator for BaselineEvaluator {
         let pick = |i: usize| time.is_valid(i).then(|| b[(time.value(i).div_euclid(step) - first) as usize]);
         let rows: Vec<Option<model::Baseline>> = (0..num_rows).map(pick).collect();
         let nulls = arrow::buffer::NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
-        let get = |f: fn(&model::Baseline) -> f64| -> ArrayRef {
-            Arc::new(rows.iter().map(|r| r.as_ref().map(f).unwrap_or(0.0)).collect::<Float64Array>())
-        };
+        let get = |f: fn(&model::Baseline) -> f64| -> ArrayRef { Arc::new(rows.iter().map(|r| r.as_ref().map(f).unwrap_or(0.0)).collect::<Float64Array>()) };
         let columns: Vec<ArrayRef> = vec![
             get(|b| b.mean),
             get(|b| b.stddev),
@@ -171,10 +168,8 @@ impl PartitionEvaluator for BaselineEvaluator {
 
 /// Applies `f` row by row to float arguments, scalars broadcast.
 fn map_floats(args: &[ColumnarValue], rows: usize, f: impl Fn(&[f64]) -> f64) -> Result<ColumnarValue> {
-    let arrays: Vec<ArrayRef> = args
-        .iter()
-        .map(|a| a.to_array(rows).and_then(|a| Ok(datafusion::arrow::compute::cast(&a, &DataType::Float64)?)))
-        .collect::<Result<_>>()?;
+    let arrays: Vec<ArrayRef> =
+        args.iter().map(|a| a.to_array(rows).and_then(|a| Ok(datafusion::arrow::compute::cast(&a, &DataType::Float64)?))).collect::<Result<_>>()?;
     let cols: Vec<&Float64Array> = arrays.iter().map(|a| a.as_primitive::<arrow::datatypes::Float64Type>()).collect();
     let mut buf = vec![0.0; cols.len()];
     let out: Float64Array = (0..rows)
@@ -192,10 +187,7 @@ fn map_floats(args: &[ColumnarValue], rows: usize, f: impl Fn(&[f64]) -> f64) ->
 }
 
 fn numeric_signature(arities: &[usize]) -> Signature {
-    Signature::one_of(
-        arities.iter().map(|&n| TypeSignature::Exact(vec![DataType::Float64; n])).collect(),
-        Volatility::Immutable,
-    )
+    Signature::one_of(arities.iter().map(|&n| TypeSignature::Exact(vec![DataType::Float64; n])).collect(), Volatility::Immutable)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

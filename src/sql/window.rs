@@ -13,9 +13,7 @@ pub struct Span(TimeDelta);
 
 impl Span {
     pub fn parse(text: &str) -> Result<Span, String> {
-        let bad = || {
-            format!("`{text}` is not a duration like 15m, 1h, 1d, 1w or 1h30m (units m, h, d, w)")
-        };
+        let bad = || format!("`{text}` is not a duration like 15m, 1h, 1d, 1w or 1h30m (units m, h, d, w)");
         let mut total = TimeDelta::zero();
         let mut digits = String::new();
         for c in text.chars() {
@@ -84,12 +82,7 @@ impl TimeWindow {
 
     /// The window from `prism sql`'s flags: `--start` and `--end`; or `--window` ending at
     /// `--end` (default: `now`, to the minute) or starting at `--start`.
-    pub fn from_flags(
-        start: Option<DateTime<Utc>>,
-        end: Option<DateTime<Utc>>,
-        span: Option<Span>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<TimeWindow>, String> {
+    pub fn from_flags(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>, span: Option<Span>, now: DateTime<Utc>) -> Result<Option<TimeWindow>, String> {
         let minute = |t: DateTime<Utc>| t - TimeDelta::seconds(t.timestamp().rem_euclid(60)) - TimeDelta::nanoseconds(t.timestamp_subsec_nanos().into());
         let window = match (start, end, span) {
             (None, None, None) => return Ok(None),

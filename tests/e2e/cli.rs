@@ -95,7 +95,8 @@ fn windowed_files_are_filled_by_flags_or_refused_with_the_reason() {
 fn every_shipped_query_runs_on_a_new_lake() {
     let dir = tempfile::tempdir().unwrap();
     let lake = new_lake(dir.path());
-    let o = prism(&["sql", "--lake", &lake, "--format", "csv", "-c", "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"]);
+    let o =
+        prism(&["sql", "--lake", &lake, "--format", "csv", "-c", "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let tables = text(&o.stdout);
     for t in ["events", "ingest_log", "rejects", "ingested_files", "rollups", "insights", "insight_runs", "query_runs"] {

@@ -1,13 +1,12 @@
 //! End-to-end tests of `prism generate`: its archives ingest cleanly, its labels describe what
 //! is in the files, and a seed fixes every byte.
 
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::common::*;
-use prism::generate::{generate, GenerateOptions};
+use prism::generate::{GenerateOptions, generate};
 use prism::ingest::{IngestOptions, Progress};
 
 fn small(out: &Path) -> GenerateOptions {
@@ -102,10 +101,7 @@ async fn generated_archive_ingests_cleanly_and_labels_match_the_files() {
 }
 
 fn tree_bytes(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    files_under(root)
-        .into_iter()
-        .map(|p| (p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(&p).unwrap()))
-        .collect()
+    files_under(root).into_iter().map(|p| (p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(&p).unwrap())).collect()
 }
 
 #[test]

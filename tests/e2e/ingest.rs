@@ -1,6 +1,5 @@
 //! End-to-end tests of `prism ingest`, on the real corpus and on files built here.
 
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
@@ -67,10 +66,7 @@ async fn real_corpus_ingests_with_exact_counts() {
     assert_eq!(s.records_read, 393);
     assert_eq!(s.files_damaged, 2);
     let rejected: BTreeMap<&str, u64> = s.rejected_by_reason.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    assert_eq!(
-        rejected,
-        BTreeMap::from([("file:invalid_json", 2), ("invalid_eventtime", 1), ("invalid_json", 1), ("missing_eventtime", 3)])
-    );
+    assert_eq!(rejected, BTreeMap::from([("file:invalid_json", 2), ("invalid_eventtime", 1), ("invalid_json", 1), ("missing_eventtime", 3)]));
     assert_eq!(s.records_rejected, 5);
     // 346 distinct real events plus the one salvaged record, and the 41 fixture records
     // without eventID: 3 have no eventTime, 1 an invalid one, the other 37 are 16 distinct.
@@ -83,17 +79,11 @@ async fn real_corpus_ingests_with_exact_counts() {
 
     // Each real eventID is stored exactly once: those of the parseable files, and the record
     // read before the syntax error.
-    let mut expected: HashSet<String> = corpus_records()
-        .iter()
-        .filter_map(|(_, r)| r.get("eventID").and_then(|v| v.as_str()).map(str::to_owned))
-        .collect();
+    let mut expected: HashSet<String> = corpus_records().iter().filter_map(|(_, r)| r.get("eventID").and_then(|v| v.as_str()).map(str::to_owned)).collect();
     assert_eq!(expected.len(), 346);
     expected.insert("81f9856b-3acd-4d3f-bd34-01741e978037".to_owned());
-    let stored: HashSet<String> = strings(&lake, "SELECT eventid FROM events WHERE sourcefile NOT LIKE '%aws-processing-library-fixtures%'")
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let stored: HashSet<String> =
+        strings(&lake, "SELECT eventid FROM events WHERE sourcefile NOT LIKE '%aws-processing-library-fixtures%'").await.into_iter().flatten().collect();
     assert_eq!(stored, expected);
 
     // The organisation-trail key and the plain key are both read.
@@ -158,10 +148,11 @@ async fn schema_round_trips_real_records() {
     let mut checked = 0;
     for b in &rows {
         let col = |n: &str| arrow::compute::cast(b.column_by_name(n).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
-        let cols: Vec<_> = ["eventid", "eventname", "eventsource", "awsregion", "arn", "issuer", "readonly", "requestparameters", "t", "errorcode", "recipientaccountid"]
-            .iter()
-            .map(|n| col(n))
-            .collect();
+        let cols: Vec<_> =
+            ["eventid", "eventname", "eventsource", "awsregion", "arn", "issuer", "readonly", "requestparameters", "t", "errorcode", "recipientaccountid"]
+                .iter()
+                .map(|n| col(n))
+                .collect();
         use arrow::array::{Array, AsArray};
         let get = |c: usize, i: usize| {
             let a = cols[c].as_string::<i32>();
@@ -175,11 +166,7 @@ async fn schema_round_trips_real_records() {
             assert_eq!(get(2, i), s("eventSource"), "{id}");
             assert_eq!(get(3, i), s("awsRegion"), "{id}");
             assert_eq!(get(4, i), src.pointer("/userIdentity/arn").and_then(|v| v.as_str()).map(str::to_owned), "{id}");
-            assert_eq!(
-                get(5, i),
-                src.pointer("/userIdentity/sessionContext/sessionIssuer/arn").and_then(|v| v.as_str()).map(str::to_owned),
-                "{id}"
-            );
+            assert_eq!(get(5, i), src.pointer("/userIdentity/sessionContext/sessionIssuer/arn").and_then(|v| v.as_str()).map(str::to_owned), "{id}");
             assert_eq!(get(6, i), src.get("readOnly").and_then(|v| v.as_bool()).map(|b| b.to_string()), "{id}");
             let params = get(7, i).map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
             let want = src.get("requestParameters").cloned().filter(|v| !v.is_null());
@@ -398,10 +385,7 @@ fn cli_help_and_errors() {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(prism_bin())
-        .args(["ingest", "/no/such/folder", "--lake", tmp.path().join("l").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(prism_bin()).args(["ingest", "/no/such/folder", "--lake", tmp.path().join("l").to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/folder"), "{err}");
@@ -424,10 +408,7 @@ async fn shipped_ingest_problems_query_lists_rejects_by_reason_and_file() {
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
     // Fixtures: 3 records without eventTime in 3 files, 1 invalid eventTime, and the invalid
     // JSON file (one unparseable span plus the structural break).
-    let summary: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|r| (r[0], r[1].rsplit('/').next().unwrap(), r[2]))
-        .collect();
+    let summary: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[0], r[1].rsplit('/').next().unwrap(), r[2])).collect();
     assert_eq!(summary.len(), 5, "{csv}");
     assert_eq!(summary[0], ("invalid_json", "SerializerTestFileBadJsonFormat.json", "2"));
     assert!(summary.contains(&("invalid_eventtime", "SerializerTestFileMissField.json", "1")));
@@ -438,10 +419,7 @@ async fn shipped_ingest_problems_query_lists_rejects_by_reason_and_file() {
 fn sql_on_a_missing_lake_is_a_clear_error_and_creates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("typo");
-    let out = std::process::Command::new(prism_bin())
-        .args(["sql", "--lake", missing.to_str().unwrap(), "-c", "SELECT 1"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(prism_bin()).args(["sql", "--lake", missing.to_str().unwrap(), "-c", "SELECT 1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no lake here"));
     assert!(!missing.exists());

@@ -1,7 +1,6 @@
 //! End-to-end tests of Insights: selectors, backfill and incremental runs, the AWS-format
 //! records and files, the SQL functions against the detector, crashes, and the demo.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -105,7 +104,8 @@ fn selectors_mirror_the_aws_api() {
     let text = ok(&["insights", "backfill", "--lake", l]);
     assert!(text.contains("not enabled"), "{text}");
     // The table exists from the lake's creation, empty; no data file and no Insights file.
-    let data_files = std::fs::read_dir(lake.join("insights")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count();
+    let data_files =
+        std::fs::read_dir(lake.join("insights")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet")).count();
     assert_eq!(data_files, 0);
     assert!(!lake.join("AWSLogs").exists());
 
@@ -326,16 +326,16 @@ async fn sql_functions_recompute_the_detector() {
          ORDER BY eventtime DESC, insighteventname LIMIT 1",
     )
     .await[0]
-    .clone()
-    .unwrap();
+        .clone()
+        .unwrap();
     let decided = strings(
         &lake,
         "SELECT CAST(decidedat AS VARCHAR) AS t FROM insights WHERE insighttype = 'ApiCallRateInsight' AND insightstate = 'Start' \
          ORDER BY eventtime DESC, insighteventname LIMIT 1",
     )
     .await[0]
-    .clone()
-    .unwrap();
+        .clone()
+        .unwrap();
     let (start, decided) = (minute(&start), minute(&decided));
     let params = prism::insights::detect::DetectorParams::default();
     // In SQL, the first minute from the Insight's start on where the score passes the
@@ -344,9 +344,7 @@ async fn sql_functions_recompute_the_detector() {
         .iter()
         .filter(|r| {
             let m = minute(r["minute"].as_str().unwrap());
-            m >= start - 5
-                && r["spike_score"].as_f64().unwrap() >= params.start_score
-                && r["calls"].as_f64().unwrap() > r["expected"].as_f64().unwrap()
+            m >= start - 5 && r["spike_score"].as_f64().unwrap() >= params.start_score && r["calls"].as_f64().unwrap() > r["expected"].as_f64().unwrap()
         })
         .map(|r| minute(r["minute"].as_str().unwrap()))
         .min();

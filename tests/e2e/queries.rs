@@ -8,7 +8,6 @@
 //! are checked column by column; rows from the generated archive are checked against the same
 //! logic computed here in Rust over the archive's records.
 
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -525,7 +524,14 @@ fn build_fixture() -> Fixture {
     assert_eq!(code, 0, "{summary}");
     // Insights too, so the queries over `insights` run on a real table.
     for args in [
-        vec!["selectors", "put", "--lake", lake.to_str().unwrap(), "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#],
+        vec![
+            "selectors",
+            "put",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--insight-selectors",
+            r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#,
+        ],
         vec!["insights", "backfill", "--lake", lake.to_str().unwrap(), "--quiet"],
     ] {
         let out = std::process::Command::new(prism_bin()).args(&args).output().unwrap();

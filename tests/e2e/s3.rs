@@ -2,7 +2,6 @@
 //! archives read from a bucket, lakes and Insights files written to one, `prism backfill`
 //! killed and resumed, listing restricted to the date folders, and injected faults.
 
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -59,11 +58,7 @@ fn sql(server: Option<&S3Server>, lake: &str, query: &str) -> String {
 
 /// What two lakes must agree on: event count, distinct IDs, and every Insights record.
 fn fingerprint(server: Option<&S3Server>, lake: &str) -> (String, String) {
-    let counts = sql(
-        server,
-        lake,
-        "SELECT count(*), count(DISTINCT eventid), min(eventtime), max(eventtime) FROM events",
-    );
+    let counts = sql(server, lake, "SELECT count(*), count(DISTINCT eventid), min(eventtime), max(eventtime) FROM events");
     let insights = sql(server, lake, "SELECT eventid, eventjson FROM insights ORDER BY eventid");
     (counts, insights)
 }
@@ -83,11 +78,7 @@ fn local_reference() -> &'static (tempfile::TempDir, (String, String)) {
 }
 
 fn event_count(fp: &(String, String)) -> u64 {
-    fp.0.lines()
-        .nth(1)
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    fp.0.lines().nth(1).and_then(|l| l.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -102,18 +93,10 @@ fn an_archive_in_s3_ingests_and_backfills_like_the_same_archive_on_disk() {
     ok(None, &["insights", "backfill", "--lake", lake, "--quiet"]);
     let reference = &local_reference().1;
     assert!(event_count(reference) > 15_000, "{}", reference.0);
-    assert!(
-        reference.1.lines().count() > 2,
-        "the archive's anomalies give Insights: {}",
-        reference.1
-    );
+    assert!(reference.1.lines().count() > 2, "the archive's anomalies give Insights: {}", reference.1);
     assert_eq!(&fingerprint(None, lake), reference);
     // Every source file came through the server: its locations are s3:// URLs.
-    let s3_files = sql(
-        None,
-        lake,
-        "SELECT count(*) FROM ingested_files WHERE sourcefile LIKE 's3://trail-bucket/trail/AWSLogs/%'",
-    );
+    let s3_files = sql(None, lake, "SELECT count(*) FROM ingested_files WHERE sourcefile LIKE 's3://trail-bucket/trail/AWSLogs/%'");
     assert_ne!(s3_files.lines().nth(1), Some("0"), "{s3_files}");
 }
 
@@ -131,10 +114,7 @@ fn a_lake_and_insights_files_in_s3() {
     assert_eq!(&fingerprint(Some(&server), &lake), &local_reference().1);
     assert!(!server.keys("lake/events/_delta_log/").is_empty());
     let files = server.keys("insights-out/AWSLogs/");
-    assert!(
-        !files.is_empty() && files.iter().all(|k| k.contains("/CloudTrail-Insight/")),
-        "{files:?}"
-    );
+    assert!(!files.is_empty() && files.iter().all(|k| k.contains("/CloudTrail-Insight/")), "{files:?}");
 }
 
 /// `prism backfill` with the archive in S3, as JSON summary and exit code.
@@ -149,8 +129,7 @@ fn backfill_with_env(server: &S3Server, lake: &str, extra: &[&str], env: &[(&str
     args.extend_from_slice(extra);
     let out = Command::new(prism_bin()).args(&args).envs(server.env()).envs(env.iter().copied()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let summary = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON summary ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
     (out.status.code().unwrap_or(-1), summary, stderr)
 }
 
@@ -163,11 +142,7 @@ fn backfill_killed_at_growing_delays_resumes_to_exact_counts() {
     let source = server.url("trail/");
     let mut killed = 0;
     for delay_ms in [300u64, 900, 1800, 3000] {
-        let mut child = Command::new(prism_bin())
-            .args(["backfill", &source, "--lake", lake_s, "--quiet"])
-            .envs(server.env())
-            .spawn()
-            .unwrap();
+        let mut child = Command::new(prism_bin()).args(["backfill", &source, "--lake", lake_s, "--quiet"]).envs(server.env()).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -175,10 +150,7 @@ fn backfill_killed_at_growing_delays_resumes_to_exact_counts() {
         }
         child.wait().unwrap();
     }
-    assert!(
-        killed >= 2,
-        "the runs finished before they could be killed; the test proves nothing"
-    );
+    assert!(killed >= 2, "the runs finished before they could be killed; the test proves nothing");
     let (code, summary, stderr) = backfill(&server, lake_s, &[]);
     assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(summary["complete"], true);
@@ -188,11 +160,7 @@ fn backfill_killed_at_growing_delays_resumes_to_exact_counts() {
     let (code, summary, _) = backfill(&server, lake_s, &[]);
     assert_eq!(code, 0);
     assert_eq!(summary["ingest"]["files_read"], 0, "{summary}");
-    let gets = server
-        .seen()
-        .iter()
-        .filter(|s| s.method == "GET" && s.path.contains("/trail/AWSLogs/") && !s.is_list())
-        .count();
+    let gets = server.seen().iter().filter(|s| s.method == "GET" && s.path.contains("/trail/AWSLogs/") && !s.is_list()).count();
     assert_eq!(gets, 0);
 }
 
@@ -215,11 +183,7 @@ fn a_dated_backfill_lists_only_the_date_folders_of_its_range() {
     assert_eq!(summary["ingest"]["files_read"], dry["ingest"]["files_to_read"]);
     assert_eq!(summary["ingest"]["bytes_read"], dry["ingest"]["bytes_to_read"]);
     let lists: Vec<_> = server.seen().into_iter().filter(|s| s.is_list()).collect();
-    let day_folders: Vec<String> = lists
-        .iter()
-        .filter(|l| l.param("delimiter").is_none())
-        .map(|l| l.param("prefix").unwrap_or_default())
-        .collect();
+    let day_folders: Vec<String> = lists.iter().filter(|l| l.param("delimiter").is_none()).map(|l| l.param("prefix").unwrap_or_default()).collect();
     let days: std::collections::BTreeSet<&str> = day_folders.iter().map(|p| &p[p.len().saturating_sub(11)..]).collect();
     assert!(!day_folders.is_empty(), "{lists:?}");
     for p in &day_folders {
@@ -234,30 +198,12 @@ fn a_dated_backfill_lists_only_the_date_folders_of_its_range() {
     assert!(walks <= 4, "{lists:?}");
     // And the same days from a local folder give the same events.
     let local = dir.path().join("local");
-    ok(
-        None,
-        &[
-            "ingest",
-            archive().1.to_str().unwrap(),
-            "--lake",
-            local.to_str().unwrap(),
-            "--from",
-            "2024-01-03",
-            "--to",
-            "2024-01-04",
-            "--quiet",
-        ],
-    );
+    ok(None, &["ingest", archive().1.to_str().unwrap(), "--lake", local.to_str().unwrap(), "--from", "2024-01-03", "--to", "2024-01-04", "--quiet"]);
     let q = "SELECT count(*), count(DISTINCT eventid) FROM events";
     assert_eq!(sql(None, lake_s, q), sql(None, local.to_str().unwrap(), q));
     assert_eq!(
         summary["ingest"]["records_written"].as_u64().unwrap(),
-        sql(None, lake_s, "SELECT count(*) FROM events")
-            .lines()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
+        sql(None, lake_s, "SELECT count(*) FROM events").lines().nth(1).unwrap().parse::<u64>().unwrap()
     );
 }
 
@@ -276,12 +222,7 @@ fn faults_are_retried_and_an_object_that_keeps_failing_is_reported() {
     server.add_rule(&victim, Fault::InternalError, u32::MAX);
     let lake = server.url("faulty-lake");
     let out = server.url("insights/");
-    let quick_retries = [
-        ("PRISM_S3_MAX_RETRIES", "4"),
-        ("PRISM_S3_INIT_BACKOFF", "20ms"),
-        ("PRISM_S3_MAX_BACKOFF", "200ms"),
-        ("PRISM_S3_RETRY_TIMEOUT", "5s"),
-    ];
+    let quick_retries = [("PRISM_S3_MAX_RETRIES", "4"), ("PRISM_S3_INIT_BACKOFF", "20ms"), ("PRISM_S3_MAX_BACKOFF", "200ms"), ("PRISM_S3_RETRY_TIMEOUT", "5s")];
     let run = |server: &S3Server| backfill_with_env(server, &lake, &["--granularity", "day", "--out", &out], &quick_retries);
     let (code, summary, stderr) = run(&server);
     assert_eq!(code, 3, "{summary}\n{stderr}");
@@ -347,8 +288,29 @@ fn downloads_run_ahead_of_the_parsers_and_stay_bounded() {
 /// file's content is its key, so sizes tell files apart.
 fn awkward_tree(bucket: &std::path::Path) -> Vec<String> {
     let mut keys: Vec<String> = [
-        "a+b", "a-b", "a.b", "a/b-c", "a/b.d/e", "a/b/c-d", "a/b/c.e", "a/b/cd/e", "a/bc", "a0", "a b/x", "ab/c", "b-/c", "b.c", "b/c",
-        "deep/1/2/3/4/5/6/f", "deep/1/2/3/4/5/6/g", "deep/1/2/x", "deep/1/x-", "deep/1-", "ü/x", "üb", "z",
+        "a+b",
+        "a-b",
+        "a.b",
+        "a/b-c",
+        "a/b.d/e",
+        "a/b/c-d",
+        "a/b/c.e",
+        "a/b/cd/e",
+        "a/bc",
+        "a0",
+        "a b/x",
+        "ab/c",
+        "b-/c",
+        "b.c",
+        "b/c",
+        "deep/1/2/3/4/5/6/f",
+        "deep/1/2/3/4/5/6/g",
+        "deep/1/2/x",
+        "deep/1/x-",
+        "deep/1-",
+        "ü/x",
+        "üb",
+        "z",
     ]
     .into_iter()
     .map(str::to_owned)

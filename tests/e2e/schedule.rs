@@ -1,7 +1,6 @@
 //! End-to-end tests of `prism schedule`: the real binary on a small lake whose events sit at
 //! known times, with time moved by `--now`.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -30,18 +29,11 @@ fn lake(dir: &Path) -> PathBuf {
         event("e4", "2024-06-01T11:59:59Z", "GetObject"),
         event("e5", "2024-06-01T12:00:00Z", "DescribeInstances"),
     ];
-    crate::common::write_gz(
-        &crate::common::log_path(&archive, "111122223333", "us-east-1", "20240601", "a"),
-        &day1,
-    );
+    crate::common::write_gz(&crate::common::log_path(&archive, "111122223333", "us-east-1", "20240601", "a"), &day1);
     let day3 = [event("e6", "2024-06-03T08:15:00Z", "PutObject")];
-    crate::common::write_gz(
-        &crate::common::log_path(&archive, "111122223333", "us-east-1", "20240603", "b"),
-        &day3,
-    );
+    crate::common::write_gz(&crate::common::log_path(&archive, "111122223333", "us-east-1", "20240603", "b"), &day3);
     let lake = dir.join("lake");
-    let (code, summary) =
-        crate::common::run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap()]);
+    let (code, summary) = crate::common::run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap()]);
     assert_eq!(code, 0, "{summary}");
     lake
 }
@@ -61,12 +53,7 @@ fn setup(files: &[(&str, &str)]) -> Setup {
     let queries = dir.path().join("queries");
     std::fs::create_dir_all(&queries).unwrap();
     let out = dir.path().join("out");
-    let setup = Setup {
-        lake,
-        queries,
-        out,
-        _dir: dir,
-    };
+    let setup = Setup { lake, queries, out, _dir: dir };
     for (name, text) in files {
         setup.write(name, text);
     }
@@ -84,36 +71,15 @@ impl Setup {
 }
 
 fn prism(args: &[&str]) -> Output {
-    Command::new(crate::common::prism_bin())
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(crate::common::prism_bin()).args(args).output().unwrap()
 }
 
 /// `prism schedule run --once --json` at `now`: (exit code, summary).
 fn run_once(lake: &Path, queries: &Path, out: &Path, now: &str) -> (i32, Value) {
-    let o = schedule(
-        "run",
-        lake,
-        queries,
-        &[
-            "--once",
-            "--json",
-            "--out",
-            out.to_str().unwrap(),
-            "--now",
-            now,
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = schedule("run", lake, queries, &["--once", "--json", "--out", out.to_str().unwrap(), "--now", now]).output().unwrap();
     let code = o.status.code().unwrap_or(-1);
     let summary = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}); code {code}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
+        panic!("no JSON ({e}); code {code}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
     });
     (code, summary)
 }
@@ -121,39 +87,20 @@ fn run_once(lake: &Path, queries: &Path, out: &Path, now: &str) -> (i32, Value) 
 /// `prism schedule <command> --lake LAKE --queries QUERIES …extra`.
 fn schedule(command: &str, lake: &Path, queries: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(crate::common::prism_bin());
-    c.args([
-        "schedule",
-        command,
-        "--lake",
-        lake.to_str().unwrap(),
-        "--queries",
-        queries.to_str().unwrap(),
-    ]);
+    c.args(["schedule", command, "--lake", lake.to_str().unwrap(), "--queries", queries.to_str().unwrap()]);
     c.args(extra);
     c
 }
 
 /// Rows of `prism sql --format json`.
 fn sql(lake: &Path, query: &str) -> Vec<Value> {
-    let o = prism(&[
-        "sql",
-        "--lake",
-        lake.to_str().unwrap(),
-        "--format",
-        "json",
-        "-c",
-        query,
-    ]);
+    let o = prism(&["sql", "--lake", lake.to_str().unwrap(), "--format", "json", "-c", query]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
 }
 
 fn names(runs: &Value) -> Vec<&str> {
-    runs.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["query"].as_str().unwrap())
-        .collect()
+    runs.as_array().unwrap().iter().map(|r| r["query"].as_str().unwrap()).collect()
 }
 
 #[test]
@@ -174,27 +121,15 @@ fn never_run_query_is_due_once_per_slot_and_a_missed_day_runs_once() {
     assert_eq!(run["rows"], 2);
     let file = out.join("results/hourly_calls/2024-06-01/20240601T1200Z.csv");
     assert_eq!(run["output"], file.to_str().unwrap());
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        "eventname,calls\nDescribeInstances,1\nGetObject,2\n"
-    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "eventname,calls\nDescribeInstances,1\nGetObject,2\n");
     // The output is what the same SQL gives through `prism sql`, and no temporary file is left.
     let same = sql(
         &lake,
         "SELECT eventname, count(*) AS calls FROM events WHERE eventtime >= TIMESTAMP '2024-06-01T11:00:00Z' \
          AND eventtime < TIMESTAMP '2024-06-01T12:00:00Z' GROUP BY eventname ORDER BY eventname",
     );
-    assert_eq!(
-        same,
-        vec![
-            serde_json::json!({"eventname": "DescribeInstances", "calls": 1}),
-            serde_json::json!({"eventname": "GetObject", "calls": 2})
-        ]
-    );
-    assert_eq!(
-        std::fs::read_dir(file.parent().unwrap()).unwrap().count(),
-        1
-    );
+    assert_eq!(same, vec![serde_json::json!({"eventname": "DescribeInstances", "calls": 1}), serde_json::json!({"eventname": "GetObject", "calls": 2})]);
+    assert_eq!(std::fs::read_dir(file.parent().unwrap()).unwrap().count(), 1);
 
     // Same time again, and later within the same hour: nothing is due.
     for now in ["2024-06-01T12:30:00Z", "2024-06-01T12:59:59Z"] {
@@ -213,18 +148,12 @@ fn never_run_query_is_due_once_per_slot_and_a_missed_day_runs_once() {
     assert_eq!(s["runs"][0]["slot"], "2024-06-03T09:00:00Z");
     assert_eq!(s["runs"][0]["window_start"], "2024-06-03T08:00:00Z");
     let file = out.join("results/hourly_calls/2024-06-03/20240603T0900Z.csv");
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        "eventname,calls\nPutObject,1\n"
-    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "eventname,calls\nPutObject,1\n");
     let (_, s) = run_once(&lake, &fixture_queries(), &out, "2024-06-03T09:06:00Z");
     assert_eq!(s["runs"], serde_json::json!([]));
 
     // The history holds exactly the two runs.
-    let rows = sql(
-        &lake,
-        "SELECT query, slot, status, rows FROM query_runs ORDER BY slot",
-    );
+    let rows = sql(&lake, "SELECT query, slot, status, rows FROM query_runs ORDER BY slot");
     assert_eq!(
         rows,
         vec![
@@ -239,53 +168,28 @@ fn a_failing_query_is_recorded_while_the_others_run_and_the_exit_code_says_so() 
     let hourly = std::fs::read_to_string(fixture_queries().join("hourly_calls.sql")).unwrap();
     let t = setup(&[
         ("hourly_calls.sql", &hourly),
-        (
-            "a_broken.sql",
-            "-- schedule: 0 0 * * *\nSELECT nope FROM nowhere;\n",
-        ),
+        ("a_broken.sql", "-- schedule: 0 0 * * *\nSELECT nope FROM nowhere;\n"),
         (
             "daily.json.sql",
             "-- name: daily_total\n-- schedule: 5 0 * * *\n-- output: {name}/{date}.json\n-- window: 1d\n-- delay: 5m\n\
              SELECT count(*) AS n FROM events WHERE eventtime >= {start} AND eventtime < {end}\n",
         ),
         // Scheduled queries only read.
-        (
-            "c_writes.sql",
-            "-- schedule: 0 0 * * *\nCOPY (SELECT 1) TO 'x.csv'\n",
-        ),
-        (
-            "bad_header.sql",
-            "-- name: x\n-- schedule: 0 25 * * *\nSELECT 1\n",
-        ),
-        (
-            "unscheduled.sql",
-            "-- What it finds: nothing on a schedule.\nSELECT 1\n",
-        ),
+        ("c_writes.sql", "-- schedule: 0 0 * * *\nCOPY (SELECT 1) TO 'x.csv'\n"),
+        ("bad_header.sql", "-- name: x\n-- schedule: 0 25 * * *\nSELECT 1\n"),
+        ("unscheduled.sql", "-- What it finds: nothing on a schedule.\nSELECT 1\n"),
     ]);
     let (lake, queries, out) = (&t.lake, &t.queries, &t.out);
 
     let (code, s) = run_once(lake, queries, out, "2024-06-02T00:10:00Z");
     assert_eq!(code, 3, "{s}");
-    assert_eq!(
-        names(&s["runs"]),
-        ["a_broken", "c_writes", "daily_total", "hourly_calls"]
-    );
+    assert_eq!(names(&s["runs"]), ["a_broken", "c_writes", "daily_total", "hourly_calls"]);
     let broken = &s["runs"][0];
     assert_eq!(broken["status"], "error");
-    assert!(
-        broken["error"].as_str().unwrap().contains("nowhere"),
-        "{broken}"
-    );
+    assert!(broken["error"].as_str().unwrap().contains("nowhere"), "{broken}");
     assert_eq!(broken["output"], Value::Null);
     assert_eq!(s["runs"][1]["status"], "error");
-    assert!(
-        s["runs"][1]["error"]
-            .as_str()
-            .unwrap()
-            .contains("DML not supported: COPY"),
-        "{}",
-        s["runs"][1]
-    );
+    assert!(s["runs"][1]["error"].as_str().unwrap().contains("DML not supported: COPY"), "{}", s["runs"][1]);
     assert!(!out.join("x.csv").exists() && !Path::new("x.csv").exists());
     assert_eq!(s["runs"][2]["status"], "ok");
     assert_eq!(s["runs"][2]["window_start"], "2024-06-01T00:00:00Z");
@@ -294,35 +198,18 @@ fn a_failing_query_is_recorded_while_the_others_run_and_the_exit_code_says_so() 
     assert_eq!(s["runs"][3]["status"], "ok");
     assert_eq!(s["unscheduled"], serde_json::json!(["unscheduled"]));
     let problem = &s["problems"][0];
-    assert!(
-        problem["file"]
-            .as_str()
-            .unwrap()
-            .ends_with("bad_header.sql")
-    );
+    assert!(problem["file"].as_str().unwrap().ends_with("bad_header.sql"));
     assert_eq!(problem["line"], 2);
-    assert!(
-        problem["message"]
-            .as_str()
-            .unwrap()
-            .contains("`0 25 * * *` is not a cron schedule"),
-        "{problem}"
-    );
+    assert!(problem["message"].as_str().unwrap().contains("`0 25 * * *` is not a cron schedule"), "{problem}");
 
     // The history, through `prism sql`, says which failed and why.
-    let rows = sql(
-        lake,
-        "SELECT query, status, rows, error, output IS NOT NULL AS written FROM query_runs ORDER BY query",
-    );
+    let rows = sql(lake, "SELECT query, status, rows, error, output IS NOT NULL AS written FROM query_runs ORDER BY query");
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["query"], "a_broken");
     assert_eq!(rows[0]["status"], "error");
     assert!(rows[0]["error"].as_str().unwrap().contains("nowhere"));
     assert_eq!(rows[0]["written"], false);
-    assert_eq!(
-        rows[2],
-        serde_json::json!({"query": "daily_total", "status": "ok", "rows": 1, "written": true})
-    );
+    assert_eq!(rows[2], serde_json::json!({"query": "daily_total", "status": "ok", "rows": 1, "written": true}));
 
     // A failed query stays due, so the next run tries it again; the others are done.
     std::fs::remove_file(queries.join("c_writes.sql")).unwrap();
@@ -344,9 +231,7 @@ fn list_shows_schedule_next_slot_and_last_run() {
     let lake = lake(dir.path());
     let out = dir.path().join("out");
     let list = |now: &str| {
-        let o = schedule("list", &lake, &fixture_queries(), &["--json", "--now", now])
-            .output()
-            .unwrap();
+        let o = schedule("list", &lake, &fixture_queries(), &["--json", "--now", now]).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["queries"][0].clone()
     };
@@ -363,35 +248,18 @@ fn list_shows_schedule_next_slot_and_last_run() {
     assert_eq!(q["last_run"]["status"], "ok");
     assert_eq!(q["last_run"]["rows"], 2);
     // The text form names the same things.
-    let o = schedule(
-        "list",
-        &lake,
-        &fixture_queries(),
-        &["--now", "2024-06-01T12:31:00Z"],
-    )
-    .output()
-    .unwrap();
+    let o = schedule("list", &lake, &fixture_queries(), &["--now", "2024-06-01T12:31:00Z"]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        text.contains(
-            "hourly_calls  0 * * * *  1h      2024-06-01T13:00Z  2024-06-01T12:00Z ok, 2 rows"
-        ),
-        "{text}"
-    );
+    assert!(text.contains("hourly_calls  0 * * * *  1h      2024-06-01T13:00Z  2024-06-01T12:00Z ok, 2 rows"), "{text}");
 }
 
 /// Starts `prism schedule serve` in the background.
 fn serve(lake: &Path, queries: &Path, out: &Path) -> std::process::Child {
-    schedule(
-        "serve",
-        lake,
-        queries,
-        &["--poll", "1", "--out", out.to_str().unwrap()],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap()
+    schedule("serve", lake, queries, &["--poll", "1", "--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Waits for `path` to exist (the scheduler writes it atomically, so it is complete).
@@ -401,20 +269,13 @@ fn wait_for(path: &Path, child: &mut std::process::Child) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("serve exited early with {status}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} was not written",
-            path.display()
-        );
+        assert!(Instant::now() < deadline, "{} was not written", path.display());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn signal(child: &std::process::Child, name: &str) {
-    let ok = Command::new("kill")
-        .args([name, &child.id().to_string()])
-        .status()
-        .unwrap();
+    let ok = Command::new("kill").args([name, &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
 }
 
@@ -432,28 +293,18 @@ fn finish(mut child: std::process::Child) -> (i32, String, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let o = child.wait_with_output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 #[test]
 fn serve_runs_due_queries_picks_up_new_files_and_stops_on_sigint() {
-    let t = setup(&[(
-        "total.sql",
-        "-- schedule: 0 0 1 * *\n-- output: {name}.json\nSELECT count(*) AS n FROM events\n",
-    )]);
+    let t = setup(&[("total.sql", "-- schedule: 0 0 1 * *\n-- output: {name}.json\nSELECT count(*) AS n FROM events\n")]);
     let mut child = serve(&t.lake, &t.queries, &t.out);
     // Never run, so due at once.
     wait_for(&t.out.join("total.json"), &mut child);
     assert_eq!(t.output("total.json"), "[{\"n\":6}]\n");
     // A file added while serve sleeps is read at the next loop.
-    t.write(
-        "added.sql",
-        "-- schedule: 0 0 1 1 *\n-- output: {name}.ndjson\nSELECT 42 AS answer\n",
-    );
+    t.write("added.sql", "-- schedule: 0 0 1 1 *\n-- output: {name}.ndjson\nSELECT 42 AS answer\n");
     wait_for(&t.out.join("added.ndjson"), &mut child);
     assert_eq!(t.output("added.ndjson"), "{\"answer\":42}\n");
     signal(&child, "-INT");
@@ -463,26 +314,14 @@ fn serve_runs_due_queries_picks_up_new_files_and_stops_on_sigint() {
     assert!(stdout.contains("ok      added"), "{stdout}");
     assert!(stderr.contains("stopped:"), "{stderr}");
     // Each query ran once: the slots are far apart.
-    let rows = sql(
-        &t.lake,
-        "SELECT query, count(*) AS runs FROM query_runs GROUP BY query ORDER BY query",
-    );
-    assert_eq!(
-        rows,
-        vec![
-            serde_json::json!({"query": "added", "runs": 1}),
-            serde_json::json!({"query": "total", "runs": 1})
-        ]
-    );
+    let rows = sql(&t.lake, "SELECT query, count(*) AS runs FROM query_runs GROUP BY query ORDER BY query");
+    assert_eq!(rows, vec![serde_json::json!({"query": "added", "runs": 1}), serde_json::json!({"query": "total", "runs": 1})]);
 }
 
 #[test]
 fn serve_does_not_repeat_a_failed_slot_but_retries_an_edited_file_and_stops_on_sigterm() {
     let monthly = |sql: &str| format!("-- schedule: 0 0 1 * *\n-- output: {{name}}.csv\n{sql}\n");
-    let t = setup(&[
-        ("broken.sql", &monthly("SELECT nope FROM nowhere")),
-        ("ok.sql", &monthly("SELECT 1 AS one")),
-    ]);
+    let t = setup(&[("broken.sql", &monthly("SELECT nope FROM nowhere")), ("ok.sql", &monthly("SELECT 1 AS one"))]);
     let mut child = serve(&t.lake, &t.queries, &t.out);
     wait_for(&t.out.join("ok.csv"), &mut child);
     // Several loops pass (poll is 1 s); the broken query is not retried for the same slot.
@@ -494,10 +333,7 @@ fn serve_does_not_repeat_a_failed_slot_but_retries_an_edited_file_and_stops_on_s
     let (code, stdout, stderr) = finish(child);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.matches("FAILED  broken").count(), 1, "{stdout}");
-    let rows = sql(
-        &t.lake,
-        "SELECT query, status FROM query_runs ORDER BY query, startedat",
-    );
+    let rows = sql(&t.lake, "SELECT query, status FROM query_runs ORDER BY query, startedat");
     assert_eq!(
         rows,
         vec![
@@ -511,39 +347,13 @@ fn serve_does_not_repeat_a_failed_slot_but_retries_an_edited_file_and_stops_on_s
 #[test]
 fn usage_errors_and_a_missing_lake() {
     let dir = tempfile::tempdir().unwrap();
-    let o = prism(&[
-        "schedule",
-        "run",
-        "--queries",
-        fixture_queries().to_str().unwrap(),
-        "--lake",
-        dir.path().join("none").to_str().unwrap(),
-        "--once",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = prism(&["schedule", "run", "--queries", fixture_queries().to_str().unwrap(), "--lake", dir.path().join("none").to_str().unwrap(), "--once"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no lake here"));
-    let o = prism(&[
-        "schedule",
-        "run",
-        "--lake",
-        "x",
-        "--once",
-        "--now",
-        "yesterday",
-    ]);
+    let o = prism(&["schedule", "run", "--lake", "x", "--once", "--now", "yesterday"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not an RFC 3339 time"));
-    let o = prism(&[
-        "schedule",
-        "list",
-        "--queries",
-        dir.path().join("nope").to_str().unwrap(),
-    ]);
+    let o = prism(&["schedule", "list", "--queries", dir.path().join("nope").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("reading the queries folder"));
     let help = String::from_utf8_lossy(&prism(&["schedule", "run", "--help"]).stdout).into_owned();

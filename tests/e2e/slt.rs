@@ -21,7 +21,6 @@ use datafusion::prelude::SessionContext;
 use serde_json::{Value, json};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
-
 /// One connection: a session over the fixture lake.
 struct Prism {
     ctx: SessionContext,
@@ -179,8 +178,7 @@ fn slt_files() -> Vec<PathBuf> {
 #[test]
 fn slt() {
     // PRISM_SLT=a,b runs the files whose name contains a or b.
-    let filters: Vec<String> =
-        std::env::var("PRISM_SLT").unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect();
+    let filters: Vec<String> = std::env::var("PRISM_SLT").unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect();
     let files: Vec<PathBuf> = slt_files()
         .into_iter()
         .filter(|p| filters.is_empty() || filters.iter().any(|f| p.file_name().unwrap().to_string_lossy().contains(f.as_str())))

@@ -1,15 +1,14 @@
 //! `prism sql` and the session: refresh while open, time pruning, -c/-f/stdin, output files,
 //! errors, and the interactive shell driven in a real terminal (tmux).
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{log_path, prism_bin, record, run_ingest, write_gz};
 use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use crate::common::{log_path, prism_bin, record, run_ingest, write_gz};
 use datafusion::physical_plan::ExecutionPlan;
 
 /// Records with a few API names, so that a GROUP BY has a known answer.
@@ -50,13 +49,7 @@ fn prism(args: &[&str]) -> Output {
 
 fn prism_stdin(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(prism_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(prism_bin()).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -245,14 +238,12 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
         "2024-01-01",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let (code, _) =
-        run_ingest(&[archive.to_str().unwrap(), "--lake", lake_dir.to_str().unwrap(), "--granularity", "hour"]);
+    let (code, _) = run_ingest(&[archive.to_str().unwrap(), "--lake", lake_dir.to_str().unwrap(), "--granularity", "hour"]);
     assert_eq!(code, 0);
 
     let lake = prism::Lake::open(lake_dir.to_str().unwrap()).await.unwrap();
     let files: Vec<String> = lake.events().get_file_uris().unwrap().collect();
-    let in_range: Vec<&String> =
-        files.iter().filter(|f| (0..6).any(|h| f.contains(&format!("eventperiod=20240102T{h:02}Z/")))).collect();
+    let in_range: Vec<&String> = files.iter().filter(|f| (0..6).any(|h| f.contains(&format!("eventperiod=20240102T{h:02}Z/")))).collect();
     assert!(files.len() > 80 && !in_range.is_empty(), "{} files, {} in range", files.len(), in_range.len());
 
     let ctx = prism::sql::session(&lake).await.unwrap();
@@ -261,12 +252,7 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
 
     let range = "eventtime >= TIMESTAMP '2024-01-02T00:00:00Z' AND eventtime < TIMESTAMP '2024-01-02T06:00:00Z'";
     let (n, scanned) = run_measured(&ctx, &format!("SELECT count(*) FROM events WHERE {range}")).await;
-    assert_eq!(
-        scanned,
-        in_range.len(),
-        "only the files of 00:00-06:00 on Jan 2 are scanned ({} in the lake)",
-        files.len()
-    );
+    assert_eq!(scanned, in_range.len(), "only the files of 00:00-06:00 on Jan 2 are scanned ({} in the lake)", files.len());
     // The same rows as a filter the statistics cannot use.
     let (expected, scanned_unpruned) = run_measured(
         &ctx,
@@ -278,14 +264,10 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
     assert!(scanned_unpruned > scanned);
 
     // BETWEEN and a one-sided range prune too.
-    let (_, between) = run_measured(
-        &ctx,
-        "SELECT count(*) FROM events WHERE eventtime BETWEEN TIMESTAMP '2024-01-03T10:00:00Z' AND TIMESTAMP '2024-01-03T10:59:59Z'",
-    )
-    .await;
+    let (_, between) =
+        run_measured(&ctx, "SELECT count(*) FROM events WHERE eventtime BETWEEN TIMESTAMP '2024-01-03T10:00:00Z' AND TIMESTAMP '2024-01-03T10:59:59Z'").await;
     assert!((1..=3).contains(&between), "one hour's partition: {between} files");
-    let (_, tail) =
-        run_measured(&ctx, "SELECT count(*) FROM events WHERE eventtime >= TIMESTAMP '2024-01-04T18:00:00Z'").await;
+    let (_, tail) = run_measured(&ctx, "SELECT count(*) FROM events WHERE eventtime >= TIMESTAMP '2024-01-04T18:00:00Z'").await;
     assert!(tail < files.len() / 10, "the last hours: {tail} of {} files", files.len());
 }
 
@@ -295,19 +277,7 @@ fn statements_from_c_f_and_stdin_run_in_order() {
     let lake = lake.as_str();
     let file = dir.path().join("q.sql");
     std::fs::write(&file, "-- the second input\nSELECT count(*) AS n FROM events;\n\nSELECT 'x;y' AS s;\n").unwrap();
-    let out = prism(&[
-        "sql",
-        "--lake",
-        lake,
-        "-c",
-        "SELECT 1 AS a; SELECT 2 AS b",
-        "-f",
-        file.to_str().unwrap(),
-        "-c",
-        "SELECT 3 AS c",
-        "--format",
-        "csv",
-    ]);
+    let out = prism(&["sql", "--lake", lake, "-c", "SELECT 1 AS a; SELECT 2 AS b", "-f", file.to_str().unwrap(), "-c", "SELECT 3 AS c", "--format", "csv"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "a\n1\nb\n2\nn\n9\ns\nx;y\nc\n3\n");
 
@@ -322,8 +292,7 @@ fn statements_from_c_f_and_stdin_run_in_order() {
          {\"eventname\":\"ListUsers\",\"n\":1}\n{\"rejected\":1}\n"
     );
 
-    let out =
-        prism(&["sql", "--lake", lake, "-c", "SELECT eventname FROM events ORDER BY 1 LIMIT 1", "--format", "json"]);
+    let out = prism(&["sql", "--lake", lake, "-c", "SELECT eventname FROM events ORDER BY 1 LIMIT 1", "--format", "json"]);
     assert_eq!(text(&out.stdout), "[{\"eventname\":\"DescribeInstances\"}]\n");
 
     let out = prism_stdin(&["sql", "--lake", lake], "-- nothing here\n");
@@ -336,40 +305,24 @@ fn a_failing_statement_stops_the_run_and_is_named_with_its_place() {
     let (dir, lake) = fixture();
     let lake = lake.as_str();
     let file = dir.path().join("report.sql");
-    std::fs::write(
-        &file,
-        "SELECT 1 AS first;\n-- then\nSELECT eventname,\n       nosuch FROM events;\nSELECT 3 AS third;\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "SELECT 1 AS first;\n-- then\nSELECT eventname,\n       nosuch FROM events;\nSELECT 3 AS third;\n").unwrap();
     let out = prism(&["sql", "--lake", lake, "-f", file.to_str().unwrap(), "--format", "csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout), "first\n1\n", "statements after the failure do not run");
     let err = text(&out.stderr);
-    assert!(
-        err.contains("report.sql: statement 2 (line 4, column 8) failed: Schema error: No field named nosuch"),
-        "{err}"
-    );
+    assert!(err.contains("report.sql: statement 2 (line 4, column 8) failed: Schema error: No field named nosuch"), "{err}");
     assert!(err.contains("4 |        nosuch FROM events;\n  |        ^^^^^^"), "{err}");
 
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT 1", "-c", "SELECT 2; SELEC 3"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(
-        err.contains(
-            "-c #2: statement 2 (line 1, column 11) failed: sql parser error: Expected: an SQL statement, found: SELEC"
-        ),
-        "{err}"
-    );
+    assert!(err.contains("-c #2: statement 2 (line 1, column 11) failed: sql parser error: Expected: an SQL statement, found: SELEC"), "{err}");
     assert!(err.contains("1 | SELECT 2; SELEC 3\n  |           ^"), "{err}");
 
     // Errors during execution (after planning) are reported too.
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT 10 / (value - 5) FROM range(10)"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("-c: statement 1 (line 1) failed: Arrow error: Divide by zero"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("-c: statement 1 (line 1) failed: Arrow error: Divide by zero"), "{}", text(&out.stderr));
 
     let out = prism(&["sql", "--lake", dir.path().join("nowhere").to_str().unwrap(), "-c", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(1));
@@ -402,45 +355,20 @@ fn output_files_are_complete_or_absent() {
     let parquet = results.join("events.parquet");
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT * FROM events", "-o", parquet.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let reader =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(&parquet).unwrap(), 1024)
-            .unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(&parquet).unwrap(), 1024).unwrap();
     assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 9);
 
     // A run that fails half-way through its rows leaves the previous file as it was.
-    let out = prism(&[
-        "sql",
-        "--lake",
-        lake,
-        "-c",
-        "SELECT value, 10 / (value - 50000) AS x FROM range(100000)",
-        "--output",
-        csv.to_str().unwrap(),
-    ]);
+    let out = prism(&["sql", "--lake", lake, "-c", "SELECT value, 10 / (value - 50000) AS x FROM range(100000)", "--output", csv.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), "eventname,n\nDescribeInstances,5\nGetObject,3\nListUsers,1\n");
-    let names: Vec<String> =
-        std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
 
     let out = prism(&["sql", "--lake", lake, "-c", "SELECT 1", "--output", results.join("x.txt").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("use .csv, .json, .ndjson or .parquet, or give the format"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = prism(&[
-        "sql",
-        "--lake",
-        lake,
-        "-c",
-        "SELECT 1 AS one",
-        "--output",
-        results.join("x.txt").to_str().unwrap(),
-        "--format",
-        "table",
-    ]);
+    assert!(text(&out.stderr).contains("use .csv, .json, .ndjson or .parquet, or give the format"), "{}", text(&out.stderr));
+    let out = prism(&["sql", "--lake", lake, "-c", "SELECT 1 AS one", "--output", results.join("x.txt").to_str().unwrap(), "--format", "table"]);
     assert!(out.status.success());
     assert!(std::fs::read_to_string(results.join("x.txt")).unwrap().contains("| one |"));
 
@@ -585,9 +513,7 @@ impl Tmux {
             self.type_text(line);
             self.keys(&["Enter"]);
         }
-        let screen = self.wait_for(&format!("the prompt after {lines:?}"), |s| {
-            Self::prompts(s) > before && s.trim_end().ends_with("prism>")
-        });
+        let screen = self.wait_for(&format!("the prompt after {lines:?}"), |s| Self::prompts(s) > before && s.trim_end().ends_with("prism>"));
         let last = screen.rfind("prism> ").unwrap_or(0);
         let start = screen[..last].rfind("prism> ").unwrap_or(0);
         screen[start..last].to_owned()
@@ -617,12 +543,8 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn start_repl(lake: &Path, history: &Path) -> Tmux {
-    let command = format!(
-        "{} sql --lake {} --history {}",
-        shell_quote(prism_bin()),
-        shell_quote(lake.to_str().unwrap()),
-        shell_quote(history.to_str().unwrap())
-    );
+    let command =
+        format!("{} sql --lake {} --history {}", shell_quote(prism_bin()), shell_quote(lake.to_str().unwrap()), shell_quote(history.to_str().unwrap()));
     let t = Tmux::start(&command);
     t.wait_for("the greeting", |s| s.contains("tables: events") && s.trim_end().ends_with("prism>"));
     t
@@ -647,10 +569,7 @@ fn the_shell_as_a_person_uses_it() {
         assert!(out.contains(table), "{table} in {out}");
     }
     let out = t.enter(&["\\d events"]);
-    assert!(
-        out.contains("| eventtime ") && out.contains("timestamp (UTC)") && out.contains("useridentity.arn"),
-        "{out}"
-    );
+    assert!(out.contains("| eventtime ") && out.contains("timestamp (UTC)") && out.contains("useridentity.arn"), "{out}");
 
     let out = t.enter(&["SELECT nosuch FROM events;"]);
     assert!(out.contains("error: Schema error: No field named nosuch."), "{out}");
@@ -714,10 +633,7 @@ fn the_shell_sees_new_data_and_quits_on_ctrl_d() {
     assert!(out.contains("| 9 |"), "{out}");
 
     let archive = dir.path().join("archive2");
-    write_gz(
-        &log_path(&archive, "111122223333", "us-east-1", "20240302", "B"),
-        &records("b", &[("GetObject", 4)], "2024-03-02"),
-    );
+    write_gz(&log_path(&archive, "111122223333", "us-east-1", "20240302", "B"), &records("b", &[("GetObject", 4)], "2024-03-02"));
     let (code, _) = run_ingest(&[archive.to_str().unwrap(), "--lake", lake.to_str().unwrap()]);
     assert_eq!(code, 0);
     let out = t.enter(&["SELECT count(*) AS n FROM events;"]);
@@ -731,11 +647,7 @@ fn the_shell_sees_new_data_and_quits_on_ctrl_d() {
 fn parquet_is_refused_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let lake = small_lake(dir.path());
-    let command = format!(
-        "{} sql --lake {} -c 'SELECT 1' --format parquet",
-        shell_quote(prism_bin()),
-        shell_quote(lake.to_str().unwrap())
-    );
+    let command = format!("{} sql --lake {} -c 'SELECT 1' --format parquet", shell_quote(prism_bin()), shell_quote(lake.to_str().unwrap()));
     let t = Tmux::start(&command);
     assert_eq!(t.wait_exit(), 1);
     let screen = t.screen();

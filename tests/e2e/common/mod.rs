@@ -91,19 +91,10 @@ pub fn log_path(root: &Path, account: &str, region: &str, day: &str, name: &str)
 
 /// Runs `prism ingest` and returns (exit code, stdout as JSON summary).
 pub fn run_ingest(args: &[&str]) -> (i32, serde_json::Value) {
-    let out = std::process::Command::new(prism_bin())
-        .arg("ingest")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(prism_bin()).arg("ingest").args(args).arg("--json").output().unwrap();
     let code = out.status.code().unwrap_or(-1);
     let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON summary ({e}); code {code}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("no JSON summary ({e}); code {code}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     });
     (code, summary)
 }

@@ -17,15 +17,14 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::dto::{CommonPrefix, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Timestamp};
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput,
-    CopyObjectOutput, CreateBucketInput, CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
-    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, GetBucketLocationInput,
-    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListBucketsInput, ListBucketsOutput, ListPartsInput, ListPartsOutput, PutObjectInput, PutObjectOutput, UploadPartCopyInput,
-    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
+    CreateBucketInput, CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput, DeleteObjectInput,
+    DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput, GetObjectOutput,
+    HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListPartsInput, ListPartsOutput, PutObjectInput,
+    PutObjectOutput, UploadPartCopyInput, UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
+use s3s::dto::{CommonPrefix, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, Object, Timestamp};
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 pub const ACCESS_KEY: &str = "prism-test-key";
@@ -70,9 +69,7 @@ impl Seen {
 
     /// A query parameter, percent-decoded.
     pub fn param(&self, name: &str) -> Option<String> {
-        url::form_urlencoded::parse(self.query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
+        url::form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
     }
 }
 
@@ -201,11 +198,7 @@ impl S3Server {
     }
 
     pub fn add_rule(&self, pattern: &str, fault: Fault, times: u32) {
-        self.state.rules.lock().unwrap().push(Rule {
-            pattern: pattern.to_owned(),
-            fault,
-            times,
-        });
+        self.state.rules.lock().unwrap().push(Rule { pattern: pattern.to_owned(), fault, times });
     }
 
     pub fn clear_rules(&self) {
@@ -233,11 +226,7 @@ impl S3Server {
     /// Keys stored under `prefix` (read from the folder behind the server).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let base = self.root.join(&self.bucket);
-        files_under(&base)
-            .into_iter()
-            .map(|p| p.strip_prefix(&base).unwrap().to_str().unwrap().to_owned())
-            .filter(|k| k.starts_with(prefix))
-            .collect()
+        files_under(&base).into_iter().map(|p| p.strip_prefix(&base).unwrap().to_str().unwrap().to_owned()).filter(|k| k.starts_with(prefix)).collect()
     }
 }
 
@@ -281,14 +270,7 @@ fn launch(root: PathBuf, temp: Option<tempfile::TempDir>, bucket: &str, port: u1
         }
     });
     let addr = addr_rx.recv().map_err(io::Error::other)??;
-    Ok(S3Server {
-        endpoint: format!("http://{addr}"),
-        bucket: bucket.to_owned(),
-        root,
-        _temp: temp,
-        state,
-        stop: Some(stop_tx),
-    })
+    Ok(S3Server { endpoint: format!("http://{addr}"), bucket: bucket.to_owned(), root, _temp: temp, state, stop: Some(stop_tx) })
 }
 
 async fn serve(
@@ -334,11 +316,7 @@ async fn serve(
     }
 }
 
-async fn handle(
-    s3: &s3s::service::S3Service,
-    state: &State,
-    req: http::Request<hyper::body::Incoming>,
-) -> Result<s3s::HttpResponse, s3s::HttpError> {
+async fn handle(s3: &s3s::service::S3Service, state: &State, req: http::Request<hyper::body::Incoming>) -> Result<s3s::HttpResponse, s3s::HttpError> {
     let path = percent_decode(req.uri().path());
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().as_str().to_owned();
@@ -360,9 +338,7 @@ async fn handle(
     if let Some(f) = fault {
         *state.faults_injected.lock().unwrap() += 1;
         let error = |status: u16, code: &str| {
-            let body = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test server</Message></Error>"
-            );
+            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test server</Message></Error>");
             Ok(http::Response::builder().status(status).body(s3s::Body::from(body)).unwrap())
         };
         match f {
@@ -376,10 +352,7 @@ async fn handle(
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 /// s3s-fs, with ListObjects(V2) answered by [`list_page`] (unless `listing` is
