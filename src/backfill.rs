@@ -58,10 +58,10 @@ pub const PHASE_INSIGHTS: u8 = 1;
 
 /// Live counters of both steps, polled by a progress display.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub struct BackfillProgress {
     pub phase: AtomicU8,
-    pub ingest: Arc<ingest::Progress>,
-    pub insights: insights::Progress,
+    pub ingest: Arc<ingest::IngestProgress>,
+    pub insights: insights::InsightsProgress,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -80,7 +80,7 @@ pub struct BackfillSummary {
 }
 
 /// Runs the ingest, then the Insights backfill over `--from/--to` (or all the data).
-pub async fn backfill(opts: &BackfillOptions, progress: &Progress) -> Result<BackfillSummary, BackfillError> {
+pub async fn backfill(opts: &BackfillOptions, progress: &BackfillProgress) -> Result<BackfillSummary, BackfillError> {
     progress.phase.store(PHASE_INGEST, Ordering::Relaxed);
     let ingest = ingest::ingest(&opts.ingest, progress.ingest.clone()).await?;
     let mut summary = BackfillSummary { unread: ingest.unread.clone(), ingest, ..Default::default() };

@@ -75,7 +75,7 @@ impl IngestOptions {
 
 /// Live counters, for a progress display polled from another thread.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub struct IngestProgress {
     pub files_total: AtomicU64,
     pub bytes_total: AtomicU64,
     pub files_done: AtomicU64,
@@ -212,7 +212,7 @@ async fn dry_run(opts: &IngestOptions, started: Instant) -> Result<IngestSummary
 }
 
 /// Runs an ingest. `progress` is updated as it goes.
-pub async fn ingest(opts: &IngestOptions, progress: Arc<Progress>) -> Result<IngestSummary, IngestError> {
+pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     if opts.dry_run {
         return dry_run(opts, started).await;
@@ -323,7 +323,7 @@ async fn flush(
     dups_by_source: &mut HashMap<String, u64>,
     run_id: &str,
     summary: &mut IngestSummary,
-    progress: &Progress,
+    progress: &IngestProgress,
 ) -> Result<(), IngestError> {
     if !pending.is_empty() {
         let metadata = serde_json::json!({"operation": "ingest", "run": run_id});
@@ -402,7 +402,7 @@ fn parse_file(
     fetched: Option<Result<bytes::Bytes, SourceError>>,
     granularity: Granularity,
     tx: &mpsc::Sender<Msg>,
-    progress: &Progress,
+    progress: &IngestProgress,
 ) {
     let mut result = FileResult { file, records: 0, rejects: Vec::new(), broken: None };
     let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
@@ -426,7 +426,7 @@ fn parse_file(
     let mut records = RecordReader::new(reader);
     let mut builder = EventBatchBuilder::new(granularity);
     let (mut last_raw, mut last_json) = (0, 0);
-    let mut sync_progress = |progress: &Progress| {
+    let mut sync_progress = |progress: &IngestProgress| {
         let (r, j) = (raw.load(Ordering::Relaxed), json.load(Ordering::Relaxed));
         progress.raw_bytes.fetch_add(r - last_raw, Ordering::Relaxed);
         progress.json_bytes.fetch_add(j - last_json, Ordering::Relaxed);

@@ -32,5 +32,5 @@ pub mod schema;
 pub mod source;
 pub mod sql;
 
-pub use ingest::{IngestOptions, IngestSummary, Progress, ingest};
+pub use ingest::{IngestOptions, IngestProgress, IngestSummary, ingest};
 pub use lake::Lake;

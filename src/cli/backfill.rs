@@ -56,7 +56,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     if args.no_insights {
         opts.insights = prism::backfill::InsightsChoice::Off;
     }
-    let progress = Arc::new(prism::backfill::Progress::default());
+    let progress = Arc::new(prism::backfill::BackfillProgress::default());
     let show_bar = !args.ingest.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| super::progress::ingest_bar(progress.ingest.clone(), Some(progress.clone())));
     let result = prism::backfill::backfill(&opts, &progress).await;

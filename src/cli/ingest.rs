@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 
-use prism::ingest::{IngestOptions, IngestSummary, Progress};
+use prism::ingest::{IngestOptions, IngestProgress, IngestSummary};
 use prism::schema::Granularity;
 use prism::source::DateRange;
 
@@ -85,7 +85,7 @@ pub fn options(args: &IngestArgs) -> anyhow::Result<IngestOptions> {
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let opts = options(&args)?;
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(IngestProgress::default());
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| super::progress::ingest_bar(progress.clone(), None));
     let result = prism::ingest(&opts, progress).await;

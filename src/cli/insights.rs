@@ -113,7 +113,7 @@ pub async fn run(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
 
 /// Runs Insights with a progress bar on a terminal.
 pub async fn run_with_progress(opts: &RunOptions, show: bool) -> anyhow::Result<RunSummary> {
-    let progress = Arc::new(insights::Progress::default());
+    let progress = Arc::new(insights::InsightsProgress::default());
     let bar = (show && std::io::stderr().is_terminal()).then(|| {
         let progress = progress.clone();
         super::progress::Bar::start("{spinner} [{elapsed_precise}] {wide_bar} series {pos}/{len} {msg}", move |bar| {

@@ -50,7 +50,7 @@ impl Drop for Bar {
 
 /// Draws files, events, MB/s and ETA on stderr until finished; with `backfill`, then the
 /// Insights step's series.
-pub fn ingest_bar(progress: Arc<prism::ingest::Progress>, backfill: Option<Arc<prism::backfill::Progress>>) -> Bar {
+pub fn ingest_bar(progress: Arc<prism::ingest::IngestProgress>, backfill: Option<Arc<prism::backfill::BackfillProgress>>) -> Bar {
     Bar::start("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}", move |bar| {
         bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
         bar.set_position(progress.raw_bytes.load(Ordering::Relaxed));

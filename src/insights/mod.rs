@@ -206,7 +206,7 @@ impl RunOptions {
 
 /// Live counters for a progress display.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub struct InsightsProgress {
     pub series_total: AtomicU64,
     pub series_done: AtomicU64,
     pub minutes: AtomicU64,
@@ -240,7 +240,7 @@ pub struct RunSummary {
 }
 
 /// Runs Insights over the lake: backfill or incremental.
-pub async fn run(opts: &RunOptions, progress: &Progress) -> Result<RunSummary> {
+pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSummary> {
     let started = Instant::now();
     let lake = Lake::open(&opts.lake).await?;
     let run_id = uuid::Uuid::new_v4().to_string();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::common::*;
 use prism::generate::{GenerateOptions, generate};
-use prism::ingest::{IngestOptions, Progress};
+use prism::ingest::{IngestOptions, IngestProgress};
 
 fn small(out: &Path) -> GenerateOptions {
     one_account(out, "us-east-1", 8, 10_000, 8, 3)
@@ -26,7 +26,7 @@ async fn generated_archive_ingests_cleanly_and_labels_match_the_files() {
     // Day partitions: this test is about the archive, and a few large files query fastest.
     let mut ingest_opts = IngestOptions::new(vec![out.to_str().unwrap().to_owned()], lake.to_str().unwrap());
     ingest_opts.granularity = Some(prism::schema::Granularity::Day);
-    let s = prism::ingest(&ingest_opts, Arc::new(Progress::default())).await.unwrap();
+    let s = prism::ingest(&ingest_opts, Arc::new(IngestProgress::default())).await.unwrap();
     assert!(s.is_clean(), "{:?}", s.problems);
     assert_eq!(s.records_written, g.events);
     assert_eq!(s.duplicates_dropped, g.duplicates);

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::common::*;
-use prism::ingest::{IngestOptions, IngestSummary, Progress};
+use prism::ingest::{IngestOptions, IngestProgress, IngestSummary};
 
 async fn ingest(sources: &[&Path], lake: &Path) -> IngestSummary {
     let opts = IngestOptions::new(sources.iter().map(|p| p.to_str().unwrap().to_owned()).collect(), lake.to_str().unwrap());
-    prism::ingest(&opts, Arc::new(Progress::default())).await.unwrap()
+    prism::ingest(&opts, Arc::new(IngestProgress::default())).await.unwrap()
 }
 
 /// Every record of the real corpus's parseable files, read independently of Prism.
@@ -294,7 +294,7 @@ async fn date_range_reads_only_matching_folders() {
     let mut opts = IngestOptions::new(vec![src.to_str().unwrap().to_owned()], lake.to_str().unwrap());
     let d = |s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
     opts.range = prism::source::DateRange { from: Some(d("2024-06-01")), to: Some(d("2024-06-02")) };
-    let s = prism::ingest(&opts, Arc::new(Progress::default())).await.unwrap();
+    let s = prism::ingest(&opts, Arc::new(IngestProgress::default())).await.unwrap();
     // 06-01 and 06-02, plus 06-03 for late deliveries of 06-02.
     assert_eq!(s.files_read, 3);
     assert_eq!(s.records_written, 2 + 3 + 4);

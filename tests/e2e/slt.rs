@@ -159,7 +159,7 @@ async fn build_lake(dir: &Path) -> PathBuf {
     tokio::task::spawn_blocking(move || prism::generate::generate(&opts)).await.unwrap().unwrap();
 
     let opts = prism::IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
-    let summary = prism::ingest(&opts, Arc::new(prism::Progress::default())).await.unwrap();
+    let summary = prism::ingest(&opts, Arc::new(prism::IngestProgress::default())).await.unwrap();
     assert_eq!(summary.records_rejected, 1, "{:?}", summary.problems);
     lake
 }
