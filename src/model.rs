@@ -72,7 +72,7 @@ pub fn baselines(values: &[f64], p: &BaselineParams) -> Vec<Baseline> {
         sum[i + 1] = sum[i] + v;
         sq[i + 1] = sq[i] + v * v;
     }
-    let seasons = if p.season == 0 { 0 } else { window / p.season };
+    let seasons = window.checked_div(p.season).unwrap_or(0);
     let mut samples: Vec<f64> = Vec::with_capacity(seasons);
     let mut around: Vec<f64> = Vec::with_capacity(2 * p.smoothing + 1);
     // The same phase (step i, which may lie up to `tolerance` steps after t, still a whole

@@ -246,6 +246,8 @@ pub fn score(values: &[f64], baselines: &[Baseline], t: usize, direction: Direct
 }
 
 #[cfg(test)]
+// `detect` scores the ranges of minutes it is given; one range is the usual case here.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
@@ -276,9 +278,7 @@ mod tests {
     fn a_spike_starts_and_ends_once_despite_a_quiet_minute() {
         let at = 9 * 1440 + 600;
         let (v, b, p) = series(|v| {
-            for i in at..at + 10 {
-                v[i] = 200.0;
-            }
+            v[at..at + 10].fill(200.0);
             v[at + 4] = 20.0; // one ordinary minute inside the burst
         });
         let found = detect(&v, &b, &p, &[0..v.len()]);

@@ -171,10 +171,13 @@ fn series_filter(s: &SeriesContext<'_>, management: Expr) -> Expr {
 }
 
 /// Attribute counts of one series, fetched once per Insight and reused by its Start and End.
+/// The minutes fetched so far (`until`), and each event's minute and attributes.
+type FetchedEvents = (i64, Vec<(i64, [String; 3])>);
+
 #[derive(Default)]
 pub struct AttributionCache {
     /// Per Insight start: the minutes fetched so far (`until`) and each event's attributes.
-    events: HashMap<i64, (i64, Vec<(i64, [String; 3])>)>,
+    events: HashMap<i64, FetchedEvents>,
     /// Per Insight start: baseline counts per attribute value.
     baselines: HashMap<i64, [HashMap<String, f64>; 3]>,
     /// Per Insight start: the furthest minute a record of this run will need.
@@ -207,9 +210,8 @@ impl AttributionCache {
                 }
             }
         }
-        if !self.baselines.contains_key(&start) {
-            let counts = baseline_counts(ctx, s, start, baseline_minutes, &context).await?;
-            self.baselines.insert(start, counts);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.baselines.entry(start) {
+            slot.insert(baseline_counts(ctx, s, start, baseline_minutes, &context).await?);
         }
         let baseline = &self.baselines[&start];
         let top = |counts: &HashMap<String, f64>, minutes: i64| -> Value {
