@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
 """Ingest benchmark: Prism against DuckDB on the same gzipped CloudTrail archive.
 
-For each granularity (minute, day) it runs, in this order and one at a time:
+For each archive and each granularity (day, minute) it runs, one at a time:
   - `prism ingest ARCHIVE --lake fresh-lake --granularity G`
-  - DuckDB reading the same files and writing Parquet partitioned the same way
-    (by region and the same time bucket), ZSTD-compressed like Prism.
+  - DuckDB 2.0 in its plainest configuration, in the same run, on the same files:
+      SET threads = 2;
+      COPY (SELECT r.*, strftime(r.eventTime::TIMESTAMP, '%Y-%m-%d') AS date[, … '%H%M' AS minute]
+            FROM (SELECT unnest(Records) AS r FROM read_json('ARCHIVE/AWSLogs/**/*.json.gz')))
+      TO 'OUT' (FORMAT parquet, PARTITION_BY (awsRegion, date[, minute]));
+    (`--duckdb-schema`: the earlier set-up with an explicit record schema, five times slower.)
 and reports events/s, decompressed JSON MB/s, Parquet files written, output size and the peak
 RSS of each process (from wait4, so only that process and not this script).
 
 Usage:
   pip install duckdb==2.0.0
   cargo build --release
-  python3 benches/ingest_vs_duckdb.py ARCHIVE [--prism target/release/prism] [--work DIR]
+  python3 benches/ingest_vs_duckdb.py ARCHIVE [ARCHIVE ...] [--prism target/release/prism] [--work DIR]
 
-ARCHIVE is a folder of *.json.gz files in the AWS layout, e.g. from `prism generate`.
+ARCHIVE is a folder holding AWSLogs/ in the AWS layout, e.g. from `prism generate`; a second,
+differently shaped one (an hour per file, tens of MB each, as a busy account's) comes from
+`python3 benches/hourly_files.py ARCHIVE OUT`.
 """
 import argparse
 import glob
@@ -26,11 +32,28 @@ import sys
 import tempfile
 import time
 
-DUCKDB_SCRIPT = r"""
+# DuckDB's plainest use, as a user would first write it: schema inferred, partitioned by region
+# and the time bucket. (An explicit record schema, `--duckdb-schema`, was the earlier set-up:
+# it makes DuckDB about five times slower.)
+DUCKDB_PLAIN = r"""
+import sys, duckdb
+archive, out, granularity = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+minute = ", strftime(r.eventTime::TIMESTAMP, '%H%M') AS minute" if granularity == "minute" else ""
+con.execute(f'''
+COPY (SELECT r.*, strftime(r.eventTime::TIMESTAMP, '%Y-%m-%d') AS date{minute}
+      FROM (SELECT unnest(Records) AS r FROM read_json('{archive}/AWSLogs/**/*.json.gz')))
+TO '{out}' (FORMAT parquet, PARTITION_BY (awsRegion, date{', minute' if minute else ''}))
+''')
+"""
+
+DUCKDB_SCHEMA = r"""
 # DuckDB gets an explicit record schema with the free-form fields as JSON, as Prism stores
 # them: inferring a union schema over thousands of files exhausts memory.
 import sys, duckdb, time
-archive, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
+archive, out, granularity = sys.argv[1], sys.argv[2], sys.argv[3]
+fmt = {"minute": "%Y%m%dT%H%MZ", "day": "%Y%m%d"}[granularity]
 con = duckdb.connect()
 con.execute("SET threads = 2"); con.execute("SET preserve_insertion_order = false"); 
 issuer = "STRUCT(type VARCHAR, principalId VARCHAR, arn VARCHAR, accountId VARCHAR, userName VARCHAR)"
@@ -41,7 +64,6 @@ rec = ("STRUCT(eventVersion VARCHAR, userIdentity " + ui + ", eventTime TIMESTAM
        "resources STRUCT(ARN VARCHAR, accountId VARCHAR, type VARCHAR)[], recipientAccountId VARCHAR, serviceEventDetails JSON, sharedEventID VARCHAR, "
        "vpcEndpointId VARCHAR, eventCategory VARCHAR, tlsDetails STRUCT(tlsVersion VARCHAR, cipherSuite VARCHAR, clientProvidedHostHeader VARCHAR), "
        "sessionCredentialFromConsole VARCHAR)")
-t=time.time()
 con.execute(f'''
 COPY (
   SELECT r.*, strftime(r.eventTime, '{fmt}') AS eventperiod
@@ -50,7 +72,7 @@ COPY (
 ''')
 """
 
-BUCKET_FORMATS = {"minute": "%Y%m%dT%H%MZ", "day": "%Y%m%d"}
+BUCKET_FORMATS = ["minute", "day"]
 
 
 def run(cmd):
@@ -80,20 +102,12 @@ def archive_facts(archive):
     return files, raw
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("archive")
-    ap.add_argument("--prism", default="target/release/prism")
-    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--granularity", action="append", choices=list(BUCKET_FORMATS), help="repeatable; default both")
-    args = ap.parse_args()
-    work = args.work or tempfile.mkdtemp(prefix="prism-bench-")
-    archive = os.path.abspath(args.archive)
+def bench_archive(archive, args, work):
     files, raw = archive_facts(archive)
     print(f"archive: {archive}: {len(files)} files, {raw / 1e6:.1f} MB gzipped", flush=True)
-
+    script = DUCKDB_SCHEMA if args.duckdb_schema else DUCKDB_PLAIN
     rows = []
-    for g in args.granularity or ["minute", "day"]:
+    for g in args.granularity or ["day", "minute"]:
         lake = os.path.join(work, f"prism-{g}")
         shutil.rmtree(lake, ignore_errors=True)
         secs, rss, code, out = run([args.prism, "ingest", archive, "--lake", lake, "--granularity", g, "--json", "--quiet"])
@@ -103,17 +117,22 @@ def main():
         nfiles, size = tree_size(os.path.join(lake, "events"))
         rows.append(("prism", g, events, secs, json_mb, nfiles, size, rss))
         print(f"prism  {g}: {events / secs:,.0f} events/s", flush=True)
+        if not args.keep:
+            shutil.rmtree(lake, ignore_errors=True)
 
         out_dir = os.path.join(work, f"duckdb-{g}")
         shutil.rmtree(out_dir, ignore_errors=True)
-        secs, rss, code, _ = run([sys.executable, "-c", DUCKDB_SCRIPT, archive, out_dir, BUCKET_FORMATS[g]])
+        secs, rss, code, _ = run([sys.executable, "-c", script, archive, out_dir, g])
         if code != 0:
             secs = float("nan")  # reported as failed
         nfiles, size = tree_size(out_dir)
         rows.append(("duckdb", g, events, secs, json_mb, nfiles, size, rss))
         print(f"duckdb {g}: {events / secs:,.0f} events/s", flush=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
+    print()
+    print(f"Archive {archive} ({len(files):,} files, {raw / 1e6:.0f} MB gzipped); DuckDB {'with an explicit schema' if args.duckdb_schema else 'plain read_json'}")
     print()
     print("| engine | granularity | events | seconds | events/s | JSON MB/s | files | output MB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -121,9 +140,24 @@ def main():
         print(f"| {eng} | {g} | {ev:,} | {s:.1f} | {ev / s:,.0f} | {mb / s:.0f} | {nf:,} | {size / 1e6:.0f} | {rss:.0f} |")
     by = {(r[0], r[1]): r for r in rows}
     print()
-    for g in args.granularity or ["minute", "day"]:
+    for g in args.granularity or ["day", "minute"]:
         p, d = by[("prism", g)], by[("duckdb", g)]
-        print(f"{g}: Prism is {d[3] / p[3]:.2f}x DuckDB's events/s; Prism peak RSS {p[7]:.0f} MiB")
+        print(f"{g}: Prism is {d[3] / p[3]:.2f}x DuckDB's events/s, {p[6] / max(d[6], 1):.2f}x its output size; peak RSS {p[7]:.0f} MiB against {d[7]:.0f}")
+    print(flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("archive", nargs="+", help="one or more archives, each measured on its own")
+    ap.add_argument("--prism", default="target/release/prism")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--granularity", action="append", choices=BUCKET_FORMATS, help="repeatable; default both")
+    ap.add_argument("--duckdb-schema", action="store_true", help="the earlier DuckDB set-up: an explicit record schema (slower)")
+    ap.add_argument("--keep", action="store_true", help="keep the outputs in --work (e.g. for queries_vs_duckdb.py)")
+    args = ap.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="prism-bench-")
+    for archive in args.archive:
+        bench_archive(os.path.abspath(archive), args, work if len(args.archive) == 1 else os.path.join(work, os.path.basename(archive)))
 
 
 if __name__ == "__main__":

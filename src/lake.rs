@@ -126,7 +126,7 @@ fn default_true() -> bool {
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        LakeConfig { format: 1, granularity: Granularity::Minute, management_events: true, insight_selectors: Vec::new() }
+        LakeConfig { format: 1, granularity: Granularity::Day, management_events: true, insight_selectors: Vec::new() }
     }
 }
 
@@ -169,7 +169,7 @@ pub fn lake_url(location: &str, create: bool) -> Result<Url> {
 }
 
 impl Lake {
-    /// Opens the lake at `location`, creating it (with `granularity`, default minute) when it
+    /// Opens the lake at `location`, creating it (with `granularity`, default day) when it
     /// does not exist. A granularity that differs from an existing lake's is an error.
     ///
     /// Every table of [`crate::schema::tables`] is created too, empty, so that every query
@@ -403,21 +403,12 @@ impl Lake {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for group in groups {
-            let table = self.events.clone();
-            let props = writer_properties(self.config.granularity);
+            let (table, granularity) = (self.events.clone(), self.config.granularity);
             tasks.spawn(async move {
-                let mut writer = RecordBatchWriter::for_table(&table).map_err(delta("preparing the events writer"))?.with_writer_properties(props);
                 let mut adds = Vec::new();
                 for ((region, period), batch) in group {
-                    let mut values = indexmap::IndexMap::new();
-                    values.insert(AWS_REGION.to_owned(), delta_kernel::expressions::Scalar::String(region.clone()));
-                    values.insert(EVENT_PERIOD.to_owned(), delta_kernel::expressions::Scalar::String(period.clone()));
-                    writer
-                        .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
-                        .await
-                        .map_err(delta(format!("writing partition {region}/{period}")))?;
-                    // Closing each partition's file at once keeps one Parquet writer per lane.
-                    adds.extend(writer.flush().await.map_err(delta("writing events"))?);
+                    let partition = [(AWS_REGION.to_owned(), region), (EVENT_PERIOD.to_owned(), period)];
+                    adds.extend(write_file(&table, writer_properties(granularity), &partition, std::iter::once(Ok(batch))).await?);
                 }
                 Ok::<_, LakeError>(adds)
             });
@@ -429,6 +420,77 @@ impl Lake {
         }
         Ok(adds)
     }
+
+    /// How the files of table `name` are written: `events` as ingest writes them, the others
+    /// with zstd.
+    pub fn file_properties(&self, name: &str) -> WriterProperties {
+        if name == EVENTS_TABLE {
+            writer_properties(self.config.granularity)
+        } else {
+            WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
+        }
+    }
+
+    /// [`replace_files`] on `events`, keeping this lake's view of the table current.
+    pub async fn replace_events_files(&mut self, removed: &[String], added: Vec<deltalake::kernel::Add>, target_size: u64) -> Result<i64> {
+        let (table, version) = replace_files(&self.events, removed, added, target_size).await?;
+        self.events = table;
+        Ok(version)
+    }
+}
+
+/// Writes `batches` (rows of `table`, of one partition when it has any, with or without the
+/// partition columns) into one new Parquet file, not yet committed; returns its Add action.
+pub async fn write_file(
+    table: &DeltaTable,
+    props: WriterProperties,
+    partition: &[(String, String)],
+    batches: impl Iterator<Item = Result<RecordBatch>>,
+) -> Result<Vec<deltalake::kernel::Add>> {
+    let shown = || partition.iter().map(|(c, v)| format!("{c}={v}")).collect::<Vec<_>>().join("/");
+    let mut writer = RecordBatchWriter::for_table(table).map_err(delta(format!("preparing a writer of {}", table.table_url())))?.with_writer_properties(props);
+    let values: indexmap::IndexMap<String, delta_kernel::expressions::Scalar> =
+        partition.iter().map(|(c, v)| (c.clone(), delta_kernel::expressions::Scalar::String(v.clone()))).collect();
+    for batch in batches {
+        writer.write_partition(batch?, &values, deltalake::writer::WriteMode::Default).await.map_err(delta(format!("writing partition {}", shown())))?;
+    }
+    writer.flush().await.map_err(delta(format!("writing partition {} of {}", shown(), table.table_url())))
+}
+
+/// Replaces files of `table` with files holding the same rows (compaction), in one commit:
+/// readers see either the old files or the new ones, never both or neither. Returns the
+/// table at the new version.
+pub async fn replace_files(table: &DeltaTable, removed: &[String], mut added: Vec<deltalake::kernel::Add>, target_size: u64) -> Result<(DeltaTable, i64)> {
+    let url = table.table_url().to_string();
+    let snapshot = table.snapshot().map_err(delta(format!("reading {url}")))?;
+    let wanted: HashSet<&str> = removed.iter().map(String::as_str).collect();
+    let mut actions: Vec<Action> = Vec::with_capacity(removed.len() + added.len());
+    for f in snapshot.log_data().iter() {
+        if wanted.contains(f.object_store_path().as_ref()) {
+            actions.push(Action::Remove(f.remove_action(false)));
+        }
+    }
+    if actions.len() != removed.len() {
+        return Err(LakeError::Config {
+            path: url,
+            reason: format!("{} of the {} files to replace are no longer in the table (another writer?)", removed.len() - actions.len(), removed.len()),
+        });
+    }
+    for add in &mut added {
+        add.data_change = false; // the same rows, rearranged: readers of changes skip it
+    }
+    actions.extend(added.into_iter().map(Action::Add));
+    let operation = DeltaOperation::Optimize { predicate: None, target_size: target_size as i64 };
+    let props = CommitProperties::default().with_metadata([("prism".to_owned(), serde_json::json!({"operation": "optimize"}))]);
+    let finalized = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(delta(format!("committing to {url}")))?;
+    let version = finalized.version() as i64;
+    let mut table = table.clone();
+    table.state = Some(finalized.snapshot());
+    Ok((table, version))
 }
 
 /// Partition files written at once.
@@ -455,6 +517,15 @@ impl AppendOutcome {
     }
 }
 
+/// Rows per row group of `events` files. Files are sorted by `eventtime`, so a row group
+/// covers a stretch of time and its min/max let a time filter skip the rest of a day's file:
+/// at this size a one-hour filter on a busy day reads a few row groups per region.
+pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+
+/// Rows per data page: with the page index (written by default), a filter on a few minutes
+/// reads a few pages of each column of the row groups it keeps.
+pub const PAGE_ROWS: usize = 2 * 1024;
+
 /// Minute partitions hold small files, where parquet-rs's per-column zstd context setup costs
 /// more than the whole file's encoding: they use Snappy. Larger files use zstd for size.
 fn writer_properties(granularity: Granularity) -> WriterProperties {
@@ -462,7 +533,7 @@ fn writer_properties(granularity: Granularity) -> WriterProperties {
         Granularity::Minute => Compression::SNAPPY,
         Granularity::Hour | Granularity::Day => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
     };
-    WriterProperties::builder().set_compression(compression).build()
+    WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(ROW_GROUP_ROWS)).set_data_page_row_count_limit(PAGE_ROWS).build()
 }
 
 /// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
@@ -553,25 +624,46 @@ pub(crate) struct PartitionFile {
 
 /// Every data file of the (partitioned) events table, with its partition.
 pub(crate) fn partition_files(table: &DeltaTable) -> Vec<PartitionFile> {
-    let mut out = Vec::new();
-    if let Ok(state) = table.snapshot() {
-        for f in state.log_data().iter() {
-            let Some(pv) = f.partition_values() else { continue };
-            let (mut region, mut period) = (None, None);
-            for (field, value) in pv.fields().iter().zip(pv.values().iter()) {
-                let delta_kernel::expressions::Scalar::String(text) = value else { continue };
-                match field.name().as_str() {
-                    AWS_REGION => region = Some(text.clone()),
-                    EVENT_PERIOD => period = Some(text.clone()),
-                    _ => {}
-                }
+    table_files(table)
+        .into_iter()
+        .filter_map(|f| {
+            let value = |column: &str| f.partition.iter().find(|(c, _)| c == column).map(|(_, v)| v.clone());
+            Some(PartitionFile { region: value(AWS_REGION)?, period: value(EVENT_PERIOD)?, path: f.path })
+        })
+        .collect()
+}
+
+/// One data file of a table, as its latest version lists it.
+#[derive(Debug, Clone)]
+pub struct TableFile {
+    pub path: String,
+    /// Partition values (column, value), sorted by column; empty for a table without.
+    pub partition: Vec<(String, String)>,
+    pub size: u64,
+    /// When it was written (ms since the epoch): ingest writes in delivery order.
+    pub modified: i64,
+    /// Its rows, from the Delta log's statistics.
+    pub rows: Option<u64>,
+}
+
+/// Every data file of `table`.
+pub fn table_files(table: &DeltaTable) -> Vec<TableFile> {
+    let Ok(state) = table.snapshot() else { return Vec::new() };
+    state
+        .log_data()
+        .iter()
+        .map(|f| {
+            let mut partition: Vec<(String, String)> = f.partition_values_map().into_iter().filter_map(|(c, v)| Some((c, v?))).collect();
+            partition.sort();
+            TableFile {
+                path: f.object_store_path().to_string(),
+                partition,
+                size: f.size().max(0) as u64,
+                modified: f.modification_time(),
+                rows: f.num_records().map(|n| n as u64),
             }
-            if let (Some(region), Some(period)) = (region, period) {
-                out.push(PartitionFile { path: f.object_store_path().to_string(), region, period });
-            }
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// Reads `columns` of every active file of `table` (or only of `paths`).
@@ -591,6 +683,11 @@ pub async fn read_table_columns(table: &DeltaTable, columns: &[&str], paths: Opt
 }
 
 pub(crate) async fn read_files_columns(table: &DeltaTable, paths: &[String], columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    read_files(table, paths, Some(columns)).await
+}
+
+/// Reads `paths` of `table`, only `columns` when given (the partition columns are not in them).
+pub async fn read_files(table: &DeltaTable, paths: &[String], columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
     let store = table.log_store().object_store(None);
     let mut out = Vec::new();
     for path in paths {
@@ -601,8 +698,14 @@ pub(crate) async fn read_files_columns(table: &DeltaTable, paths: &[String], col
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.clone(), path.clone());
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|source| LakeError::Parquet { context: context(), source })?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-        let stream = builder.with_projection(mask).build().map_err(|source| LakeError::Parquet { context: context(), source })?;
+        let builder = match columns {
+            Some(columns) => {
+                let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+                builder.with_projection(mask)
+            }
+            None => builder,
+        };
+        let stream = builder.build().map_err(|source| LakeError::Parquet { context: context(), source })?;
         let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|source| LakeError::Parquet { context: context(), source })?;
         out.extend(batches);
     }

@@ -27,6 +27,7 @@ pub mod source;
 pub mod schema;
 pub mod lake;
 pub mod rollup;
+pub mod maintain;
 pub mod ingest;
 pub mod model;
 pub mod sql;

@@ -117,20 +117,43 @@ impl Rollups {
                 total.merge(counts);
             }
             rows.push(&total);
-            let batch = rows.finish()?;
-            out.rows += batch.num_rows() as u64;
-            self.table = self
-                .table
-                .clone()
-                .write(vec![batch])
-                .with_save_mode(SaveMode::Append)
-                .await
-                .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
+            out.rows += self.append(lake, rows).await?;
             if let Some(d) = self.counted.as_mut() {
                 d.extend(counted.into_iter().map(|(p, _)| p));
             }
         }
         Ok(out)
+    }
+
+    /// Records events files that hold rows already counted under other files (compaction's
+    /// output), with no counts, so no catch-up counts them again. Called *before* the commit
+    /// that swaps the files in: a crash between the two leaves markers of files never
+    /// committed, which nothing reads. Every file being replaced must be counted first
+    /// ([`Rollups::catch_up`]), or its rows would never be.
+    pub async fn mark_rewritten(&mut self, lake: &Lake, paths: &[String]) -> Result<(), LakeError> {
+        let mut rows = RowsBuilder::default();
+        for p in paths {
+            rows.push_file(p, 0);
+        }
+        self.append(lake, rows).await?;
+        if let Some(d) = self.counted.as_mut() {
+            d.extend(paths.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// Appends `rows` in one commit; returns how many.
+    async fn append(&mut self, lake: &Lake, rows: RowsBuilder) -> Result<u64, LakeError> {
+        let batch = rows.finish()?;
+        let n = batch.num_rows() as u64;
+        self.table = self
+            .table
+            .clone()
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
+        Ok(n)
     }
 }
 
@@ -321,7 +344,8 @@ struct RowsBuilder {
 }
 
 impl RowsBuilder {
-    /// The marker that an events file is counted (in the same commit as its counts).
+    /// The marker that an events file is counted (in the same commit as its counts; with 0
+    /// events for a compacted file, whose rows the files it replaced were counted for).
     fn push_file(&mut self, datafile: &str, events: u64) {
         self.kind.append_value(FILE);
         for b in [&mut self.account, &mut self.region, &mut self.source, &mut self.name] {

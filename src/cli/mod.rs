@@ -7,10 +7,12 @@ mod demo;
 mod generate;
 mod ingest;
 mod insights;
+mod optimize;
 mod progress;
 mod schedule;
 mod selectors;
 mod sql;
+mod vacuum;
 
 use std::process::ExitCode;
 
@@ -52,6 +54,12 @@ enum Command {
     /// Find unusual API call and error rates: backfill history, run incrementally, evaluate.
     #[command(subcommand)]
     Insights(insights::InsightsCommand),
+    /// Compact a lake's small files into larger ones, atomically (then `vacuum` the old ones).
+    #[command(after_help = optimize::HELP)]
+    Optimize(optimize::OptimizeArgs),
+    /// Delete files no version of the lake needs (replaced, or left by killed runs).
+    #[command(after_help = vacuum::HELP)]
+    Vacuum(vacuum::VacuumArgs),
     /// Generate a sample, ingest it, backfill Insights and show them beside their labels.
     #[command(after_help = demo::HELP)]
     Demo(demo::DemoArgs),
@@ -72,6 +80,8 @@ impl Cli {
             Command::Generate(args) => generate::run(args).await,
             Command::Selectors(cmd) => selectors::run(cmd).await,
             Command::Insights(cmd) => insights::run(cmd).await,
+            Command::Optimize(args) => optimize::run(args).await,
+            Command::Vacuum(args) => vacuum::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Sql(args) => {
                 let inputs = matches.subcommand_matches("sql").map(|m| sql::inputs(m, &args)).unwrap_or_default();

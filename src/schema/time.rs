@@ -41,9 +41,9 @@ pub fn parse_event_time(s: &str) -> Option<i64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
-    #[default]
     Minute,
     Hour,
+    #[default]
     Day,
 }
 

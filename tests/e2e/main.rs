@@ -9,6 +9,7 @@ mod cli;
 mod generate;
 mod ingest;
 mod insights;
+mod maintain;
 mod queries;
 mod s3;
 mod schedule;

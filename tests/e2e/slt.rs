@@ -158,7 +158,9 @@ async fn build_lake(dir: &Path) -> PathBuf {
     let opts = crate::common::one_account(&archive.join("generated"), "us-east-1", 1, 300, 0, 5);
     tokio::task::spawn_blocking(move || prism::generate::generate(&opts)).await.unwrap().unwrap();
 
-    let opts = prism::IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
+    let mut opts = prism::IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
+    // Minute partitions, not the default day: tables.slt checks the finest bucket names.
+    opts.granularity = Some(prism::schema::Granularity::Minute);
     let summary = prism::ingest(&opts, Arc::new(prism::IngestProgress::default())).await.unwrap();
     assert_eq!(summary.records_rejected, 1, "{:?}", summary.problems);
     lake

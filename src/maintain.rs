@@ -1,0 +1,350 @@
+//! Lake upkeep: `prism optimize` rewrites a table's small files into fewer large ones, and
+//! `prism vacuum` deletes the files no version of a table needs any more.
+//!
+//! Small files come from every commit that touches a partition: an incremental ingest every
+//! few minutes adds one file to today's partition each time, and each Insights run or
+//! scheduled query adds one to its table. Each file costs a footer read and a Delta log entry
+//! per query.
+//!
+//! `events` is compacted here, partition by partition: a partition's files, taken in the order
+//! they were written (ingest writes in delivery order), are grouped into bins of about the
+//! target size, and each bin's rows are sorted by `eventtime` into one new file, so row-group
+//! statistics keep pruning time filters. Each group of bins is swapped in by one commit that
+//! removes the old files and adds the new ones (`dataChange: false`), after checking that the
+//! new files hold exactly the old files' rows. Before that commit, the rollups record the new
+//! files as counted (their rows were counted under the old files), and every old file is
+//! counted first. A kill at any point leaves the last committed version, and at worst new
+//! files no version references, which `vacuum` deletes.
+//!
+//! The other tables are compacted the same way, without the sort: their rows stay in the
+//! order they were written. (delta-rs's own `optimize` would write their strings as
+//! `Utf8View`, which the lake's own readers of these tables do not expect.) `vacuum` is
+//! delta-rs's, in its full mode, which also finds files a killed writer left, not only those
+//! a commit removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use deltalake::DeltaTable;
+use deltalake::operations::vacuum::VacuumMode;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+use crate::lake::{self, EVENTS_TABLE, Lake, LakeError, TableFile};
+use crate::rollup::Rollups;
+use crate::schema::{EVENT_TIME, tables};
+
+/// Default size of a compacted file (of Parquet; its rows take several times that in memory
+/// while they are sorted).
+pub const DEFAULT_TARGET_BYTES: u64 = 64 << 20;
+
+/// Target files' worth of old files replaced per commit: bounds the work a kill can waste,
+/// without a commit per file.
+const BINS_PER_COMMIT: u64 = 8;
+
+/// Default retention of `vacuum`: Delta's own default (`delta.deletedFileRetentionDuration`),
+/// so that a query reading an older version, or a writer between writing its files and
+/// committing them, is never left without its files.
+pub const DEFAULT_RETENTION_HOURS: i64 = 7 * 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("{context}")]
+    Delta {
+        context: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    #[error("compacting {partition}: read {read} rows where the Delta log counts {expected}; nothing was committed")]
+    Count { partition: String, read: u64, expected: u64 },
+}
+
+type Result<T, E = MaintainError> = std::result::Result<T, E>;
+
+/// What `optimize` does.
+#[derive(Debug, Clone)]
+pub struct OptimizeOptions {
+    pub lake: String,
+    /// Files at least this large are left alone; smaller ones are combined up to it.
+    pub target_bytes: u64,
+    /// Plan only: report what would be rewritten, write nothing.
+    pub dry_run: bool,
+}
+
+impl OptimizeOptions {
+    pub fn new(lake: impl Into<String>) -> Self {
+        OptimizeOptions { lake: lake.into(), target_bytes: DEFAULT_TARGET_BYTES, dry_run: false }
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct OptimizeProgress {
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub files_done: AtomicU64,
+}
+
+/// What `optimize` did to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableCompaction {
+    pub table: String,
+    pub files_before: u64,
+    pub bytes_before: u64,
+    pub files_removed: u64,
+    pub bytes_removed: u64,
+    pub files_added: u64,
+    pub bytes_added: u64,
+    /// Rows moved into the new files.
+    pub rows: u64,
+    pub partitions: u64,
+    pub commits: u64,
+}
+
+/// The account of an `optimize` run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OptimizeSummary {
+    pub lake: String,
+    pub dry_run: bool,
+    pub target_bytes: u64,
+    pub tables: Vec<TableCompaction>,
+    pub seconds: f64,
+}
+
+/// Compacts every table of the lake at `opts.lake`.
+pub async fn optimize(opts: &OptimizeOptions, progress: Arc<OptimizeProgress>) -> Result<OptimizeSummary> {
+    let started = Instant::now();
+    let mut lake = Lake::open(&opts.lake).await?;
+    let mut summary = OptimizeSummary { lake: lake.url().to_string(), dry_run: opts.dry_run, target_bytes: opts.target_bytes, ..Default::default() };
+    let events = lake.events().clone();
+    summary.tables.push(compact(&mut lake, EVENTS_TABLE, events, opts, &progress).await?);
+    for (name, schema) in tables::all() {
+        let table = lake.table(name, schema, &[]).await?;
+        summary.tables.push(compact(&mut lake, name, table, opts, &progress).await?);
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// One new file's worth of a partition's old files.
+struct Bin {
+    partition: Vec<(String, String)>,
+    files: Vec<TableFile>,
+}
+
+/// Groups each partition's small files, in the order they were written, into bins of about
+/// `target` bytes; a bin of one file is left alone (rewriting it gains nothing).
+fn plan(files: Vec<TableFile>, target: u64) -> Vec<Bin> {
+    let mut by_partition: BTreeMap<Vec<(String, String)>, Vec<TableFile>> = BTreeMap::new();
+    for f in files {
+        by_partition.entry(f.partition.clone()).or_default().push(f);
+    }
+    let mut bins = Vec::new();
+    for (partition, mut files) in by_partition {
+        files.sort_by(|a, b| (a.modified, &a.path).cmp(&(b.modified, &b.path)));
+        let mut current: Vec<TableFile> = Vec::new();
+        let mut size = 0;
+        for f in files.into_iter().filter(|f| f.size < target) {
+            if size + f.size > target && !current.is_empty() {
+                bins.push(Bin { partition: partition.clone(), files: std::mem::take(&mut current) });
+                size = 0;
+            }
+            size += f.size;
+            current.push(f);
+        }
+        bins.push(Bin { partition, files: current });
+    }
+    bins.retain(|b| b.files.len() > 1);
+    bins
+}
+
+/// Compacts table `name` of `lake` (`table` is its latest version).
+async fn compact(lake: &mut Lake, name: &str, mut table: DeltaTable, opts: &OptimizeOptions, progress: &OptimizeProgress) -> Result<TableCompaction> {
+    let is_events = name == EVENTS_TABLE;
+    let files = lake::table_files(&table);
+    let mut out =
+        TableCompaction { table: name.to_owned(), files_before: files.len() as u64, bytes_before: files.iter().map(|f| f.size).sum(), ..Default::default() };
+    let bins = plan(files, opts.target_bytes);
+    out.partitions = bins.iter().map(|b| &b.partition).collect::<HashSet<_>>().len() as u64;
+    out.files_removed = bins.iter().map(|b| b.files.len() as u64).sum();
+    out.bytes_removed = bins.iter().flat_map(|b| &b.files).map(|f| f.size).sum();
+    progress.bytes_total.fetch_add(out.bytes_removed, Ordering::Relaxed);
+    if opts.dry_run || bins.is_empty() {
+        return Ok(out);
+    }
+    // Every events file about to be replaced must be counted by the rollups before it goes.
+    let mut rollups = if is_events {
+        let mut r = Rollups::open(lake).await?;
+        r.catch_up(lake).await?;
+        Some(r)
+    } else {
+        None
+    };
+    let props = lake.file_properties(name);
+    let mut removed: Vec<String> = Vec::new();
+    let mut added: Vec<deltalake::kernel::Add> = Vec::new();
+    let mut pending_bytes = 0;
+    let last = bins.len() - 1;
+    for (i, bin) in bins.into_iter().enumerate() {
+        let sort_by = is_events.then_some(EVENT_TIME);
+        let (rows, adds) = rewrite_bin(&table, name, &bin, sort_by, props.clone()).await?;
+        out.rows += rows;
+        let bytes: u64 = bin.files.iter().map(|f| f.size).sum();
+        pending_bytes += bytes;
+        removed.extend(bin.files.iter().map(|f| f.path.clone()));
+        added.extend(adds);
+        progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+        progress.files_done.fetch_add(bin.files.len() as u64, Ordering::Relaxed);
+        if pending_bytes >= BINS_PER_COMMIT * opts.target_bytes || i == last {
+            out.files_added += added.len() as u64;
+            out.bytes_added += added.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
+            if let Some(rollups) = rollups.as_mut() {
+                let paths: Vec<String> = added.iter().map(|a| a.path.clone()).collect();
+                rollups.mark_rewritten(lake, &paths).await?;
+                lake.replace_events_files(&removed, std::mem::take(&mut added), opts.target_bytes).await?;
+                table = lake.events().clone();
+            } else {
+                table = lake::replace_files(&table, &removed, std::mem::take(&mut added), opts.target_bytes).await?.0;
+            }
+            out.commits += 1;
+            removed.clear();
+            pending_bytes = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a bin's files, orders their rows by `sort_by` when given, and writes them as one new
+/// file. Returns the rows moved and the new file's Add action (not yet committed).
+async fn rewrite_bin(table: &DeltaTable, name: &str, bin: &Bin, sort_by: Option<&str>, props: WriterProperties) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
+    let paths: Vec<String> = bin.files.iter().map(|f| f.path.clone()).collect();
+    let batches = lake::read_files(table, &paths, None).await?;
+    let read: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let shown = || format!("{name}/{}", bin.partition.iter().map(|(c, v)| format!("{c}={v}")).collect::<Vec<_>>().join("/"));
+    if let Some(expected) = bin.files.iter().map(|f| f.rows).sum::<Option<u64>>()
+        && expected != read
+    {
+        return Err(MaintainError::Count { partition: shown(), read, expected });
+    }
+    // (key, batch, row) of every row, in order; rows are then gathered from the batches a
+    // row group at a time, so memory is the bin plus one row group.
+    let mut order: Vec<(i64, usize, usize)> = Vec::with_capacity(read as usize);
+    for (b, batch) in batches.iter().enumerate() {
+        match sort_by {
+            Some(column) => {
+                let times = batch.column_by_name(column).and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()).ok_or_else(|| LakeError::Config {
+                    path: format!("{}: {}", table.table_url(), paths.join(", ")),
+                    reason: format!("no timestamp column {column}"),
+                })?;
+                order.extend((0..times.len()).map(|r| (if times.is_valid(r) { times.value(r) } else { i64::MIN }, b, r)));
+            }
+            None => order.extend((0..batch.num_rows()).map(|r| (0, b, r))),
+        }
+    }
+    order.sort(); // stable on ties: write order within the same instant
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let chunks = order.chunks(lake::ROW_GROUP_ROWS).map(|chunk| {
+        let indices: Vec<(usize, usize)> = chunk.iter().map(|&(_, b, r)| (b, r)).collect();
+        arrow::compute::interleave_record_batch(&refs, &indices).map_err(|source| LakeError::Arrow { context: format!("compacting {}", shown()), source })
+    });
+    let adds = lake::write_file(table, props, &bin.partition, chunks).await?;
+    let written: u64 = adds.iter().filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records.max(0) as u64)).sum();
+    if written != read {
+        return Err(MaintainError::Count { partition: format!("{} (written)", shown()), read: written, expected: read });
+    }
+    Ok((read, adds))
+}
+
+/// What `vacuum` does.
+#[derive(Debug, Clone)]
+pub struct VacuumOptions {
+    pub lake: String,
+    /// Files removed from the table (or never committed) for less than this are kept.
+    pub retention: chrono::TimeDelta,
+    pub dry_run: bool,
+}
+
+/// Files deleted from one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableVacuum {
+    pub table: String,
+    pub files_deleted: u64,
+    /// Up to 20 of them, for the report.
+    pub examples: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VacuumSummary {
+    pub lake: String,
+    pub dry_run: bool,
+    pub retention_hours: f64,
+    pub tables: Vec<TableVacuum>,
+    pub seconds: f64,
+}
+
+/// Deletes, from every table of the lake, the data files that the current version does not
+/// reference and that were removed (or written and never committed) longer ago than the
+/// retention period.
+pub async fn vacuum(opts: &VacuumOptions) -> Result<VacuumSummary> {
+    let started = Instant::now();
+    let lake = Lake::open(&opts.lake).await?;
+    let mut summary = VacuumSummary {
+        lake: lake.url().to_string(),
+        dry_run: opts.dry_run,
+        retention_hours: opts.retention.num_seconds() as f64 / 3600.0,
+        ..Default::default()
+    };
+    let mut all = vec![(EVENTS_TABLE, lake.events().clone())];
+    for (name, schema) in tables::all() {
+        all.push((name, lake.table(name, schema, &[]).await?));
+    }
+    let retention = chrono::Duration::milliseconds(opts.retention.num_milliseconds());
+    for (name, table) in all {
+        let (_, metrics) = table
+            .vacuum()
+            .with_mode(VacuumMode::Full)
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .with_dry_run(opts.dry_run)
+            .await
+            .map_err(|source| MaintainError::Delta { context: format!("vacuuming table `{name}`"), source })?;
+        summary.tables.push(TableVacuum {
+            table: name.to_owned(),
+            files_deleted: metrics.files_deleted.len() as u64,
+            examples: metrics.files_deleted.into_iter().take(20).collect(),
+        });
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, period: &str, size: u64, modified: i64) -> TableFile {
+        TableFile { path: path.into(), partition: vec![("eventperiod".into(), period.into())], size, modified, rows: Some(1) }
+    }
+
+    #[test]
+    fn bins_follow_write_order_within_a_partition_and_skip_large_and_lone_files() {
+        let files = vec![
+            file("c", "20240101", 40, 3),
+            file("a", "20240101", 40, 1),
+            file("b", "20240101", 40, 2),
+            file("big", "20240101", 500, 0),
+            file("d", "20240101", 40, 4),
+            file("lone", "20240102", 10, 1),
+        ];
+        let bins = plan(files, 100);
+        let paths: Vec<Vec<&str>> = bins.iter().map(|b| b.files.iter().map(|f| f.path.as_str()).collect()).collect();
+        assert_eq!(paths, vec![vec!["a", "b"], vec!["c", "d"]]);
+        assert!(bins.iter().all(|b| b.partition[0].1 == "20240101"));
+    }
+}

@@ -1,0 +1,172 @@
+//! End-to-end tests of the lake's layout and upkeep: the default day partitions prune time
+//! filters to a few row groups, `prism optimize` compacts small files without changing a row
+//! (even when killed at any point), and `prism vacuum` deletes only what no version needs.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+
+use crate::common::*;
+use prism::ingest::{IngestOptions, IngestProgress};
+
+/// A two-region archive ingested into a new lake with the default settings, committing every
+/// `buffer_mb` MiB of events (small: many commits, so many small files per partition).
+async fn lake_of_small_files(tmp: &Path, buffer_mb: usize) -> std::path::PathBuf {
+    let (archive, lake) = (tmp.join("archive"), tmp.join("lake"));
+    for (region, seed) in [("us-east-1", 1), ("eu-west-1", 2)] {
+        let g = one_account(&archive, region, 2, 12_000, 0, seed);
+        tokio::task::spawn_blocking(move || prism::generate::generate(&g)).await.unwrap().unwrap();
+    }
+    let mut opts = IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
+    opts.buffer_bytes = buffer_mb << 20;
+    let s = prism::ingest(&opts, Arc::new(IngestProgress::default())).await.unwrap();
+    assert!(s.is_clean() && s.records_written > 40_000, "{s:?}");
+    lake
+}
+
+/// Data files of `events` on disk (committed or not).
+fn parquet_on_disk(lake: &Path) -> usize {
+    files_under(&lake.join("events")).iter().filter(|p| p.extension().is_some_and(|x| x == "parquet") && !p.to_string_lossy().contains("_delta_log")).count()
+}
+
+/// What must not change whatever optimize does: the rows, and the rollups' counts.
+async fn fingerprint(lake: &Path) -> Vec<Option<String>> {
+    let sql = "SELECT concat_ws(' ', \
+        (SELECT count(*) FROM events), (SELECT count(DISTINCT eventid) FROM events), \
+        (SELECT sum(extract(epoch FROM eventtime)::BIGINT % 86400 + length(eventname)) FROM events), \
+        (SELECT sum(calls) FROM rollups WHERE kind = 'minute'), (SELECT sum(calls) FROM rollups WHERE kind = 'hour'))";
+    strings(lake, sql).await
+}
+
+/// Every active events file has its rows in `eventtime` order.
+async fn files_are_time_sorted(lake_dir: &Path) -> usize {
+    let lake = prism::Lake::open(lake_dir.to_str().unwrap()).await.unwrap();
+    let files = prism::lake::table_files(lake.events());
+    for f in &files {
+        let batches = prism::lake::read_files(lake.events(), std::slice::from_ref(&f.path), Some(&["eventtime"])).await.unwrap();
+        let times: Vec<i64> = batches.iter().flat_map(|b| b.column(0).as_primitive::<TimestampMicrosecondType>().values().to_vec()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{} is not sorted by eventtime", f.path);
+    }
+    files.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_lake_is_day_partitioned_and_a_time_filter_reads_a_small_part_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = lake_of_small_files(tmp.path(), 128).await;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(lake.join("prism.json")).unwrap()).unwrap();
+    assert_eq!(config["granularity"], "day");
+    let periods = strings(&lake, "SELECT DISTINCT eventperiod FROM events ORDER BY 1").await;
+    assert_eq!(periods.first().cloned().flatten().as_deref(), Some("20240101"));
+    files_are_time_sorted(&lake).await;
+
+    // A one-hour filter reads the row groups and pages of that hour, not the day's file.
+    let lake_bytes: u64 = files_under(&lake.join("events"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet") && !p.to_string_lossy().contains("_delta_log"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let sql = "EXPLAIN ANALYZE SELECT * FROM events WHERE eventtime >= TIMESTAMP '2024-01-01T12:00:00Z' AND eventtime < TIMESTAMP '2024-01-01T13:00:00Z'";
+    let mut text = String::new();
+    for b in query(&lake, sql).await {
+        let plan = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+        let plan = plan.as_string::<i32>();
+        for i in 0..plan.len() {
+            text.push_str(plan.value(i));
+            text.push('\n');
+        }
+    }
+    let scanned: u64 = text
+        .split("bytes_scanned=")
+        .skip(1)
+        .map(|rest| {
+            let n: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+            parse_size(&n)
+        })
+        .sum();
+    assert!(scanned > 0, "no bytes_scanned metric in:\n{text}");
+    // One hour of 48 (two days in two regions) is 2% of the rows; row groups of 16 Ki rows
+    // (about 16 hours of this archive) and pages of 2 Ki rows bound what is read around it.
+    assert!(scanned * 100 < lake_bytes * 12, "a one-hour filter read {scanned} of {lake_bytes} bytes:\n{text}");
+}
+
+/// `1.5 MB`, `312.0 KB`, `1234` (DataFusion's human-readable byte counts) in bytes.
+fn parse_size(s: &str) -> u64 {
+    let digits: String = s.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let unit = &s[digits.len()..];
+    let n: f64 = digits.parse().unwrap_or(0.0);
+    let scale = match unit.trim() {
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => 1.0,
+    };
+    (n * scale) as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = lake_of_small_files(tmp.path(), 4).await;
+    let before = fingerprint(&lake).await;
+    let files_before = files_are_time_sorted(&lake).await;
+    assert!(files_before > 20, "{files_before} files: the test needs many small ones");
+    let args = ["optimize", "--lake", lake.to_str().unwrap(), "--target-size", "1", "--quiet"];
+
+    let mut killed = 0;
+    let mut delay_ms = 150u64;
+    loop {
+        let mut child = std::process::Command::new(prism_bin()).args(args).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+        assert_eq!(fingerprint(&lake).await, before, "after a kill at {delay_ms} ms");
+        if finished || delay_ms > 60_000 {
+            break;
+        }
+        delay_ms *= 2;
+    }
+    assert!(killed >= 2, "only {killed} kills landed before optimize finished; make the lake larger");
+    let out = std::process::Command::new(prism_bin()).args(["optimize", "--lake", lake.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fingerprint(&lake).await, before);
+    let files_after = files_are_time_sorted(&lake).await;
+    assert!(files_after <= 6, "{files_after} files left of {files_before}");
+
+    // A catch-up of the rollups finds nothing new to count: the new files were marked.
+    let opened = prism::Lake::open(lake.to_str().unwrap()).await.unwrap();
+    let mut rollups = prism::rollup::Rollups::open(&opened).await.unwrap();
+    assert_eq!(rollups.catch_up(&opened).await.unwrap().files, 0);
+
+    // Nothing left to combine: a second run changes nothing.
+    let again = std::process::Command::new(prism_bin()).args(["optimize", "--lake", lake.to_str().unwrap(), "--json"]).output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let removed: u64 = summary["tables"].as_array().unwrap().iter().map(|t| t["files_removed"].as_u64().unwrap()).sum();
+    assert_eq!(removed, 0, "{summary}");
+
+    // Vacuum: the default retention keeps the replaced files (a week); none keeps none of them,
+    // and the lake still reads the same.
+    let on_disk = parquet_on_disk(&lake);
+    assert!(on_disk > files_before, "the replaced and the killed runs' files are still on disk");
+    let vacuum = |retention: &str| {
+        let out =
+            std::process::Command::new(prism_bin()).args(["vacuum", "--lake", lake.to_str().unwrap(), "--retention", retention, "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let kept = vacuum("1w");
+    assert_eq!(kept["tables"][0]["files_deleted"], 0, "{kept}");
+    assert_eq!(parquet_on_disk(&lake), on_disk);
+    vacuum("0");
+    assert_eq!(parquet_on_disk(&lake), files_after);
+    assert_eq!(fingerprint(&lake).await, before);
+    let ids: HashSet<Option<String>> = strings(&lake, "SELECT eventid FROM events").await.into_iter().collect();
+    assert_eq!(Some(ids.len().to_string()), before[0].as_ref().and_then(|s| s.split(' ').next()).map(str::to_owned));
+}
