@@ -546,7 +546,7 @@ pub fn id_hash(id: &str) -> u128 {
 pub struct EventIndex {
     /// Data files of every partition (relative paths), from the snapshot and this run's writes.
     files: HashMap<(String, String), Vec<String>>,
-    cache: HashMap<(String, String), (u64, HashSet<u128>)>,
+    cache: HashMap<(String, String), (u64, foldhash::HashSet<u128>)>,
     clock: u64,
     cached_ids: usize,
     max_ids: usize,
@@ -564,10 +564,10 @@ impl EventIndex {
     }
 
     /// The IDs of a partition, loading them from its files when not cached.
-    async fn partition(&mut self, table: &DeltaTable, key: &(String, String)) -> Result<&mut HashSet<u128>> {
+    async fn partition(&mut self, table: &DeltaTable, key: &(String, String)) -> Result<&mut foldhash::HashSet<u128>> {
         self.clock += 1;
         if !self.cache.contains_key(key) {
-            let mut ids = HashSet::new();
+            let mut ids = foldhash::HashSet::default();
             if let Some(paths) = self.files.get(key) {
                 let batches = read_files_columns(table, paths, &[EVENT_ID]).await?;
                 for b in batches {

@@ -14,7 +14,9 @@
 //! - `hour`: the same per hour and also per caller (`useridentityarn`, `useragent`): the
 //!   baseline attributions of an Insight, over 7 days, without reading 7 days of events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -242,8 +244,8 @@ impl Counts {
     }
 
     fn add(&mut self, b: &RecordBatch, region: &str) -> Result<(), LakeError> {
-        let mut minutes: HashMap<KeyRef, i64> = HashMap::new();
-        let mut hours: HashMap<KeyRef, i64> = HashMap::new();
+        let mut minutes: HashMap<KeyRef, i64> = HashMap::default();
+        let mut hours: HashMap<KeyRef, i64> = HashMap::default();
         visit(b, |e| {
             self.events += 1;
             let mut key = KeyRef {

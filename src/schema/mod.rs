@@ -317,6 +317,9 @@ pub struct EventBatchBuilder {
     additional: StringBuilder,
     source: StringBuilder,
     period: StringBuilder,
+    /// The last bucket's start and name: consecutive records share it, so the name is
+    /// formatted once a bucket, not once a record.
+    last_bucket: (i64, String),
     rows: usize,
 }
 
@@ -328,6 +331,7 @@ impl EventBatchBuilder {
             additional: StringBuilder::new(),
             source: StringBuilder::new(),
             period: StringBuilder::new(),
+            last_bucket: (i64::MIN, String::new()),
             rows: 0,
         }
     }
@@ -355,7 +359,11 @@ impl EventBatchBuilder {
             self.additional.append_value(extras_json(&extras));
         }
         self.source.append_value(source_file);
-        self.period.append_value(self.granularity.bucket_name(checked.time_micros));
+        let bucket = self.granularity.floor(checked.time_micros);
+        if bucket != self.last_bucket.0 {
+            self.last_bucket = (bucket, self.granularity.bucket_name(bucket));
+        }
+        self.period.append_value(&self.last_bucket.1);
         self.rows += 1;
     }
 
