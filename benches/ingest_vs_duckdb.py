@@ -9,6 +9,8 @@ For each archive and each granularity (day, minute) it runs, one at a time:
             FROM (SELECT unnest(Records) AS r FROM read_json('ARCHIVE/AWSLogs/**/*.json.gz')))
       TO 'OUT' (FORMAT parquet, PARTITION_BY (awsRegion, date[, minute]));
     (`--duckdb-schema`: the earlier set-up with an explicit record schema, five times slower.)
+    When DuckDB refuses files over its 16 MB `maximum_object_size`, as it does a busy
+    account's, it is run again with `maximum_object_size = 1073741824`, as its error suggests.
 and reports events/s, decompressed JSON MB/s, Parquet files written, output size and the peak
 RSS of each process (from wait4, so only that process and not this script).
 
@@ -33,17 +35,21 @@ import tempfile
 import time
 
 # DuckDB's plainest use, as a user would first write it: schema inferred, partitioned by region
-# and the time bucket. (An explicit record schema, `--duckdb-schema`, was the earlier set-up:
+# and the time bucket. A busy account's CloudTrail files exceed `maximum_object_size`'s 16 MB
+# default, which DuckDB then refuses, saying to raise it: only then is it raised (`big`), since
+# the raised limit halves DuckDB's speed on small files (measured: 9.0 s against 18.0 s). (An explicit record schema, `--duckdb-schema`, was the earlier set-up:
 # it makes DuckDB about five times slower.)
 DUCKDB_PLAIN = r"""
 import sys, duckdb
 archive, out, granularity = sys.argv[1], sys.argv[2], sys.argv[3]
+big = len(sys.argv) > 4 and sys.argv[4] == "big"
 con = duckdb.connect()
 con.execute("SET threads = 2")
+limit = ", maximum_object_size = 1073741824" if big else ""
 minute = ", strftime(r.eventTime::TIMESTAMP, '%H%M') AS minute" if granularity == "minute" else ""
 con.execute(f'''
 COPY (SELECT r.*, strftime(r.eventTime::TIMESTAMP, '%Y-%m-%d') AS date{minute}
-      FROM (SELECT unnest(Records) AS r FROM read_json('{archive}/AWSLogs/**/*.json.gz')))
+      FROM (SELECT unnest(Records) AS r FROM read_json('{archive}/AWSLogs/**/*.json.gz'{limit})))
 TO '{out}' (FORMAT parquet, PARTITION_BY (awsRegion, date{', minute' if minute else ''}))
 ''')
 """
@@ -123,6 +129,10 @@ def bench_archive(archive, args, work):
         out_dir = os.path.join(work, f"duckdb-{g}")
         shutil.rmtree(out_dir, ignore_errors=True)
         secs, rss, code, _ = run([sys.executable, "-c", script, archive, out_dir, g])
+        if code != 0 and not args.duckdb_schema:
+            print("duckdb: retrying with maximum_object_size raised to 1 GiB, as its error says", flush=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            secs, rss, code, _ = run([sys.executable, "-c", script, archive, out_dir, g, "big"])
         if code != 0:
             secs = float("nan")  # reported as failed
         nfiles, size = tree_size(out_dir)

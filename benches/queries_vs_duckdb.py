@@ -167,6 +167,7 @@ class DuckDB:
             # default settings. Written once, not timed.
             out = os.path.join(work, "duckdb-day")
             if not os.path.isdir(out):
+                os.makedirs(work, exist_ok=True)
                 self.con.execute(f"COPY (SELECT *, strftime(eventtime, '%Y-%m-%d') AS day FROM {source}) "
                                  f"TO '{out}' (FORMAT parquet, PARTITION_BY (awsregion, day))")
             files = glob.glob(f"{out}/**/*.parquet", recursive=True)
@@ -196,8 +197,8 @@ class DuckDB:
 def scanned_bytes(plan):
     """Sum of DataFusion's bytes_scanned metrics in an EXPLAIN ANALYZE text."""
     total = 0.0
-    for m in re.finditer(r"bytes_scanned=([0-9.]+) ?([KMG]?B?)", plan):
-        total += float(m.group(1)) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}.get(m.group(2), 1)
+    for m in re.finditer(r"bytes_scanned=([0-9.]+) ?([KMGT]?)", plan):
+        total += float(m.group(1)) * {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(m.group(2), 1)
     return total
 
 
