@@ -327,8 +327,7 @@ async fn flush(
 ) -> Result<(), IngestError> {
     if !pending.is_empty() {
         let metadata = serde_json::json!({"operation": "ingest", "run": run_id});
-        let outcome = lake.append_events(pending, index, metadata).await?;
-        pending.clear();
+        let outcome = lake.append_events(std::mem::take(pending), index, metadata).await?;
         summary.records_written += outcome.written;
         summary.files_written += outcome.files;
         if outcome.version.is_some() {

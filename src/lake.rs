@@ -286,11 +286,11 @@ impl Lake {
     /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
     /// rows whose eventID is already stored or repeated within them.
     ///
-    /// Only the key columns are concatenated and sorted; each partition's rows are then
-    /// gathered from the batches on their own, so peak memory is the input plus one partition.
-    pub async fn append_events(&mut self, batches: &[RecordBatch], index: &mut EventIndex, metadata: serde_json::Value) -> Result<AppendOutcome> {
+    /// The batches are concatenated (then dropped) and sorted with one `take`, so peak memory
+    /// is about twice the input.
+    pub async fn append_events(&mut self, batches: Vec<RecordBatch>, index: &mut EventIndex, metadata: serde_json::Value) -> Result<AppendOutcome> {
         let mut outcome = AppendOutcome::default();
-        let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         if batches.is_empty() {
             return Ok(outcome);
         }
@@ -301,7 +301,8 @@ impl Lake {
         // Sort by partition, then time: one run of rows per partition, time-ordered in files.
         // One concatenation and one `take` (each intermediate dropped at once) cost less than
         // gathering every partition from many batches, and leave zero-copy slices.
-        let all = arrow::compute::concat_batches(&batches[0].schema(), batches.iter().copied()).map_err(arrow_err("buffering events"))?;
+        let all = arrow::compute::concat_batches(&batches[0].schema(), batches.iter()).map_err(arrow_err("buffering events"))?;
+        drop(batches); // taken by value so that the buffer is freed here, not after the commit
         let col = |name: &str| {
             all.column_by_name(name).cloned().ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("batch lacks column {name}") })
         };
