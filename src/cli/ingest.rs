@@ -42,8 +42,9 @@ pub struct IngestArgs {
     /// Last day to read (YYYY-MM-DD). The following day's folder is read too, for late deliveries.
     #[arg(long, value_parser = parse_date)]
     pub to: Option<NaiveDate>,
-    /// Time partitioning of a new lake: minute (most files), hour or day (fewest, fastest
-    /// ingest). Fixed once the lake exists.
+    /// Time partitioning of a new lake: day (the default: fewest files, fastest ingest and
+    /// queries; time filters still prune to row groups and pages), hour, or minute (a file per
+    /// minute: slower, larger). Fixed once the lake exists.
     #[arg(long, value_parser = clap::value_parser!(Granularity))]
     pub granularity: Option<Granularity>,
     /// Memory for events buffered between commits, in MiB.

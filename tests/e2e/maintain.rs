@@ -173,3 +173,22 @@ async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun
     let ids: HashSet<Option<String>> = strings(&lake, "SELECT eventid FROM events").await.into_iter().collect();
     assert_eq!(Some(ids.len().to_string()), before[0].as_ref().and_then(|s| s.split(' ').next()).map(str::to_owned));
 }
+
+#[test]
+fn upkeep_commands_explain_bad_arguments_and_a_missing_lake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nothing-here");
+    let run = |args: &[&str]| std::process::Command::new(prism_bin()).args(args).output().unwrap();
+    let out = run(&["vacuum", "--lake", missing.to_str().unwrap(), "--retention", "5x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a duration like 15m"), "{out:?}");
+    for command in ["optimize", "vacuum"] {
+        let out = run(&[command, "--lake", missing.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no lake here"), "{command}: {err}");
+        assert!(!missing.exists(), "{command} created a lake");
+    }
+    let help = run(&["optimize", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("prism vacuum"));
+}
