@@ -191,8 +191,8 @@ async fn compact(lake: &mut Lake, name: &str, mut table: DeltaTable, opts: &Opti
     let mut added: Vec<deltalake::kernel::Add> = Vec::new();
     let mut pending_bytes = 0;
     let last = bins.len() - 1;
+    let sort_by = is_events.then_some(EVENT_TIME);
     for (i, bin) in bins.into_iter().enumerate() {
-        let sort_by = is_events.then_some(EVENT_TIME);
         let (rows, adds) = rewrite_bin(&table, name, &bin, sort_by, props.clone()).await?;
         out.rows += rows;
         let bytes: u64 = bin.files.iter().map(|f| f.size).sum();

@@ -341,14 +341,10 @@ fn kill_at_any_point_leaves_a_consistent_lake_and_the_rerun_completes_it() {
     let mut killed = 0;
     let mut delay_ms = 100u64;
     loop {
-        let mut child = std::process::Command::new(prism_bin()).args(args(&lake)).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let finished = child.try_wait().unwrap().is_some();
-        if !finished {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        child.wait().unwrap();
+        let mut command = std::process::Command::new(prism_bin());
+        command.args(args(&lake));
+        let finished = !kill_after(command, delay_ms);
+        killed += u32::from(!finished);
         // Whatever was committed is consistent: no duplicates, nothing invented.
         if lake.join("prism.json").exists() && lake.join("events/_delta_log").exists() {
             rt.block_on(async {

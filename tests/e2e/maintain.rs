@@ -122,14 +122,10 @@ async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun
     let mut killed = 0;
     let mut delay_ms = 150u64;
     loop {
-        let mut child = std::process::Command::new(prism_bin()).args(args).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let finished = child.try_wait().unwrap().is_some();
-        if !finished {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        child.wait().unwrap();
+        let mut command = std::process::Command::new(prism_bin());
+        command.args(args);
+        let finished = !kill_after(command, delay_ms);
+        killed += u32::from(!finished);
         assert_eq!(fingerprint(&lake).await, before, "after a kill at {delay_ms} ms");
         if finished || delay_ms > 60_000 {
             break;

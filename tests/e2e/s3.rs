@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::common::prism_bin;
 use crate::common::s3::{Fault, S3Server};
+use crate::common::{kill_after, prism_bin};
 
 const BOTH: &str = r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#;
 
@@ -142,13 +142,9 @@ fn backfill_killed_at_growing_delays_resumes_to_exact_counts() {
     let source = server.url("trail/");
     let mut killed = 0;
     for delay_ms in [300u64, 900, 1800, 3000] {
-        let mut child = Command::new(prism_bin()).args(["backfill", &source, "--lake", lake_s, "--quiet"]).envs(server.env()).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        child.wait().unwrap();
+        let mut command = Command::new(prism_bin());
+        command.args(["backfill", &source, "--lake", lake_s, "--quiet"]).envs(server.env());
+        killed += u32::from(kill_after(command, delay_ms));
     }
     assert!(killed >= 2, "the runs finished before they could be killed; the test proves nothing");
     let (code, summary, stderr) = backfill(&server, lake_s, &[]);

@@ -110,3 +110,16 @@ pub fn one_account(out: &Path, region: &str, days: u32, events_per_day: u64, ano
     g.seed = seed;
     g
 }
+
+/// Starts `command` and kills it (SIGKILL) after `delay_ms` unless it finished by then, as a
+/// crash would; true when the kill landed. The kill-and-resume tests call it at growing delays.
+pub fn kill_after(mut command: std::process::Command, delay_ms: u64) -> bool {
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let running = child.try_wait().unwrap().is_none();
+    if running {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    running
+}
