@@ -278,8 +278,7 @@ impl Lake {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let table = self.ingest_log.clone();
-        self.ingest_log = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(delta(format!("writing {}{INGEST_LOG_TABLE}", self.url)))?;
+        self.ingest_log = append(&self.ingest_log, vec![batch], &format!("{}{INGEST_LOG_TABLE}", self.url)).await?;
         Ok(())
     }
 
@@ -425,11 +424,7 @@ impl Lake {
     /// How the files of table `name` are written: `events` as ingest writes them, the others
     /// with zstd.
     pub fn file_properties(&self, name: &str) -> WriterProperties {
-        if name == EVENTS_TABLE {
-            writer_properties(self.config.granularity)
-        } else {
-            WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
-        }
+        if name == EVENTS_TABLE { writer_properties(self.config.granularity) } else { table_properties() }
     }
 
     /// [`replace_files`] on `events`, keeping this lake's view of the table current.
@@ -438,6 +433,30 @@ impl Lake {
         self.events = table;
         Ok(version)
     }
+}
+
+/// How the files of every table but `events` are written.
+pub fn table_properties() -> WriterProperties {
+    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
+}
+
+/// Appends `batches` (rows of `table`, which has no partition columns) in one commit, as one
+/// new file; returns the table at the new version. `shown` names the table in errors.
+pub async fn append(table: &DeltaTable, batches: Vec<RecordBatch>, shown: &str) -> Result<DeltaTable> {
+    let mut table = table.clone();
+    let adds = write_file(&table, table_properties(), &[], batches.into_iter().map(Ok)).await?;
+    if adds.is_empty() {
+        return Ok(table);
+    }
+    let snapshot = table.snapshot().map_err(delta(format!("reading {shown}")))?;
+    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+    let finalized = CommitBuilder::default()
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(delta(format!("writing {shown}")))?;
+    table.state = Some(finalized.snapshot());
+    Ok(table)
 }
 
 /// Writes `batches` (rows of `table`, of one partition when it has any, with or without the

@@ -122,11 +122,13 @@ pub async fn optimize(opts: &OptimizeOptions, progress: Arc<OptimizeProgress>) -
     let started = Instant::now();
     let mut lake = Lake::open(&opts.lake).await?;
     let mut summary = OptimizeSummary { lake: lake.url().to_string(), dry_run: opts.dry_run, target_bytes: opts.target_bytes, ..Default::default() };
-    let events = lake.events().clone();
-    summary.tables.push(compact(&mut lake, EVENTS_TABLE, events, opts, &progress).await?);
+    let (events, props) = (lake.events().clone(), lake.file_properties(EVENTS_TABLE));
+    let (_, done) = compact(Owner::Events(&mut lake), EVENTS_TABLE, events, props, opts.target_bytes, opts.dry_run, &progress).await?;
+    summary.tables.push(done);
     for (name, schema) in tables::all() {
         let table = lake.table(name, schema, &[]).await?;
-        summary.tables.push(compact(&mut lake, name, table, opts, &progress).await?);
+        let (_, done) = compact(Owner::Other, name, table, lake::table_properties(), opts.target_bytes, opts.dry_run, &progress).await?;
+        summary.tables.push(done);
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -164,34 +166,56 @@ fn plan(files: Vec<TableFile>, target: u64) -> Vec<Bin> {
     bins
 }
 
-/// Compacts table `name` of `lake` (`table` is its latest version).
-async fn compact(lake: &mut Lake, name: &str, mut table: DeltaTable, opts: &OptimizeOptions, progress: &OptimizeProgress) -> Result<TableCompaction> {
-    let is_events = name == EVENTS_TABLE;
+/// Who commits a compaction: `events` goes through the lake, whose rollups must have counted
+/// every file before it is replaced; any other table is committed directly.
+enum Owner<'a> {
+    Events(&'a mut Lake),
+    Other,
+}
+
+/// Compacts `table` (any table but `events`, at its latest version) into files of about
+/// `target_bytes`; returns it at its new version. The scheduler keeps its run history small
+/// with this.
+pub async fn compact_table(table: DeltaTable, name: &str, target_bytes: u64) -> Result<DeltaTable> {
+    let (table, _) = compact(Owner::Other, name, table, lake::table_properties(), target_bytes, false, &OptimizeProgress::default()).await?;
+    Ok(table)
+}
+
+/// Compacts table `name` (`table` is its latest version).
+async fn compact(
+    mut owner: Owner<'_>,
+    name: &str,
+    mut table: DeltaTable,
+    props: WriterProperties,
+    target_bytes: u64,
+    dry_run: bool,
+    progress: &OptimizeProgress,
+) -> Result<(DeltaTable, TableCompaction)> {
     let files = lake::table_files(&table);
     let mut out =
         TableCompaction { table: name.to_owned(), files_before: files.len() as u64, bytes_before: files.iter().map(|f| f.size).sum(), ..Default::default() };
-    let bins = plan(files, opts.target_bytes);
+    let bins = plan(files, target_bytes);
     out.partitions = bins.iter().map(|b| &b.partition).collect::<HashSet<_>>().len() as u64;
     out.files_removed = bins.iter().map(|b| b.files.len() as u64).sum();
     out.bytes_removed = bins.iter().flat_map(|b| &b.files).map(|f| f.size).sum();
     progress.bytes_total.fetch_add(out.bytes_removed, Ordering::Relaxed);
-    if opts.dry_run || bins.is_empty() {
-        return Ok(out);
+    if dry_run || bins.is_empty() {
+        return Ok((table, out));
     }
     // Every events file about to be replaced must be counted by the rollups before it goes.
-    let mut rollups = if is_events {
-        let mut r = Rollups::open(lake).await?;
-        r.catch_up(lake).await?;
-        Some(r)
-    } else {
-        None
+    let mut rollups = match &mut owner {
+        Owner::Events(lake) => {
+            let mut r = Rollups::open(lake).await?;
+            r.catch_up(lake).await?;
+            Some(r)
+        }
+        Owner::Other => None,
     };
-    let props = lake.file_properties(name);
     let mut removed: Vec<String> = Vec::new();
     let mut added: Vec<deltalake::kernel::Add> = Vec::new();
     let mut pending_bytes = 0;
     let last = bins.len() - 1;
-    let sort_by = is_events.then_some(EVENT_TIME);
+    let sort_by = matches!(owner, Owner::Events(_)).then_some(EVENT_TIME);
     for (i, bin) in bins.into_iter().enumerate() {
         let (rows, adds) = rewrite_bin(&table, name, &bin, sort_by, props.clone()).await?;
         out.rows += rows;
@@ -201,23 +225,24 @@ async fn compact(lake: &mut Lake, name: &str, mut table: DeltaTable, opts: &Opti
         added.extend(adds);
         progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
         progress.files_done.fetch_add(bin.files.len() as u64, Ordering::Relaxed);
-        if pending_bytes >= BINS_PER_COMMIT * opts.target_bytes || i == last {
+        if pending_bytes >= BINS_PER_COMMIT * target_bytes || i == last {
             out.files_added += added.len() as u64;
             out.bytes_added += added.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
-            if let Some(rollups) = rollups.as_mut() {
-                let paths: Vec<String> = added.iter().map(|a| a.path.clone()).collect();
-                rollups.mark_rewritten(lake, &paths).await?;
-                lake.replace_events_files(&removed, std::mem::take(&mut added), opts.target_bytes).await?;
-                table = lake.events().clone();
-            } else {
-                table = lake::replace_files(&table, &removed, std::mem::take(&mut added), opts.target_bytes).await?.0;
+            match (&mut owner, rollups.as_mut()) {
+                (Owner::Events(lake), Some(rollups)) => {
+                    let paths: Vec<String> = added.iter().map(|a| a.path.clone()).collect();
+                    rollups.mark_rewritten(lake, &paths).await?;
+                    lake.replace_events_files(&removed, std::mem::take(&mut added), target_bytes).await?;
+                    table = lake.events().clone();
+                }
+                _ => table = lake::replace_files(&table, &removed, std::mem::take(&mut added), target_bytes).await?.0,
             }
             out.commits += 1;
             removed.clear();
             pending_bytes = 0;
         }
     }
-    Ok(out)
+    Ok((table, out))
 }
 
 /// Reads a bin's files, orders their rows by `sort_by` when given, and writes them as one new

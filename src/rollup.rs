@@ -25,7 +25,6 @@ use arrow::array::{
 };
 
 use deltalake::DeltaTable;
-use deltalake::protocol::SaveMode;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::lake::{self, Lake, LakeError};
@@ -148,13 +147,7 @@ impl Rollups {
     async fn append(&mut self, lake: &Lake, rows: RowsBuilder) -> Result<u64, LakeError> {
         let batch = rows.finish()?;
         let n = batch.num_rows() as u64;
-        self.table = self
-            .table
-            .clone()
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .await
-            .map_err(|e| LakeError::Delta { context: format!("writing {}{ROLLUPS_TABLE}", lake.url()), source: e })?;
+        self.table = lake::append(&self.table, vec![batch], &format!("{}{ROLLUPS_TABLE}", lake.url())).await?;
         Ok(n)
     }
 }

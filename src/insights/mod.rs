@@ -20,7 +20,6 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionContext, col, lit};
-use deltalake::protocol::SaveMode;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
@@ -551,23 +550,17 @@ impl Tables {
 
     async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {
         if !recs.is_empty() {
-            self.insights = append(&self.insights, records::to_batch(recs, run_id)?, INSIGHTS_TABLE).await?;
+            self.insights = crate::lake::append(&self.insights, vec![records::to_batch(recs, run_id)?], INSIGHTS_TABLE).await?;
         }
         Ok(())
     }
 
     async fn append_runs(&mut self, rows: &[records::RunRow], seconds: f64) -> Result<()> {
         if !rows.is_empty() {
-            self.runs = append(&self.runs, records::runs_batch(rows, seconds)?, RUNS_TABLE).await?;
+            self.runs = crate::lake::append(&self.runs, vec![records::runs_batch(rows, seconds)?], RUNS_TABLE).await?;
         }
         Ok(())
     }
-}
-
-/// Appends one batch to a table in one commit.
-async fn append(table: &deltalake::DeltaTable, batch: RecordBatch, name: &str) -> Result<deltalake::DeltaTable> {
-    let written = table.clone().write(vec![batch]).with_save_mode(SaveMode::Append).await;
-    Ok(written.map_err(|source| LakeError::Delta { context: format!("writing the {name} table"), source })?)
 }
 
 /// The lake's session (the one every entry point uses), once the Insights tables exist.

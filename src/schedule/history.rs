@@ -10,9 +10,10 @@ use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray, Timesta
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
-use deltalake::protocol::SaveMode;
 
-use crate::lake::{Lake, LakeError, read_table_columns};
+use super::ScheduleError;
+use crate::lake::{self, Lake, LakeError, read_table_columns};
+use crate::maintain;
 
 /// The table's name, and so its name in SQL.
 pub use crate::schema::tables::QUERY_RUNS as RUNS_TABLE;
@@ -75,10 +76,6 @@ pub struct History {
     by_query: HashMap<String, LastRuns>,
 }
 
-fn delta_error(context: &str) -> impl FnOnce(deltalake::DeltaTableError) -> LakeError + '_ {
-    move |source| LakeError::Delta { context: context.to_owned(), source }
-}
-
 impl History {
     /// Opens `query_runs` in `lake` (creating it when missing) and reads it.
     pub async fn open(lake: &Lake) -> Result<History, LakeError> {
@@ -97,13 +94,11 @@ impl History {
     /// Appends one run in one commit, and updates what [`History::get`] says. Every
     /// [`COMPACT_AT_FILES`] runs the table is compacted, so reading it stays cheap however long
     /// the scheduler runs (one small file per run would grow without bound).
-    pub async fn record(&mut self, run: &QueryRun) -> Result<(), LakeError> {
+    pub async fn record(&mut self, run: &QueryRun) -> Result<(), ScheduleError> {
         let batch = runs_batch(std::slice::from_ref(run))?;
-        let table = self.table.clone();
-        self.table = table.write(vec![batch]).with_save_mode(SaveMode::Append).await.map_err(delta_error("writing the run history (query_runs)"))?;
+        self.table = lake::append(&self.table, vec![batch], "the run history (query_runs)").await?;
         if self.files() >= COMPACT_AT_FILES {
-            let (table, _) = self.table.clone().optimize().await.map_err(delta_error("compacting the run history (query_runs)"))?;
-            self.table = table;
+            self.table = maintain::compact_table(self.table.clone(), RUNS_TABLE, maintain::DEFAULT_TARGET_BYTES).await?;
         }
         self.note(run.clone());
         Ok(())

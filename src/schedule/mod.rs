@@ -49,6 +49,14 @@ pub enum ScheduleError {
     Lake(Box<LakeError>),
     #[error("building the SQL session")]
     Session(#[source] Box<SqlError>),
+    #[error("compacting the run history (query_runs)")]
+    Compact(#[source] Box<crate::maintain::MaintainError>),
+}
+
+impl From<crate::maintain::MaintainError> for ScheduleError {
+    fn from(e: crate::maintain::MaintainError) -> Self {
+        ScheduleError::Compact(Box::new(e))
+    }
 }
 
 impl From<LakeError> for ScheduleError {

@@ -145,13 +145,8 @@ impl LakeSchema {
                 return Err(DataFusionError::External(format!("loading lake table `{name}` ({}{name}/): {e}", self.url).into()));
             }
         }
-        // DataFusion's own Parquet scan over the loaded snapshot (src/sql/scan.rs); delta-rs's
-        // provider for a table that needs a reader feature that scan lacks.
-        if let Some(scan) = LakeTable::try_new(&table) {
-            return Ok(Some(Arc::new(scan)));
-        }
-        let provider = table.table_provider().await.map_err(|e| DataFusionError::External(format!("reading lake table `{name}`: {e}").into()))?;
-        Ok(Some(provider))
+        // DataFusion's own Parquet scan over the loaded snapshot (src/sql/scan.rs).
+        Ok(Some(Arc::new(LakeTable::try_new(&table)?)))
     }
 
     /// A view over the current `ingest_log`.

@@ -16,13 +16,14 @@
 //!   and `count(*)` of a whole table is answered without reading any file).
 //!
 //! Tables that need a Delta reader feature this scan does not implement (deletion vectors,
-//! column mapping: reader version 2 or more) keep delta-rs's provider (see [`LakeTable::try_new`]).
-//! Prism's own tables never use them.
+//! column mapping: reader version 2 or more) are refused with that reason (see
+//! [`LakeTable::try_new`]); Prism never writes them. This is why Prism builds delta-rs without
+//! its DataFusion integration, a large part of a first build.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, TimestampMicrosecondArray, TimestampNanosecondArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, TimestampNanosecondArray};
 use arrow::datatypes::{DataType, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -44,8 +45,8 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltalake::DeltaTable;
-use deltalake::kernel::LogDataHandler;
 use deltalake::table::state::DeltaTableState;
+use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore};
 
 /// One lake table at one Delta version, scanned by DataFusion's Parquet reader.
@@ -69,12 +70,16 @@ pub struct LakeTable {
 }
 
 impl LakeTable {
-    /// The scan of `table` at its loaded version, or None when the table needs a reader feature
-    /// this scan lacks (the caller then uses delta-rs's provider) or has no loaded version.
-    pub fn try_new(table: &DeltaTable) -> Option<LakeTable> {
-        let state = table.snapshot().ok()?.clone();
-        if state.protocol().min_reader_version() > 1 {
-            return None;
+    /// The scan of `table` at its loaded version. Prism writes its tables at reader version 1
+    /// (no deletion vectors, no column mapping); a table that needs more was not written by
+    /// Prism and is refused.
+    pub fn try_new(table: &DeltaTable) -> DfResult<LakeTable> {
+        let url = table.table_url().to_string();
+        let refuse = |reason: String| DataFusionError::Plan(format!("reading lake table {url}: {reason}"));
+        let state = table.snapshot().map_err(|e| refuse(e.to_string()))?.clone();
+        let reader = state.protocol().min_reader_version();
+        if reader > 1 {
+            return Err(refuse(format!("it needs Delta reader version {reader} (deletion vectors or column mapping), which Prism does not read")));
         }
         let partition_columns = state.metadata().partition_columns().to_vec();
         let logical = state.snapshot().arrow_schema();
@@ -97,7 +102,7 @@ impl LakeTable {
         }
         let mut partition_fields = Vec::with_capacity(partition_columns.len());
         for c in &partition_columns {
-            partition_fields.push(fields.iter().find(|f| f.name() == c)?.clone());
+            partition_fields.push(fields.iter().find(|f| f.name() == c).ok_or_else(|| refuse(format!("partition column {c} is not in the schema")))?.clone());
         }
         let scan_index = fields
             .iter()
@@ -105,11 +110,11 @@ impl LakeTable {
                 Some(p) => Some(file_fields.len() + p),
                 None => file_fields.iter().position(|g| g.name() == f.name()),
             })
-            .collect::<Option<Vec<usize>>>()?;
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| refuse("a column is neither in the files nor a partition".to_owned()))?;
         let scan_schema = TableSchema::builder(Arc::new(Schema::new(file_fields))).with_table_partition_cols(partition_fields).build();
-        let url = table.table_url().to_string();
-        let store_url = ObjectStoreUrl::parse(format!("prism-table://{:016x}/", xxhash_rust::xxh3::xxh3_64(url.as_bytes()))).ok()?;
-        Some(LakeTable {
+        let store_url = ObjectStoreUrl::parse(format!("prism-table://{:016x}/", xxhash_rust::xxh3::xxh3_64(url.as_bytes())))?;
+        Ok(LakeTable {
             url,
             store: table.log_store().object_store(None),
             state,
@@ -123,7 +128,7 @@ impl LakeTable {
 
     /// Which files may hold rows matching `filters` (None: all of them), from the log's
     /// statistics. A predicate the statistics cannot decide keeps every file.
-    fn prune(&self, session: &dyn Session, filters: &[Expr], log: &DeltaStats<'_>) -> DfResult<Option<Vec<bool>>> {
+    fn prune(&self, session: &dyn Session, filters: &[Expr], log: &DeltaStats) -> DfResult<Option<Vec<bool>>> {
         let Some(predicate) = conjunction(filters.iter().cloned()) else { return Ok(None) };
         let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
         let physical = session.create_physical_expr(predicate, &df_schema)?;
@@ -142,36 +147,40 @@ impl LakeTable {
 
     /// The selected files, with their partition values, and their total row count when the log
     /// knows every file's.
-    fn files(&self, keep: Option<&[bool]>, log: &DeltaStats<'_>) -> DfResult<(Vec<PartitionedFile>, Option<usize>)> {
+    fn files(&self, keep: Option<&[bool]>, log: &DeltaStats) -> DfResult<(Vec<PartitionedFile>, Option<usize>)> {
+        let column = |name: &str| {
+            log.files.column_by_name(name).ok_or_else(|| DataFusionError::Execution(format!("{}: the Delta log's file list has no `{name}`", self.url)))
+        };
         let partition_values: Vec<(ArrayRef, bool)> = self
             .partition_columns
             .iter()
             .map(|c| {
-                let values = log
-                    .log
-                    .min_values(&Column::new_unqualified(c))
-                    .ok_or_else(|| DataFusionError::Execution(format!("{}: the Delta log holds no values of partition column `{c}`", self.url)))?;
+                let values = column(&format!("partition.{c}"))?.clone();
                 let dictionary = matches!(self.schema.field_with_name(c).map(|f| f.data_type()), Ok(DataType::Dictionary(..)));
                 Ok((values, dictionary))
             })
             .collect::<DfResult<_>>()?;
+        let paths = column("path")?.as_string_opt::<i32>().ok_or_else(|| DataFusionError::Execution(format!("{}: file paths are not strings", self.url)))?;
+        let sizes = arrow::compute::cast(column("size_bytes")?, &DataType::Int64)?;
+        let sizes = sizes.as_primitive::<arrow::datatypes::Int64Type>();
+        let modified = arrow::compute::cast(column("modification_time")?, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+        let modified = modified.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let records = log.row_counts();
+        let records = records.as_ref().and_then(|r| r.as_primitive_opt::<arrow::datatypes::UInt64Type>());
         let mut files = Vec::new();
         let mut rows = Some(0usize);
-        for (i, view) in log.log.iter().enumerate() {
+        for i in 0..log.files.num_rows() {
             if keep.is_some_and(|k| !k.get(i).copied().unwrap_or(true)) {
                 continue;
             }
-            let path = view.path();
+            let path = paths.value(i);
             if path.contains("://") {
                 return Err(DataFusionError::NotImplemented(format!("{}: data file `{path}` is outside the table", self.url)));
             }
-            let meta = ObjectMeta {
-                location: view.object_store_path(),
-                last_modified: view.modification_datetime().map_err(|e| DataFusionError::External(Box::new(e)))?,
-                size: u64::try_from(view.size()).unwrap_or(0),
-                e_tag: None,
-                version: None,
-            };
+            // The log holds paths percent-encoded, as delta-rs's own file views decode them.
+            let location = ObjectPath::from_url_path(path).unwrap_or_else(|_| ObjectPath::from(path));
+            let last_modified = chrono::DateTime::from_timestamp_millis(modified.value(i)).unwrap_or_default();
+            let meta = ObjectMeta { location, last_modified, size: u64::try_from(sizes.value(i)).unwrap_or(0), e_tag: None, version: None };
             let mut file = PartitionedFile::new_from_meta(meta);
             file.partition_values = partition_values
                 .iter()
@@ -180,7 +189,8 @@ impl LakeTable {
                     Ok(if *dictionary { wrap_partition_value_in_dict(v) } else { v })
                 })
                 .collect::<DfResult<_>>()?;
-            rows = rows.zip(view.num_records()).map(|(a, b)| a + b);
+            let count = records.filter(|r| r.is_valid(i)).map(|r| r.value(i) as usize);
+            rows = rows.zip(count).map(|(a, b)| a + b);
             files.push(file);
         }
         Ok((files, rows))
@@ -203,7 +213,13 @@ impl TableProvider for LakeTable {
     }
 
     async fn scan(&self, session: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let stats = DeltaStats { log: self.state.log_data() };
+        let stats = DeltaStats {
+            files: self
+                .state
+                .snapshot()
+                .add_actions_table(true)
+                .map_err(|e| DataFusionError::External(format!("{}: reading the Delta log's file list: {e}", self.url).into()))?,
+        };
         let (files, rows) = if stats.num_containers() == 0 {
             (Vec::new(), Some(0))
         } else {
@@ -262,20 +278,32 @@ fn view_types(t: &DataType) -> DataType {
     }
 }
 
-/// The log's statistics, as DataFusion's pruning reads them. Delta keeps timestamps' maxima
-/// truncated to the millisecond, so a maximum here is the end of its millisecond: a file whose
-/// last event is at .999500 is not pruned by a bound at .999200.
-struct DeltaStats<'a> {
-    log: LogDataHandler<'a>,
+/// The log's statistics, as DataFusion's pruning reads them: delta-rs's flattened list of
+/// the table's files (`path`, `size_bytes`, `num_records`, `min.<column>`, `max.<column>`,
+/// `null_count.<column>`, `partition.<column>`), one row per file. Delta keeps timestamps'
+/// maxima truncated to the millisecond, so a maximum here is the end of its millisecond: a file
+/// whose last event is at .999500 is not pruned by a bound at .999200.
+struct DeltaStats {
+    files: RecordBatch,
 }
 
-impl PruningStatistics for DeltaStats<'_> {
+impl DeltaStats {
+    fn stat(&self, prefix: &str, column: &Column) -> Option<ArrayRef> {
+        self.files.column_by_name(&format!("{prefix}.{}", column.name)).cloned()
+    }
+
+    fn is_partition(&self, column: &Column) -> bool {
+        self.stat("partition", column).is_some()
+    }
+}
+
+impl PruningStatistics for DeltaStats {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.log.min_values(column)
+        self.stat("min", column).or_else(|| self.stat("partition", column))
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        let max = self.log.max_values(column)?;
+        let Some(max) = self.stat("max", column) else { return self.stat("partition", column) };
         Some(match max.data_type() {
             DataType::Timestamp(TimeUnit::Microsecond, tz) => {
                 let a = max.as_any().downcast_ref::<TimestampMicrosecondArray>()?;
@@ -290,20 +318,53 @@ impl PruningStatistics for DeltaStats<'_> {
     }
 
     fn num_containers(&self) -> usize {
-        self.log.num_containers()
+        self.files.num_rows()
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        self.log.null_counts(column)
+        if self.is_partition(column) {
+            // A partition value is one value for the whole file: all rows null or none.
+            let values = self.stat("partition", column)?;
+            let rows = self.row_counts()?;
+            let rows = rows.as_primitive_opt::<arrow::datatypes::UInt64Type>()?;
+            return Some(Arc::new(arrow::array::UInt64Array::from_iter(
+                (0..values.len()).map(|i| if values.is_null(i) { rows.is_valid(i).then(|| rows.value(i)) } else { Some(0) }),
+            )));
+        }
+        arrow::compute::cast(self.stat("null_count", column)?.as_ref(), &DataType::UInt64).ok()
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        self.log.row_counts()
+        arrow::compute::cast(self.files.column_by_name("num_records")?.as_ref(), &DataType::UInt64).ok()
     }
 
     fn contained(&self, column: &Column, values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
-        self.log.contained(column, values)
+        // Exact for partition columns: does the file's one value appear in `values`?
+        let partition = self.stat("partition", column)?;
+        let mut out = arrow::array::BooleanBuilder::with_capacity(partition.len());
+        for i in 0..partition.len() {
+            if partition.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let v = ScalarValue::try_from_array(&partition, i).ok()?;
+            out.append_value(values.iter().any(|x| scalar_eq(x, &v)));
+        }
+        Some(out.finish())
     }
+}
+
+/// Equality of a predicate's literal and a partition value, through dictionary wrappers and
+/// string encodings (a literal may be `Utf8View` where the log holds `Utf8`).
+fn scalar_eq(a: &ScalarValue, b: &ScalarValue) -> bool {
+    fn plain(v: &ScalarValue) -> ScalarValue {
+        match v {
+            ScalarValue::Dictionary(_, inner) => plain(inner),
+            ScalarValue::Utf8View(s) | ScalarValue::LargeUtf8(s) => ScalarValue::Utf8(s.clone()),
+            other => other.clone(),
+        }
+    }
+    plain(a) == plain(b)
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ async fn an_open_session_sees_later_ingests_and_new_tables() {
     let table = writer.table("later_table", schema.clone(), &[]).await.unwrap();
     assert_eq!(count(&ctx, "SELECT count(*) FROM later_table").await, 0);
     let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
-    table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
+    prism::lake::append(&table, vec![batch], "later_table").await.unwrap();
     assert_eq!(count(&ctx, "SELECT sum(n) FROM later_table").await, 6);
     prism::sql::refresh(&ctx).await.unwrap();
     let names = common_names(&ctx).await;
@@ -197,6 +197,10 @@ async fn lake_tables_are_parquet_scans_pruned_by_the_delta_log() {
     // Partition values and per-file statistics choose the files.
     let (n, files) = run_measured(&ctx, "SELECT count(*) FROM events WHERE awsregion = 'eu-west-1'").await;
     assert_eq!((n, files), (7, 1), "one region's file");
+    let (n, files) = run_measured(&ctx, "SELECT count(*) FROM events WHERE awsregion IN ('eu-west-1', 'ap-south-1')").await;
+    assert_eq!((n, files), (7, 1), "a list of regions: the files of those in the lake");
+    let (n, files) = run_measured(&ctx, "SELECT count(*) FROM events WHERE awsregion IS NULL").await;
+    assert_eq!((n, files), (0, 0), "no file has a null region");
     let (n, files) = run_measured(&ctx, "SELECT count(*) FROM events WHERE recipientaccountid = '999999999999'").await;
     assert_eq!((n, files), (0, 0), "no file holds that account");
     let (n, files) = run_measured(&ctx, "SELECT count(*) FROM events WHERE eventtime > TIMESTAMP '2024-03-01T10:05:00Z'").await;
