@@ -151,8 +151,42 @@ const MAX_RECORD_TEXT: usize = 16 << 10;
 const ROWS_PER_BATCH: usize = 8192;
 
 enum Msg {
-    Batch { batch: RecordBatch },
-    Done(FileResult),
+    /// Rows, and the files whose rows are all in this batch or an earlier one.
+    Batch { batch: RecordBatch, done: Vec<FileResult> },
+    /// Files whose rows were all sent before.
+    Done(Vec<FileResult>),
+}
+
+/// What a parser reuses from one file to the next: its batch builder, which gathers the rows
+/// of many small files into one batch (a batch per file made thousands of tiny batches to
+/// concatenate), and its read buffer. A file is reported done with the batch that holds its
+/// last rows, so the journal never names a file whose rows are not yet committed.
+struct Scratch {
+    builder: EventBatchBuilder,
+    buffer: Vec<u8>,
+    done: Vec<FileResult>,
+}
+
+/// Idle scratches; at most one per parser is ever made.
+type ScratchPool = Arc<std::sync::Mutex<Vec<Scratch>>>;
+
+impl Scratch {
+    fn take(pool: &ScratchPool, granularity: Granularity) -> Scratch {
+        let idle = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        idle.unwrap_or_else(|| Scratch { builder: EventBatchBuilder::new(granularity), buffer: Vec::new(), done: Vec::new() })
+    }
+
+    fn put(self, pool: &ScratchPool) {
+        pool.lock().unwrap_or_else(|e| e.into_inner()).push(self);
+    }
+
+    /// Sends the rows built so far with the files they complete; false when the run is stopping.
+    fn send(&mut self, tx: &mpsc::Sender<Msg>, progress: &IngestProgress) -> bool {
+        progress.records.fetch_add(self.builder.len() as u64, Ordering::Relaxed);
+        let done = std::mem::take(&mut self.done);
+        let msg = if self.builder.is_empty() { Msg::Done(done) } else { Msg::Batch { batch: self.builder.finish(), done } };
+        tx.blocking_send(msg).is_ok()
+    }
 }
 
 struct FileResult {
@@ -234,6 +268,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
     let producer = {
         let objects = objects.clone();
         let progress = progress.clone();
+        let pool: ScratchPool = Arc::default();
         let (parallelism, downloads) = (opts.parallelism.max(1), opts.downloads.max(1));
         tokio::spawn(async move {
             use futures::StreamExt;
@@ -256,17 +291,29 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
                 })
                 .buffered(downloads)
                 .map(|(i, permit, download)| {
-                    let (objects, tx, progress) = (objects.clone(), tx.clone(), progress.clone());
+                    let (objects, tx, progress, pool) = (objects.clone(), tx.clone(), progress.clone(), pool.clone());
                     tokio::task::spawn_blocking(move || {
                         let fetched = download.unwrap_or_else(|e| Some(Err(objects[i].open_error(format!("the download stopped: {e}").into()))));
-                        parse_file(i, &objects[i], fetched, granularity, &tx, &progress);
+                        let mut scratch = Scratch::take(&pool, granularity);
+                        parse_file(i, &objects[i], fetched, &mut scratch, &tx, &progress);
+                        scratch.put(&pool);
                         drop(permit); // the body is parsed and dropped: its budget is free again
                     })
                 })
                 .buffer_unordered(parallelism)
                 .collect::<Vec<_>>()
                 .await;
-            results.into_iter().find_map(|r| r.err()).map(|e| crate::error::report(&e))
+            // The rows (and files) the parsers still hold.
+            let idle = std::mem::take(&mut *pool.lock().unwrap_or_else(|e| e.into_inner()));
+            let last = tokio::task::spawn_blocking(move || {
+                for mut scratch in idle {
+                    if !scratch.send(&tx, &progress) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            results.into_iter().chain(std::iter::once(last)).find_map(|r| r.err()).map(|e| crate::error::report(&e))
         })
     };
 
@@ -281,11 +328,12 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
         let msg = rx.recv().await;
         let end = msg.is_none();
         match msg {
-            Some(Msg::Batch { batch }) => {
+            Some(Msg::Batch { batch, done }) => {
                 pending_bytes += batch.get_array_memory_size();
                 pending.push(batch);
+                finished.extend(done);
             }
-            Some(Msg::Done(result)) => finished.push(result),
+            Some(Msg::Done(done)) => finished.extend(done),
             None => {}
         }
         let due = pending_bytes >= opts.buffer_bytes || (last_commit.elapsed().as_secs() >= 60 && !finished.is_empty());
@@ -394,15 +442,8 @@ async fn flush(
     Ok(())
 }
 
-/// Reads one file to the end, sending batches of checked records.
-fn parse_file(
-    file: usize,
-    obj: &SourceObject,
-    fetched: Option<Result<bytes::Bytes, SourceError>>,
-    granularity: Granularity,
-    tx: &mpsc::Sender<Msg>,
-    progress: &IngestProgress,
-) {
+/// Reads one file to the end into `scratch`'s builder, sending a batch whenever it is full.
+fn parse_file(file: usize, obj: &SourceObject, fetched: Option<Result<bytes::Bytes, SourceError>>, scratch: &mut Scratch, tx: &mpsc::Sender<Msg>, progress: &IngestProgress) {
     let mut result = FileResult { file, records: 0, rejects: Vec::new(), broken: None };
     let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
         source: obj.location.clone(),
@@ -417,13 +458,15 @@ fn parse_file(
         Ok(r) => r,
         Err(e) => {
             result.broken = Some((reject(None, "read_error", crate::error::report(&e), None), true));
-            let _ = tx.blocking_send(Msg::Done(result));
+            scratch.done.push(result);
+            if scratch.builder.is_empty() {
+                scratch.send(tx, progress);
+            }
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
-    let mut records = RecordReader::new(reader);
-    let mut builder = EventBatchBuilder::new(granularity);
+    let mut records = RecordReader::with_buffer(reader, std::mem::take(&mut scratch.buffer));
     let (mut last_raw, mut last_json) = (0, 0);
     let mut sync_progress = |progress: &IngestProgress| {
         let (r, j) = (raw.load(Ordering::Relaxed), json.load(Ordering::Relaxed));
@@ -442,16 +485,15 @@ fn parse_file(
                 result.records += 1;
                 let checked = schema::parse_record(bytes).and_then(|mut ev| {
                     let c = schema::check_record(&ev, bytes)?;
-                    builder.append(&mut ev, c, &obj.location);
+                    scratch.builder.append(&mut ev, c, &obj.location);
                     Ok(())
                 });
                 if let Err(e) = checked {
                     result.rejects.push(reject(Some(index as u64), e.reason.code(), e.message, Some(bytes)));
                 }
-                if builder.len() >= ROWS_PER_BATCH {
-                    progress.records.fetch_add(builder.len() as u64, Ordering::Relaxed);
+                if scratch.builder.len() >= ROWS_PER_BATCH {
                     sync_progress(progress);
-                    if tx.blocking_send(Msg::Batch { batch: builder.finish() }).is_err() {
+                    if !scratch.send(tx, progress) {
                         return; // the run is stopping
                     }
                 }
@@ -464,12 +506,13 @@ fn parse_file(
             }
         }
     }
-    progress.records.fetch_add(builder.len() as u64, Ordering::Relaxed);
+    scratch.buffer = records.into_buffer();
     sync_progress(progress);
-    if !builder.is_empty() && tx.blocking_send(Msg::Batch { batch: builder.finish() }).is_err() {
-        return;
+    scratch.done.push(result);
+    // A file without rows still held by the builder is reported now.
+    if scratch.builder.is_empty() {
+        scratch.send(tx, progress);
     }
-    let _ = tx.blocking_send(Msg::Done(result));
     progress.files_done.fetch_add(1, Ordering::Relaxed);
 }
 

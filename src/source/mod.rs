@@ -585,7 +585,10 @@ impl SourceObject {
                 Box::new(tokio_util::io::SyncIoBridge::new_with_handle(tokio_util::io::StreamReader::new(stream), handle))
             }
         };
-        let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: raw, counter: raw_bytes });
+        // Sized to the object: a small file (most CloudTrail files are a few KB) needs no
+        // 256 KiB buffer, whose pages the kernel would zero for every file.
+        let capacity = usize::try_from(self.size).unwrap_or(usize::MAX).clamp(8 << 10, 256 << 10);
+        let mut buffered = BufReader::with_capacity(capacity, Counting { inner: raw, counter: raw_bytes });
         let head = buffered.fill_buf().map_err(|e| open_err(e.into()))?;
         let decoded: Box<dyn Read + Send> =
             if head.starts_with(&[0x1f, 0x8b]) { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };

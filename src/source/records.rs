@@ -95,7 +95,23 @@ pub struct RecordReader<R> {
 
 impl<R: Read> RecordReader<R> {
     pub fn new(inner: R) -> Self {
-        RecordReader { inner, buf: vec![0; CHUNK], pos: 0, end: 0, eof: false, base: 0, layout: None, state: State::Start, index: 0 }
+        Self::with_buffer(inner, Vec::new())
+    }
+
+    /// A reader that works in `buf`, the buffer of an earlier reader ([`RecordReader::into_buffer`]):
+    /// an ingest of many small files then allocates (and the kernel zeroes) one buffer per
+    /// parser, not one per file.
+    pub fn with_buffer(inner: R, mut buf: Vec<u8>) -> Self {
+        buf.resize(CHUNK, 0);
+        RecordReader { inner, buf, pos: 0, end: 0, eof: false, base: 0, layout: None, state: State::Start, index: 0 }
+    }
+
+    /// The buffer, for the next reader; one grown for a huge record shrinks back.
+    pub fn into_buffer(self) -> Vec<u8> {
+        let mut buf = self.buf;
+        buf.truncate(CHUNK);
+        buf.shrink_to(CHUNK);
+        buf
     }
 
     /// The layout detected, once the first bytes were read.
