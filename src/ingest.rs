@@ -443,7 +443,14 @@ async fn flush(
 }
 
 /// Reads one file to the end into `scratch`'s builder, sending a batch whenever it is full.
-fn parse_file(file: usize, obj: &SourceObject, fetched: Option<Result<bytes::Bytes, SourceError>>, scratch: &mut Scratch, tx: &mpsc::Sender<Msg>, progress: &IngestProgress) {
+fn parse_file(
+    file: usize,
+    obj: &SourceObject,
+    fetched: Option<Result<bytes::Bytes, SourceError>>,
+    scratch: &mut Scratch,
+    tx: &mpsc::Sender<Msg>,
+    progress: &IngestProgress,
+) {
     let mut result = FileResult { file, records: 0, rejects: Vec::new(), broken: None };
     let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
         source: obj.location.clone(),

@@ -19,7 +19,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::compute::{SortColumn, lexsort_to_indices};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -298,24 +297,31 @@ impl Lake {
             move |source| LakeError::Arrow { context, source }
         };
         // Sort by partition, then time: one run of rows per partition, time-ordered in files.
-        // One concatenation and one `take` (each intermediate dropped at once) cost less than
-        // gathering every partition from many batches, and leave zero-copy slices.
-        let all = arrow::compute::concat_batches(&batches[0].schema(), batches.iter()).map_err(arrow_err("buffering events"))?;
-        drop(batches); // taken by value so that the buffer is freed here, not after the commit
-        let col = |name: &str| {
-            all.column_by_name(name).cloned().ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("batch lacks column {name}") })
+        // The order is computed over the buffered batches in place and the rows gathered once
+        // (`interleave`): one copy of the buffer, where concatenating and then sorting made two.
+        let sorted = {
+            let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+            for (b, batch) in batches.iter().enumerate() {
+                let strings = |name: &str| {
+                    batch
+                        .column_by_name(name)
+                        .and_then(|a| a.as_string_opt::<i32>())
+                        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
+                };
+                let (regions, periods) = (strings(AWS_REGION)?, strings(EVENT_PERIOD)?);
+                let times = batch
+                    .column_by_name(EVENT_TIME)
+                    .and_then(|a| a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
+                    .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {EVENT_TIME} is not a timestamp column") })?;
+                keys.extend((0..batch.num_rows()).map(|r| (regions.value(r), periods.value(r), times.value(r), b, r)));
+            }
+            keys.sort_unstable();
+            let indices: Vec<(usize, usize)> = keys.iter().map(|&(_, _, _, b, r)| (b, r)).collect();
+            drop(keys);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            arrow::compute::interleave_record_batch(&refs, &indices).map_err(arrow_err("sorting events"))?
         };
-        let order = lexsort_to_indices(
-            &[
-                SortColumn { values: col(AWS_REGION)?, options: None },
-                SortColumn { values: col(EVENT_PERIOD)?, options: None },
-                SortColumn { values: col(EVENT_TIME)?, options: None },
-            ],
-            None,
-        )
-        .map_err(arrow_err("sorting events"))?;
-        let sorted = arrow::compute::take_record_batch(&all, &order).map_err(arrow_err("sorting events"))?;
-        drop(all);
+        drop(batches); // taken by value so that the buffer is freed here, not after the commit
         let as_str = |name: &str| -> Result<StringArray> {
             sorted
                 .column_by_name(name)

@@ -14,16 +14,20 @@ use prism::ingest::{IngestOptions, IngestProgress};
 
 /// A two-region archive ingested into a new lake with the default settings, committing every
 /// `buffer_mb` MiB of events (small: many commits, so many small files per partition).
-async fn lake_of_small_files(tmp: &Path, buffer_mb: usize) -> std::path::PathBuf {
-    let (archive, lake) = (tmp.join("archive"), tmp.join("lake"));
-    for (region, seed) in [("us-east-1", 1), ("eu-west-1", 2)] {
-        let g = one_account(&archive, region, 2, 12_000, 0, seed);
-        tokio::task::spawn_blocking(move || prism::generate::generate(&g)).await.unwrap().unwrap();
+async fn lake_of_small_files(tmp: &Path, buffer_mb: usize, runs: u64) -> std::path::PathBuf {
+    let lake = tmp.join("lake");
+    // One ingest per archive: each commits at least one file per partition it reaches.
+    for run in 0..runs {
+        let archive = tmp.join(format!("archive{run}"));
+        for (region, seed) in [("us-east-1", 1 + 2 * run), ("eu-west-1", 2 + 2 * run)] {
+            let g = one_account(&archive, region, 2, 12_000 / runs, 0, seed);
+            tokio::task::spawn_blocking(move || prism::generate::generate(&g)).await.unwrap().unwrap();
+        }
+        let mut opts = IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
+        opts.buffer_bytes = buffer_mb << 20;
+        let s = prism::ingest(&opts, Arc::new(IngestProgress::default())).await.unwrap();
+        assert!(s.is_clean() && s.records_written > 40_000 / runs, "{s:?}");
     }
-    let mut opts = IngestOptions::new(vec![archive.to_str().unwrap().to_owned()], lake.to_str().unwrap());
-    opts.buffer_bytes = buffer_mb << 20;
-    let s = prism::ingest(&opts, Arc::new(IngestProgress::default())).await.unwrap();
-    assert!(s.is_clean() && s.records_written > 40_000, "{s:?}");
     lake
 }
 
@@ -56,7 +60,7 @@ async fn files_are_time_sorted(lake_dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_lake_is_day_partitioned_and_a_time_filter_reads_a_small_part_of_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let lake = lake_of_small_files(tmp.path(), 128).await;
+    let lake = lake_of_small_files(tmp.path(), 128, 1).await;
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(lake.join("prism.json")).unwrap()).unwrap();
     assert_eq!(config["granularity"], "day");
     let periods = strings(&lake, "SELECT DISTINCT eventperiod FROM events ORDER BY 1").await;
@@ -113,7 +117,7 @@ fn parse_size(s: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun() {
     let tmp = tempfile::tempdir().unwrap();
-    let lake = lake_of_small_files(tmp.path(), 4).await;
+    let lake = lake_of_small_files(tmp.path(), 1, 4).await;
     let before = fingerprint(&lake).await;
     let files_before = files_are_time_sorted(&lake).await;
     assert!(files_before > 20, "{files_before} files: the test needs many small ones");
