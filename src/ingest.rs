@@ -180,6 +180,16 @@ impl Scratch {
         pool.lock().unwrap_or_else(|e| e.into_inner()).push(self);
     }
 
+    /// Notes a file as read to its end; it is reported at once when the builder holds no rows
+    /// (of it or of earlier files), else with the batch that will hold them.
+    fn file_done(&mut self, result: FileResult, tx: &mpsc::Sender<Msg>, progress: &IngestProgress) {
+        self.done.push(result);
+        if self.builder.is_empty() {
+            self.send(tx, progress);
+        }
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Sends the rows built so far with the files they complete; false when the run is stopping.
     fn send(&mut self, tx: &mpsc::Sender<Msg>, progress: &IngestProgress) -> bool {
         progress.records.fetch_add(self.builder.len() as u64, Ordering::Relaxed);
@@ -465,11 +475,7 @@ fn parse_file(
         Ok(r) => r,
         Err(e) => {
             result.broken = Some((reject(None, "read_error", crate::error::report(&e), None), true));
-            scratch.done.push(result);
-            if scratch.builder.is_empty() {
-                scratch.send(tx, progress);
-            }
-            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            scratch.file_done(result, tx, progress);
             return;
         }
     };
@@ -515,12 +521,7 @@ fn parse_file(
     }
     scratch.buffer = records.into_buffer();
     sync_progress(progress);
-    scratch.done.push(result);
-    // A file without rows still held by the builder is reported now.
-    if scratch.builder.is_empty() {
-        scratch.send(tx, progress);
-    }
-    progress.files_done.fetch_add(1, Ordering::Relaxed);
+    scratch.file_done(result, tx, progress);
 }
 
 /// Rows for the `ingest_log` table.

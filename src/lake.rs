@@ -284,8 +284,8 @@ impl Lake {
     /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
     /// rows whose eventID is already stored or repeated within them.
     ///
-    /// The batches are concatenated (then dropped) and sorted with one `take`, so peak memory
-    /// is about twice the input.
+    /// The rows are sorted by gathering them once from the batches (then dropped), so peak
+    /// memory is about twice the input.
     pub async fn append_events(&mut self, batches: Vec<RecordBatch>, index: &mut EventIndex, metadata: serde_json::Value) -> Result<AppendOutcome> {
         let mut outcome = AppendOutcome::default();
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
@@ -302,13 +302,7 @@ impl Lake {
         let sorted = {
             let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
             for (b, batch) in batches.iter().enumerate() {
-                let strings = |name: &str| {
-                    batch
-                        .column_by_name(name)
-                        .and_then(|a| a.as_string_opt::<i32>())
-                        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
-                };
-                let (regions, periods) = (strings(AWS_REGION)?, strings(EVENT_PERIOD)?);
+                let (regions, periods) = (string_column(batch, AWS_REGION)?, string_column(batch, EVENT_PERIOD)?);
                 let times = batch
                     .column_by_name(EVENT_TIME)
                     .and_then(|a| a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
@@ -322,13 +316,7 @@ impl Lake {
             arrow::compute::interleave_record_batch(&refs, &indices).map_err(arrow_err("sorting events"))?
         };
         drop(batches); // taken by value so that the buffer is freed here, not after the commit
-        let as_str = |name: &str| -> Result<StringArray> {
-            sorted
-                .column_by_name(name)
-                .and_then(|a| a.as_string_opt::<i32>())
-                .cloned()
-                .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
-        };
+        let as_str = |name: &str| string_column(&sorted, name).cloned();
         let (regions, periods) = (as_str(AWS_REGION)?, as_str(EVENT_PERIOD)?);
         let (ids, sources) = (as_str(EVENT_ID)?, as_str(SOURCE_FILE)?);
 
@@ -379,23 +367,15 @@ impl Lake {
             return Ok(outcome);
         }
         outcome.files = adds.len() as u64;
-        let snapshot = self.events.snapshot().map_err(delta("events table"))?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(schema::PARTITION_COLUMNS.iter().map(|s| s.to_string()).collect()),
             predicate: None,
         };
-        let props = CommitProperties::default().with_metadata([("prism".to_owned(), metadata)]);
-        let finalized = CommitBuilder::from(props)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
-            .build(Some(snapshot), self.events.log_store(), operation)
-            .await
-            .map_err(|e| {
-                index.clear();
-                delta(format!("committing to {}{EVENTS_TABLE}", self.url))(e)
-            })?;
-        outcome.version = Some(finalized.version() as i64);
-        self.events.state = Some(finalized.snapshot());
+        let shown = format!("{}{EVENTS_TABLE}", self.url);
+        let committed = commit(&mut self.events, adds.into_iter().map(Action::Add).collect(), operation, Some(metadata), &shown).await;
+        // A failed commit leaves the index holding IDs that were never stored.
+        outcome.version = Some(committed.inspect_err(|_| index.clear())?);
         Ok(outcome)
     }
 
@@ -451,18 +431,28 @@ pub fn table_properties() -> WriterProperties {
 pub async fn append(table: &DeltaTable, batches: Vec<RecordBatch>, shown: &str) -> Result<DeltaTable> {
     let mut table = table.clone();
     let adds = write_file(&table, table_properties(), &[], batches.into_iter().map(Ok)).await?;
-    if adds.is_empty() {
-        return Ok(table);
+    if !adds.is_empty() {
+        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        commit(&mut table, adds.into_iter().map(Action::Add).collect(), operation, None, shown).await?;
     }
+    Ok(table)
+}
+
+/// Commits `actions` to `table` as its next version and moves `table` to it; returns the
+/// version. `metadata` goes in the commit's `prism` field; `shown` names the table in errors.
+async fn commit(table: &mut DeltaTable, actions: Vec<Action>, operation: DeltaOperation, metadata: Option<serde_json::Value>, shown: &str) -> Result<i64> {
     let snapshot = table.snapshot().map_err(delta(format!("reading {shown}")))?;
-    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-    let finalized = CommitBuilder::default()
-        .with_actions(adds.into_iter().map(Action::Add).collect())
+    let props = match metadata {
+        Some(m) => CommitProperties::default().with_metadata([("prism".to_owned(), m)]),
+        None => CommitProperties::default(),
+    };
+    let finalized = CommitBuilder::from(props)
+        .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
         .await
-        .map_err(delta(format!("writing {shown}")))?;
+        .map_err(delta(format!("committing to {shown}")))?;
     table.state = Some(finalized.snapshot());
-    Ok(table)
+    Ok(finalized.version() as i64)
 }
 
 /// Writes `batches` (rows of `table`, of one partition when it has any, with or without the
@@ -507,16 +497,17 @@ pub async fn replace_files(table: &DeltaTable, removed: &[String], mut added: Ve
     }
     actions.extend(added.into_iter().map(Action::Add));
     let operation = DeltaOperation::Optimize { predicate: None, target_size: target_size as i64 };
-    let props = CommitProperties::default().with_metadata([("prism".to_owned(), serde_json::json!({"operation": "optimize"}))]);
-    let finalized = CommitBuilder::from(props)
-        .with_actions(actions)
-        .build(Some(snapshot), table.log_store(), operation)
-        .await
-        .map_err(delta(format!("committing to {url}")))?;
-    let version = finalized.version() as i64;
     let mut table = table.clone();
-    table.state = Some(finalized.snapshot());
+    let version = commit(&mut table, actions, operation, Some(serde_json::json!({"operation": "optimize"})), &url).await?;
     Ok((table, version))
+}
+
+/// Column `name` of an `events` batch as strings.
+fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|a| a.as_string_opt::<i32>())
+        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
 }
 
 /// Partition files written at once.
