@@ -197,6 +197,21 @@ impl Lake {
         Lake::load(url, store, None).await
     }
 
+    /// The settings of the lake at `location` (its `prism.json`), without opening its tables:
+    /// for readers that need only the settings, such as the console's pages.
+    pub async fn read_config(location: &str) -> Result<(Url, LakeConfig)> {
+        let no_lake = || LakeError::InvalidLocation { location: location.to_owned(), reason: "no lake here (no prism.json)".into() };
+        let (url, store) = connect(location, false).map_err(|_| no_lake())?;
+        let shown = format!("{url}{CONFIG_FILE}");
+        let bytes = match store.get(&ObjectPath::from(CONFIG_FILE)).await {
+            Ok(r) => r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?,
+            Err(object_store::Error::NotFound { .. }) => return Err(no_lake()),
+            Err(source) => return Err(LakeError::Store { context: shown, source }),
+        };
+        let config = serde_json::from_slice::<LakeConfig>(&bytes).map_err(|source| LakeError::ConfigJson { path: shown, source })?;
+        Ok((url, config))
+    }
+
     async fn load(url: Url, store: Arc<dyn ObjectStore>, granularity: Option<Granularity>) -> Result<Lake> {
         let wanted = LakeConfig { granularity: granularity.unwrap_or_default(), ..LakeConfig::default() };
         let config = read_or_create_config(store.as_ref(), &url, &wanted).await?;

@@ -14,6 +14,7 @@
 //! - [`insights`]: the detector, Insights records, their tables and files, and their quality
 //!   against a generator's labels;
 //! - [`schedule`]: scheduled queries and their run history;
+//! - [`serve`]: the Insights console (web pages) and its HTTP API;
 //! - [`backfill`] and [`demo`]: the commands that chain the steps above.
 //!
 //! The `prism` binary is a thin command-line layer over these (`src/cli/`).
@@ -34,6 +35,7 @@ pub mod sql;
 pub mod generate;
 pub mod insights;
 pub mod schedule;
+pub mod serve;
 pub mod backfill;
 pub mod demo;
 

@@ -18,6 +18,25 @@ pub fn parse_span(s: &str) -> Result<prism::sql::window::Span, String> {
     prism::sql::window::Span::parse(s)
 }
 
+/// A duration in seconds: `30`, `30s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{s}` is not a duration like 30s, 500ms or 2m");
+    let t = s.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 86_400.0 => Ok(std::time::Duration::from_secs_f64(v * scale)),
+        _ => Err(bad()),
+    }
+}
+
 /// The detector's sensitivity: a positive, finite factor.
 pub fn parse_sensitivity(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

@@ -1,4 +1,4 @@
-//! `prism insights backfill | run | evaluate`: find unusual API call and error rates.
+//! `prism insights backfill | run | evaluate | graph`: find unusual API call and error rates.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,6 +66,28 @@ Example:
         #[arg(long)]
         json: bool,
     },
+    /// Draw one Insight's chart (the console's details graph) as an SVG file.
+    #[command(after_help = "\
+Examples:
+  prism insights graph 5f1c…-… --lake ./lake -o insight.svg
+  prism insights graph 5f1c…-… --lake ./lake --zoom day -o day.svg
+  prism sql --lake ./lake -c \"SELECT DISTINCT sharedeventid FROM insights\"     # the IDs
+
+The chart shows the API's calls (or that error code's errors) per minute, the detector's
+expected level (dashed) and every Insight of that API in the window as a band, from the
+per-minute rollups. It is the same drawing as the console's details page.")]
+    Graph {
+        /// The Insight's sharedEventID.
+        shared_event_id: String,
+        #[arg(long)]
+        lake: String,
+        /// Output file (.svg); `-` writes to stdout.
+        #[arg(short, long, default_value = "insight.svg")]
+        output: PathBuf,
+        /// The window: insight (an hour either side of it), day or week.
+        #[arg(long, default_value = "insight")]
+        zoom: String,
+    },
 }
 
 #[derive(Args)]
@@ -97,6 +119,7 @@ pub async fn run(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
         }
         InsightsCommand::Run { common, until } => (common, Mode::Incremental { until }),
         InsightsCommand::Evaluate { lake, labels, json } => return evaluate(&lake, &labels, json).await,
+        InsightsCommand::Graph { shared_event_id, lake, output, zoom } => return graph(&lake, &shared_event_id, &zoom, &output).await,
     };
     let mut opts = RunOptions::new(common.lake, mode);
     opts.out = common.out;
@@ -146,6 +169,21 @@ pub fn print_run(s: &RunSummary) {
         println!("  skipped:   {} account/regions with unsafe names: {}", s.skipped_accounts.len(), s.skipped_accounts.join(", "));
     }
     println!("  time:      {:.2} s", s.seconds);
+}
+
+async fn graph(lake: &str, id: &str, zoom: &str, output: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let svg = prism::serve::graph(lake, id, zoom).await?;
+    if output.as_os_str() == "-" {
+        print!("{svg}");
+    } else {
+        match output.extension().and_then(|e| e.to_str()) {
+            Some("svg") => {}
+            _ => anyhow::bail!("`{}`: the chart is written as SVG; name the file *.svg (or - for stdout)", output.display()),
+        }
+        std::fs::write(output, svg).map_err(|e| anyhow::anyhow!("writing {}: {e}", output.display()))?;
+        eprintln!("wrote {}", output.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn evaluate(lake: &str, labels: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,7 @@ mod optimize;
 mod progress;
 mod schedule;
 mod selectors;
+mod serve;
 mod sql;
 mod vacuum;
 
@@ -69,6 +70,9 @@ enum Command {
     /// Run .sql files on a cron schedule: once from cron, or as a long-running service.
     #[command(subcommand, after_help = schedule::HELP)]
     Schedule(schedule::ScheduleCommand),
+    /// The Insights console: web pages and a JSON API over the lake (http://127.0.0.1:8080).
+    #[command(after_help = serve::HELP)]
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -88,6 +92,26 @@ impl Cli {
                 sql::run(args, inputs).await
             }
             Command::Schedule(cmd) => schedule::run(cmd).await,
+            Command::Serve(args) => serve::run(args).await,
         }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; false when signals cannot be listened to.
+pub async fn next_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return false;
+        };
+        tokio::select! {
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }

@@ -145,35 +145,16 @@ fn stop_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(async move {
-        if !next_signal().await {
+        if !super::next_signal().await {
             return;
         }
         eprintln!("stopping after the running query (signal again to stop now)");
         stop.cancel();
-        if next_signal().await {
+        if super::next_signal().await {
             std::process::exit(130);
         }
     });
     token
-}
-
-/// Waits for SIGINT or SIGTERM; false when signals cannot be listened to.
-async fn next_signal() -> bool {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return false;
-        };
-        tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
-    }
 }
 
 fn minute(t: DateTime<Utc>) -> String {

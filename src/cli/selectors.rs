@@ -38,12 +38,12 @@ pub async fn run(cmd: SelectorsCommand) -> anyhow::Result<ExitCode> {
             let types = insights::parse_selectors(&insight_selectors)?;
             let mut lake = prism::Lake::open(&lake).await?;
             insights::put_selectors(&mut lake, types.clone()).await?;
-            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&lake, &types))?);
+            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(lake.url(), &types))?);
         }
         SelectorsCommand::Get { lake } => {
-            let lake = prism::Lake::open(&lake).await?;
-            let types = insights::get_selectors(&lake)?;
-            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&lake, &types))?);
+            let (url, config) = prism::Lake::read_config(&lake).await?;
+            let types = insights::get_selectors(&url, &config)?;
+            println!("{}", serde_json::to_string_pretty(&insights::selectors_response(&url, &types))?);
         }
     }
     Ok(ExitCode::SUCCESS)

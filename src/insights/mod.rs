@@ -34,7 +34,7 @@ pub const CALL_RATE: &str = "ApiCallRateInsight";
 pub const ERROR_RATE: &str = "ApiErrorRateInsight";
 const VALID_TYPES: [&str; 2] = [CALL_RATE, ERROR_RATE];
 
-const MICROS_PER_MINUTE: i64 = 60_000_000;
+pub const MICROS_PER_MINUTE: i64 = 60_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InsightsError {
@@ -146,9 +146,9 @@ pub fn parse_selectors(json: &str) -> Result<Vec<String>> {
 }
 
 /// The selectors as AWS's `GetInsightSelectors` returns them.
-pub fn selectors_response(lake: &Lake, types: &[String]) -> serde_json::Value {
+pub fn selectors_response(lake: &url::Url, types: &[String]) -> serde_json::Value {
     serde_json::json!({
-        "TrailARN": lake.url().to_string(),
+        "TrailARN": lake.to_string(),
         "InsightSelectors": types.iter().map(|t| serde_json::json!({"InsightType": t})).collect::<Vec<_>>(),
     })
 }
@@ -165,10 +165,10 @@ pub async fn put_selectors(lake: &mut Lake, types: Vec<String>) -> Result<()> {
 }
 
 /// `GetInsightSelectors`: the enabled types, or `InsightNotEnabledException`.
-pub fn get_selectors(lake: &Lake) -> Result<Vec<String>> {
-    let types = lake.config().insight_selectors.clone();
+pub fn get_selectors(lake: &url::Url, config: &crate::lake::LakeConfig) -> Result<Vec<String>> {
+    let types = config.insight_selectors.clone();
     if types.is_empty() {
-        return Err(InsightsError::NotEnabled(lake.url().to_string()));
+        return Err(InsightsError::NotEnabled(lake.to_string()));
     }
     Ok(types)
 }
@@ -298,7 +298,7 @@ pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSu
             .unwrap_or(start)
             .saturating_sub(p.lookback() as i64)
             .max(first);
-        let series = load_series(&ctx, &account, &region, lo, end, &types).await?;
+        let series = load_series(&ctx, &account, &region, lo, end, &types, None).await?;
         tracing::debug!(elapsed = ?started.elapsed(), %account, %region, series = series.len(), "series loaded");
         let mut keys: Vec<SeriesKey> = series.keys().cloned().collect();
         for k in states.keys() {
@@ -313,14 +313,7 @@ pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSu
         let len = (end - lo) as usize;
         let (mut starts, mut ends) = (0u64, 0u64);
         for key in keys {
-            let mut values = vec![0.0; len];
-            if let Some(points) = series.get(&key) {
-                for &(minute, calls) in points {
-                    if let Some(v) = values.get_mut((minute - lo) as usize) {
-                        *v += calls as f64;
-                    }
-                }
-            }
+            let values = dense(series.get(&key).map_or(&[][..], Vec::as_slice), lo, len);
             let baselines = model::baselines(&values, &p.baseline);
             // Minute indexes below are relative to `lo`.
             let mut state = match states.get(&key) {
@@ -415,7 +408,7 @@ fn day_minute(d: NaiveDate) -> i64 {
     d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp() / 60).unwrap_or(0)
 }
 
-pub(crate) fn minute_rfc3339(minute: i64) -> String {
+pub fn minute_rfc3339(minute: i64) -> String {
     DateTime::<Utc>::from_timestamp(minute * 60, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -435,32 +428,47 @@ async fn account_region_bounds(ctx: &SessionContext) -> Result<BTreeMap<(String,
     Ok(out)
 }
 
-/// Counts per minute of every analysed series of one account and region, minutes `lo..hi`.
+/// A series as one value per minute from `lo` (`len` minutes), minutes with no calls as 0.
+pub fn dense(points: &[(i64, i64)], lo: i64, len: usize) -> Vec<f64> {
+    let mut values = vec![0.0; len];
+    for &(minute, calls) in points {
+        if let Some(v) = minute.checked_sub(lo).and_then(|i| usize::try_from(i).ok()).and_then(|i| values.get_mut(i)) {
+            *v += calls as f64;
+        }
+    }
+    values
+}
+
+/// Counts per minute of every analysed series of one account and region, minutes `lo..hi`
+/// (of one series only with `only`, as the console's chart reads it).
 /// Call rate: write management events per API. Error rate: management events with an error
 /// code, per API and code.
-async fn load_series(
+pub async fn load_series(
     ctx: &SessionContext,
     account: &str,
     region: &str,
     lo: i64,
     hi: i64,
     types: &HashSet<&str>,
+    only: Option<&SeriesKey>,
 ) -> Result<HashMap<SeriesKey, Vec<(i64, i64)>>> {
     let context = format!("reading the rollups of {account}/{region}");
     let ts = |m: i64| lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(Some(m * MICROS_PER_MINUTE), Some("UTC".into())));
+    let mut filter = col("kind")
+        .eq(lit(crate::rollup::MINUTE))
+        .and(col("recipientaccountid").eq(lit(account)))
+        .and(col("awsregion").eq(lit(region)))
+        .and(col("management"))
+        .and(col("period").gt_eq(ts(lo)))
+        .and(col("period").lt(ts(hi)));
+    if let Some(k) = only {
+        filter = filter.and(col("eventsource").eq(lit(k.source.as_str()))).and(col("eventname").eq(lit(k.name.as_str())));
+    }
     let df = ctx
         .table("rollups")
         .await
         .map_err(query(&context))?
-        .filter(
-            col("kind")
-                .eq(lit(crate::rollup::MINUTE))
-                .and(col("recipientaccountid").eq(lit(account)))
-                .and(col("awsregion").eq(lit(region)))
-                .and(col("management"))
-                .and(col("period").gt_eq(ts(lo)))
-                .and(col("period").lt(ts(hi))),
-        )
+        .filter(filter)
         .map_err(query(&context))?
         .select_columns(&["period", "eventsource", "eventname", "errorcode", "readonly", "calls"])
         .map_err(query(&context))?;

@@ -157,13 +157,18 @@ fn ts(minute: i64) -> Expr {
 
 /// The rows a series counts, as a filter on events (`events`) or on rollups (`rollups`).
 fn series_filter(s: &SeriesContext<'_>, management: Expr) -> Expr {
-    let k = s.key;
+    series_rows(s.account, s.region, s.key).and(management)
+}
+
+/// The events of one series in one account and region (management or not): its API's writes
+/// for call rate, its API's errors of that code for error rate. The console's Events tab reads
+/// an Insight's events with it.
+pub fn series_rows(account: &str, region: &str, k: &SeriesKey) -> Expr {
     let base = col("recipientaccountid")
-        .eq(lit(s.account))
-        .and(col("awsregion").eq(lit(s.region)))
+        .eq(lit(account))
+        .and(col("awsregion").eq(lit(region)))
         .and(col("eventsource").eq(lit(k.source.as_str())))
-        .and(col("eventname").eq(lit(k.name.as_str())))
-        .and(management);
+        .and(col("eventname").eq(lit(k.name.as_str())));
     match (&k.error, k.insight_type.as_str()) {
         (Some(e), ERROR_RATE) => base.and(col("errorcode").eq(lit(e.as_str()))),
         _ => base.and(col("readonly").eq(lit(false))),

@@ -13,5 +13,6 @@ mod maintain;
 mod queries;
 mod s3;
 mod schedule;
+mod serve;
 mod slt;
 mod sql;

@@ -1,0 +1,60 @@
+//! The SQL page's queries: one statement, read-only, under a time limit and a row cap.
+//!
+//! Read-only is DataFusion's own check ([`SQLOptions`]): no DDL (`CREATE`, `DROP`), no DML
+//! (`INSERT`, `COPY … TO`), no statements (`SET`, transactions). The lake session has no URL
+//! tables, so a query cannot read files outside the lake either.
+
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+
+use super::{Result, ServeError};
+use crate::sql::exec::{StatementError, split_statements};
+
+/// A query's result, cut at the row cap.
+pub struct Answer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// Rows beyond the cap were left out.
+    pub truncated: bool,
+    pub rows: usize,
+    pub millis: u128,
+}
+
+/// Runs one read-only statement. Errors name the statement's line and column, with a caret.
+pub async fn run(ctx: &SessionContext, sql: &str, timeout: Duration, max_rows: usize) -> Result<Answer> {
+    let statements: Vec<_> = split_statements(sql).into_iter().filter(|s| !s.text.trim().is_empty()).collect();
+    let statement = match statements.as_slice() {
+        [one] => one,
+        [] => return Err(ServeError::BadRequest("no SQL statement given".into())),
+        _ => return Err(ServeError::BadRequest(format!("{} statements given; the SQL page runs one at a time", statements.len()))),
+    };
+    let started = std::time::Instant::now();
+    let located = |e: &datafusion::error::DataFusionError| StatementError::new("", sql, statement, e).to_string();
+    let plan = ctx.state().create_logical_plan(&statement.text).await.map_err(|e| ServeError::BadRequest(located(&e)))?;
+    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    if let Err(e) = read_only.verify_plan(&plan) {
+        return Err(ServeError::Refused(format!("the console's SQL is read-only: {}", crate::error::report(&e))));
+    }
+    let df = ctx.execute_logical_plan(plan).await.map_err(|e| ServeError::BadRequest(located(&e)))?;
+    let schema = df.schema().inner().clone();
+    let df = df.limit(0, Some(max_rows.saturating_add(1))).map_err(|e| ServeError::BadRequest(located(&e)))?;
+    let mut batches = match tokio::time::timeout(timeout, df.collect()).await {
+        Ok(r) => r.map_err(|e| ServeError::BadRequest(located(&e)))?,
+        Err(_) => return Err(ServeError::Timeout(timeout)),
+    };
+    let mut rows = 0;
+    let mut truncated = false;
+    for b in batches.iter_mut() {
+        if rows + b.num_rows() > max_rows {
+            *b = b.slice(0, max_rows - rows);
+            truncated = true;
+        }
+        rows += b.num_rows();
+    }
+    batches.retain(|b| b.num_rows() > 0);
+    Ok(Answer { schema, batches, truncated, rows, millis: started.elapsed().as_millis() })
+}
