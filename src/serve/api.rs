@@ -22,6 +22,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/insights/{id}", get(one))
         .route("/api/insights/{id}/series", get(series))
         .route("/api/insights/{id}/chart.svg", get(chart))
+        .route("/api/insights/{id}/chart.png", get(chart_png))
         .route("/api/insights/{id}/events", get(events))
         .route("/api/selectors", get(get_selectors).put(put_selectors))
         .route("/api/sql", get(sql_get).post(sql_post))
@@ -72,6 +73,13 @@ async fn series(State(st): State<Shared>, Path(id): Path<String>, Query(q): Quer
 async fn chart(State(st): State<Shared>, Path(id): Path<String>, Query(q): Query<ZoomQuery>) -> ApiResult<Response> {
     let svg = super::chart::svg(&data::chart_series(&st.ctx, &id, Zoom::parse(&q.zoom)?).await?);
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+async fn chart_png(State(st): State<Shared>, Path(id): Path<String>, Query(q): Query<ZoomQuery>) -> ApiResult<Response> {
+    let svg = super::chart::svg(&data::chart_series(&st.ctx, &id, Zoom::parse(&q.zoom)?).await?);
+    // Rasterizing is CPU work of tens of milliseconds: off the async threads.
+    let png = tokio::task::spawn_blocking(move || super::chart::png(&svg)).await.map_err(|e| ServeError::Data(format!("drawing the PNG: {e}")))??;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -3,14 +3,14 @@
 //! (no JavaScript charting library to ship or keep up to date), so the page, the API and
 //! `prism insights graph` all show the same picture.
 //!
-//! Styles are attributes, not CSS classes alone, so a saved file looks the same outside the
-//! console. Every text is escaped; bands carry their Insight's ID and minutes as `data-`
+//! Styles are attributes, not CSS classes alone, so a saved file (or its PNG, rendered by
+//! [`png`]) looks the same outside the console. Every text is escaped; bands carry their Insight's ID and minutes as `data-`
 //! attributes for tests and scripts.
 
 use std::fmt::Write;
 
 use super::data::Series;
-use super::escape;
+use super::{ServeError, escape};
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 320.0;
@@ -110,15 +110,41 @@ pub fn svg(s: &Series) -> String {
         write!(o, r##"<polyline class="expected" points="{}" fill="none" stroke="#687078" stroke-width="1.5" stroke-dasharray="5 3"/>"##, points(&expected));
     let _ = write!(o, r##"<polyline class="values" points="{}" fill="none" stroke="#0972d3" stroke-width="1.5"/>"##, points(&values));
 
-    // Legend.
-    let lx = WIDTH - RIGHT - 330.0;
+    // Legend, under the time axis (the title may fill the top line).
     let _ = write!(
         o,
-        r##"<g transform="translate({lx},12)" fill="#16191f"><line x1="0" x2="18" y1="4" y2="4" stroke="#0972d3" stroke-width="2"/><text x="22" y="8">{unit_short}</text><line x1="90" x2="108" y1="4" y2="4" stroke="#687078" stroke-width="1.5" stroke-dasharray="5 3"/><text x="112" y="8">expected</text><rect x="172" y="-2" width="14" height="12" fill="#f89256" fill-opacity="0.45"/><text x="190" y="8">Insight (spike)</text><rect x="270" y="-2" width="14" height="12" fill="#7d8998" fill-opacity="0.45"/><text x="288" y="8">drop</text></g>"##,
+        r##"<g transform="translate({LEFT},{ly})" fill="#16191f"><line x1="0" x2="18" y1="4" y2="4" stroke="#0972d3" stroke-width="2"/><text x="22" y="8">{unit_short}</text><line x1="90" x2="108" y1="4" y2="4" stroke="#687078" stroke-width="1.5" stroke-dasharray="5 3"/><text x="112" y="8">expected</text><rect x="172" y="-2" width="14" height="12" fill="#f89256" fill-opacity="0.45"/><text x="190" y="8">Insight (spike)</text><rect x="270" y="-2" width="14" height="12" fill="#7d8998" fill-opacity="0.45"/><text x="288" y="8">drop</text></g>"##,
         unit_short = if s.unit.starts_with("errors") { "errors" } else { "calls" },
+        ly = HEIGHT - 14.0,
     );
     o.push_str("</svg>");
     o
+}
+
+/// Renders a chart's SVG as PNG at twice its size, with the machine's fonts (resvg: pure Rust,
+/// the same drawing as the SVG). The chart names `sans-serif`; the first of DejaVu Sans,
+/// Liberation Sans, Arial or Helvetica found stands for it, else any installed face.
+pub fn png(svg: &str) -> Result<Vec<u8>, ServeError> {
+    let mut options = resvg::usvg::Options::default();
+    let db = options.fontdb_mut();
+    db.load_system_fonts();
+    let families: Vec<String> = db.faces().flat_map(|f| f.families.iter().map(|(name, _)| name.clone())).collect();
+    let Some(family) = ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"]
+        .iter()
+        .map(|f| f.to_string())
+        .find(|f| families.contains(f))
+        .or_else(|| families.first().cloned())
+    else {
+        return Err(ServeError::Data(
+            "no fonts are installed, so the chart's text cannot be drawn into a PNG: install a font package (e.g. fonts-dejavu-core) or write SVG".into(),
+        ));
+    };
+    db.set_sans_serif_family(family);
+    let tree = resvg::usvg::Tree::from_str(svg, &options).map_err(|e| ServeError::Data(format!("the chart's SVG does not parse: {e}")))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width() * 2, size.height() * 2).ok_or_else(|| ServeError::Data("the chart has no size".into()))?;
+    resvg::render(&tree, resvg::tiny_skia::Transform::from_scale(2.0, 2.0), &mut pixmap.as_mut());
+    pixmap.encode_png().map_err(|e| ServeError::Data(format!("encoding the PNG: {e}")))
 }
 
 /// Minutes between time labels for a window of `n` minutes, and whether labels need the day.
@@ -194,6 +220,15 @@ mod tests {
         let svg = svg(&s);
         assert!(svg.contains("largest of each 12 minutes"));
         assert!(svg.contains(">500<"), "the axis reaches the peak");
+    }
+
+    #[test]
+    fn png_is_the_same_drawing() {
+        let png = png(&svg(&series(vec![band("a", 1060, 1070)]))).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        // 1920 x 640: the SVG's 960 x 320 at twice the size.
+        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1920);
+        assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 640);
     }
 
     #[test]

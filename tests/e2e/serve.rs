@@ -175,6 +175,8 @@ async fn api_answers_with_the_insights_table_and_refuses_what_it_must() {
     let (_, series) = get(&format!("{u}/api/insights/{id}/series")).await;
     assert_eq!(series["values"].as_array().unwrap().len(), series["expected"].as_array().unwrap().len());
     assert!(series["bands"].as_array().unwrap().iter().any(|b| b["sharedeventid"] == id.as_str()));
+    let (status, headers, _) = send(client().get(format!("{u}/api/insights/{id}/chart.png?zoom=day"))).await;
+    assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "image/png"));
     let (_, events) = get(&format!("{u}/api/insights/{id}/events?perPage=500")).await;
     let sql = events["sql"].as_str().unwrap();
     let expected: Vec<Option<String>> = strings(&f.lake, &sql.replace("SELECT eventtime, eventid,", "SELECT eventid, eventtime,")).await;
@@ -316,6 +318,11 @@ fn insights_graph_writes_the_details_chart() {
     let svg = std::fs::read_to_string(&out).unwrap();
     assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
     assert!(svg.contains(&format!("data-shared-id=\"{}\"", f.hostile)));
+    let png = dir.path().join("chart.png");
+    ok(&["insights", "graph", &f.hostile, "--lake", f.lake.to_str().unwrap(), "-o", png.to_str().unwrap()]);
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let txt = Command::new(prism_bin()).args(["insights", "graph", &f.hostile, "--lake", f.lake.to_str().unwrap(), "-o", "chart.txt"]).output().unwrap();
+    assert_eq!(txt.status.code(), Some(1), "an unknown extension is refused");
     let bad = Command::new(prism_bin()).args(["insights", "graph", "nope", "--lake", f.lake.to_str().unwrap(), "-o", out.to_str().unwrap()]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no Insight with sharedEventID `nope`"));
