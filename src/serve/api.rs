@@ -7,7 +7,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -39,11 +39,7 @@ impl<E: Into<ServeError>> From<E> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %crate::error::report(&self.0), "API request failed");
-        }
-        (status, Json(serde_json::json!({"error": crate::error::report(&self.0), "code": self.0.code()}))).into_response()
+        super::failure(&self.0, true)
     }
 }
 
@@ -180,6 +176,5 @@ async fn sql(st: &super::AppState, text: &str, format: Option<&str>) -> ApiResul
     {
         response.headers_mut().insert("x-prism-truncated-at", v);
     }
-    *response.status_mut() = StatusCode::OK;
     Ok(response)
 }

@@ -49,11 +49,7 @@ impl<E: Into<ServeError>> From<E> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %crate::error::report(&self.0), "page failed");
-        }
-        (status, Html(error_page(status, &crate::error::report(&self.0)))).into_response()
+        super::failure(&self.0, false)
     }
 }
 

@@ -41,7 +41,7 @@ fn fixture() -> &'static Fixture {
         let lake = dir.path().join("lake");
         prism::generate::generate(&common::one_account(&archive, "eu-west-1", 9, 3_000, 6, 11)).unwrap();
         ok(&["ingest", archive.to_str().unwrap(), "--lake", bare.to_str().unwrap(), "--quiet"]);
-        assert!(Command::new("cp").arg("-r").arg(&bare).arg(&lake).status().unwrap().success());
+        copy_lake(&bare, &lake);
         let l = lake.to_str().unwrap();
         ok(&["selectors", "put", "--lake", l, "--insight-selectors", BOTH]);
         ok(&["insights", "backfill", "--lake", l, "--quiet"]);
@@ -80,6 +80,12 @@ fn fixture() -> &'static Fixture {
         ok(&["ingest", extra.to_str().unwrap(), "--lake", l, "--quiet"]);
         Fixture { _dir: dir, archive, bare, lake, hostile }
     })
+}
+
+/// A copy of a lake, for a test that changes it.
+fn copy_lake(from: &Path, to: &Path) -> PathBuf {
+    assert!(Command::new("cp").arg("-r").arg(from).arg(to).status().unwrap().success());
+    to.to_owned()
 }
 
 /// A running `prism serve`, stopped on drop.
@@ -294,8 +300,7 @@ async fn a_token_guards_every_request_off_loopback() {
 async fn the_console_shows_insights_written_while_it_runs() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    assert!(Command::new("cp").arg("-r").arg(&f.bare).arg(&lake).status().unwrap().success());
+    let lake = copy_lake(&f.bare, &dir.path().join("lake"));
     let server = Server::start(&lake, &[]);
     let (_, before) = get(&format!("{}/api/insights", server.url)).await;
     assert_eq!(before["total"], 0);
@@ -306,7 +311,19 @@ async fn the_console_shows_insights_written_while_it_runs() {
     let (_, after) = get(&format!("{}/api/insights", server.url)).await;
     assert!(after["total"].as_i64().unwrap() > 0, "{after}");
     assert_eq!(after["total"].as_i64().unwrap() as usize, strings(&lake, "SELECT sharedeventid FROM insights WHERE insightstate = 'Start'").await.len());
-    let _ = &f.archive;
+
+    // The settings page shows `selectors put`'s refusals: a trail that logs no management events.
+    let config = lake.join("prism.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"management_events\": true", "\"management_events\": false");
+    std::fs::write(&config, text).unwrap();
+    let form = client()
+        .post(format!("{}/settings", server.url))
+        .header("origin", server.url.as_str())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("ApiCallRateInsight=on");
+    let (status, _, page) = send(form).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("id=\"error\"") && page.contains("does not log management events"), "{page}");
 }
 
 #[test]
@@ -424,8 +441,7 @@ impl Drop for Browser {
 async fn the_pages_work_in_a_real_browser() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    assert!(Command::new("cp").arg("-r").arg(&f.lake).arg(&lake).status().unwrap().success());
+    let lake = copy_lake(&f.lake, &dir.path().join("lake"));
     let server = Server::start(&lake, &[]);
     let u = &server.url;
     let b = Browser::start().await;
