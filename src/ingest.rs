@@ -29,6 +29,8 @@ pub enum IngestError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Lake(#[from] LakeError),
+    #[error(transparent)]
+    Maintain(#[from] crate::maintain::MaintainError),
     #[error("a parser thread failed: {0}")]
     Worker(String),
 }
@@ -361,6 +363,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
         Ok(Some(err)) => return Err(IngestError::Worker(err)),
         Err(join) => return Err(IngestError::Worker(join.to_string())),
     }
+    crate::maintain::tidy_rollups(&mut rollups).await?;
 
     summary.bytes_read = progress.raw_bytes.load(Ordering::Relaxed);
     summary.json_bytes = progress.json_bytes.load(Ordering::Relaxed);

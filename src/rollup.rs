@@ -34,6 +34,8 @@ pub const MINUTE: &str = "minute";
 pub const HOUR: &str = "hour";
 /// One row per events file counted (`datafile`, and its events in `calls`).
 pub const FILE: &str = "file";
+/// The order `prism optimize` writes rollups in: one series' rows together, in time order.
+pub const SORT_COLUMNS: [&str; 6] = ["kind", "recipientaccountid", "awsregion", "eventsource", "eventname", "period"];
 
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
@@ -66,6 +68,11 @@ impl Rollups {
 
     pub fn table(&self) -> &DeltaTable {
         &self.table
+    }
+
+    /// Takes the table at a newer version, after a compaction of its files.
+    pub fn replace_table(&mut self, table: DeltaTable) {
+        self.table = table;
     }
 
     /// Counts every events file of `lake` that the rollups do not cover yet, in commits of
@@ -145,11 +152,27 @@ impl Rollups {
 
     /// Appends `rows` in one commit; returns how many.
     async fn append(&mut self, lake: &Lake, rows: RowsBuilder) -> Result<u64, LakeError> {
-        let batch = rows.finish()?;
+        let batch = sorted(rows.finish()?)?;
         let n = batch.num_rows() as u64;
         self.table = lake::append(&self.table, vec![batch], &format!("{}{ROLLUPS_TABLE}", lake.url())).await?;
         Ok(n)
     }
+}
+
+/// `batch` in [`SORT_COLUMNS`] order, as every rollups file is written, so that a read of one
+/// series skips the pages (and, once compacted, the row groups) of the others.
+fn sorted(batch: RecordBatch) -> Result<RecordBatch, LakeError> {
+    let arrow_err = |source| LakeError::Arrow { context: "sorting rollups".into(), source };
+    let columns = SORT_COLUMNS
+        .iter()
+        .map(|c| batch.column_by_name(c).map(|values| arrow::compute::SortColumn { values: values.clone(), options: None }))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| LakeError::Arrow {
+            context: "sorting rollups".into(),
+            source: arrow::error::ArrowError::SchemaError("a sort column is missing".into()),
+        })?;
+    let indices = arrow::compute::lexsort_to_indices(&columns, None).map_err(arrow_err)?;
+    arrow::compute::take_record_batch(&batch, &indices).map_err(arrow_err)
 }
 
 /// The events columns a rollup reads (`awsregion` comes from the partition).

@@ -42,6 +42,8 @@ pub enum InsightsError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Sql(#[from] crate::sql::SqlError),
+    #[error(transparent)]
+    Maintain(#[from] crate::maintain::MaintainError),
     #[error("{context}")]
     Query {
         context: String,
@@ -248,7 +250,9 @@ pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSu
         return Ok(summary);
     }
     let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
-    summary.rolled_up_events = crate::rollup::Rollups::open(&lake).await?.catch_up(&lake).await?.events;
+    let mut rollups = crate::rollup::Rollups::open(&lake).await?;
+    summary.rolled_up_events = rollups.catch_up(&lake).await?.events;
+    crate::maintain::tidy_rollups(&mut rollups).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(&lake).await?;
     let ctx = crate::sql::session(&lake).await?;

@@ -57,6 +57,26 @@ async fn files_are_time_sorted(lake_dir: &Path) -> usize {
     files.len()
 }
 
+/// Every active rollups file holds its rows by series, then time (`rollup::SORT_COLUMNS`).
+async fn rollups_are_sorted_by_series(lake_dir: &Path) {
+    let lake = prism::Lake::open(lake_dir.to_str().unwrap()).await.unwrap();
+    let rollups = prism::rollup::Rollups::open(&lake).await.unwrap();
+    for f in prism::lake::table_files(rollups.table()) {
+        let batches = prism::lake::read_files(rollups.table(), std::slice::from_ref(&f.path), Some(&prism::rollup::SORT_COLUMNS)).await.unwrap();
+        let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let batch = batch.project(&prism::rollup::SORT_COLUMNS.map(|c| batch.schema().index_of(c).unwrap())).unwrap();
+        let fields = batch.columns().iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
+        let rows = arrow::row::RowConverter::new(fields).unwrap().convert_columns(batch.columns()).unwrap();
+        if let Some(i) = (1..rows.num_rows()).find(|&i| rows.row(i - 1) > rows.row(i)) {
+            panic!(
+                "{} is not sorted by series and time at row {i}:\n{}",
+                f.path,
+                arrow::util::pretty::pretty_format_batches(&[batch.slice(i - 1, 2)]).unwrap()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_lake_is_day_partitioned_and_a_time_filter_reads_a_small_part_of_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -142,6 +162,7 @@ async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun
     assert_eq!(fingerprint(&lake).await, before);
     let files_after = files_are_time_sorted(&lake).await;
     assert!(files_after <= 6, "{files_after} files left of {files_before}");
+    rollups_are_sorted_by_series(&lake).await;
 
     // A catch-up of the rollups finds nothing new to count: the new files were marked.
     let opened = prism::Lake::open(lake.to_str().unwrap()).await.unwrap();
@@ -191,4 +212,34 @@ fn upkeep_commands_explain_bad_arguments_and_a_missing_lake() {
     }
     let help = run(&["optimize", "--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("prism vacuum"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_keeps_the_rollups_few_and_in_series_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    // One small ingest after another, as from cron: each adds a rollups file, until there are
+    // enough to compact.
+    let runs = prism::maintain::ROLLUPS_COMPACT_AT_FILES + 2;
+    let mut written = 0;
+    for run in 0..runs {
+        let source = tmp.path().join(format!("delivery{run}"));
+        let records: Vec<serde_json::Value> = (0..20)
+            .map(|i| {
+                let mut r = crate::common::record(&format!("r{run}-{i}"), &format!("2024-01-01T{:02}:{:02}:00Z", run % 24, i), "us-east-1");
+                r["eventName"] = ["DescribeInstances", "RunInstances", "CreateTags"][i % 3].into();
+                r
+            })
+            .collect();
+        crate::common::write_gz(&crate::common::log_path(&source, "111122223333", "us-east-1", "20240101", &format!("R{run}")), &records);
+        let opts = IngestOptions::new(vec![source.to_str().unwrap().to_owned()], lake.to_str().unwrap());
+        written += prism::ingest(&opts, Arc::new(IngestProgress::default())).await.unwrap().records_written;
+    }
+    let opened = prism::Lake::open(lake.to_str().unwrap()).await.unwrap();
+    let rollups = prism::rollup::Rollups::open(&opened).await.unwrap();
+    let files = prism::lake::table_files(rollups.table()).len();
+    assert!(files < prism::maintain::ROLLUPS_COMPACT_AT_FILES, "{files} rollups files after {runs} ingests");
+    rollups_are_sorted_by_series(&lake).await;
+    let counted = strings(&lake, "SELECT CAST(sum(calls) AS VARCHAR) FROM rollups WHERE kind = 'minute'").await;
+    assert_eq!(counted, vec![Some(written.to_string())]);
 }
