@@ -130,6 +130,7 @@ impl Default for LakeConfig {
 }
 
 pub const CONFIG_FILE: &str = "prism.json";
+const NO_LAKE: &str = "no lake here (no prism.json); create one with `prism ingest … --lake` first";
 pub const EVENTS_TABLE: &str = "events";
 pub use crate::schema::tables::INGEST_LOG as INGEST_LOG_TABLE;
 
@@ -186,10 +187,7 @@ impl Lake {
 
     /// Opens an existing lake; an error if there is none at `location` (nothing is created).
     pub async fn open(location: &str) -> Result<Lake> {
-        let no_lake = || LakeError::InvalidLocation {
-            location: location.to_owned(),
-            reason: "no lake here (no prism.json); create one with `prism ingest … --lake` first".into(),
-        };
+        let no_lake = || LakeError::InvalidLocation { location: location.to_owned(), reason: NO_LAKE.into() };
         let (url, store) = connect(location, false).map_err(|_| no_lake())?;
         if store.head(&ObjectPath::from(CONFIG_FILE)).await.is_err() {
             return Err(no_lake());
@@ -200,15 +198,9 @@ impl Lake {
     /// The settings of the lake at `location` (its `prism.json`), without opening its tables:
     /// for readers that need only the settings, such as the console's pages.
     pub async fn read_config(location: &str) -> Result<(Url, LakeConfig)> {
-        let no_lake = || LakeError::InvalidLocation { location: location.to_owned(), reason: "no lake here (no prism.json)".into() };
+        let no_lake = || LakeError::InvalidLocation { location: location.to_owned(), reason: NO_LAKE.into() };
         let (url, store) = connect(location, false).map_err(|_| no_lake())?;
-        let shown = format!("{url}{CONFIG_FILE}");
-        let bytes = match store.get(&ObjectPath::from(CONFIG_FILE)).await {
-            Ok(r) => r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?,
-            Err(object_store::Error::NotFound { .. }) => return Err(no_lake()),
-            Err(source) => return Err(LakeError::Store { context: shown, source }),
-        };
-        let config = serde_json::from_slice::<LakeConfig>(&bytes).map_err(|source| LakeError::ConfigJson { path: shown, source })?;
+        let config = read_config_file(store.as_ref(), &url).await?.ok_or_else(no_lake)?;
         Ok((url, config))
     }
 
@@ -744,27 +736,28 @@ pub async fn read_files(table: &DeltaTable, paths: &[String], columns: Option<&[
     Ok(out)
 }
 
-async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &LakeConfig) -> Result<LakeConfig> {
-    let path = ObjectPath::from(CONFIG_FILE);
+/// The lake's settings file, or None when there is none.
+async fn read_config_file(store: &dyn ObjectStore, url: &Url) -> Result<Option<LakeConfig>> {
     let shown = format!("{url}{CONFIG_FILE}");
-    let read = |bytes: &[u8]| serde_json::from_slice::<LakeConfig>(bytes).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source });
-    match store.get(&path).await {
-        Ok(r) => {
-            let bytes = r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
-            read(&bytes)
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            let body = serde_json::to_vec_pretty(wanted).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })?;
-            // Create-only, so two processes creating the same lake agree on one config.
-            match store.put_opts(&path, PutPayload::from(body), PutMode::Create.into()).await {
-                Ok(_) => Ok(wanted.clone()),
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    let r = store.get(&path).await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
-                    let bytes = r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?;
-                    read(&bytes)
-                }
-                Err(source) => Err(LakeError::Store { context: shown.clone(), source }),
-            }
+    let bytes = match store.get(&ObjectPath::from(CONFIG_FILE)).await {
+        Ok(r) => r.bytes().await.map_err(|source| LakeError::Store { context: shown.clone(), source })?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(LakeError::Store { context: shown, source }),
+    };
+    serde_json::from_slice::<LakeConfig>(&bytes).map(Some).map_err(|source| LakeError::ConfigJson { path: shown, source })
+}
+
+async fn read_or_create_config(store: &dyn ObjectStore, url: &Url, wanted: &LakeConfig) -> Result<LakeConfig> {
+    if let Some(config) = read_config_file(store, url).await? {
+        return Ok(config);
+    }
+    let shown = format!("{url}{CONFIG_FILE}");
+    let body = serde_json::to_vec_pretty(wanted).map_err(|source| LakeError::ConfigJson { path: shown.clone(), source })?;
+    // Create-only, so two processes creating the same lake agree on one config.
+    match store.put_opts(&ObjectPath::from(CONFIG_FILE), PutPayload::from(body), PutMode::Create.into()).await {
+        Ok(_) => Ok(wanted.clone()),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            read_config_file(store, url).await?.ok_or(LakeError::Config { path: shown, reason: "created by another process, then gone".into() })
         }
         Err(source) => Err(LakeError::Store { context: shown, source }),
     }

@@ -190,9 +190,6 @@ const METADATA_CACHE: &str = "256M";
 
 /// Opens the lake and builds the router: everything but the socket, so tests and `serve` share it.
 pub async fn app(opts: ServeOptions) -> Result<Router> {
-    if !opts.listen.ip().is_loopback() && opts.token.is_none() {
-        return Err(ServeError::TokenRequired(opts.listen));
-    }
     let lake = Lake::open(&opts.lake).await?;
     let ctx = crate::insights::session(&lake).await?;
     // A footer cache: the server reads the same files (the rollups', the insights table's,
@@ -206,7 +203,8 @@ pub async fn app(opts: ServeOptions) -> Result<Router> {
     Ok(router)
 }
 
-/// Binds the address; the caller prints it (port 0 picks a free one) before [`run`].
+/// Binds the address, refusing any but loopback without a token; the caller prints it (port 0
+/// picks a free one) before [`run`].
 pub async fn bind(opts: &ServeOptions) -> Result<tokio::net::TcpListener> {
     if !opts.listen.ip().is_loopback() && opts.token.is_none() {
         return Err(ServeError::TokenRequired(opts.listen));
