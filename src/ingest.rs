@@ -263,13 +263,41 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
     if opts.dry_run {
         return dry_run(opts, started).await;
     }
-    let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
-    let mut rollups = Rollups::open(&lake).await?;
-    let granularity = lake.config().granularity;
-    let mut summary = IngestSummary { lake: lake.url().to_string(), granularity: granularity.to_string(), ..Default::default() };
-
+    let lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let mut summary = IngestSummary { lake: lake.url().to_string(), granularity: lake.config().granularity.to_string(), ..Default::default() };
     // 1. List. 2. Leave out what earlier runs completed.
     let objects = list_sources(opts, Some(&lake), &mut summary).await?;
+    read_objects(opts, lake, objects, summary, progress, started).await
+}
+
+/// Ingests objects its caller listed (`prism watch` lists only the newest date folders of
+/// each region, and knows what it read before), without listing `opts.sources` or reading the
+/// journal; `opts` gives the lake and the reading settings. The journal still records each
+/// file, so a later `ingest` of the same archive skips them.
+pub async fn ingest_listed(opts: &IngestOptions, mut objects: Vec<SourceObject>, progress: Arc<IngestProgress>) -> Result<IngestSummary, IngestError> {
+    let started = Instant::now();
+    objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
+    let lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let summary = IngestSummary {
+        lake: lake.url().to_string(),
+        granularity: lake.config().granularity.to_string(),
+        files_listed: objects.len() as u64,
+        ..Default::default()
+    };
+    read_objects(opts, lake, objects, summary, progress, started).await
+}
+
+/// Parses `objects` in parallel and commits them: steps 3 and 4 of a run.
+async fn read_objects(
+    opts: &IngestOptions,
+    mut lake: Lake,
+    objects: Vec<SourceObject>,
+    mut summary: IngestSummary,
+    progress: Arc<IngestProgress>,
+    started: Instant,
+) -> Result<IngestSummary, IngestError> {
+    let mut rollups = Rollups::open(&lake).await?;
+    let granularity = lake.config().granularity;
     progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(objects.iter().map(|o| o.size).sum(), Ordering::Relaxed);
 

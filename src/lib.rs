@@ -36,6 +36,7 @@ pub mod generate;
 pub mod insights;
 pub mod schedule;
 pub mod serve;
+pub mod watch;
 pub mod backfill;
 pub mod demo;
 

@@ -14,6 +14,7 @@ mod selectors;
 mod serve;
 mod sql;
 mod vacuum;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -73,6 +74,9 @@ enum Command {
     /// The Insights console: web pages and a JSON API over the lake (http://127.0.0.1:8080).
     #[command(after_help = serve::HELP)]
     Serve(serve::ServeArgs),
+    /// Follow a trail: ingest logs as they land, find Insights, deliver alerts (webhook, ...).
+    #[command(after_help = watch::HELP)]
+    Watch(watch::WatchArgs),
 }
 
 impl Cli {
@@ -93,6 +97,7 @@ impl Cli {
             }
             Command::Schedule(cmd) => schedule::run(cmd).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Watch(args) => watch::run(args).await,
         }
     }
 }

@@ -24,7 +24,11 @@ are answered. On any other address a token is required: every request must send
 settings) must come from the console's own pages or carry the header.
 
 The server reads the lake's latest committed version on each request: Insights written by an
-`insights run` meanwhile show on reload. Stop it with Ctrl-C.";
+`insights run` meanwhile show on reload. Stop it with Ctrl-C.
+
+With --watch SOURCE, the server also follows a trail as `prism watch` does (the same --alert,
+--interval, --settle-minutes and --metrics options; see `prism watch --help`), and alerts link
+to this console when --public-url is given.";
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -43,6 +47,11 @@ pub struct ServeArgs {
     /// Most rows a SQL-page or /api/sql query returns (the rest is cut, and the answer says so).
     #[arg(long, default_value_t = 10_000)]
     max_rows: usize,
+    /// Also follow this trail (a folder or s3:// URL) as `prism watch` does (repeatable).
+    #[arg(long = "watch", value_name = "SOURCE")]
+    watch: Vec<String>,
+    #[command(flatten)]
+    follow: super::watch::FollowArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -51,14 +60,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     opts.token = args.token_file.as_deref().map(serve::read_token).transpose()?;
     opts.query_timeout = args.query_timeout;
     opts.max_rows = args.max_rows.max(1);
+    if !args.watch.is_empty() {
+        // A watching console creates its lake, as `prism watch` does.
+        prism::Lake::open_or_create(&opts.lake, None).await?;
+    }
     let listener = serve::bind(&opts).await?;
     let router = serve::app(opts.clone()).await?;
     let addr = listener.local_addr()?;
     // The first line is the address (tests and scripts read it when the port was 0).
     println!("Prism console on http://{addr}/ (lake {}){}", opts.lake, if opts.token.is_some() { ", token required" } else { "" });
-    serve::run(listener, router, async {
+    // One Ctrl-C stops both the server and the watch.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         super::next_signal().await;
-    })
-    .await?;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let watching =
+        if args.watch.is_empty() { None } else { Some(super::watch::start(args.watch, opts.lake.clone(), args.follow, stopped(stop_rx.clone())).await?) };
+    serve::run(listener, router, stopped(stop_rx)).await?;
+    if let Some(w) = watching {
+        w.await??;
+    }
     Ok(ExitCode::SUCCESS)
 }

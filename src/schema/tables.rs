@@ -11,15 +11,17 @@ pub const ROLLUPS: &str = "rollups";
 pub const INSIGHTS: &str = "insights";
 pub const INSIGHT_RUNS: &str = "insight_runs";
 pub const QUERY_RUNS: &str = "query_runs";
+pub const DELIVERIES: &str = "deliveries";
 
 /// The tables a lake is created with besides `events`, with their schemas (none partitioned).
-pub fn all() -> [(&'static str, SchemaRef); 5] {
+pub fn all() -> [(&'static str, SchemaRef); 6] {
     [
         (INGEST_LOG, ingest_log_schema()),
         (ROLLUPS, rollups_schema()),
         (INSIGHTS, insights_schema()),
         (INSIGHT_RUNS, insight_runs_schema()),
         (QUERY_RUNS, query_runs_schema()),
+        (DELIVERIES, deliveries_schema()),
     ]
 }
 
@@ -123,5 +125,23 @@ pub fn query_runs_schema() -> SchemaRef {
         Field::new("output", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
         Field::new("runid", DataType::Utf8, true),
+    ]))
+}
+
+/// Schema of `deliveries`, `prism watch`'s journal of alerts: one row per Insight record a sink
+/// acknowledged (`delivered`), or that existed before the sink was first used and is not sent
+/// to it (`before`), and one `registered` row (no `eventid`) when a sink is first used.
+pub fn deliveries_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("sink", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("eventid", DataType::Utf8, true),
+        Field::new("sharedeventid", DataType::Utf8, true),
+        Field::new("insightstate", DataType::Utf8, true),
+        Field::new("attempts", DataType::Int64, true),
+        Field::new("response", DataType::Utf8, true),
+        Field::new("deliveredat", ts, false),
     ]))
 }

@@ -6,6 +6,7 @@
 //! and counted. Files outside that layout (exports, test corpora) are read when they look like
 //! JSON. Compression is detected from the bytes, not the name.
 
+pub mod follow;
 pub mod records;
 
 use std::fmt;

@@ -16,3 +16,4 @@ mod schedule;
 mod serve;
 mod slt;
 mod sql;
+mod watch;

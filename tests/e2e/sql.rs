@@ -550,7 +550,7 @@ fn start_repl(lake: &Path, history: &Path) -> Tmux {
     let command =
         format!("{} sql --lake {} --history {}", shell_quote(prism_bin()), shell_quote(lake.to_str().unwrap()), shell_quote(history.to_str().unwrap()));
     let t = Tmux::start(&command);
-    t.wait_for("the greeting", |s| s.contains("tables: events") && s.trim_end().ends_with("prism>"));
+    t.wait_for("the greeting", |s| s.contains("tables: ") && s.contains(" events, ingest_log") && s.trim_end().ends_with("prism>"));
     t
 }
 
