@@ -102,6 +102,22 @@ impl Cli {
     }
 }
 
+/// A stop that several tasks share (the console and its watch): it turns true at the first
+/// SIGINT or SIGTERM; [`stopped`] waits for it.
+pub fn shared_stop() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        next_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves when `stop` has turned true (or its sender is gone).
+pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Waits for SIGINT or SIGTERM; false when signals cannot be listened to.
 pub async fn next_signal() -> bool {
     #[cfg(unix)]

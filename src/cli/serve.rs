@@ -70,17 +70,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The first line is the address (tests and scripts read it when the port was 0).
     println!("Prism console on http://{addr}/ (lake {}){}", opts.lake, if opts.token.is_some() { ", token required" } else { "" });
     // One Ctrl-C stops both the server and the watch.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        super::next_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let watching =
-        if args.watch.is_empty() { None } else { Some(super::watch::start(args.watch, opts.lake.clone(), args.follow, stopped(stop_rx.clone())).await?) };
-    serve::run(listener, router, stopped(stop_rx)).await?;
+    let stop = super::shared_stop();
+    let watching = if args.watch.is_empty() { None } else { Some(super::watch::start(args.watch, opts.lake.clone(), args.follow, stop.clone()).await?) };
+    serve::run(listener, router, super::stopped(stop)).await?;
     if let Some(w) = watching {
         w.await??;
     }

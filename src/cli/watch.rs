@@ -103,21 +103,18 @@ fn check_alert(spec: &str) -> Result<String, String> {
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let running = start(args.sources, args.lake, args.follow, async {
-        super::next_signal().await;
-    })
-    .await?;
+    let running = start(args.sources, args.lake, args.follow, super::shared_stop()).await?;
     running.await??;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Starts a watch (and its metrics server) in the background; the handle ends when `stop`
-/// has completed and the watch has wound down.
+/// has turned true and the watch has wound down.
 pub async fn start(
     sources: Vec<String>,
     lake: String,
     args: FollowArgs,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let mut ingest = IngestOptions::new(sources, lake);
     ingest.range = DateRange { from: args.from, to: None };
@@ -130,25 +127,16 @@ pub async fn start(
     opts.retry_max = args.retry_max.max(opts.retry_first);
     opts.sinks = args.alerts.iter().map(|a| Sink::parse(a)).collect::<Result<_, _>>()?;
     let stats = Arc::new(Stats::new(opts.sinks.iter().map(|s| (s.id.clone(), s.target.clone())).collect()));
-    // One stop signal for the watch and its metrics server.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        stop.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let metrics = match args.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| watch::WatchError::Metrics { addr, source })?;
             eprintln!("Prism watch metrics on http://{}/metrics", listener.local_addr()?);
-            Some(tokio::spawn(watch::metrics::serve(listener, stats.clone(), stopped(stop_rx.clone()))))
+            Some(tokio::spawn(watch::metrics::serve(listener, stats.clone(), super::stopped(stop.clone()))))
         }
         None => None,
     };
     Ok(tokio::spawn(async move {
-        let result = watch::run(opts, stats, stopped(stop_rx)).await;
+        let result = watch::run(opts, stats, super::stopped(stop)).await;
         if let Some(m) = metrics {
             let _ = m.await;
         }

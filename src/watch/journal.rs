@@ -41,9 +41,7 @@ impl Journal {
     pub async fn handled(&self) -> Result<HashMap<String, HashSet<String>>, LakeError> {
         let mut out: HashMap<String, HashSet<String>> = HashMap::new();
         for b in crate::lake::read_table_columns(&self.table, &["sink", "eventid"], None).await? {
-            let column =
-                |name: &str| b.column_by_name(name).cloned().unwrap_or_else(|| arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, b.num_rows()));
-            let (sink, id) = (text(&column("sink")), text(&column("eventid")));
+            let (sink, id) = (text(&b, "sink"), text(&b, "eventid"));
             for i in 0..b.num_rows() {
                 let handled = out.entry(sink.value(i).to_owned()).or_default();
                 if id.is_valid(i) {
@@ -70,12 +68,10 @@ pub async fn insight_records(lake: &Lake) -> Result<Vec<(String, String, String,
     let table = lake.table(INSIGHTS, insights_schema(), &[]).await?;
     let mut rows: Vec<(i64, String, String, String, String)> = Vec::new();
     for b in crate::lake::read_table_columns(&table, &["eventid", "sharedeventid", "insightstate", "eventtime", "eventjson"], None).await? {
-        // Columns come in the file's order, not the order asked for: taken by name.
-        let column =
-            |name: &str| b.column_by_name(name).cloned().unwrap_or_else(|| arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, b.num_rows()));
-        let (id, shared, state, json) = (text(&column("eventid")), text(&column("sharedeventid")), text(&column("insightstate")), text(&column("eventjson")));
-        let time = arrow::compute::cast(&column("eventtime"), &arrow::datatypes::DataType::Int64)
-            .map_err(|source| LakeError::Arrow { context: "reading insights".into(), source })?;
+        let (id, shared, state, json) = (text(&b, "eventid"), text(&b, "sharedeventid"), text(&b, "insightstate"), text(&b, "eventjson"));
+        let time = b.column_by_name("eventtime").ok_or_else(|| LakeError::Config { path: INSIGHTS.into(), reason: "column eventtime missing".into() })?;
+        let time =
+            arrow::compute::cast(time, &arrow::datatypes::DataType::Int64).map_err(|source| LakeError::Arrow { context: "reading insights".into(), source })?;
         let time = time.as_primitive::<arrow::datatypes::Int64Type>();
         for i in 0..b.num_rows() {
             rows.push((time.value(i), state.value(i).to_owned(), id.value(i).to_owned(), shared.value(i).to_owned(), json.value(i).to_owned()));
@@ -86,10 +82,12 @@ pub async fn insight_records(lake: &Lake) -> Result<Vec<(String, String, String,
     Ok(rows.into_iter().map(|(_, state, id, shared, json)| (id, shared, state, json)).collect())
 }
 
-fn text(a: &arrow::array::ArrayRef) -> arrow::array::StringArray {
-    match arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8) {
-        Ok(c) => c.as_string::<i32>().clone(),
-        Err(_) => arrow::array::StringArray::new_null(a.len()),
+/// A column by name (reads give the file's column order, not the order asked for), as text;
+/// nulls when missing.
+fn text(b: &RecordBatch, name: &str) -> arrow::array::StringArray {
+    match b.column_by_name(name) {
+        Some(c) => crate::insights::utf8(c),
+        None => arrow::array::StringArray::new_null(b.num_rows()),
     }
 }
 
