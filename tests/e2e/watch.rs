@@ -227,24 +227,40 @@ fn land(archive: &Path, file: &Path, trail: &Path, staging: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trail_landing_file_by_file_is_alerted_once_per_insight_in_order() {
-    let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let (trail, staging, lake, alerts) = (dir.path().join("trail"), dir.path().join("staging"), dir.path().join("lake"), dir.path().join("alerts.ndjson"));
+    let trail = dir.path().join("trail");
+    land_and_alert(dir.path(), &trail, trail.to_str().unwrap(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_trail_landing_file_by_file_is_alerted_once_per_insight() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start("trail");
+    // Objects appear in the server's folder as they appear in a bucket: whole (a rename).
+    land_and_alert(dir.path(), &server.root.join("trail"), &server.url(""), &server.env()).await;
+}
+
+/// A generated trail lands in `trail` (read by the watch as `source`) while a watch runs: a
+/// week at its start, the last two days in 12 steps. Every Insight goes to a webhook (signed)
+/// and a file once, in order, and the Insights are those one backfill of the archive finds.
+async fn land_and_alert(work: &Path, trail: &Path, source: &str, env: &[(String, String)]) {
+    let f = fixture();
+    let (staging, lake, alerts) = (work.join("staging"), work.join("lake"), work.join("alerts.ndjson"));
     std::fs::create_dir_all(&staging).unwrap();
     // A week of history is there when the watch starts; the last two days land in 12 steps.
     let files = archive_files(&f.archive);
     let history = files.iter().position(|p| p.to_string_lossy().contains("/2024/01/08/")).unwrap();
     for file in &files[..history] {
-        land(&f.archive, file, &trail, &staging);
+        land(&f.archive, file, trail, &staging);
     }
     let hook = Hook::start();
-    let secret = dir.path().join("secret");
+    let secret = work.join("secret");
     std::fs::write(&secret, "s3cr3t\n").unwrap();
     let webhook = format!("webhook={},secret-file={}", hook.url, secret.display());
     let file_sink = format!("file={}", alerts.display());
     let mut watch = Watch::start(
         &[
-            trail.to_str().unwrap(),
+            source,
             "--lake",
             lake.to_str().unwrap(),
             "--interval",
@@ -256,7 +272,7 @@ async fn a_trail_landing_file_by_file_is_alerted_once_per_insight_in_order() {
             "--public-url",
             "http://console.example/",
         ],
-        &[],
+        env,
     );
     watch.wait_for("the start line", |v| v["event"] == "start");
     let caught_up = watch.wait_for("the catch-up", |v| v.get("catch_up").is_some());
@@ -265,7 +281,7 @@ async fn a_trail_landing_file_by_file_is_alerted_once_per_insight_in_order() {
     let rest = &files[history..];
     for chunk in rest.chunks(rest.len().div_ceil(12)) {
         for file in chunk {
-            land(&f.archive, file, &trail, &staging);
+            land(&f.archive, file, trail, &staging);
         }
         let n = chunk.len() as u64;
         let mut got = 0;
@@ -321,6 +337,31 @@ async fn a_trail_landing_file_by_file_is_alerted_once_per_insight_in_order() {
                 lines.iter().filter(|l| l.get("poll").is_some() && l.get("insights").is_some()).map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
             );
         }
+    }
+    // Each labelled anomaly the detector finds (as scored by `insights evaluate`) was alerted.
+    let evaluate = |lake: &Path| -> Value {
+        let labels = f.archive.join("labels.json");
+        let out = Command::new(prism_bin())
+            .args(["insights", "evaluate", "--lake", lake.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (quality, reference) = (evaluate(&lake), evaluate(&f.reference));
+    assert_eq!(quality["recall"], reference["recall"]);
+    let labelled: Vec<&Value> = quality["found"].as_array().unwrap().iter().filter(|x| !x["label"].is_null()).collect();
+    assert!(!labelled.is_empty(), "{quality}");
+    for found in labelled {
+        let alerted = bodies.iter().filter(|b| {
+            let d = &b["detail"];
+            let i = &d["insightDetails"];
+            i["state"] == "Start"
+                && d["eventTime"] == found["start"]
+                && i["eventName"] == found["event_name"]
+                && i["insightType"] == found["insight_type"]
+                && i["errorCode"].as_str() == found["error_code"].as_str()
+        });
+        assert_eq!(alerted.count(), 1, "label {} ({found}) not alerted once", found["label"]);
     }
     // The file sink: one line per record, the record plus summary and link.
     let text = std::fs::read_to_string(&alerts).unwrap();
