@@ -65,9 +65,11 @@ def main():
     for root, _, names in os.walk(archive):
         files += [os.path.join(root, n) for n in names if n.endswith(".json.gz")]
     files.sort(key=lambda f: (stamp(f), f))
-    last_day = sorted({f.split("/CloudTrail/")[1].split("/", 1)[1][:10] for f in files})[-1]
-    history = [f for f in files if f"/{last_day}/" not in f]
-    live = [f for f in files if f"/{last_day}/" in f]
+    # Date folders: the generated days, and the next one (deliveries just after midnight).
+    days = sorted({f.split("/CloudTrail/")[1].split("/", 1)[1][:10] for f in files})
+    history = [f for f in files if f.split("/CloudTrail/")[1].split("/", 1)[1][:10] < days[a.history_days]]
+    kept = set(history)
+    live = [f for f in files if f not in kept]
 
     def land(f):
         to = os.path.join(trail, os.path.relpath(f, archive))
@@ -95,7 +97,7 @@ def main():
     catch_up = time.time() - started
     print(f"catch-up: {first['ingest']['files']} files, {first['ingest']['events']} events in {catch_up:.1f} s; RSS {rss_mib(proc.pid):.0f} MiB", file=sys.stderr)
 
-    active, idle, rss_active, rss_idle = [], [], [], []
+    active, idle, rss_active, rss_idle, split = [], [], [], [], []
     cpu = cpu_seconds(proc.pid)
     pending = list(live)
     for _ in range(a.rounds):
@@ -108,6 +110,7 @@ def main():
             got += v.get("ingest", {}).get("files", 0)
             now = cpu_seconds(proc.pid)
             active.append((now - cpu, v["seconds"]))
+            split.append((v.get("ingest", {}).get("seconds", 0), v.get("insights_seconds", 0)))
             cpu = now
         rss_active.append(rss_mib(proc.pid))
     poll_line()  # the poll running while the last batch landed
@@ -128,6 +131,7 @@ def main():
 
     busy = statistics.mean(x[0] for x in active)
     print(f"polls with 8 new files ({len(active)}): {describe(active)}")
+    print(f"  of which ingest median {statistics.median(x[0] for x in split):.3f} s, Insights run median {statistics.median(x[1] for x in split):.3f} s (wall)")
     print(f"empty polls ({len(idle)}): {describe(idle)}")
     print(f"RSS: {max(rss_active):.0f} MiB at most while files land, {statistics.median(rss_idle):.0f} MiB idle")
     print(f"core use at --interval 60s: {100 * busy / 60:.2f}% (one poll with 8 files a minute); "

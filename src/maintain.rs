@@ -74,11 +74,14 @@ pub struct OptimizeOptions {
     pub target_bytes: u64,
     /// Plan only: report what would be rewritten, write nothing.
     pub dry_run: bool,
+    /// Tables left alone: `prism watch` leaves `deliveries` to its journal writer, which may
+    /// be committing at the same time.
+    pub skip_tables: Vec<&'static str>,
 }
 
 impl OptimizeOptions {
     pub fn new(lake: impl Into<String>) -> Self {
-        OptimizeOptions { lake: lake.into(), target_bytes: DEFAULT_TARGET_BYTES, dry_run: false }
+        OptimizeOptions { lake: lake.into(), target_bytes: DEFAULT_TARGET_BYTES, dry_run: false, skip_tables: Vec::new() }
     }
 }
 
@@ -125,6 +128,9 @@ pub async fn optimize(opts: &OptimizeOptions, progress: Arc<OptimizeProgress>) -
     let (_, done) = compact(Owner::Events(&mut lake), EVENTS_TABLE, events, props, opts.target_bytes, opts.dry_run, &progress).await?;
     summary.tables.push(done);
     for (name, schema) in tables::all() {
+        if opts.skip_tables.contains(&name) {
+            continue;
+        }
         let table = lake.table(name, schema, &[]).await?;
         let (_, done) = compact(Owner::Other, name, table, lake::table_properties(), opts.target_bytes, opts.dry_run, &progress).await?;
         summary.tables.push(done);

@@ -83,6 +83,10 @@ pub struct FollowArgs {
     /// Where AWS-format Insights files go (default: the lake, under AWSLogs/).
     #[arg(long)]
     pub out: Option<String>,
+    /// How often to compact the small files each poll adds (as `prism optimize`). Replaced
+    /// files stay on disk until `prism vacuum`.
+    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    pub compact_every: Duration,
 }
 
 #[derive(Args)]
@@ -125,6 +129,7 @@ pub async fn start(
     opts.out = args.out;
     opts.public_url = args.public_url;
     opts.retry_max = args.retry_max.max(opts.retry_first);
+    opts.compact_every = args.compact_every;
     opts.sinks = args.alerts.iter().map(|a| Sink::parse(a)).collect::<Result<_, _>>()?;
     let stats = Arc::new(Stats::new(opts.sinks.iter().map(|s| (s.id.clone(), s.target.clone())).collect()));
     let metrics = match args.metrics {

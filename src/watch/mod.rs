@@ -46,6 +46,8 @@ pub enum WatchError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Sink(#[from] SinkSpecError),
+    #[error(transparent)]
+    Maintain(#[from] crate::maintain::MaintainError),
     #[error("cannot serve metrics on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -69,6 +71,8 @@ pub struct WatchOptions {
     /// First and longest wait between attempts to deliver to a failing sink.
     pub retry_first: Duration,
     pub retry_max: Duration,
+    /// How often the lake's small files are compacted (each poll adds some).
+    pub compact_every: Duration,
 }
 
 impl WatchOptions {
@@ -83,6 +87,7 @@ impl WatchOptions {
             public_url: None,
             retry_first: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            compact_every: Duration::from_secs(3600),
         }
     }
 }
@@ -177,6 +182,7 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     drop(ack_tx);
 
     let mut step = Step { started: false, newest_stamp: None, analyse: true, enqueue: true };
+    let mut last_tidy = Instant::now();
     loop {
         let began = Instant::now();
         let mut line = serde_json::Map::new();
@@ -218,7 +224,16 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
                     .collect::<Vec<_>>()
             ),
         );
-        line.insert("seconds".into(), json!((began.elapsed().as_secs_f64() * 1000.0).round() / 1000.0));
+        // Each poll adds a small file to the partitions it wrote; they are compacted hourly,
+        // as `prism optimize` would, so queries and polls keep opening few files.
+        if last_tidy.elapsed() >= opts.compact_every && !line.contains_key("error") {
+            last_tidy = Instant::now();
+            match tidy(&opts.ingest.lake).await {
+                Ok(files) => line.insert("compacted_files".into(), json!(files)),
+                Err(e) => line.insert("error".into(), json!(crate::error::report(&e))),
+            };
+        }
+        line.insert("seconds".into(), json!(seconds(began)));
         log(serde_json::Value::Object(line));
         if *stop_rx.borrow() {
             break;
@@ -236,6 +251,16 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     let journaled = writer.await.unwrap_or(Ok(()));
     log(json!({"time": now_text(), "event": "stop", "backlog": stats.sinks.iter().map(|s| s.backlog.load(Ordering::Relaxed)).sum::<u64>()}));
     journaled.map_err(WatchError::Lake)
+}
+
+/// Compacts the tables a watch writes (`prism optimize`), but `deliveries`, which the journal
+/// writer may be appending to; returns the files replaced. Replaced files stay until
+/// `prism vacuum`.
+async fn tidy(lake: &str) -> Result<u64, WatchError> {
+    let mut opts = crate::maintain::OptimizeOptions::new(lake);
+    opts.skip_tables = vec![crate::schema::tables::DELIVERIES];
+    let summary = crate::maintain::optimize(&opts, Default::default()).await?;
+    Ok(summary.tables.iter().map(|t| t.files_removed).sum())
 }
 
 /// Both Insights types are enabled on a lake that has none, as `prism backfill` does: a
@@ -353,7 +378,7 @@ impl Step {
             objects.retain(|o| !done.contains(&o.location));
             line.insert("catch_up".into(), json!({"already_ingested": before - objects.len()}));
         }
-        line.insert("list_seconds".into(), json!((listed.elapsed().as_secs_f64() * 1000.0).round() / 1000.0));
+        line.insert("list_seconds".into(), json!(seconds(listed)));
         line.insert("new_objects".into(), json!(objects.len()));
         line.insert("skipped".into(), json!(skipped));
         for o in &objects {
@@ -363,6 +388,7 @@ impl Step {
         }
         if !objects.is_empty() {
             let keys: Vec<String> = objects.iter().map(|o| o.location.clone()).collect();
+            let began = Instant::now();
             let summary = match crate::ingest::ingest_listed(ingest, objects, Arc::new(IngestProgress::default())).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -388,7 +414,8 @@ impl Step {
             line.insert(
                 "ingest".into(),
                 json!({"files": summary.files_read, "events": summary.records_written, "duplicates": summary.duplicates_dropped,
-                    "rejected": summary.records_rejected, "damaged_files": summary.files_damaged, "unread": summary.unread.len()}),
+                    "rejected": summary.records_rejected, "damaged_files": summary.files_damaged, "unread": summary.unread.len(),
+                    "seconds": seconds(began)}),
             );
         }
         self.started = true;
@@ -402,7 +429,9 @@ impl Step {
             run.out = out.clone();
             run.params = params;
             run.settle_minutes = settle_minutes;
+            let began = Instant::now();
             let summary = insights::run(&run, &InsightsProgress::default()).await?;
+            line.insert("insights_seconds".into(), json!(seconds(began)));
             self.analyse = false;
             self.enqueue |= summary.records_written > 0;
             stats.insights.fetch_add(summary.records_written, Ordering::Relaxed);
@@ -414,6 +443,11 @@ impl Step {
         }
         Ok(())
     }
+}
+
+/// Seconds since `t`, to the millisecond, for the log lines.
+fn seconds(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// The `YYYYMMDDTHHmmZ` delivery time in a CloudTrail log file's name.

@@ -265,6 +265,8 @@ async fn land_and_alert(work: &Path, trail: &Path, source: &str, env: &[(String,
             lake.to_str().unwrap(),
             "--interval",
             "300ms",
+            "--compact-every",
+            "2s",
             "--alert",
             &webhook,
             "--alert",
@@ -370,6 +372,8 @@ async fn land_and_alert(work: &Path, trail: &Path, source: &str, env: &[(String,
     // The journal says so too, and each poll logged what it did.
     let journaled = common::scalar(&lake, "SELECT count(*) FROM deliveries WHERE status = 'delivered'").await;
     assert_eq!(journaled as u64, 2 * total);
+    // Compaction ran while files landed (and changed no answer above).
+    assert!(lines.iter().any(|l| l["compacted_files"].as_u64().unwrap_or(0) > 0), "no compaction");
     let polls = lines.iter().filter(|l| l.get("poll").is_some()).count();
     assert!(polls > 12, "{polls} polls");
     assert_eq!(lines.iter().filter(|l| l["event"] == "delivered").count() as u64, 2 * total);
