@@ -267,14 +267,23 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
     let mut summary = IngestSummary { lake: lake.url().to_string(), granularity: lake.config().granularity.to_string(), ..Default::default() };
     // 1. List. 2. Leave out what earlier runs completed.
     let objects = list_sources(opts, Some(&lake), &mut summary).await?;
-    read_objects(opts, lake, objects, summary, progress, started).await
+    let mut rollups = Rollups::open(&lake).await?;
+    let mut index = EventIndex::new(lake.events(), 8_000_000)?;
+    read_objects(opts, lake, &mut rollups, &mut index, objects, summary, progress, started).await
 }
 
 /// Ingests objects its caller listed (`prism watch` lists only the newest date folders of
 /// each region, and knows what it read before), without listing `opts.sources` or reading the
 /// journal; `opts` gives the lake and the reading settings. The journal still records each
 /// file, so a later `ingest` of the same archive skips them.
-pub async fn ingest_listed(opts: &IngestOptions, mut objects: Vec<SourceObject>, progress: Arc<IngestProgress>) -> Result<IngestSummary, IngestError> {
+///
+/// `kept` holds what a long-running caller keeps from one call to the next (see [`Kept`]).
+pub async fn ingest_listed(
+    opts: &IngestOptions,
+    mut objects: Vec<SourceObject>,
+    progress: Arc<IngestProgress>,
+    kept: &mut Kept,
+) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
     let lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
@@ -284,19 +293,44 @@ pub async fn ingest_listed(opts: &IngestOptions, mut objects: Vec<SourceObject>,
         files_listed: objects.len() as u64,
         ..Default::default()
     };
-    read_objects(opts, lake, objects, summary, progress, started).await
+    let rollups = match &mut kept.rollups {
+        Some(r) => r,
+        None => kept.rollups.insert(Rollups::open(&lake).await?),
+    };
+    let index = match &mut kept.index {
+        Some(i) => i,
+        None => kept.index.insert(EventIndex::new(lake.events(), KEPT_IDS)?),
+    };
+    read_objects(opts, lake, rollups, index, objects, summary, progress, started).await
+}
+
+/// The IDs a [`Kept`] index holds at most (16 bytes each, plus the table's overhead): the
+/// partitions a watch writes to (today's, per region), not the lake.
+const KEPT_IDS: usize = 2_000_000;
+
+/// What [`ingest_listed`]'s caller keeps between calls, since building it reads the lake: the
+/// rollups (which events files they count: the whole table) and the deduplication index
+/// (the IDs of the partitions written to: a day's events, per poll). Both stay right as long
+/// as this process is the lake's only writer; after anything else rewrites the lake
+/// (`optimize`), or a failed call, start again from `Kept::default()`.
+#[derive(Default)]
+pub struct Kept {
+    pub rollups: Option<Rollups>,
+    pub index: Option<EventIndex>,
 }
 
 /// Parses `objects` in parallel and commits them: steps 3 and 4 of a run.
+#[allow(clippy::too_many_arguments)]
 async fn read_objects(
     opts: &IngestOptions,
     mut lake: Lake,
+    rollups: &mut Rollups,
+    index: &mut EventIndex,
     objects: Vec<SourceObject>,
     mut summary: IngestSummary,
     progress: Arc<IngestProgress>,
     started: Instant,
 ) -> Result<IngestSummary, IngestError> {
-    let mut rollups = Rollups::open(&lake).await?;
     let granularity = lake.config().granularity;
     progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(objects.iter().map(|o| o.size).sum(), Ordering::Relaxed);
@@ -357,7 +391,6 @@ async fn read_objects(
         })
     };
 
-    let mut index = EventIndex::new(lake.events(), 8_000_000)?;
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_bytes = 0usize;
     let mut finished: Vec<FileResult> = Vec::new();
@@ -378,7 +411,7 @@ async fn read_objects(
         }
         let due = pending_bytes >= opts.buffer_bytes || (last_commit.elapsed().as_secs() >= 60 && !finished.is_empty());
         if end || due {
-            flush(&mut lake, &mut rollups, &mut index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
+            flush(&mut lake, rollups, index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
             pending_bytes = 0;
             last_commit = Instant::now();
         }
@@ -391,7 +424,7 @@ async fn read_objects(
         Ok(Some(err)) => return Err(IngestError::Worker(err)),
         Err(join) => return Err(IngestError::Worker(join.to_string())),
     }
-    crate::maintain::tidy_rollups(&mut rollups).await?;
+    crate::maintain::tidy_rollups(rollups).await?;
 
     summary.bytes_read = progress.raw_bytes.load(Ordering::Relaxed);
     summary.json_bytes = progress.json_bytes.load(Ordering::Relaxed);

@@ -242,6 +242,13 @@ pub struct RunSummary {
 
 /// Runs Insights over the lake: backfill or incremental.
 pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSummary> {
+    run_with(opts, progress, &mut None).await
+}
+
+/// [`run`] with the rollups a long-running caller keeps between runs (`prism watch`): opening
+/// them reads which events files they count, a read of the whole table (opened here when
+/// `None`).
+pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &mut Option<crate::rollup::Rollups>) -> Result<RunSummary> {
     let started = Instant::now();
     let lake = Lake::open(&opts.lake).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
@@ -250,9 +257,12 @@ pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSu
         return Ok(summary);
     }
     let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
-    let mut rollups = crate::rollup::Rollups::open(&lake).await?;
+    let rollups = match rollups {
+        Some(r) => r,
+        None => rollups.insert(crate::rollup::Rollups::open(&lake).await?),
+    };
     summary.rolled_up_events = rollups.catch_up(&lake).await?.events;
-    crate::maintain::tidy_rollups(&mut rollups).await?;
+    crate::maintain::tidy_rollups(rollups).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(&lake).await?;
     let ctx = crate::sql::session(&lake).await?;

@@ -181,7 +181,7 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     }
     drop(ack_tx);
 
-    let mut step = Step { started: false, newest_stamp: None, analyse: true, enqueue: true };
+    let mut step = Step { started: false, newest_stamp: None, analyse: true, enqueue: true, kept: Default::default() };
     let mut last_tidy = Instant::now();
     loop {
         let began = Instant::now();
@@ -228,6 +228,8 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
         // as `prism optimize` would, so queries and polls keep opening few files.
         if last_tidy.elapsed() >= opts.compact_every && !line.contains_key("error") {
             last_tidy = Instant::now();
+            // The compaction rewrites events files the kept rollups know by name.
+            step.kept = Default::default();
             match tidy(&opts.ingest.lake).await {
                 Ok(files) => line.insert("compacted_files".into(), json!(files)),
                 Err(e) => line.insert("error".into(), json!(crate::error::report(&e))),
@@ -346,6 +348,9 @@ struct Step {
     analyse: bool,
     /// Records are to be handed to the sinks (new ones were found, or the last try failed).
     enqueue: bool,
+    /// The rollups and deduplication index, kept from poll to poll: building them reads the
+    /// lake.
+    kept: crate::ingest::Kept,
 }
 
 impl Step {
@@ -389,9 +394,10 @@ impl Step {
         if !objects.is_empty() {
             let keys: Vec<String> = objects.iter().map(|o| o.location.clone()).collect();
             let began = Instant::now();
-            let summary = match crate::ingest::ingest_listed(ingest, objects, Arc::new(IngestProgress::default())).await {
+            let summary = match crate::ingest::ingest_listed(ingest, objects, Arc::new(IngestProgress::default()), &mut self.kept).await {
                 Ok(s) => s,
                 Err(e) => {
+                    self.kept = Default::default(); // its state after a failed commit is not known
                     // Listed but not (all) ingested: the next poll lists them again; what this
                     // run journaled is left out then as duplicates of committed events.
                     for key in &keys {
@@ -430,7 +436,13 @@ impl Step {
             run.params = params;
             run.settle_minutes = settle_minutes;
             let began = Instant::now();
-            let summary = insights::run(&run, &InsightsProgress::default()).await?;
+            let summary = match insights::run_with(&run, &InsightsProgress::default(), &mut self.kept.rollups).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.kept = Default::default();
+                    return Err(e.into());
+                }
+            };
             line.insert("insights_seconds".into(), json!(seconds(began)));
             self.analyse = false;
             self.enqueue |= summary.records_written > 0;
