@@ -45,8 +45,6 @@ pub enum WatchError {
     #[error(transparent)]
     Lake(#[from] LakeError),
     #[error(transparent)]
-    Sink(#[from] SinkSpecError),
-    #[error(transparent)]
     Maintain(#[from] crate::maintain::MaintainError),
     #[error("cannot serve metrics on {addr}")]
     Metrics {
