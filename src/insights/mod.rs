@@ -299,9 +299,11 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
             work.push((account.clone(), region.clone(), *first, start, end));
         }
     }
+    let mut stored = if work.is_empty() { HashMap::new() } else { records::stored(&ctx).await? };
     for (account, region, first, start, end) in work {
+        let stored = stored.remove(&(account.clone(), region.clone())).unwrap_or_default();
         let states = match opts.mode {
-            Mode::Incremental { .. } => tables.open_states(&ctx, &account, &region).await?,
+            Mode::Incremental { .. } => open_states(&stored),
             Mode::Backfill { .. } => HashMap::new(),
         };
         let lo = states
@@ -323,7 +325,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
         keys.sort();
         summary.account_regions += 1;
         progress.series_total.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        let existing = tables.existing_ids(&ctx, &account, &region).await?;
+        let existing: HashSet<&str> = stored.iter().map(|r| r.event_id.as_str()).collect();
         let len = (end - lo) as usize;
         let (mut starts, mut ends) = (0u64, 0u64);
         for key in keys {
@@ -374,7 +376,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
                     Transition::Ended { .. } => ends += 1,
                 }
                 progress.found.fetch_add(matches!(t, Transition::Started(_)) as u64, Ordering::Relaxed);
-                if !existing.contains(&rec.event_id) {
+                if !existing.contains(rec.event_id.as_str()) {
                     new_records.push(rec);
                 }
             }
@@ -510,6 +512,31 @@ pub async fn load_series(
     Ok(out)
 }
 
+/// Per series: the open Insight (a Start with no End) and the minute after the last close,
+/// from one account and region's stored records.
+fn open_states(rows: &[records::Stored]) -> HashMap<SeriesKey, State> {
+    let mut by_shared: HashMap<&str, (Option<&records::Stored>, Option<&records::Stored>)> = HashMap::new();
+    for r in rows {
+        let e = by_shared.entry(r.shared_id.as_str()).or_default();
+        if r.state == "Start" { e.0 = Some(r) } else { e.1 = Some(r) }
+    }
+    let mut out: HashMap<SeriesKey, State> = HashMap::new();
+    for (start, end) in by_shared.into_values() {
+        match (start, end) {
+            (Some(s), None) => {
+                let st = out.entry(s.key.clone()).or_default();
+                st.open = Some(detect::Open { direction: s.direction, start: s.minute as usize, detected: s.decided as usize });
+            }
+            (_, Some(e)) => {
+                let st = out.entry(e.key.clone()).or_default();
+                st.not_before = st.not_before.max(e.decided as usize + 1);
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
 /// The `insights` and `insight_runs` tables.
 struct Tables {
     insights: deltalake::DeltaTable,
@@ -539,35 +566,6 @@ impl Tables {
             }
         }
         Ok(out)
-    }
-
-    /// Per series: the open Insight (a Start with no End) and the minute after the last close.
-    async fn open_states(&self, ctx: &SessionContext, account: &str, region: &str) -> Result<HashMap<SeriesKey, State>> {
-        let rows = records::stored(ctx, account, region).await?;
-        let mut by_shared: HashMap<String, (Option<records::Stored>, Option<records::Stored>)> = HashMap::new();
-        for r in rows {
-            let e = by_shared.entry(r.shared_id.clone()).or_default();
-            if r.state == "Start" { e.0 = Some(r) } else { e.1 = Some(r) }
-        }
-        let mut out: HashMap<SeriesKey, State> = HashMap::new();
-        for (start, end) in by_shared.into_values() {
-            match (start, end) {
-                (Some(s), None) => {
-                    let st = out.entry(s.key.clone()).or_default();
-                    st.open = Some(detect::Open { direction: s.direction, start: s.minute as usize, detected: s.decided as usize });
-                }
-                (_, Some(e)) => {
-                    let st = out.entry(e.key.clone()).or_default();
-                    st.not_before = st.not_before.max(e.decided as usize + 1);
-                }
-                (None, None) => {}
-            }
-        }
-        Ok(out)
-    }
-
-    async fn existing_ids(&self, ctx: &SessionContext, account: &str, region: &str) -> Result<HashSet<String>> {
-        Ok(records::stored(ctx, account, region).await?.into_iter().map(|r| r.event_id).collect())
     }
 
     async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {

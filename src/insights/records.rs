@@ -351,21 +351,15 @@ pub struct Stored {
     pub decided: i64,
 }
 
-/// The stored records of one account and region.
-pub async fn stored(ctx: &SessionContext, account: &str, region: &str) -> Result<Vec<Stored>> {
+/// The stored records, by account and region. One read of the whole table, which holds only
+/// Insights (a few a day): cheaper than a query per account and region.
+pub async fn stored(ctx: &SessionContext) -> Result<HashMap<(String, String), Vec<Stored>>> {
     let context = format!("reading the {INSIGHTS_TABLE} table");
-    let batches = ctx
-        .table(INSIGHTS_TABLE)
-        .await
-        .map_err(query(&context))?
-        .filter(col("recipientaccountid").eq(lit(account)).and(col("awsregion").eq(lit(region))))
-        .map_err(query(&context))?
-        .collect()
-        .await
-        .map_err(query(&context))?;
-    let mut out = Vec::new();
+    let batches = ctx.table(INSIGHTS_TABLE).await.map_err(query(&context))?.collect().await.map_err(query(&context))?;
+    let mut out: HashMap<(String, String), Vec<Stored>> = HashMap::new();
     for b in &batches {
         let s = |n: &str| super::string_col(b, n);
+        let (account, region) = (s("recipientaccountid")?, s("awsregion")?);
         let (id, shared, state, ty, src, name, err, dir) = (
             s("eventid")?,
             s("sharedeventid")?,
@@ -383,7 +377,7 @@ pub async fn stored(ctx: &SessionContext, account: &str, region: &str) -> Result
         };
         let (time, decided) = (minute("eventtime")?, minute("decidedat")?);
         for i in 0..b.num_rows() {
-            out.push(Stored {
+            out.entry((account.value(i).to_owned(), region.value(i).to_owned())).or_default().push(Stored {
                 event_id: id.value(i).to_owned(),
                 shared_id: shared.value(i).to_owned(),
                 state: state.value(i).to_owned(),
