@@ -36,6 +36,12 @@ const VALID_TYPES: [&str; 2] = [CALL_RATE, ERROR_RATE];
 
 pub const MICROS_PER_MINUTE: i64 = 60_000_000;
 
+/// Per-minute counts of each series of one account and region.
+pub type Series = HashMap<SeriesKey, Vec<(i64, i64)>>;
+
+/// Account-regions whose minutes to read span at most this are read in one query.
+const BATCH_SPAN_MINUTES: i64 = 14 * 1440;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InsightsError {
     #[error(transparent)]
@@ -300,6 +306,8 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
         }
     }
     let mut stored = if work.is_empty() { HashMap::new() } else { records::stored(&ctx).await? };
+    // Per account and region: its stored records, open Insights and first minute to read.
+    let mut plans = Vec::new();
     for (account, region, first, start, end) in work {
         let stored = stored.remove(&(account.clone(), region.clone())).unwrap_or_default();
         let states = match opts.mode {
@@ -314,7 +322,21 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
             .unwrap_or(start)
             .saturating_sub(p.lookback() as i64)
             .max(first);
-        let series = load_series(&ctx, &account, &region, lo, end, &types, None).await?;
+        plans.push((account, region, first, start, end, stored, states, lo));
+    }
+    // Short ranges (the steady state of `insights run` and `prism watch`) are read in one
+    // query; long ones (backfills) one account and region at a time, to bound memory.
+    let short: Vec<(String, String, i64, i64)> =
+        plans.iter().filter(|p| p.4 - p.7 <= BATCH_SPAN_MINUTES).map(|p| (p.0.clone(), p.1.clone(), p.7, p.4)).collect();
+    let mut preloaded = if short.len() > 1 { load_series_many(&ctx, &short, &types, None).await? } else { HashMap::new() };
+    let batched: HashSet<(String, String)> = if short.len() > 1 { short.into_iter().map(|s| (s.0, s.1)).collect() } else { HashSet::new() };
+    for (account, region, first, start, end, stored, states, lo) in plans {
+        let pair = (account.clone(), region.clone());
+        let series = match preloaded.remove(&pair) {
+            Some(s) => s,
+            None if batched.contains(&pair) => HashMap::new(),
+            None => load_series(&ctx, &account, &region, lo, end, &types, None).await?,
+        };
         tracing::debug!(elapsed = ?started.elapsed(), %account, %region, series = series.len(), "series loaded");
         let mut keys: Vec<SeriesKey> = series.keys().cloned().collect();
         for k in states.keys() {
@@ -467,13 +489,35 @@ pub async fn load_series(
     hi: i64,
     types: &HashSet<&str>,
     only: Option<&SeriesKey>,
-) -> Result<HashMap<SeriesKey, Vec<(i64, i64)>>> {
-    let context = format!("reading the rollups of {account}/{region}");
+) -> Result<Series> {
+    let ranges = [(account.to_owned(), region.to_owned(), lo, hi)];
+    Ok(load_series_many(ctx, &ranges, types, only).await?.into_values().next().unwrap_or_default())
+}
+
+/// Series of several accounts and regions, each over its own minutes `lo..hi`, in one query
+/// (an incremental run reads a few days of many accounts and regions: one query's overhead
+/// instead of one per account and region). By (account, region).
+pub async fn load_series_many(
+    ctx: &SessionContext,
+    ranges: &[(String, String, i64, i64)],
+    types: &HashSet<&str>,
+    only: Option<&SeriesKey>,
+) -> Result<HashMap<(String, String), Series>> {
+    let mut out: HashMap<(String, String), Series> = HashMap::new();
+    let (Some(lo), Some(hi)) = (ranges.iter().map(|r| r.2).min(), ranges.iter().map(|r| r.3).max()) else {
+        return Ok(out);
+    };
+    let wanted: HashMap<(&str, &str), (i64, i64)> = ranges.iter().map(|(a, r, lo, hi)| ((a.as_str(), r.as_str()), (*lo, *hi))).collect();
+    let context = match ranges {
+        [(a, r, ..)] => format!("reading the rollups of {a}/{r}"),
+        _ => format!("reading the rollups of {} accounts and regions", ranges.len()),
+    };
     let ts = |m: i64| lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(Some(m * MICROS_PER_MINUTE), Some("UTC".into())));
+    let list = |values: HashSet<&str>| values.into_iter().map(lit).collect::<Vec<_>>();
     let mut filter = col("kind")
         .eq(lit(crate::rollup::MINUTE))
-        .and(col("recipientaccountid").eq(lit(account)))
-        .and(col("awsregion").eq(lit(region)))
+        .and(col("recipientaccountid").in_list(list(ranges.iter().map(|r| r.0.as_str()).collect()), false))
+        .and(col("awsregion").in_list(list(ranges.iter().map(|r| r.1.as_str()).collect()), false))
         .and(col("management"))
         .and(col("period").gt_eq(ts(lo)))
         .and(col("period").lt(ts(hi)));
@@ -486,26 +530,33 @@ pub async fn load_series(
         .map_err(query(&context))?
         .filter(filter)
         .map_err(query(&context))?
-        .select_columns(&["period", "eventsource", "eventname", "errorcode", "readonly", "calls"])
+        .select_columns(&["recipientaccountid", "awsregion", "period", "eventsource", "eventname", "errorcode", "readonly", "calls"])
         .map_err(query(&context))?;
     let batches = df.collect().await.map_err(query(&context))?;
-    let mut out: HashMap<SeriesKey, Vec<(i64, i64)>> = HashMap::new();
     for b in batches {
-        let period = b.column(0).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        let (source, name, error) = (&utf8(b.column(1)), &utf8(b.column(2)), &utf8(b.column(3)));
-        let readonly = b.column(4).as_boolean();
-        let calls = b.column(5).as_primitive::<arrow::datatypes::Int64Type>();
+        let (account, region) = (&utf8(b.column(0)), &utf8(b.column(1)));
+        let period = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let (source, name, error) = (&utf8(b.column(3)), &utf8(b.column(4)), &utf8(b.column(5)));
+        let readonly = b.column(6).as_boolean();
+        let calls = b.column(7).as_primitive::<arrow::datatypes::Int64Type>();
         for i in 0..b.num_rows() {
+            let pair = (account.value(i), region.value(i));
             let minute = period.value(i).div_euclid(MICROS_PER_MINUTE);
+            // The query's bounds span every range; each pair keeps its own.
+            let Some((lo, hi)) = wanted.get(&pair) else { continue };
+            if minute < *lo || minute >= *hi {
+                continue;
+            }
+            let series = out.entry((pair.0.to_owned(), pair.1.to_owned())).or_default();
             let n = calls.value(i);
             let write = readonly.is_valid(i) && !readonly.value(i);
             if write && types.contains(CALL_RATE) {
                 let key = SeriesKey::new(CALL_RATE, source.value(i), name.value(i), None);
-                out.entry(key).or_default().push((minute, n));
+                series.entry(key).or_default().push((minute, n));
             }
             if error.is_valid(i) && types.contains(ERROR_RATE) {
                 let key = SeriesKey::new(ERROR_RATE, source.value(i), name.value(i), Some(error.value(i)));
-                out.entry(key).or_default().push((minute, n));
+                series.entry(key).or_default().push((minute, n));
             }
         }
     }
