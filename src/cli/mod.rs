@@ -107,8 +107,12 @@ impl Cli {
 pub fn shared_stop() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        next_signal().await;
-        let _ = tx.send(true);
+        if next_signal().await {
+            let _ = tx.send(true);
+        } else {
+            // No signals to listen to: never stop on one (the sender must stay alive).
+            std::future::pending::<()>().await;
+        }
     });
     rx
 }

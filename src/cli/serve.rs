@@ -72,9 +72,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // One Ctrl-C stops both the server and the watch.
     let stop = super::shared_stop();
     let watching = if args.watch.is_empty() { None } else { Some(super::watch::start(args.watch, opts.lake.clone(), args.follow, stop.clone()).await?) };
-    serve::run(listener, router, super::stopped(stop)).await?;
-    if let Some(w) = watching {
-        w.await??;
+    let server = serve::run(listener, router, super::stopped(stop));
+    match watching {
+        None => server.await?,
+        // A watch that fails ends the console too, with its error, rather than leave a
+        // console that sends no alerts.
+        Some(mut watch) => tokio::select! {
+            served = server => {
+                served?;
+                watch.await??;
+            }
+            watched = &mut watch => watched??,
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

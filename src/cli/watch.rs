@@ -143,6 +143,10 @@ pub async fn start(
     Ok(tokio::spawn(async move {
         let result = watch::run(opts, stats, super::stopped(stop)).await;
         if let Some(m) = metrics {
+            // After a failed start there is no stop to end the metrics server with.
+            if result.is_err() {
+                m.abort();
+            }
             let _ = m.await;
         }
         result.map_err(anyhow::Error::from)

@@ -97,7 +97,7 @@ impl Follower {
         let requests: Vec<(String, Option<NaiveDate>)> = regions
             .into_iter()
             .map(|r| {
-                let from = self.regions.get(&r).and_then(|c| c.newest).map(|d| d - chrono::Days::new(1));
+                let from = self.regions.get(&r).and_then(|c| c.newest).map(day_before);
                 (r, from)
             })
             .collect();
@@ -108,8 +108,10 @@ impl Follower {
             .buffer_unordered(PARALLEL_LISTINGS)
             .collect()
             .await;
+        // Any failed listing fails the poll before a key is noted as seen, so none is lost.
+        let listed: Vec<Found> = listed.into_iter().collect::<Result<_, _>>()?;
         for keys in listed {
-            for (display, size, object) in keys? {
+            for (display, size, object) in keys {
                 if self.see(&display) {
                     found.push(display, size, object, &self.range);
                 }
@@ -118,18 +120,6 @@ impl Follower {
         self.prune();
         found.objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
         Ok(found)
-    }
-
-    /// Forgets a key, so the next poll reports it again (an object that could not be read).
-    pub fn forget(&mut self, key: &str) {
-        match region_of(key).and_then(|r| self.regions.get_mut(r)) {
-            Some(cursor) => {
-                cursor.seen.remove(key);
-            }
-            None => {
-                self.loose.remove(key);
-            }
-        }
     }
 
     /// How many keys the follower holds (its memory).
@@ -156,7 +146,7 @@ impl Follower {
     /// Drops the keys of date folders no poll lists any more.
     fn prune(&mut self) {
         for cursor in self.regions.values_mut() {
-            let Some(keep) = cursor.newest.map(|d| d - chrono::Days::new(1)) else { continue };
+            let Some(keep) = cursor.newest.map(day_before) else { continue };
             cursor.seen.retain(|k| classify(k).ok().and_then(|i| i.date).is_some_and(|d| d >= keep));
         }
     }
@@ -180,6 +170,11 @@ impl Follower {
             }
         }
     }
+}
+
+/// The day before `d` (`d` itself at the calendar's start: a key can name any date).
+fn day_before(d: NaiveDate) -> NaiveDate {
+    d.checked_sub_days(chrono::Days::new(1)).unwrap_or(d)
 }
 
 /// The region folder of a key in the AWS layout: the key without `/YYYY/MM/DD/<file>`.
@@ -342,10 +337,9 @@ mod tests {
         assert!(f.poll().await.unwrap().objects.is_empty());
         // Only the last two date folders' keys are held.
         assert_eq!(f.keys_held(), 3);
-        // A forgotten key (unreadable) is reported again.
-        let again = new.objects[1].location.clone();
-        f.forget(&again);
-        assert_eq!(f.poll().await.unwrap().objects.len(), 1);
+        // A key at the calendar's first day neither panics nor hides the others.
+        write(root, &format!("AWSLogs/111122223333/CloudTrail/eu-west-1/{}/f.json", NaiveDate::MIN.format("%Y/%m/%d")));
+        f.poll().await.unwrap();
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     }
     drop(ack_tx);
 
-    let mut step = Step { started: false, newest_stamp: None, analyse: true, enqueue: true, kept: Default::default() };
+    let mut step = Step { started: false, newest_stamp: None, analyse: true, enqueue: true, kept: Default::default(), retry: Vec::new() };
     let mut last_tidy = Instant::now();
     loop {
         let began = Instant::now();
@@ -349,6 +349,8 @@ struct Step {
     /// The rollups and deduplication index, kept from poll to poll: building them reads the
     /// lake.
     kept: crate::ingest::Kept,
+    /// Files to read again at the next poll (the follower reports each key only once).
+    retry: Vec<crate::source::SourceObject>,
 }
 
 impl Step {
@@ -365,14 +367,26 @@ impl Step {
         line: &mut serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), WatchError> {
         let catch_up = !self.started;
-        let mut objects = Vec::new();
+        // Files of earlier polls to read again (unreadable then, or their ingest failed).
+        let mut objects = std::mem::take(&mut self.retry);
         let mut skipped = 0u64;
         let listed = Instant::now();
         for f in followers.iter_mut() {
-            let listing = if catch_up { f.start().await? } else { f.poll().await? };
-            skipped += listing.skipped.len() as u64;
-            objects.extend(listing.objects);
+            let listing = if catch_up { f.start().await } else { f.poll().await };
+            match listing {
+                Ok(listing) => {
+                    skipped += listing.skipped.len() as u64;
+                    objects.extend(listing.objects);
+                }
+                Err(e) => {
+                    // The followers before this one noted their keys as seen: kept for later.
+                    self.retry = objects;
+                    return Err(e.into());
+                }
+            }
         }
+        let mut distinct = HashSet::new();
+        objects.retain(|o| distinct.insert(o.location.clone()));
         if catch_up {
             // What earlier runs ingested is left out, as `prism ingest` does.
             let lake = Lake::open(&ingest.lake).await?;
@@ -390,27 +404,21 @@ impl Step {
             }
         }
         if !objects.is_empty() {
-            let keys: Vec<String> = objects.iter().map(|o| o.location.clone()).collect();
+            let listed = objects.clone();
             let began = Instant::now();
             let summary = match crate::ingest::ingest_listed(ingest, objects, Arc::new(IngestProgress::default()), &mut self.kept).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.kept = Default::default(); // its state after a failed commit is not known
-                    // Listed but not (all) ingested: the next poll lists them again; what this
-                    // run journaled is left out then as duplicates of committed events.
-                    for key in &keys {
-                        for f in followers.iter_mut() {
-                            f.forget(key);
-                        }
-                    }
+                    // Read again next poll; what this run committed is then left out as
+                    // duplicates, and the minutes it wrote are analysed.
+                    self.retry = listed;
+                    self.analyse = true;
                     return Err(e.into());
                 }
             };
-            for key in &summary.unread {
-                for f in followers.iter_mut() {
-                    f.forget(key);
-                }
-            }
+            let unread: HashSet<&String> = summary.unread.iter().collect();
+            self.retry = listed.into_iter().filter(|o| unread.contains(&o.location)).collect();
             stats.objects.fetch_add(summary.files_read, Ordering::Relaxed);
             stats.events.fetch_add(summary.records_written, Ordering::Relaxed);
             stats.rejects.fetch_add(summary.records_rejected + summary.files_damaged, Ordering::Relaxed);
@@ -438,6 +446,8 @@ impl Step {
                 Ok(s) => s,
                 Err(e) => {
                     self.kept = Default::default();
+                    // It may have stored records before failing; a re-run finds them stored.
+                    self.enqueue = true;
                     return Err(e.into());
                 }
             };
@@ -465,6 +475,9 @@ fn delivery_stamp(location: &str) -> Option<NaiveDateTime> {
     let name = location.rsplit(['/', '\\']).next()?;
     NaiveDateTime::parse_from_str(name.split('_').nth(3)?, "%Y%m%dT%H%MZ").ok()
 }
+
+/// The longest one delivery attempt may take.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A sink's worker: delivers its queue in order, retrying the head with backoff, and sends
 /// each acknowledgement to the journal writer. Ends when the queue is closed or a stop is
@@ -500,7 +513,12 @@ async fn deliver(
         counters.backlog.store(queue.len() as u64, Ordering::Relaxed);
         let Some(alert) = queue.front() else { continue };
         attempts += 1;
-        match sink.deliver(alert).await {
+        // Sinks time out themselves; this bounds any (an SDK call, a stuck disk) so a stop waits
+        // for no more than this.
+        let attempt = tokio::time::timeout(DELIVERY_TIMEOUT, sink.deliver(alert))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", DELIVERY_TIMEOUT.as_secs())));
+        match attempt {
             Ok(response) => {
                 let row = journal::Row {
                     sink: sink.id.clone(),
@@ -543,6 +561,7 @@ async fn deliver(
 /// retried with the same rows; when the senders are gone, it drains and ends.
 async fn write_journal(mut journal: journal::Journal, mut rx: mpsc::UnboundedReceiver<journal::Row>) -> Result<(), LakeError> {
     let mut rows = Vec::new();
+    let mut final_tries = 0;
     loop {
         if rows.is_empty() {
             match rx.recv().await {
@@ -557,8 +576,13 @@ async fn write_journal(mut journal: journal::Journal, mut rx: mpsc::UnboundedRec
             Ok(()) => rows.clear(),
             Err(e) => {
                 log(json!({"time": now_text(), "event": "journal_failed", "error": crate::error::report(&e), "rows": rows.len()}));
+                // Once the senders are gone (stopping), a few more tries, then the error: the
+                // rows' records are sent again at the next start.
                 if rx.is_closed() && rx.is_empty() {
-                    return Err(e);
+                    final_tries += 1;
+                    if final_tries > 5 {
+                        return Err(e);
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

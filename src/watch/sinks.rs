@@ -119,7 +119,8 @@ impl Sink {
                 if let Some(secret) = secret {
                     request = request.header("x-prism-signature-256", signature(secret, &body));
                 }
-                let response = request.body(body).send().await.map_err(|e| crate::error::report(&e))?;
+                // Without the URL: a webhook's path often holds its secret.
+                let response = request.body(body).send().await.map_err(|e| crate::error::report(&e.without_url()))?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(format!("HTTP {}", status.as_u16()))

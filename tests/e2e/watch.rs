@@ -391,8 +391,23 @@ async fn a_failing_webhook_and_a_killed_watch_lose_no_alert() {
     hook.state.fail_until.store(5, Ordering::SeqCst);
     hook.state.kill_at.store(6, Ordering::SeqCst);
     let (webhook, file_sink) = (format!("webhook={}", hook.url), format!("file={}", alerts.display()));
-    let args =
-        [f.archive.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--interval", "500ms", "--retry-max", "1s", "--alert", &webhook, "--alert", &file_sink];
+    // A third sink is never up; its URL's path is a secret that must not reach the log.
+    let dead = "webhook=http://127.0.0.1:9/T0/SECRETPATH";
+    let args = [
+        f.archive.to_str().unwrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--interval",
+        "500ms",
+        "--retry-max",
+        "1s",
+        "--alert",
+        &webhook,
+        "--alert",
+        &file_sink,
+        "--alert",
+        dead,
+    ];
     let mut watch = Watch::start(&args, &[]);
     hook.state.pid.store(watch.child.id(), Ordering::SeqCst);
     // While the webhook is down, the file sink gets everything: one sink does not hold up another.
@@ -411,7 +426,10 @@ async fn a_failing_webhook_and_a_killed_watch_lose_no_alert() {
     assert_eq!(caught_up["new_objects"].as_u64(), Some(0), "{caught_up}");
     assert_eq!(caught_up["insights"].as_u64(), Some(0), "{caught_up}");
     watch.wait_for("the webhook's backlog delivered", |v| v.get("poll").is_some() && delivered(v).first() == Some(&total));
-    watch.stop();
+    let lines = watch.stop();
+    let refused =
+        lines.iter().find(|l| l["event"] == "delivery_failed" && l["target"] == "webhook http://127.0.0.1/…").expect("the dead sink's failures are logged");
+    assert!(lines.iter().all(|l| !l.to_string().contains("SECRETPATH")), "a webhook's path was logged: {refused}");
     let ids: Vec<String> = hook.received().iter().map(|b| b["detail"]["eventID"].as_str().unwrap().to_owned()).collect();
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len() as u64, total, "every record reached the webhook");
