@@ -411,8 +411,8 @@ async fn a_failing_webhook_and_a_killed_watch_lose_no_alert() {
     let mut watch = Watch::start(&args, &[]);
     hook.state.pid.store(watch.child.id(), Ordering::SeqCst);
     // While the webhook is down, the file sink gets everything: one sink does not hold up another.
-    let failed = watch.wait_for("a failed delivery", |v| v["event"] == "delivery_failed");
-    assert!(failed["error"].as_str().unwrap().contains("HTTP 500: down for maintenance"), "{failed}");
+    // (The dead sink's failures come too, in any order.)
+    watch.wait_for("the webhook's 500 logged", |v| v["event"] == "delivery_failed" && v["error"] == "HTTP 500: down for maintenance");
     watch.wait_for("the file sink done while the webhook is down", |v| {
         v.get("poll").is_some() && delivered(v).first() == Some(&0) && delivered(v).get(1) == Some(&total)
     });
