@@ -56,10 +56,6 @@ impl Follower {
         Follower { location, range, regions: BTreeMap::new(), loose: HashSet::new(), layout: false, listings: 0 }
     }
 
-    pub fn location(&self) -> &Location {
-        &self.location
-    }
-
     /// The first, full listing (what `prism ingest` lists), from which polls go on: every key
     /// in it counts as seen.
     pub async fn start(&mut self) -> Result<Listing, SourceError> {

@@ -397,6 +397,7 @@ impl Step {
         }
         line.insert("list_seconds".into(), json!(seconds(listed)));
         line.insert("new_objects".into(), json!(objects.len()));
+        line.insert("keys_held".into(), json!(followers.iter().map(Follower::keys_held).sum::<usize>()));
         line.insert("skipped".into(), json!(skipped));
         for o in &objects {
             if let Some(stamp) = delivery_stamp(&o.location) {

@@ -497,6 +497,8 @@ async fn an_s3_trail_of_50000_keys_is_polled_by_its_newest_date_folders() {
     server.clear_seen();
     let poll = watch.next_poll();
     assert_eq!(poll["new_objects"].as_u64(), Some(0), "{poll}");
+    // The follower remembers the keys of each region's two newest folders, not the bucket's.
+    assert!(poll["keys_held"].as_u64().unwrap() < 1_100, "{poll}");
     // One poll: delimiter listings down to the region folders, and one listing per region
     // from the day before its newest folder (a page of 500 keys, not 25,000).
     let lists: Vec<_> = server.seen().into_iter().filter(|s| s.is_list()).collect();
