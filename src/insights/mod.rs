@@ -328,13 +328,10 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
     // query; long ones (backfills) one account and region at a time, to bound memory.
     let short: Vec<(String, String, i64, i64)> =
         plans.iter().filter(|p| p.4 - p.7 <= BATCH_SPAN_MINUTES).map(|p| (p.0.clone(), p.1.clone(), p.7, p.4)).collect();
-    let mut preloaded = if short.len() > 1 { load_series_many(&ctx, &short, &types, None).await? } else { HashMap::new() };
-    let batched: HashSet<(String, String)> = if short.len() > 1 { short.into_iter().map(|s| (s.0, s.1)).collect() } else { HashSet::new() };
+    let mut preloaded = load_series_many(&ctx, &short, &types, None).await?;
     for (account, region, first, start, end, stored, states, lo) in plans {
-        let pair = (account.clone(), region.clone());
-        let series = match preloaded.remove(&pair) {
+        let series = match preloaded.remove(&(account.clone(), region.clone())) {
             Some(s) => s,
-            None if batched.contains(&pair) => HashMap::new(),
             None => load_series(&ctx, &account, &region, lo, end, &types, None).await?,
         };
         tracing::debug!(elapsed = ?started.elapsed(), %account, %region, series = series.len(), "series loaded");
@@ -496,14 +493,14 @@ pub async fn load_series(
 
 /// Series of several accounts and regions, each over its own minutes `lo..hi`, in one query
 /// (an incremental run reads a few days of many accounts and regions: one query's overhead
-/// instead of one per account and region). By (account, region).
+/// instead of one per account and region). By (account, region), one entry for each range.
 pub async fn load_series_many(
     ctx: &SessionContext,
     ranges: &[(String, String, i64, i64)],
     types: &HashSet<&str>,
     only: Option<&SeriesKey>,
 ) -> Result<HashMap<(String, String), Series>> {
-    let mut out: HashMap<(String, String), Series> = HashMap::new();
+    let mut out: HashMap<(String, String), Series> = ranges.iter().map(|r| ((r.0.clone(), r.1.clone()), Series::new())).collect();
     let (Some(lo), Some(hi)) = (ranges.iter().map(|r| r.2).min(), ranges.iter().map(|r| r.3).max()) else {
         return Ok(out);
     };

@@ -14,7 +14,7 @@
 //! A location without the AWS layout (a folder of exported files) is listed in full on every
 //! poll, since nothing says where new files would land.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{Datelike, NaiveDate};
@@ -31,8 +31,11 @@ type Found = Vec<(String, u64, ObjectRef)>;
 struct Cursor {
     /// The newest date folder that held a key.
     newest: Option<NaiveDate>,
-    /// Every key seen in the date folders from the day before `newest` on.
-    seen: HashSet<String>,
+    /// Every key seen in the date folders from the day before `newest` on, with its folder's
+    /// date.
+    seen: HashMap<String, NaiveDate>,
+    /// `newest` moved since the last prune.
+    moved: bool,
 }
 
 /// Lists what is new in a location since the last poll. See the module documentation.
@@ -132,18 +135,22 @@ impl Follower {
         match (self.layout, region_of(key), date) {
             (true, Some(region), Some(date)) => {
                 let cursor = self.regions.entry(region.to_owned()).or_default();
-                cursor.newest = cursor.newest.max(Some(date));
-                cursor.seen.insert(key.to_owned())
+                if cursor.newest < Some(date) {
+                    cursor.newest = Some(date);
+                    cursor.moved = true;
+                }
+                cursor.seen.insert(key.to_owned(), date).is_none()
             }
             _ => self.loose.insert(key.to_owned()),
         }
     }
 
-    /// Drops the keys of date folders no poll lists any more.
+    /// Drops the keys of date folders no poll lists any more (only where `newest` moved).
     fn prune(&mut self) {
-        for cursor in self.regions.values_mut() {
+        for cursor in self.regions.values_mut().filter(|c| c.moved) {
+            cursor.moved = false;
             let Some(keep) = cursor.newest.map(day_before) else { continue };
-            cursor.seen.retain(|k| classify(k).ok().and_then(|i| i.date).is_some_and(|d| d >= keep));
+            cursor.seen.retain(|_, d| *d >= keep);
         }
     }
 
