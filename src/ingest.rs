@@ -263,13 +263,13 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
     if opts.dry_run {
         return dry_run(opts, started).await;
     }
-    let lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let mut lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
     let mut summary = IngestSummary { lake: lake.url().to_string(), granularity: lake.config().granularity.to_string(), ..Default::default() };
     // 1. List. 2. Leave out what earlier runs completed.
     let objects = list_sources(opts, Some(&lake), &mut summary).await?;
     let mut rollups = Rollups::open(&lake).await?;
     let mut index = EventIndex::new(lake.events(), 8_000_000)?;
-    read_objects(opts, lake, &mut rollups, &mut index, objects, summary, progress, started).await
+    read_objects(opts, &mut lake, &mut rollups, &mut index, objects, summary, progress, started).await
 }
 
 /// Ingests objects its caller listed (`prism watch` lists only the newest date folders of
@@ -286,7 +286,10 @@ pub async fn ingest_listed(
 ) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     objects.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
-    let lake = Lake::open_or_create(&opts.lake, opts.granularity).await?;
+    let lake = match &mut kept.lake {
+        Some(l) => l,
+        None => kept.lake.insert(Lake::open_or_create(&opts.lake, opts.granularity).await?),
+    };
     let summary = IngestSummary {
         lake: lake.url().to_string(),
         granularity: lake.config().granularity.to_string(),
@@ -295,7 +298,7 @@ pub async fn ingest_listed(
     };
     let rollups = match &mut kept.rollups {
         Some(r) => r,
-        None => kept.rollups.insert(Rollups::open(&lake).await?),
+        None => kept.rollups.insert(Rollups::open(lake).await?),
     };
     let index = match &mut kept.index {
         Some(i) => i,
@@ -309,12 +312,13 @@ pub async fn ingest_listed(
 const KEPT_IDS: usize = 2_000_000;
 
 /// What [`ingest_listed`]'s caller keeps between calls, since building it reads the lake: the
-/// rollups (which events files they count: the whole table) and the deduplication index
-/// (the IDs of the partitions written to: a day's events, per poll). Both stay right as long
-/// as this process is the lake's only writer; after anything else rewrites the lake
-/// (`optimize`), or a failed call, start again from `Kept::default()`.
+/// lake's open tables, the rollups (which events files they count: the whole table) and the
+/// deduplication index (the IDs of the partitions written to: a day's events, per poll). They
+/// stay right as long as this process is the lake's only writer; after anything else rewrites
+/// the lake (`optimize`), or a failed call, start again from `Kept::default()`.
 #[derive(Default)]
 pub struct Kept {
+    pub lake: Option<Lake>,
     pub rollups: Option<Rollups>,
     pub index: Option<EventIndex>,
 }
@@ -323,7 +327,7 @@ pub struct Kept {
 #[allow(clippy::too_many_arguments)]
 async fn read_objects(
     opts: &IngestOptions,
-    mut lake: Lake,
+    lake: &mut Lake,
     rollups: &mut Rollups,
     index: &mut EventIndex,
     objects: Vec<SourceObject>,
@@ -411,7 +415,7 @@ async fn read_objects(
         }
         let due = pending_bytes >= opts.buffer_bytes || (last_commit.elapsed().as_secs() >= 60 && !finished.is_empty());
         if end || due {
-            flush(&mut lake, rollups, index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
+            flush(lake, rollups, index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
             pending_bytes = 0;
             last_commit = Instant::now();
         }

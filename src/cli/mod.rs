@@ -103,12 +103,19 @@ impl Cli {
 }
 
 /// A stop that several tasks share (the console and its watch): it turns true at the first
-/// SIGINT or SIGTERM; [`stopped`] waits for it.
+/// SIGINT or SIGTERM; [`stopped`] waits for it. A second signal exits at once with status 130:
+/// finishing a step can take long (a catch-up of months), and every step is safe to cut
+/// (the lake stays consistent, the step is redone at the next start).
 pub fn shared_stop() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if next_signal().await {
             let _ = tx.send(true);
+            eprintln!("prism: stopping after the current step (a second Ctrl-C stops now)");
+            if next_signal().await {
+                eprintln!("prism: stopped now; the unfinished step is redone at the next start");
+                std::process::exit(130);
+            }
         } else {
             // No signals to listen to: never stop on one (the sender must stay alive).
             std::future::pending::<()>().await;

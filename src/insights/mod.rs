@@ -248,15 +248,20 @@ pub struct RunSummary {
 
 /// Runs Insights over the lake: backfill or incremental.
 pub async fn run(opts: &RunOptions, progress: &InsightsProgress) -> Result<RunSummary> {
-    run_with(opts, progress, &mut None).await
+    run_with(opts, progress, &mut Default::default()).await
 }
 
-/// [`run`] with the rollups a long-running caller keeps between runs (`prism watch`): opening
-/// them reads which events files they count, a read of the whole table (opened here when
-/// `None`).
-pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &mut Option<crate::rollup::Rollups>) -> Result<RunSummary> {
+/// [`run`] with what a long-running caller keeps between runs (`prism watch`): the open lake
+/// and the rollups (opening them reads which events files they count, a read of the whole
+/// table); each is opened here when `None`.
+pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut crate::ingest::Kept) -> Result<RunSummary> {
     let started = Instant::now();
-    let lake = Lake::open(&opts.lake).await?;
+    let lake = match &mut kept.lake {
+        Some(l) => l,
+        None => kept.lake.insert(Lake::open(&opts.lake).await?),
+    };
+    let lake: &Lake = lake;
+    let rollups = &mut kept.rollups;
     let run_id = uuid::Uuid::new_v4().to_string();
     let mut summary = RunSummary { run_id: run_id.clone(), insight_types: lake.config().insight_selectors.clone(), ..Default::default() };
     if summary.insight_types.is_empty() {
@@ -265,14 +270,14 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, rollups: &
     let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
     let rollups = match rollups {
         Some(r) => r,
-        None => rollups.insert(crate::rollup::Rollups::open(&lake).await?),
+        None => rollups.insert(crate::rollup::Rollups::open(lake).await?),
     };
-    summary.rolled_up_events = rollups.catch_up(&lake).await?.events;
+    summary.rolled_up_events = rollups.catch_up(lake).await?.events;
     crate::maintain::tidy_rollups(rollups).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
-    let mut tables = Tables::open(&lake).await?;
-    let ctx = crate::sql::session(&lake).await?;
-    let out = OutputStore::new(opts.out.as_deref(), &lake)?;
+    let mut tables = Tables::open(lake).await?;
+    let ctx = crate::sql::session(lake).await?;
+    let out = OutputStore::new(opts.out.as_deref(), lake)?;
     let p = &opts.params;
 
     tracing::debug!(elapsed = ?started.elapsed(), "session ready");

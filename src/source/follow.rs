@@ -21,10 +21,11 @@ use chrono::{Datelike, NaiveDate};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
-use super::{DateRange, Listing, Location, ObjectRef, PARALLEL_LISTINGS, SourceError, classify, descend, walk_local};
+use super::{DateRange, Listing, Location, ObjectRef, PARALLEL_LISTINGS, SourceError, classify, descend, walk_local_paths};
 
-/// Keys found by a listing: as shown, size, and how to fetch.
-type Found = Vec<(String, u64, ObjectRef)>;
+/// Keys found by a listing: as shown, size (None for a local file: read for new keys only),
+/// and how to fetch.
+type Found = Vec<(String, Option<u64>, ObjectRef)>;
 
 /// What a follower remembers of one region folder.
 #[derive(Debug, Default)]
@@ -109,11 +110,11 @@ impl Follower {
             .await;
         // Any failed listing fails the poll before a key is noted as seen, so none is lost.
         let listed: Vec<Found> = listed.into_iter().collect::<Result<_, _>>()?;
-        for keys in listed {
-            for (display, size, object) in keys {
-                if self.see(&display) {
-                    found.push(display, size, object, &self.range);
-                }
+        let new: Found = listed.into_iter().flatten().filter(|(display, _, _)| !self.seen(display)).collect();
+        let new = sized(new).await.map_err(|e| SourceError::List { location: self.location.to_string(), source: e.into() })?;
+        for (display, size, object) in new {
+            if self.see(&display) {
+                found.push(display, size, object, &self.range);
             }
         }
         self.prune();
@@ -126,9 +127,14 @@ impl Follower {
         self.regions.values().map(|c| c.seen.len()).sum::<usize>() + self.loose.len()
     }
 
+    /// Whether a key was seen (most keys a poll lists were): found without parsing its name.
+    fn seen(&self, key: &str) -> bool {
+        self.loose.contains(key) || region_of(key).and_then(|r| self.regions.get(r)).is_some_and(|c| c.seen.contains_key(key))
+    }
+
     /// Notes a key as seen; false when it was seen before.
     fn see(&mut self, key: &str) -> bool {
-        if self.loose.contains(key) {
+        if self.seen(key) {
             return false;
         }
         let date = classify(key).ok().and_then(|i| i.date);
@@ -197,7 +203,7 @@ async fn list_region(location: &Location, region: &str, from: Option<NaiveDate>)
             let dir = PathBuf::from(region);
             let found =
                 tokio::task::spawn_blocking(move || local_days_from(&dir, from)).await.map_err(|e| list_err(e.into()))?.map_err(|e| list_err(e.into()))?;
-            Ok(found.into_iter().map(|(p, size)| (p.display().to_string(), size, ObjectRef::Local(p))).collect())
+            Ok(found.into_iter().map(|p| (p.display().to_string(), None, ObjectRef::Local(p))).collect())
         }
         Location::Remote { url, store } => {
             let base = url.as_str().trim_end_matches('/');
@@ -212,9 +218,34 @@ async fn list_region(location: &Location, region: &str, from: Option<NaiveDate>)
                 None => store.list(Some(&prefix)).try_collect().await,
             }
             .map_err(|e| list_err(e.into()))?;
-            Ok(objects.into_iter().map(|m| (format!("{base}/{}", m.location), m.size, ObjectRef::Remote { store: store.clone(), path: m.location })).collect())
+            Ok(objects
+                .into_iter()
+                .map(|m| (format!("{base}/{}", m.location), Some(m.size), ObjectRef::Remote { store: store.clone(), path: m.location }))
+                .collect())
         }
     }
+}
+
+/// The keys with their sizes: local files are read now (a file gone since its folder was read
+/// keeps size 0, and its reader reports it).
+async fn sized(keys: Found) -> Result<Vec<(String, u64, ObjectRef)>, tokio::task::JoinError> {
+    if keys.iter().all(|k| k.1.is_some()) {
+        return Ok(keys.into_iter().map(|(d, size, o)| (d, size.unwrap_or(0), o)).collect());
+    }
+    let stat = move || {
+        keys.into_iter()
+            .map(|(display, size, object)| {
+                let size = match (&object, size) {
+                    (_, Some(s)) => s,
+                    (ObjectRef::Local(p), None) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+                    (ObjectRef::Remote { .. }, None) => 0,
+                };
+                (display, size, object)
+            })
+            .collect()
+    };
+    // Blocking file-system calls stay off the runtime's workers.
+    tokio::task::spawn_blocking(stat).await
 }
 
 /// `<root>[/AWSLogs]/[o-…/]<account>/CloudTrail/<region>` folders, or None when `root` has
@@ -260,9 +291,9 @@ fn subdirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// The files of a region folder's date folders from `from` on: only the year, month and day
 /// folders that can hold them are read.
-fn local_days_from(region: &Path, from: Option<NaiveDate>) -> std::io::Result<Vec<(PathBuf, u64)>> {
+fn local_days_from(region: &Path, from: Option<NaiveDate>) -> std::io::Result<Vec<PathBuf>> {
     let Some(from) = from else {
-        return if region.is_dir() { walk_local(region) } else { Ok(Vec::new()) };
+        return if region.is_dir() { walk_local_paths(region) } else { Ok(Vec::new()) };
     };
     let number = |p: &Path| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
     let mut out = Vec::new();
@@ -271,7 +302,7 @@ fn local_days_from(region: &Path, from: Option<NaiveDate>) -> std::io::Result<Ve
     }
     for year in subdirs(region)? {
         let Some(y) = number(&year) else {
-            out.extend(walk_local(&year)?); // not a date folder: listed as a whole
+            out.extend(walk_local_paths(&year)?); // not a date folder: listed as a whole
             continue;
         };
         if (y as i32) < from.year() {
@@ -279,7 +310,7 @@ fn local_days_from(region: &Path, from: Option<NaiveDate>) -> std::io::Result<Ve
         }
         for month in subdirs(&year)? {
             let Some(m) = number(&month) else {
-                out.extend(walk_local(&month)?);
+                out.extend(walk_local_paths(&month)?);
                 continue;
             };
             if (y as i32, m) < (from.year(), from.month()) {
@@ -288,7 +319,7 @@ fn local_days_from(region: &Path, from: Option<NaiveDate>) -> std::io::Result<Ve
             for day in subdirs(&month)? {
                 match number(&day) {
                     Some(d) if (y as i32, m, d) < (from.year(), from.month(), from.day()) => {}
-                    _ => out.extend(walk_local(&day)?),
+                    _ => out.extend(walk_local_paths(&day)?),
                 }
             }
         }
@@ -353,8 +384,7 @@ mod tests {
             write(&region, &format!("{day}/f.json"));
         }
         let from = NaiveDate::from_ymd_opt(2026, 1, 2);
-        let found: Vec<String> =
-            local_days_from(&region, from).unwrap().into_iter().map(|(p, _)| p.strip_prefix(&region).unwrap().display().to_string()).collect();
+        let found: Vec<String> = local_days_from(&region, from).unwrap().into_iter().map(|p| p.strip_prefix(&region).unwrap().display().to_string()).collect();
         assert_eq!(found, ["2026/01/02/f.json", "2026/02/01/f.json"]);
         assert_eq!(region_of("s3://b/AWSLogs/1/CloudTrail/r/2026/01/02/f.json"), Some("s3://b/AWSLogs/1/CloudTrail/r"));
         assert_eq!(region_of("f.json"), None);

@@ -336,11 +336,18 @@ async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<D
     Ok(found)
 }
 
-/// Recursively lists regular files, sorted, not following symlinked folders (no loops).
+/// Recursively lists regular files with their sizes, sorted, not following symlinked folders
+/// (no loops).
 fn walk_local(root: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
+    walk_local_paths(root)?.into_iter().map(|p| std::fs::metadata(&p).map(|m| (p, m.len()))).collect()
+}
+
+/// [`walk_local`] without the sizes: a follower reads the same folders on every poll and needs
+/// the size of the few new files only.
+fn walk_local_paths(root: &Path) -> io::Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(root)?;
     if meta.is_file() {
-        return Ok(vec![(root.to_path_buf(), meta.len())]);
+        return Ok(vec![root.to_path_buf()]);
     }
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -353,8 +360,7 @@ fn walk_local(root: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
-                let len = std::fs::metadata(&path)?.len();
-                out.push((path, len));
+                out.push(path);
             }
         }
     }

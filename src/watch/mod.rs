@@ -443,7 +443,7 @@ impl Step {
             run.params = params;
             run.settle_minutes = settle_minutes;
             let began = Instant::now();
-            let summary = match insights::run_with(&run, &InsightsProgress::default(), &mut self.kept.rollups).await {
+            let summary = match insights::run_with(&run, &InsightsProgress::default(), &mut self.kept).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.kept = Default::default();

@@ -66,6 +66,8 @@ struct HookState {
     fail_until: AtomicU32,
     /// The request with this number kills `pid` (SIGKILL) before answering.
     kill_at: AtomicU32,
+    /// The request with this number is never answered (nor recorded).
+    hang_at: AtomicU32,
     pid: AtomicU32,
     /// `X-Prism-Signature-256` of each received body, and the body's bytes.
     signatures: Mutex<Vec<(Option<String>, Vec<u8>)>>,
@@ -91,6 +93,9 @@ impl Hook {
                         let s = shared.clone();
                         async move {
                             let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                            if n == s.hang_at.load(Ordering::SeqCst) {
+                                std::future::pending::<()>().await;
+                            }
                             if n <= s.fail_until.load(Ordering::SeqCst) {
                                 return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down for maintenance");
                             }
@@ -439,6 +444,41 @@ async fn a_failing_webhook_and_a_killed_watch_lose_no_alert() {
     assert!(lines >= total, "{lines} lines in the file sink");
     let journaled = common::scalar(&lake, "SELECT count(DISTINCT eventid) FROM deliveries WHERE status = 'delivered'").await;
     assert_eq!(journaled as u64, total);
+}
+
+/// A first signal lets the delivery under way finish (up to 90 s); a second stops at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_stops_the_watch_at_once() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let total = lake_records(&f.reference).await.len() as u64;
+    let hook = Hook::start();
+    hook.state.hang_at.store(1, Ordering::SeqCst);
+    let webhook = format!("webhook={}", hook.url);
+    let args = [f.archive.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--interval", "500ms", "--alert", &webhook];
+    let mut watch = Watch::start(&args, &[]);
+    let deadline = Instant::now() + WAIT;
+    while hook.state.requests.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no delivery was attempted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let term = |pid: u32| Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    term(watch.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(watch.child.try_wait().unwrap().is_none(), "the first signal waits for the delivery under way");
+    term(watch.child.id());
+    let asked = Instant::now();
+    let status = watch.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "the second signal took {:?}", asked.elapsed());
+
+    // Restarted: the record that was in flight, and every other, reaches the webhook.
+    let mut watch = Watch::start(&args, &[]);
+    watch.wait_for("every record delivered", |v| v.get("poll").is_some() && delivered(v).first() == Some(&total));
+    watch.stop();
+    let ids: BTreeSet<String> = hook.received().iter().map(|b| b["detail"]["eventID"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len() as u64, total);
 }
 
 /// A CloudTrail-named empty log file's key.
