@@ -1,7 +1,8 @@
 //! Following an archive as CloudTrail writes to it (`prism watch`), without listing it again.
 //!
 //! CloudTrail writes each account and region's files under date folders
-//! (`…/CloudTrail/<region>/YYYY/MM/DD/`), and new files land in the newest one (or, around
+//! (`…/CloudTrail/<region>/YYYY/MM/DD/`, and `…/CloudTrail-NetworkActivity/…` for network
+//! activity), and new files land in the newest one (or, around
 //! midnight and for late deliveries, the one before). So after one full listing, a poll lists
 //! each region folder only from the day before its newest date folder on (one `StartAfter`
 //! listing per region on S3, a few folder reads on disk): for a year-old organization bucket
@@ -21,7 +22,7 @@ use chrono::{Datelike, NaiveDate};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
-use super::{DateRange, Listing, Location, ObjectRef, PARALLEL_LISTINGS, SourceError, classify, descend, walk_local_paths};
+use super::{DateRange, EVENT_FOLDERS, Listing, Location, ObjectRef, PARALLEL_LISTINGS, SourceError, classify, descend, walk_local_paths};
 
 /// Keys found by a listing: as shown, size (None for a local file: read for new keys only),
 /// and how to fetch.
@@ -248,7 +249,7 @@ async fn sized(keys: Found) -> Result<Vec<(String, u64, ObjectRef)>, tokio::task
     tokio::task::spawn_blocking(stat).await
 }
 
-/// `<root>[/AWSLogs]/[o-…/]<account>/CloudTrail/<region>` folders, or None when `root` has
+/// `<root>[/AWSLogs]/[o-…/]<account>/<event folder>/<region>` folders, or None when `root` has
 /// no `AWSLogs` folder (and is not one).
 fn local_regions(root: &Path) -> std::io::Result<Option<Vec<PathBuf>>> {
     let logs = if root.file_name().is_some_and(|n| n == "AWSLogs") {
@@ -268,9 +269,11 @@ fn local_regions(root: &Path) -> std::io::Result<Option<Vec<PathBuf>>> {
     }
     let mut regions = Vec::new();
     for account in accounts {
-        let trail = account.join("CloudTrail");
-        if trail.is_dir() {
-            regions.extend(subdirs(&trail)?);
+        for folder in EVENT_FOLDERS {
+            let trail = account.join(folder);
+            if trail.is_dir() {
+                regions.extend(subdirs(&trail)?);
+            }
         }
     }
     Ok(Some(regions))
@@ -369,8 +372,13 @@ mod tests {
             ]
         );
         assert!(f.poll().await.unwrap().objects.is_empty());
+        // Network-activity events have a folder of their own beside CloudTrail/.
+        let network = key("us-east-1", "2026/01/03", "20260103T0010Z_n").replace("/CloudTrail/", "/CloudTrail-NetworkActivity/");
+        write(root, &network);
+        assert_eq!(f.poll().await.unwrap().objects.iter().map(|o| o.location.ends_with(&network)).collect::<Vec<_>>(), [true]);
+        assert!(f.poll().await.unwrap().objects.is_empty());
         // Only the last two date folders' keys are held.
-        assert_eq!(f.keys_held(), 3);
+        assert_eq!(f.keys_held(), 4);
         // A key at the calendar's first day neither panics nor hides the others.
         write(root, &format!("AWSLogs/111122223333/CloudTrail/eu-west-1/{}/f.json", NaiveDate::MIN.format("%Y/%m/%d")));
         f.poll().await.unwrap();

@@ -1,9 +1,10 @@
 //! Finding and reading CloudTrail archives: local files and folders, or `s3://bucket/prefix`.
 //!
 //! Keys are classified by the layout AWS delivers
-//! (`[prefix/]AWSLogs/[o-…/]<account>/CloudTrail/<region>/YYYY/MM/DD/<file>`): event logs are
-//! read, while digests, Insights files and other services' logs in a shared bucket are skipped
-//! and counted. Files outside that layout (exports, test corpora) are read when they look like
+//! (`[prefix/]AWSLogs/[o-…/]<account>/CloudTrail/<region>/YYYY/MM/DD/<file>`, and
+//! `CloudTrail-NetworkActivity/` beside `CloudTrail/` for network-activity events): event logs
+//! are read, while digests, Insights files, aggregated-event summaries and other services' logs
+//! in a shared bucket are skipped and counted. Files outside that layout (exports, test corpora) are read when they look like
 //! JSON. Compression is detected from the bytes, not the name.
 
 pub mod follow;
@@ -229,7 +230,8 @@ fn day_folders(range: &DateRange) -> Option<Vec<NaiveDate>> {
 const PARALLEL_LISTINGS: usize = 16;
 
 /// Lists an object store location. One that is or contains an `AWSLogs/` folder is listed with
-/// delimiters down to the `AWSLogs/[o-…/]<account>/CloudTrail/<region>/` folders, then each
+/// delimiters down to the `AWSLogs/[o-…/]<account>/CloudTrail[-NetworkActivity]/<region>/`
+/// folders, then each
 /// region folder is listed on its own, [`PARALLEL_LISTINGS`] at a time, instead of one page
 /// after the other for the whole archive. With `days`, only those date folders of each region
 /// are listed (a one-week range lists a week of keys, not a year's), and the digest, Insight
@@ -267,11 +269,11 @@ struct Descent {
     in_full: Vec<Option<ObjectPath>>,
 }
 
-/// Walks down the AWS layout with delimiter listings to the `CloudTrail/<region>/` folders
+/// Walks down the AWS layout with delimiter listings to the [`EVENT_FOLDERS`]' region folders
 /// (the accounts' levels [`PARALLEL_LISTINGS`] at a time). Without an `AWSLogs/` folder (at the
 /// location or directly in it) the whole location is to be listed in full. `services`: list
 /// each account folder too, so that its digest, Insight and other services' folders are listed
-/// in full; otherwise only `<account>/CloudTrail/` is.
+/// in full; otherwise only the account's event folders are.
 async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<Descent, object_store::Error> {
     use futures::StreamExt;
     let last = |p: &ObjectPath| p.parts().next_back().map(|x| x.as_ref().to_owned()).unwrap_or_default();
@@ -291,7 +293,7 @@ async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<D
         found.in_full.extend(beside.into_iter().map(Some));
         aws_logs.extend(logs.into_iter().map(Some));
     }
-    // AWSLogs/[o-…/]<account>/CloudTrail/<region>/
+    // AWSLogs/[o-…/]<account>/CloudTrail[-NetworkActivity]/<region>/
     let mut accounts = Vec::new();
     for root in aws_logs {
         let level = store.list_with_delimiter(root.as_ref()).await?;
@@ -310,11 +312,11 @@ async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<D
     let per_account: Vec<Descent> = futures::stream::iter(accounts)
         .map(|account| async move {
             let mut found = Descent::default();
-            let mut trails = vec![account.clone().join("CloudTrail")];
+            let mut trails: Vec<ObjectPath> = EVENT_FOLDERS.iter().map(|f| account.clone().join(*f)).collect();
             if services {
                 let level = store.list_with_delimiter(Some(&account)).await?;
                 found.objects.extend(level.objects);
-                let (trail, other): (Vec<_>, Vec<_>) = level.common_prefixes.into_iter().partition(|p| last(p) == "CloudTrail");
+                let (trail, other): (Vec<_>, Vec<_>) = level.common_prefixes.into_iter().partition(|p| EVENT_FOLDERS.contains(&last(p).as_str()));
                 trails = trail;
                 found.in_full.extend(other.into_iter().map(Some));
             }
@@ -403,6 +405,8 @@ pub enum SkipReason {
     Digest,
     /// `CloudTrail-Insight/`: Insights records, not events.
     Insight,
+    /// `CloudTrail-Aggregated/`: AWS's 5-minute summaries of data events, not events.
+    Aggregated,
     /// Another service's logs in a shared bucket (`Config/`, `GuardDuty/`, …).
     OtherService(String),
     /// Not a `.json`, `.json.gz`, `.jsonl` or `.ndjson` file.
@@ -418,6 +422,7 @@ impl SkipReason {
         match self {
             SkipReason::Digest => "digest".into(),
             SkipReason::Insight => "insight".into(),
+            SkipReason::Aggregated => "aggregated".into(),
             SkipReason::OtherService(s) => format!("not_cloudtrail:{s}"),
             SkipReason::NotJson => "not_json".into(),
             SkipReason::OutsideDateRange => "outside_date_range".into(),
@@ -431,6 +436,7 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::Digest => f.write_str("CloudTrail digest file"),
             SkipReason::Insight => f.write_str("CloudTrail Insights file"),
+            SkipReason::Aggregated => f.write_str("CloudTrail aggregated-events file (summaries, not events)"),
             SkipReason::OtherService(s) => write!(f, "{s} log, not CloudTrail"),
             SkipReason::NotJson => f.write_str("not a JSON log file"),
             SkipReason::OutsideDateRange => f.write_str("delivered outside --from/--to"),
@@ -491,6 +497,11 @@ impl Listing {
 }
 
 /// Classifies a key or path: an event log to read, or a reason to skip it.
+/// The folders of an account (`AWSLogs/[o-…/]<account>/<folder>/<region>/YYYY/MM/DD/`) whose
+/// files hold event records: CloudTrail's management and data events, and its network-activity
+/// events (VPC endpoint calls), which AWS delivers to a folder of their own.
+pub const EVENT_FOLDERS: [&str; 2] = ["CloudTrail", "CloudTrail-NetworkActivity"];
+
 pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
     let name = location.rsplit(['/', '\\']).next().unwrap_or(location);
     if name == "labels.json" {
@@ -515,9 +526,10 @@ pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
         _ => return Ok(KeyInfo::default()),
     };
     match service {
-        "CloudTrail" => {}
+        s if EVENT_FOLDERS.contains(&s) => {}
         "CloudTrail-Digest" => return Err(SkipReason::Digest),
         "CloudTrail-Insight" => return Err(SkipReason::Insight),
+        "CloudTrail-Aggregated" => return Err(SkipReason::Aggregated),
         other => return Err(SkipReason::OtherService(other.to_owned())),
     }
     let region = rest.get(2).map(|s| s.to_string());
@@ -741,6 +753,9 @@ mod tests {
             Err(SkipReason::Digest)
         );
         assert_eq!(classify("AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz"), Err(SkipReason::Insight));
+        assert_eq!(classify("AWSLogs/1/CloudTrail-Aggregated/us-east-1/2024/01/01/x.json.gz"), Err(SkipReason::Aggregated));
+        let k = classify("AWSLogs/1/CloudTrail-NetworkActivity/us-east-1/2024/01/01/x.json.gz").unwrap();
+        assert_eq!((k.account.as_deref(), k.region.as_deref()), (Some("1"), Some("us-east-1")));
         assert_eq!(classify("AWSLogs/1/Config/us-east-1/2024/01/01/ConfigSnapshot/x.json.gz"), Err(SkipReason::OtherService("Config".into())));
         assert_eq!(classify("AWSLogs/1/CloudTrail/us-east-1/2024/01/01/README.txt"), Err(SkipReason::NotJson));
         assert_eq!(classify("data/events.ndjson.gz"), Ok(KeyInfo::default()));

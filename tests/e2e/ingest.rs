@@ -469,3 +469,59 @@ async fn file_statistics_cover_the_filter_columns_only() {
     }
     assert!(files > 10, "{files} data files");
 }
+
+/// Network-activity events (their own `CloudTrail-NetworkActivity/` folder) are events; AWS's
+/// aggregated-event summaries (`CloudTrail-Aggregated/`) are not, and are skipped with their
+/// reason, as digests and Insights files are. The files are shaped as AWS documents them.
+#[tokio::test]
+async fn network_activity_files_are_events_and_aggregated_files_are_counted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, lake) = (dir.path().join("archive"), dir.path().join("lake"));
+    let trail = log_path(&archive, "111122223333", "us-east-1", "20251117", "a");
+    write_gz(&trail, &[record("m-1", "2025-11-17T19:20:00Z", "us-east-1")]);
+    let network = |id: &str, error: Option<&str>| {
+        let mut r = serde_json::json!({
+            "eventVersion": "1.11",
+            "userIdentity": {"type": "AWSAccount", "principalId": "", "accountId": "444455556666"},
+            "eventTime": "2025-11-17T19:21:07Z",
+            "eventSource": "s3.amazonaws.com",
+            "eventName": "ListObjectsV2",
+            "awsRegion": "us-east-1",
+            "sourceIPAddress": "10.0.1.5",
+            "userAgent": "aws-cli/2.15.0",
+            "requestID": format!("req-{id}"),
+            "eventID": id,
+            "readOnly": true,
+            "eventType": "AwsVpceEvent",
+            "managementEvent": false,
+            "recipientAccountId": "111122223333",
+            "sharedEventID": "5e1d7a43-0f6c-4f5e-9d1b-2a3c4d5e6f70",
+            "vpcEndpointId": "vpce-0123456789abcdef0",
+            "vpcEndpointAccountId": "111122223333",
+            "eventCategory": "NetworkActivity"
+        });
+        if let Some(code) = error {
+            r["errorCode"] = code.into();
+            r["errorMessage"] = "The request was denied due to a VPC endpoint policy".into();
+        }
+        r
+    };
+    let folder = trail.to_string_lossy().replace("/CloudTrail/", "/CloudTrail-NetworkActivity/").replace("_CloudTrail_", "_CloudTrail-NetworkActivity_");
+    write_gz(Path::new(&folder), &[network("n-1", None), network("n-2", Some("VpceAccessDenied"))]);
+    let aggregated = serde_json::json!({"eventVersion":"1.0","accountId":"111122223333","eventId":"62759c1a-6248-48e1-a6b3-d5fb7e6c4bc0",
+        "eventCategory":"Aggregated","eventType":"AwsAggregatedEvent","awsRegion":"us-east-1","eventSource":"s3.amazonaws.com",
+        "timeWindow":{"windowStart":"2025-11-17T19:20:00Z","windowEnd":"2025-11-17T19:25:00Z","windowSize":"PT5M"},
+        "summary":{"primaryDimension":{"dimension":"eventName","statistics":[{"name":"PutObject","value":1000}],"aggregationType":"Count"},"details":[]}});
+    let folder = trail.to_string_lossy().replace("/CloudTrail/", "/CloudTrail-Aggregated/").replace("_CloudTrail_", "_CloudTrail-Aggregated_");
+    write_gz(Path::new(&folder), &[aggregated]);
+
+    let s = ingest(&[&archive], &lake).await;
+    assert_eq!((s.files_read, s.records_written, s.records_rejected), (2, 3, 0), "{s:?}");
+    assert_eq!(s.skipped_by_reason.get("aggregated"), Some(&1), "{s:?}");
+    let rows = strings(&lake, "SELECT eventid || ' ' || eventcategory || ' ' || coalesce(errorcode, '-') FROM events ORDER BY eventid").await;
+    let rows: Vec<String> = rows.into_iter().flatten().collect();
+    assert_eq!(rows, ["m-1 Management -", "n-1 NetworkActivity -", "n-2 NetworkActivity VpceAccessDenied"]);
+    // The endpoint's fields are kept.
+    let endpoint = strings(&lake, "SELECT vpcendpointid FROM events WHERE eventid = 'n-1'").await;
+    assert_eq!(endpoint, [Some("vpce-0123456789abcdef0".to_owned())]);
+}
