@@ -99,10 +99,9 @@ pub async fn backfill(opts: &BackfillOptions, progress: &BackfillProgress) -> Re
         return Ok(summary);
     }
     let mut lake = Lake::open(&opts.ingest.lake).await?;
-    if lake.config().insight_selectors.is_empty() {
-        let types = vec![CALL_RATE.to_owned(), ERROR_RATE.to_owned()];
-        insights::put_selectors(&mut lake, types.clone()).await?;
-        summary.enabled_insights = types;
+    if insights::selectors_of(lake.config()).is_empty() {
+        insights::put_selectors(&mut lake, insights::Selector::management(&[CALL_RATE, ERROR_RATE])).await?;
+        summary.enabled_insights = vec![CALL_RATE.to_owned(), ERROR_RATE.to_owned()];
     }
     drop(lake);
     progress.phase.store(PHASE_INSIGHTS, Ordering::Relaxed);

@@ -95,7 +95,7 @@ pub async fn run(opts: &DemoOptions, mut step: impl FnMut(String)) -> Result<Dem
 
     step("3/4 enabling ApiCallRateInsight and ApiErrorRateInsight, backfilling".into());
     let mut lake = crate::Lake::open(&lake_s).await?;
-    insights::put_selectors(&mut lake, vec![insights::CALL_RATE.into(), insights::ERROR_RATE.into()]).await?;
+    insights::put_selectors(&mut lake, insights::Selector::management(&[insights::CALL_RATE, insights::ERROR_RATE])).await?;
     let run = insights::run(&RunOptions::new(lake_s.clone(), Mode::Backfill { from: None, to: None }), &Default::default()).await?;
     step(format!("    {} series, {} Insights, {} files, {:.1} s", run.series, run.starts, run.files_written, run.seconds));
 

@@ -114,9 +114,27 @@ pub struct LakeConfig {
     /// Whether the trail logs management events (Insights need them).
     #[serde(default = "default_true")]
     pub management_events: bool,
-    /// Enabled Insights types (`ApiCallRateInsight`, `ApiErrorRateInsight`); none by default.
+    /// Insights types enabled on management events (`ApiCallRateInsight`,
+    /// `ApiErrorRateInsight`); none by default.
     #[serde(default)]
     pub insight_selectors: Vec<String>,
+    /// Insights types enabled on data events; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_insight_selectors: Vec<String>,
+    /// Whether the trail logs data events (data Insights need them); unset: as the lake's
+    /// events show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_events: Option<bool>,
+    /// The trail's name: data Insights name their trail (`insightSource`). Default `prism`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail_name: Option<String>,
+}
+
+impl LakeConfig {
+    /// The trail name data Insights carry.
+    pub fn trail(&self) -> &str {
+        self.trail_name.as_deref().unwrap_or("prism")
+    }
 }
 
 fn default_true() -> bool {
@@ -125,7 +143,15 @@ fn default_true() -> bool {
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        LakeConfig { format: 1, granularity: Granularity::Day, management_events: true, insight_selectors: Vec::new() }
+        LakeConfig {
+            format: 1,
+            granularity: Granularity::Day,
+            management_events: true,
+            insight_selectors: Vec::new(),
+            data_insight_selectors: Vec::new(),
+            data_events: None,
+            trail_name: None,
+        }
     }
 }
 
@@ -442,6 +468,55 @@ pub async fn append(table: &DeltaTable, batches: Vec<RecordBatch>, shown: &str) 
         let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
         commit(&mut table, adds.into_iter().map(Action::Add).collect(), operation, None, shown).await?;
     }
+    Ok(table)
+}
+
+/// Brings a table without partitions up to `schema`, whose extra columns are nullable strings:
+/// every row gets `defaults`' value for them (or null). One commit replaces all the table's
+/// files and its schema, so a crash leaves either the old table or the new one. Tables that
+/// hold Prism's own few rows (`insights`) only: everything is rewritten. Returns the table,
+/// unchanged when it has every column already.
+pub async fn add_columns(table: DeltaTable, schema: SchemaRef, defaults: &[(&str, &str)], shown: &str) -> Result<DeltaTable> {
+    use deltalake::kernel::MetadataExt;
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    let snapshot = table.snapshot().map_err(delta(format!("reading {shown}")))?;
+    let present: HashSet<String> = snapshot.schema().fields().map(|f| f.name().to_owned()).collect();
+    if schema.fields().iter().all(|f| present.contains(f.name())) {
+        return Ok(table);
+    }
+    let files: Vec<String> = snapshot.log_data().iter().map(|f| f.object_store_path().to_string()).collect();
+    let old = read_files(&table, &files, None).await?;
+    let mut batches = Vec::with_capacity(old.len());
+    for b in old {
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let column = match b.column_by_name(field.name()) {
+                Some(c) => c.clone(),
+                None => {
+                    let value = defaults.iter().find(|(n, _)| *n == field.name()).map(|d| d.1);
+                    Arc::new(StringArray::from(vec![value; b.num_rows()])) as arrow::array::ArrayRef
+                }
+            };
+            columns.push(column);
+        }
+        batches
+            .push(RecordBatch::try_new(schema.clone(), columns).map_err(|source| LakeError::Arrow { context: format!("adding columns to {shown}"), source })?);
+    }
+    let kernel: deltalake::kernel::StructType =
+        schema.as_ref().try_into_kernel().map_err(|e| LakeError::Delta { context: format!("schema of {shown}"), source: e.into() })?;
+    let metadata =
+        snapshot.metadata().clone().with_schema(&kernel).map_err(|e| LakeError::Delta { context: format!("schema of {shown}"), source: e.into() })?;
+    let mut writer = RecordBatchWriter::for_table(&table).map_err(delta(format!("preparing a writer of {shown}")))?.with_writer_properties(table_properties());
+    for b in batches {
+        writer.write_partition(b, &Default::default(), deltalake::writer::WriteMode::MergeSchema).await.map_err(delta(format!("rewriting {shown}")))?;
+    }
+    let adds = writer.flush().await.map_err(delta(format!("rewriting {shown}")))?;
+    let mut actions: Vec<Action> = vec![Action::Metadata(metadata)];
+    actions.extend(snapshot.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
+    actions.extend(adds.into_iter().map(Action::Add));
+    let mut table = table;
+    let operation = DeltaOperation::Write { mode: SaveMode::Overwrite, partition_by: None, predicate: None };
+    commit(&mut table, actions, operation, Some(serde_json::json!({"operation": "add columns"})), shown).await?;
     Ok(table)
 }
 
@@ -804,5 +879,39 @@ pub async fn open_or_create_table(
         Ok(t) => Ok(t),
         // Another process created it first: use theirs.
         Err(_) => DeltaTable::try_from_url(url.clone()).await.map_err(delta(format!("opening {url}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    /// A table from before a column existed gets it, with the default in every old row, in
+    /// one commit; a second call changes nothing.
+    #[tokio::test]
+    async fn add_columns_rewrites_old_rows_with_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let old = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let new = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("category", DataType::Utf8, true)]));
+        let table = open_or_create_table(&url, "t", old.clone(), &[], &[]).await.unwrap();
+        let rows = |ids: &[&str]| RecordBatch::try_new(old.clone(), vec![Arc::new(StringArray::from(ids.to_vec()))]).unwrap();
+        let table = append(&table, vec![rows(&["a", "b"])], "t").await.unwrap();
+        let table = append(&table, vec![rows(&["c"])], "t").await.unwrap();
+        let before = table.version();
+
+        let table = add_columns(table, new.clone(), &[("category", "Management")], "t").await.unwrap();
+        assert_eq!(table.version(), before.map(|v| v + 1), "one commit");
+        let reopened = open_or_create_table(&url, "t", new.clone(), &[], &[]).await.unwrap();
+        let mut got: Vec<(String, String)> = Vec::new();
+        for b in read_table_columns(&reopened, &["id", "category"], None).await.unwrap() {
+            let (id, c) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>());
+            got.extend((0..b.num_rows()).map(|i| (id.value(i).to_owned(), c.value(i).to_owned())));
+        }
+        got.sort();
+        assert_eq!(got, [("a".into(), "Management".into()), ("b".into(), "Management".into()), ("c".into(), "Management".into())]);
+        let again = add_columns(reopened, new, &[("category", "Management")], "t").await.unwrap();
+        assert_eq!(again.version(), before.map(|v| v + 1), "nothing to add");
     }
 }

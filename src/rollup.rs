@@ -10,7 +10,9 @@
 //!
 //! Two kinds of row share the table:
 //! - `minute`: calls per (account, region, minute, API, error code, read-only, management):
-//!   the series the detector scores;
+//!   the series the detector scores. Only management and data events are counted (the two
+//!   categories Insights analyse), so `management = false` rows are data events; network
+//!   activity events are in `events` and in the `file` rows' totals only;
 //! - `hour`: the same per hour and also per caller (`useridentityarn`, `useragent`): the
 //!   baseline attributions of an Insight, over 7 days, without reading 7 days of events.
 
@@ -264,6 +266,9 @@ impl Counts {
         let mut hours: HashMap<KeyRef, i64> = HashMap::default();
         visit(b, |e| {
             self.events += 1;
+            if e.category.is_none() {
+                return;
+            }
             let mut key = KeyRef {
                 account: e.account,
                 period: e.time.div_euclid(MICROS_PER_MINUTE) * MICROS_PER_MINUTE,
@@ -291,6 +296,35 @@ impl Counts {
     }
 }
 
+/// The categories of events Insights analyse (AWS's `EventCategories` of an Insight selector).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Category {
+    #[default]
+    Management,
+    Data,
+}
+
+impl Category {
+    pub const ALL: [Category; 2] = [Category::Management, Category::Data];
+
+    /// As AWS spells it (`EventCategories`, `sourceEventCategory`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Management => "Management",
+            Category::Data => "Data",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The category of a rollup row.
+    pub fn of_rollup(management: bool) -> Category {
+        if management { Category::Management } else { Category::Data }
+    }
+}
+
 /// One event as the rollups and Insights see it.
 pub(crate) struct EventView<'a> {
     /// Microseconds since the epoch.
@@ -301,6 +335,8 @@ pub(crate) struct EventView<'a> {
     pub error: Option<&'a str>,
     pub readonly: Option<bool>,
     pub management: bool,
+    /// Management or data; None for the categories Insights do not analyse (network activity).
+    pub category: Option<Category>,
     /// `useridentity.arn`, or the service in `invokedby`.
     pub caller: Option<&'a str>,
     pub agent: Option<&'a str>,
@@ -328,6 +364,12 @@ pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -
         // Old records lack managementEvent: they are management events unless their category
         // says otherwise.
         let management = if management.is_valid(i) { management.value(i) } else { get(category, i).is_none_or(|c| c == "Management") };
+        // Data events before eventCategory existed had managementEvent false and no category.
+        let category = match (management, get(category, i)) {
+            (true, _) => Some(Category::Management),
+            (false, None | Some("Data")) => Some(Category::Data),
+            (false, Some(_)) => None,
+        };
         f(&EventView {
             time: time.value(i),
             // The account whose trail logged the call; older records may lack it.
@@ -337,6 +379,7 @@ pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -
             error: get(error, i),
             readonly: readonly.is_valid(i).then(|| readonly.value(i)),
             management,
+            category,
             caller: get(arn, i).or_else(|| get(invoked_by, i)).filter(|_| identity.is_valid(i)),
             agent: get(agent, i),
         });

@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::lake::{Lake, LakeError};
 use crate::model;
 use detect::{DetectorParams, Direction, State, Transition};
+pub use records::Category;
 use records::{InsightRecord, SeriesKey};
 
 pub use crate::schema::tables::{INSIGHT_RUNS as RUNS_TABLE, INSIGHTS as INSIGHTS_TABLE};
@@ -64,8 +65,13 @@ pub enum InsightsError {
     /// Mirrors AWS's `InsightNotEnabledException`.
     #[error("InsightNotEnabledException: the lake {0} does not have Insights enabled; enable them with `prism selectors put`")]
     NotEnabled(String),
-    #[error("Insights cannot be enabled on {0}: its settings say the trail does not log management events, and Insights analyse management events only")]
+    #[error("Insights on management events cannot be enabled on {0}: its settings say the trail does not log management events")]
     ManagementEventsOff(String),
+    /// Mirrors AWS's refusal of data Insights on a trail without data events.
+    #[error(
+        "InvalidParameterException: Insights for data events can only be enabled for trails that log data events. (The lake {0} holds no data events, and its settings do not say the trail logs them.)"
+    )]
+    DataEventsOff(String),
     #[error("writing {context}")]
     Store {
         context: String,
@@ -123,9 +129,25 @@ fn query(context: impl Into<String>) -> impl FnOnce(DataFusionError) -> Insights
 // ---------------------------------------------------------------------------------------------
 // Selectors (spec section 5)
 
-/// Parses a `PutInsightSelectors` list: `[{"InsightType":"ApiCallRateInsight"}, …]`, or the
-/// whole request `{"InsightSelectors":[…]}`. An empty list turns Insights off.
-pub fn parse_selectors(json: &str) -> Result<Vec<String>> {
+/// One Insights selector: a type and the event categories it analyses (AWS's
+/// `{"InsightType": …, "EventCategories": […]}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub insight_type: String,
+    pub categories: Vec<Category>,
+}
+
+impl Selector {
+    /// Types on management events only (what the console's settings and `backfill` enable).
+    pub fn management(types: &[&str]) -> Vec<Selector> {
+        types.iter().map(|t| Selector { insight_type: (*t).to_owned(), categories: vec![Category::Management] }).collect()
+    }
+}
+
+/// Parses a `PutInsightSelectors` list: `[{"InsightType":"ApiCallRateInsight",
+/// "EventCategories":["Management","Data"]}, …]`, or the whole request `{"InsightSelectors":[…]}`.
+/// Omitted `EventCategories` means `["Management"]`; an empty list turns Insights off.
+pub fn parse_selectors(json: &str) -> Result<Vec<Selector>> {
     let invalid = |m: String| InsightsError::InvalidSelectors(m);
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| invalid(format!("not JSON ({e})")))?;
     let list = match &value {
@@ -136,49 +158,114 @@ pub fn parse_selectors(json: &str) -> Result<Vec<String>> {
         },
         _ => return Err(invalid("expected a list of selectors".into())),
     };
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<Selector> = Vec::new();
     for item in list {
         let obj = item.as_object().ok_or_else(|| invalid(format!("selector {item} is not an object")))?;
-        if let Some(k) = obj.keys().find(|k| k.as_str() != "InsightType") {
+        if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "InsightType" | "EventCategories")) {
             return Err(invalid(format!("unknown selector field `{k}`")));
         }
         let t = obj.get("InsightType").and_then(|v| v.as_str()).ok_or_else(|| invalid(format!("selector {item} lacks InsightType")))?;
         if !VALID_TYPES.contains(&t) {
             return Err(invalid(format!("unknown InsightType `{t}`")));
         }
-        if !out.iter().any(|o| o == t) {
-            out.push(t.to_owned());
+        let categories = match obj.get("EventCategories") {
+            None => vec![Category::Management],
+            Some(serde_json::Value::Array(list)) if !list.is_empty() => {
+                let mut cs = Vec::new();
+                for c in list {
+                    let c =
+                        c.as_str().and_then(Category::parse).ok_or_else(|| invalid(format!("unknown EventCategories value {c} (valid: Management, Data)")))?;
+                    if !cs.contains(&c) {
+                        cs.push(c);
+                    }
+                }
+                cs
+            }
+            Some(other) => return Err(invalid(format!("EventCategories must be a non-empty list of Management and Data, not {other}"))),
+        };
+        match out.iter_mut().find(|o| o.insight_type == t) {
+            // A type named twice analyses the categories of both.
+            Some(o) => o.categories.extend(categories.into_iter().filter(|c| !o.categories.contains(c)).collect::<Vec<_>>()),
+            None => out.push(Selector { insight_type: t.to_owned(), categories }),
         }
+    }
+    for o in &mut out {
+        o.categories.sort();
     }
     Ok(out)
 }
 
 /// The selectors as AWS's `GetInsightSelectors` returns them.
-pub fn selectors_response(lake: &url::Url, types: &[String]) -> serde_json::Value {
+pub fn selectors_response(lake: &url::Url, selectors: &[Selector]) -> serde_json::Value {
     serde_json::json!({
         "TrailARN": lake.to_string(),
-        "InsightSelectors": types.iter().map(|t| serde_json::json!({"InsightType": t})).collect::<Vec<_>>(),
+        "InsightSelectors": selectors.iter().map(|s| serde_json::json!({
+            "InsightType": s.insight_type,
+            "EventCategories": s.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
-/// `PutInsightSelectors`: stores the enabled types in the lake's settings.
-pub async fn put_selectors(lake: &mut Lake, types: Vec<String>) -> Result<()> {
-    if !types.is_empty() && !lake.config().management_events {
+/// `PutInsightSelectors`: stores the enabled types per category in the lake's settings (the
+/// list replaces the old one).
+pub async fn put_selectors(lake: &mut Lake, selectors: Vec<Selector>) -> Result<()> {
+    let of = |c: Category| -> Vec<String> { selectors.iter().filter(|s| s.categories.contains(&c)).map(|s| s.insight_type.clone()).collect() };
+    let (management, data) = (of(Category::Management), of(Category::Data));
+    if !management.is_empty() && !lake.config().management_events {
         return Err(InsightsError::ManagementEventsOff(lake.url().to_string()));
     }
+    if !data.is_empty() && !logs_data_events(lake).await? {
+        return Err(InsightsError::DataEventsOff(lake.url().to_string()));
+    }
     let mut config = lake.config().clone();
-    config.insight_selectors = types;
+    config.insight_selectors = management;
+    config.data_insight_selectors = data;
     lake.save_config(config).await?;
     Ok(())
 }
 
-/// `GetInsightSelectors`: the enabled types, or `InsightNotEnabledException`.
-pub fn get_selectors(lake: &url::Url, config: &crate::lake::LakeConfig) -> Result<Vec<String>> {
-    let types = config.insight_selectors.clone();
-    if types.is_empty() {
+/// Whether the lake's trail logs data events: as its settings say (`data_events`), or else
+/// whether the lake holds any (a data-event row in the rollups).
+pub async fn logs_data_events(lake: &Lake) -> Result<bool> {
+    if let Some(stated) = lake.config().data_events {
+        return Ok(stated);
+    }
+    let ctx = crate::sql::session(lake).await?;
+    let sql = "SELECT 1 FROM rollups WHERE kind = 'minute' AND NOT management LIMIT 1";
+    let context = "looking for data events in the rollups";
+    let found = ctx.sql(sql).await.map_err(query(context))?.collect().await.map_err(query(context))?;
+    Ok(found.iter().any(|b| b.num_rows() > 0))
+}
+
+/// The enabled selectors of a lake's settings.
+pub fn selectors_of(config: &crate::lake::LakeConfig) -> Vec<Selector> {
+    let mut out: Vec<Selector> = Vec::new();
+    for (c, types) in [(Category::Management, &config.insight_selectors), (Category::Data, &config.data_insight_selectors)] {
+        for t in types {
+            match out.iter_mut().find(|s| &s.insight_type == t) {
+                Some(s) => s.categories.push(c),
+                None => out.push(Selector { insight_type: t.clone(), categories: vec![c] }),
+            }
+        }
+    }
+    out
+}
+
+/// The enabled (category, type) pairs of a lake's settings: what a run analyses.
+pub fn enabled(config: &crate::lake::LakeConfig) -> Enabled {
+    selectors_of(config).into_iter().flat_map(|s| s.categories.into_iter().map(move |c| (c, s.insight_type.clone()))).collect()
+}
+
+/// (category, Insights type) pairs.
+pub type Enabled = HashSet<(Category, String)>;
+
+/// `GetInsightSelectors`: the enabled selectors, or `InsightNotEnabledException`.
+pub fn get_selectors(lake: &url::Url, config: &crate::lake::LakeConfig) -> Result<Vec<Selector>> {
+    let selectors = selectors_of(config);
+    if selectors.is_empty() {
         return Err(InsightsError::NotEnabled(lake.to_string()));
     }
-    Ok(types)
+    Ok(selectors)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,11 +350,20 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
     let lake: &Lake = lake;
     let rollups = &mut kept.rollups;
     let run_id = uuid::Uuid::new_v4().to_string();
-    let mut summary = RunSummary { run_id: run_id.clone(), insight_types: lake.config().insight_selectors.clone(), ..Default::default() };
+    let types = enabled(lake.config());
+    let mut named: Vec<(Category, &String)> = types.iter().map(|(c, t)| (*c, t)).collect();
+    named.sort();
+    let insight_types = named
+        .into_iter()
+        .map(|(c, t)| match c {
+            Category::Management => t.clone(),
+            _ => format!("{t} ({})", c.as_str()),
+        })
+        .collect();
+    let mut summary = RunSummary { run_id: run_id.clone(), insight_types, ..Default::default() };
     if summary.insight_types.is_empty() {
         return Ok(summary);
     }
-    let types: HashSet<&str> = summary.insight_types.iter().map(String::as_str).collect();
     let rollups = match rollups {
         Some(r) => r,
         None => rollups.insert(crate::rollup::Rollups::open(lake).await?),
@@ -342,7 +438,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
         tracing::debug!(elapsed = ?started.elapsed(), %account, %region, series = series.len(), "series loaded");
         let mut keys: Vec<SeriesKey> = series.keys().cloned().collect();
         for k in states.keys() {
-            if !series.contains_key(k) && types.contains(k.insight_type.as_str()) {
+            if !series.contains_key(k) && types.contains(&(k.category, k.insight_type.clone())) {
                 keys.push(k.clone());
             }
         }
@@ -383,6 +479,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
                 baselines: &baselines,
                 lo,
                 granularity: lake.config().granularity,
+                trail: lake.config().trail(),
                 events: lake.events(),
                 files: &event_files,
             };
@@ -483,15 +580,7 @@ pub fn dense(points: &[(i64, i64)], lo: i64, len: usize) -> Vec<f64> {
 /// (of one series only with `only`, as the console's chart reads it).
 /// Call rate: write management events per API. Error rate: management events with an error
 /// code, per API and code.
-pub async fn load_series(
-    ctx: &SessionContext,
-    account: &str,
-    region: &str,
-    lo: i64,
-    hi: i64,
-    types: &HashSet<&str>,
-    only: Option<&SeriesKey>,
-) -> Result<Series> {
+pub async fn load_series(ctx: &SessionContext, account: &str, region: &str, lo: i64, hi: i64, types: &Enabled, only: Option<&SeriesKey>) -> Result<Series> {
     let ranges = [(account.to_owned(), region.to_owned(), lo, hi)];
     Ok(load_series_many(ctx, &ranges, types, only).await?.into_values().next().unwrap_or_default())
 }
@@ -502,7 +591,7 @@ pub async fn load_series(
 pub async fn load_series_many(
     ctx: &SessionContext,
     ranges: &[(String, String, i64, i64)],
-    types: &HashSet<&str>,
+    types: &Enabled,
     only: Option<&SeriesKey>,
 ) -> Result<HashMap<(String, String), Series>> {
     let mut out: HashMap<(String, String), Series> = ranges.iter().map(|r| ((r.0.clone(), r.1.clone()), Series::new())).collect();
@@ -520,19 +609,30 @@ pub async fn load_series_many(
         .eq(lit(crate::rollup::MINUTE))
         .and(col("recipientaccountid").in_list(list(ranges.iter().map(|r| r.0.as_str()).collect()), false))
         .and(col("awsregion").in_list(list(ranges.iter().map(|r| r.1.as_str()).collect()), false))
-        .and(col("management"))
         .and(col("period").gt_eq(ts(lo)))
         .and(col("period").lt(ts(hi)));
+    let categories: HashSet<Category> = match only {
+        Some(k) => HashSet::from([k.category]),
+        None => types.iter().map(|(c, _)| *c).collect(),
+    };
+    if !categories.contains(&Category::Data) {
+        filter = filter.and(col("management"));
+    } else if !categories.contains(&Category::Management) {
+        filter = filter.and(std::ops::Not::not(col("management")));
+    }
     if let Some(k) = only {
         filter = filter.and(col("eventsource").eq(lit(k.source.as_str()))).and(col("eventname").eq(lit(k.name.as_str())));
     }
+    // Per category: whether call rate and error rate are wanted.
+    let wants = |c: Category| (types.contains(&(c, CALL_RATE.to_owned())), types.contains(&(c, ERROR_RATE.to_owned())));
+    let wanted_by = [wants(Category::Management), wants(Category::Data)];
     let df = ctx
         .table("rollups")
         .await
         .map_err(query(&context))?
         .filter(filter)
         .map_err(query(&context))?
-        .select_columns(&["recipientaccountid", "awsregion", "period", "eventsource", "eventname", "errorcode", "readonly", "calls"])
+        .select_columns(&["recipientaccountid", "awsregion", "period", "eventsource", "eventname", "errorcode", "readonly", "calls", "management"])
         .map_err(query(&context))?;
     let batches = df.collect().await.map_err(query(&context))?;
     for b in batches {
@@ -541,6 +641,7 @@ pub async fn load_series_many(
         let (source, name, error) = (&utf8(b.column(3)), &utf8(b.column(4)), &utf8(b.column(5)));
         let readonly = b.column(6).as_boolean();
         let calls = b.column(7).as_primitive::<arrow::datatypes::Int64Type>();
+        let management = b.column(8).as_boolean();
         for i in 0..b.num_rows() {
             let pair = (account.value(i), region.value(i));
             let minute = period.value(i).div_euclid(MICROS_PER_MINUTE);
@@ -551,13 +652,16 @@ pub async fn load_series_many(
             }
             let series = out.entry((pair.0.to_owned(), pair.1.to_owned())).or_default();
             let n = calls.value(i);
-            let write = readonly.is_valid(i) && !readonly.value(i);
-            if write && types.contains(CALL_RATE) {
-                let key = SeriesKey::new(CALL_RATE, source.value(i), name.value(i), None);
+            let category = Category::of_rollup(management.value(i));
+            let (call_rate, error_rate) = wanted_by[category as usize];
+            // Management call rate counts writes; data call rate reads and writes (spec 6).
+            let counted = category == Category::Data || (readonly.is_valid(i) && !readonly.value(i));
+            if counted && call_rate {
+                let key = SeriesKey::of(category, CALL_RATE, source.value(i), name.value(i), None);
                 series.entry(key).or_default().push((minute, n));
             }
-            if error.is_valid(i) && types.contains(ERROR_RATE) {
-                let key = SeriesKey::new(ERROR_RATE, source.value(i), name.value(i), Some(error.value(i)));
+            if error.is_valid(i) && error_rate {
+                let key = SeriesKey::of(category, ERROR_RATE, source.value(i), name.value(i), Some(error.value(i)));
                 series.entry(key).or_default().push((minute, n));
             }
         }
@@ -598,10 +702,11 @@ struct Tables {
 
 impl Tables {
     async fn open(lake: &Lake) -> Result<Tables> {
-        Ok(Tables {
-            insights: lake.table(INSIGHTS_TABLE, crate::schema::tables::insights_schema(), &[]).await?,
-            runs: lake.table(RUNS_TABLE, crate::schema::tables::insight_runs_schema(), &[]).await?,
-        })
+        let schema = crate::schema::tables::insights_schema();
+        let insights = lake.table(INSIGHTS_TABLE, schema.clone(), &[]).await?;
+        // Lakes from before data Insights: their rows are management Insights.
+        let insights = crate::lake::add_columns(insights, schema, &[("sourceeventcategory", Category::Management.as_str())], INSIGHTS_TABLE).await?;
+        Ok(Tables { insights, runs: lake.table(RUNS_TABLE, crate::schema::tables::insight_runs_schema(), &[]).await? })
     }
 
     /// The minute after the last analysed one, per account and region.
@@ -692,5 +797,46 @@ pub(crate) fn utf8(a: &arrow::array::ArrayRef) -> arrow::array::StringArray {
     match arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8) {
         Ok(c) => c.as_string::<i32>().clone(),
         Err(_) => arrow::array::StringArray::new_null(a.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(json: &str) -> Vec<(String, Vec<&'static str>)> {
+        parse_selectors(json).unwrap().into_iter().map(|s| (s.insight_type, s.categories.iter().map(|c| c.as_str()).collect())).collect()
+    }
+
+    #[test]
+    fn selectors_take_event_categories_as_aws_does() {
+        // Omitted means Management; a given list is kept (sorted, without repeats).
+        assert_eq!(parsed(r#"[{"InsightType":"ApiCallRateInsight"}]"#), [(CALL_RATE.to_owned(), vec!["Management"])]);
+        assert_eq!(
+            parsed(r#"{"InsightSelectors":[{"InsightType":"ApiErrorRateInsight","EventCategories":["Data","Management","Data"]}]}"#),
+            [(ERROR_RATE.to_owned(), vec!["Management", "Data"])]
+        );
+        // A type named twice analyses both selectors' categories.
+        assert_eq!(
+            parsed(r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Data"]},{"InsightType":"ApiCallRateInsight"}]"#),
+            [(CALL_RATE.to_owned(), vec!["Management", "Data"])]
+        );
+        for bad in [
+            r#"[{"InsightType":"ApiCallRateInsight","EventCategories":[]}]"#,
+            r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["NetworkActivity"]}]"#,
+            r#"[{"InsightType":"ApiCallRateInsight","EventCategories":"Data"}]"#,
+        ] {
+            let e = parse_selectors(bad).unwrap_err().to_string();
+            assert!(e.starts_with("InvalidInsightSelectorsException"), "{bad}: {e}");
+        }
+        // The settings keep each category's types; reading them back gives the same selectors.
+        let config = crate::lake::LakeConfig {
+            insight_selectors: vec![CALL_RATE.into()],
+            data_insight_selectors: vec![CALL_RATE.into(), ERROR_RATE.into()],
+            ..Default::default()
+        };
+        let back: Vec<(String, Vec<Category>)> = selectors_of(&config).into_iter().map(|s| (s.insight_type, s.categories)).collect();
+        assert_eq!(back, [(CALL_RATE.to_owned(), vec![Category::Management, Category::Data]), (ERROR_RATE.to_owned(), vec![Category::Data])]);
+        assert_eq!(enabled(&config).len(), 3);
     }
 }

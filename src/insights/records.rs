@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::Not;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use super::detect::{Direction, Open, Transition};
 use super::{CALL_RATE, ERROR_RATE, INSIGHTS_TABLE, InsightsError, MICROS_PER_MINUTE, Result, query};
 use crate::model::Baseline;
+pub use crate::rollup::Category;
 use crate::schema::Granularity;
 
 /// Namespace of Insight IDs (fixed, so IDs are stable across versions and machines).
@@ -21,18 +23,38 @@ const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2d0c_8a4e_5b7f_4c19_a6e
 /// Values kept per attribute, as AWS does.
 const TOP: usize = 5;
 
-/// One analysed series: an API (and error code, for error rate) of one account and region.
+/// One analysed series: an API (and error code, for error rate) of one account and region,
+/// on management or data events.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesKey {
     pub insight_type: String,
     pub source: String,
     pub name: String,
     pub error: Option<String>,
+    pub category: Category,
 }
 
 impl SeriesKey {
+    /// A series of management events.
     pub fn new(insight_type: &str, source: &str, name: &str, error: Option<&str>) -> Self {
-        SeriesKey { insight_type: insight_type.to_owned(), source: source.to_owned(), name: name.to_owned(), error: error.map(str::to_owned) }
+        Self::of(Category::Management, insight_type, source, name, error)
+    }
+
+    pub fn of(category: Category, insight_type: &str, source: &str, name: &str, error: Option<&str>) -> Self {
+        SeriesKey { insight_type: insight_type.to_owned(), source: source.to_owned(), name: name.to_owned(), error: error.map(str::to_owned), category }
+    }
+
+    /// Whether an event belongs to the series (its account, region and time aside): management
+    /// call rate counts writes, data call rate reads and writes (spec section 6), error rate
+    /// the calls failing with its code.
+    pub(crate) fn counts(&self, e: &crate::rollup::EventView<'_>) -> bool {
+        e.category == Some(self.category)
+            && e.source == self.source
+            && e.name == self.name
+            && match (&self.error, self.insight_type.as_str()) {
+                (Some(code), ERROR_RATE) => e.error == Some(code.as_str()),
+                _ => self.category == Category::Data || e.readonly == Some(false),
+            }
     }
 }
 
@@ -49,6 +71,8 @@ pub struct SeriesContext<'a> {
     /// The events table and its files by (region, period), for attributions.
     pub events: &'a deltalake::DeltaTable,
     pub files: &'a HashMap<(String, String), Vec<String>>,
+    /// The trail's name, for `insightSource` on data Insights.
+    pub trail: &'a str,
 }
 
 /// One Start or End record.
@@ -94,9 +118,15 @@ pub async fn build(ctx: &SessionContext, s: &SeriesContext<'_>, t: Transition, c
     let baseline_duration = baseline.history as i64;
     let start_minute = s.lo + start as i64;
     let k = s.key;
+    // Management series keep the IDs of the versions before data Insights.
+    let category = match k.category {
+        Category::Management => "",
+        Category::Data => "|Data",
+    };
     let shared = uuid::Uuid::new_v5(
         &ID_NAMESPACE,
-        format!("{}|{}|{}|{}|{}|{}|{start_minute}", s.account, s.region, k.insight_type, k.source, k.name, k.error.as_deref().unwrap_or("")).as_bytes(),
+        format!("{}|{}|{}|{}|{}|{}|{start_minute}{category}", s.account, s.region, k.insight_type, k.source, k.name, k.error.as_deref().unwrap_or(""))
+            .as_bytes(),
     );
     let event_id = uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{shared}|{state}").as_bytes()).to_string();
     let minute = s.lo + at as i64;
@@ -109,7 +139,10 @@ pub async fn build(ctx: &SessionContext, s: &SeriesContext<'_>, t: Transition, c
     if let Some(e) = &k.error {
         details.insert("errorCode".into(), json!(e));
     }
-    details.insert("sourceEventCategory".into(), json!("Management"));
+    details.insert("sourceEventCategory".into(), json!(k.category.as_str()));
+    if k.category == Category::Data {
+        details.insert("insightSource".into(), json!(trail_arn(s.region, s.account, s.trail)));
+    }
     details.insert(
         "insightContext".into(),
         json!({
@@ -151,26 +184,49 @@ pub async fn build(ctx: &SessionContext, s: &SeriesContext<'_>, t: Transition, c
     })
 }
 
+/// `arn:aws:cloudtrail:<region>:<account>:trail/<name>`, as data Insights name their trail.
+pub fn trail_arn(region: &str, account: &str, trail: &str) -> String {
+    format!("arn:aws:cloudtrail:{region}:{account}:trail/{trail}")
+}
+
 fn ts(minute: i64) -> Expr {
     lit(ScalarValue::TimestampMicrosecond(Some(minute * MICROS_PER_MINUTE), Some("UTC".into())))
 }
 
-/// The rows a series counts, as a filter on events (`events`) or on rollups (`rollups`).
-fn series_filter(s: &SeriesContext<'_>, management: Expr) -> Expr {
-    series_rows(s.account, s.region, s.key).and(management)
+/// The rollup rows of one series in one account and region.
+fn rollup_rows(s: &SeriesContext<'_>) -> Expr {
+    let management = match s.key.category {
+        Category::Management => col("management"),
+        Category::Data => col("management").not(),
+    };
+    api_rows(s.account, s.region, s.key).and(management)
 }
 
-/// The events of one series in one account and region (management or not): its API's writes
-/// for call rate, its API's errors of that code for error rate. The console's Events tab reads
-/// an Insight's events with it.
+/// The events of one series in one account and region, as [`SeriesKey::counts`] decides (the
+/// same rules as [`crate::rollup::visit`]'s, in SQL). The console's Events tab reads an
+/// Insight's events with it.
 pub fn series_rows(account: &str, region: &str, k: &SeriesKey) -> Expr {
+    use datafusion::functions::core::expr_fn::coalesce;
+    let category = coalesce(vec![col("eventcategory"), lit("")]);
+    let management = coalesce(vec![col("managementevent"), category.clone().eq(lit("Management")).or(category.clone().eq(lit("")))]);
+    let of_category = match k.category {
+        Category::Management => management,
+        Category::Data => management.not().and(category.clone().eq(lit("Data")).or(category.eq(lit("")))),
+    };
+    api_rows(account, region, k).and(of_category)
+}
+
+/// The rows of one series' API (and error code, or writes) in one account and region, for
+/// events and rollups alike (their columns share these names).
+fn api_rows(account: &str, region: &str, k: &SeriesKey) -> Expr {
     let base = col("recipientaccountid")
         .eq(lit(account))
         .and(col("awsregion").eq(lit(region)))
         .and(col("eventsource").eq(lit(k.source.as_str())))
         .and(col("eventname").eq(lit(k.name.as_str())));
-    match (&k.error, k.insight_type.as_str()) {
-        (Some(e), ERROR_RATE) => base.and(col("errorcode").eq(lit(e.as_str()))),
+    match (&k.error, k.insight_type.as_str(), k.category) {
+        (Some(e), ERROR_RATE, _) => base.and(col("errorcode").eq(lit(e.as_str()))),
+        (_, _, Category::Data) => base,
         _ => base.and(col("readonly").eq(lit(false))),
     }
 }
@@ -249,16 +305,7 @@ async fn insight_events(s: &SeriesContext<'_>, from: i64, until: i64, context: &
     let mut out = Vec::new();
     for b in &batches {
         crate::rollup::visit(b, |e| {
-            let of_series = e.time >= lo
-                && e.time < hi
-                && e.management
-                && e.account == s.account
-                && e.source == k.source
-                && e.name == k.name
-                && match (&k.error, k.insight_type.as_str()) {
-                    (Some(code), ERROR_RATE) => e.error == Some(code.as_str()),
-                    _ => e.readonly == Some(false),
-                };
+            let of_series = e.time >= lo && e.time < hi && e.account == s.account && k.counts(e);
             if of_series {
                 let text = |v: Option<&str>| v.map(str::to_owned).unwrap_or_else(null);
                 out.push((e.time.div_euclid(MICROS_PER_MINUTE), [text(e.caller), text(e.agent), text(e.error)]));
@@ -277,13 +324,7 @@ async fn baseline_counts(ctx: &SessionContext, s: &SeriesContext<'_>, start: i64
         .table("rollups")
         .await
         .map_err(query(context))?
-        .filter(
-            col("kind")
-                .eq(lit(crate::rollup::HOUR))
-                .and(col("period").gt_eq(ts(hour_start)))
-                .and(col("period").lt(ts(hour_end)))
-                .and(series_filter(s, col("management"))),
-        )
+        .filter(col("kind").eq(lit(crate::rollup::HOUR)).and(col("period").gt_eq(ts(hour_start))).and(col("period").lt(ts(hour_end))).and(rollup_rows(s)))
         .map_err(query(context))?
         .select_columns(&["useridentityarn", "useragent", "errorcode", "calls"])
         .map_err(query(context))?
@@ -333,6 +374,7 @@ pub fn to_batch(recs: &[InsightRecord], run_id: &str) -> Result<RecordBatch> {
         timestamps(recs.iter().map(|r| r.decided)),
         strings(&|r| Some(r.json.to_string())),
         strings(&|_| Some(run_id.to_owned())),
+        strings(&|r| Some(r.key.category.as_str().to_owned())),
     ];
     RecordBatch::try_new(crate::schema::tables::insights_schema(), columns)
         .map_err(|source| InsightsError::Arrow { context: "building insights rows".into(), source })
@@ -376,12 +418,15 @@ pub async fn stored(ctx: &SessionContext) -> Result<HashMap<(String, String), Ve
                 .ok_or_else(|| InsightsError::Data(format!("column {n} missing")))
         };
         let (time, decided) = (minute("eventtime")?, minute("decidedat")?);
+        // Rows from before the column read as Management.
+        let category = b.column_by_name("sourceeventcategory").and_then(|c| c.as_string_opt::<i32>());
         for i in 0..b.num_rows() {
+            let category = category.filter(|c| c.is_valid(i)).and_then(|c| Category::parse(c.value(i))).unwrap_or_default();
             out.entry((account.value(i).to_owned(), region.value(i).to_owned())).or_default().push(Stored {
                 event_id: id.value(i).to_owned(),
                 shared_id: shared.value(i).to_owned(),
                 state: state.value(i).to_owned(),
-                key: SeriesKey::new(ty.value(i), src.value(i), name.value(i), err.is_valid(i).then(|| err.value(i))),
+                key: SeriesKey::of(category, ty.value(i), src.value(i), name.value(i), err.is_valid(i).then(|| err.value(i))),
                 direction: super::direction_from(dir.value(i)),
                 minute: time.value(i).div_euclid(MICROS_PER_MINUTE),
                 decided: decided.value(i).div_euclid(MICROS_PER_MINUTE),

@@ -89,6 +89,9 @@ pub fn insights_schema() -> SchemaRef {
         Field::new("decidedat", ts, false),
         Field::new("eventjson", DataType::Utf8, false),
         Field::new("runid", DataType::Utf8, false),
+        // `Management` or `Data`; added after the first lakes, whose rows are migrated to
+        // `Management` by the first Insights run (`insights::Tables::open`).
+        Field::new("sourceeventcategory", DataType::Utf8, true),
     ]))
 }
 

@@ -5,7 +5,7 @@
 //! Every value that comes from a request reaches DataFusion as a literal or a bound parameter,
 //! never as SQL text.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
@@ -28,7 +28,7 @@ pub struct InsightFilter {
     /// `ApiCallRateInsight` or `ApiErrorRateInsight`.
     #[serde(rename = "type")]
     pub insight_type: Option<String>,
-    /// The source event category (`Management`; data events come with issue 17).
+    /// The source event category (`Management` or `Data`).
     pub category: Option<String>,
     pub eventsource: Option<String>,
     pub eventname: Option<String>,
@@ -79,7 +79,8 @@ pub struct InsightSummary {
 
 impl InsightSummary {
     pub fn key(&self) -> SeriesKey {
-        SeriesKey::new(&self.insighttype, &self.insighteventsource, &self.insighteventname, self.insighterrorcode.as_deref())
+        let category = insights::Category::parse(&self.sourceeventcategory).unwrap_or_default();
+        SeriesKey::of(category, &self.insighttype, &self.insighteventsource, &self.insighteventname, self.insighterrorcode.as_deref())
     }
 
     /// The Insight's end minute (exclusive): its End's, or the last analysed minute while open.
@@ -118,13 +119,14 @@ pub struct InsightPage {
 const JOINED: &str = "WITH s AS (SELECT * FROM insights WHERE insightstate = 'Start'), \
      e AS (SELECT sharedeventid, eventtime, insightaverage, insightduration, eventjson FROM insights WHERE insightstate = 'End'), \
      i AS (SELECT s.sharedeventid, s.recipientaccountid, s.awsregion, s.insighttype, s.insighteventsource, s.insighteventname, \
-           s.insighterrorcode, s.insightdirection, s.eventtime AS starttime, e.eventtime AS endtime, s.baselineaverage, \
+           s.insighterrorcode, s.sourceeventcategory, s.insightdirection, s.eventtime AS starttime, e.eventtime AS endtime, s.baselineaverage, \
            coalesce(e.insightaverage, s.insightaverage) AS insightaverage, e.insightduration AS endduration, \
            coalesce(e.eventjson, s.eventjson) AS eventjson \
            FROM s LEFT JOIN e ON s.sharedeventid = e.sharedeventid) ";
 
 const SUMMARY_COLUMNS: &str = "sharedeventid, recipientaccountid, awsregion, insighttype, insighteventsource, insighteventname, \
-     insighterrorcode, insightdirection, starttime, endtime, baselineaverage, insightaverage, endduration, eventjson";
+     insighterrorcode, insightdirection, starttime, endtime, baselineaverage, insightaverage, endduration, eventjson, \
+     coalesce(sourceeventcategory, 'Management') AS sourceeventcategory";
 
 /// A time filter value: RFC 3339, or a day (`2024-01-05`, its midnight UTC).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
@@ -166,8 +168,6 @@ fn filter_clause(f: &InsightFilter) -> Result<(String, Vec<ScalarValue>)> {
         }
         push("insighttype = ?", ScalarValue::from(t));
     }
-    // Every Insight so far is on management events (the table has no category column yet).
-    let other_category = text(&f.category).is_some_and(|c| c != "Management");
     for (value, column) in [
         (&f.eventsource, "insighteventsource"),
         (&f.eventname, "insighteventname"),
@@ -185,8 +185,11 @@ fn filter_clause(f: &InsightFilter) -> Result<(String, Vec<ScalarValue>)> {
         }
         push("insightdirection = ?", ScalarValue::from(d));
     }
-    if other_category {
-        conds.push("false".into());
+    if let Some(c) = text(&f.category) {
+        let Some(c) = insights::Category::parse(&c) else {
+            return Err(ServeError::BadRequest(format!("unknown event category `{c}`: use Management or Data")));
+        };
+        push("coalesce(sourceeventcategory, 'Management') = ?", ScalarValue::from(c.as_str()));
     }
     let clause = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
     Ok((clause, params))
@@ -283,7 +286,7 @@ fn summaries(batches: &[RecordBatch], marks: &Marks) -> Result<Vec<InsightSummar
         };
         let (baseline, average) = (float(10)?, float(11)?);
         let duration = b.column(12).as_primitive_opt::<Int64Type>().ok_or_else(|| ServeError::Data("insightduration is not an integer".into()))?;
-        let json = s(13);
+        let (json, category) = (s(13), s(14));
         for i in 0..b.num_rows() {
             let start_minute = start.value(i).div_euclid(MICROS_PER_MINUTE);
             let end_minute = end.is_valid(i).then(|| end.value(i).div_euclid(MICROS_PER_MINUTE));
@@ -297,7 +300,7 @@ fn summaries(batches: &[RecordBatch], marks: &Marks) -> Result<Vec<InsightSummar
                 recipientaccountid: account.value(i).to_owned(),
                 awsregion: region.value(i).to_owned(),
                 insighttype: ty.value(i).to_owned(),
-                sourceeventcategory: "Management".into(),
+                sourceeventcategory: category.value(i).to_owned(),
                 insighteventsource: source.value(i).to_owned(),
                 insighteventname: name.value(i).to_owned(),
                 insighterrorcode: error.is_valid(i).then(|| error.value(i).to_owned()),
@@ -426,7 +429,7 @@ pub async fn series(ctx: &SessionContext, s: &InsightSummary, zoom: Zoom, marks:
     let params = crate::insights::detect::DetectorParams::default();
     let from = lo - params.lookback() as i64;
     let key = s.key();
-    let types: HashSet<&str> = [key.insight_type.as_str()].into_iter().collect();
+    let types: insights::Enabled = [(key.category, key.insight_type.clone())].into_iter().collect();
     let loaded =
         insights::load_series(ctx, &s.recipientaccountid, &s.awsregion, from, hi, &types, Some(&key)).await.map_err(|e| ServeError::Insights(Box::new(e)))?;
     let values = insights::dense(loaded.get(&key).map_or(&[][..], Vec::as_slice), from, (hi - from) as usize);
@@ -494,18 +497,13 @@ fn quote(s: &str) -> String {
 }
 
 /// The events an Insight counted, from its start to its end (newest first): its API's
-/// management writes (call rate) or errors of its code (error rate).
+/// management writes or data calls (call rate), or errors of its code (error rate).
 pub async fn events(ctx: &SessionContext, s: &InsightSummary, page: usize, per_page: usize, marks: &Marks) -> Result<EventPage> {
     let per_page = per_page.clamp(1, MAX_PER_PAGE);
     let page = page.max(1);
     let end = s.end(marks);
     let ts = |m: i64| lit(ScalarValue::TimestampMicrosecond(Some(m * MICROS_PER_MINUTE), Some("UTC".into())));
-    let management = datafusion::functions::core::expr_fn::coalesce(vec![
-        col("managementevent"),
-        datafusion::functions::core::expr_fn::coalesce(vec![col("eventcategory"), lit("Management")]).eq(lit("Management")),
-    ]);
     let filter = insights::records::series_rows(&s.recipientaccountid, &s.awsregion, &s.key())
-        .and(management)
         .and(col("eventtime").gt_eq(ts(s.start_minute)))
         .and(col("eventtime").lt(ts(end)));
     let what = "reading the Insight's events";
@@ -550,15 +548,21 @@ pub async fn events(ctx: &SessionContext, s: &InsightSummary, page: usize, per_p
     }
     let more = items.len() > per_page;
     items.truncate(per_page);
+    let data = s.key().category == insights::Category::Data;
     let which = match (&s.insighterrorcode, s.insighttype.as_str()) {
-        (Some(e), ERROR_RATE) => format!("errorcode = {}", quote(e)),
-        _ => "readonly = false".to_owned(),
+        (Some(e), ERROR_RATE) => format!("errorcode = {}\n  AND ", quote(e)),
+        _ if data => String::new(),
+        _ => "readonly = false\n  AND ".to_owned(),
+    };
+    let category = if data {
+        "NOT coalesce(managementevent, coalesce(eventcategory, '') IN ('Management', '')) AND coalesce(eventcategory, '') IN ('Data', '')"
+    } else {
+        "coalesce(managementevent, coalesce(eventcategory, '') IN ('Management', ''))"
     };
     let sql = format!(
         "SELECT eventtime, eventid, useridentity['arn'] AS useridentityarn, sourceipaddress, useragent, errorcode, errormessage\n\
          FROM events\n\
-         WHERE recipientaccountid = {} AND awsregion = {}\n  AND eventsource = {} AND eventname = {} AND {which}\n  \
-         AND coalesce(managementevent, coalesce(eventcategory, 'Management') = 'Management')\n  \
+         WHERE recipientaccountid = {} AND awsregion = {}\n  AND eventsource = {} AND eventname = {}\n  AND {which}{category}\n  \
          AND eventtime >= TIMESTAMP '{}' AND eventtime < TIMESTAMP '{}'\n\
          ORDER BY eventtime DESC, eventid",
         quote(&s.recipientaccountid),

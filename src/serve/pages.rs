@@ -135,7 +135,7 @@ async fn insights(State(st): State<Shared>, Query(f): Query<InsightFilter>) -> P
     let marks = data::marks(&st.ctx).await?;
     let page = data::list(&st.ctx, &f, &marks).await?;
     let (_, config) = st.config().await?;
-    let enabled = &config.insight_selectors;
+    let enabled = crate::insights::selectors_of(&config);
     let mut b = String::new();
     b.push_str("<h1>Insights</h1>");
     if enabled.is_empty() {
@@ -148,7 +148,7 @@ async fn insights(State(st): State<Shared>, Query(f): Query<InsightFilter>) -> P
     let _ = write!(
         b,
         "<form class=\"filters\" method=\"get\" action=\"/insights\">{}{}<label>Type<select name=\"type\">{}{}{}</select></label>\
-         <label>Category<select name=\"category\">{}{}</select></label>{}{}{}{}{}\
+         <label>Category<select name=\"category\">{}{}{}</select></label>{}{}{}{}{}\
          <label>Direction<select name=\"direction\">{}{}{}</select></label><button type=\"submit\">Apply</button> <a href=\"/insights\">Clear</a></form>",
         text("from", "From", &f.from, "2024-01-05"),
         text("to", "To", &f.to, "2024-01-06T12:00:00Z"),
@@ -157,6 +157,7 @@ async fn insights(State(st): State<Shared>, Query(f): Query<InsightFilter>) -> P
         option(ERROR_RATE, "API error rate", f.insight_type.as_deref()),
         option("", "any", f.category.as_deref()),
         option("Management", "Management events", f.category.as_deref()),
+        option("Data", "Data events", f.category.as_deref()),
         text("eventsource", "Event source", &f.eventsource, "ec2.amazonaws.com"),
         text("eventname", "Event name", &f.eventname, "RunInstances"),
         text("errorcode", "Error code", &f.errorcode, "AccessDenied"),
@@ -408,35 +409,61 @@ fn statistics(b: &mut String, records: &[serde_json::Value]) {
     b.push_str("</div>");
 }
 
-fn settings_form(enabled: &[String], message: &str) -> String {
+/// The settings form: one checkbox per Insights type and event category (management ones
+/// named by the type, data ones `Data-<type>`).
+fn settings_form(config: &crate::lake::LakeConfig, message: &str) -> String {
     let mut b = String::from("<h1>Settings</h1>");
     b.push_str(message);
-    b.push_str("<form method=\"post\" action=\"/settings\" id=\"selectors\"><fieldset><legend>Insights types (management events)</legend>");
-    for (t, what) in [
-        (CALL_RATE, "Unusual numbers of write management API calls per minute, per API."),
-        (ERROR_RATE, "Unusual numbers of failed management API calls per minute, per API and error code."),
-    ] {
-        let checked = if enabled.iter().any(|e| e == t) { " checked" } else { "" };
-        let _ = write!(
-            b,
-            "<label class=\"check\"><input type=\"checkbox\" name=\"{t}\" id=\"{t}\"{checked}> <b>{t}</b> <span class=\"muted\">{what}</span></label>"
-        );
+    b.push_str("<form method=\"post\" action=\"/settings\" id=\"selectors\">");
+    let sets: [(&str, &str, &[String], [&str; 2]); 2] = [
+        (
+            "management events",
+            "",
+            &config.insight_selectors,
+            [
+                "Unusual numbers of write management API calls per minute, per API.",
+                "Unusual numbers of failed management API calls per minute, per API and error code.",
+            ],
+        ),
+        (
+            "data events",
+            "Data-",
+            &config.data_insight_selectors,
+            [
+                "Unusual numbers of data API calls (reads and writes: S3 objects, Lambda invokes, DynamoDB items, …) per minute, per API.",
+                "Unusual numbers of failed data API calls per minute, per API and error code.",
+            ],
+        ),
+    ];
+    for (legend, prefix, enabled, whats) in sets {
+        let _ = write!(b, "<fieldset><legend>Insights types ({legend})</legend>");
+        for (t, what) in [CALL_RATE, ERROR_RATE].into_iter().zip(whats) {
+            let checked = if enabled.iter().any(|e| e == t) { " checked" } else { "" };
+            let _ = write!(
+                b,
+                "<label class=\"check\"><input type=\"checkbox\" name=\"{prefix}{t}\" id=\"{prefix}{t}\"{checked}> <b>{t}</b> <span class=\"muted\">{what}</span></label>"
+            );
+        }
+        b.push_str("</fieldset>");
     }
     b.push_str(
-        "</fieldset><button type=\"submit\" id=\"save\">Save</button></form>\
-         <p class=\"muted\">Saved as <code>prism selectors put</code> saves them; both are off until enabled.</p>",
+        "<button type=\"submit\" id=\"save\">Save</button></form>\
+         <p class=\"muted\">Saved as <code>prism selectors put</code> saves them; all are off until enabled. Data Insights need a trail that logs data events.</p>",
     );
     b
 }
 
 /// What the next `prism insights run` will do with these selectors.
-async fn next_run(st: &super::AppState, enabled: &[String]) -> Result<String, ServeError> {
-    if enabled.is_empty() {
+async fn next_run(st: &super::AppState, config: &crate::lake::LakeConfig) -> Result<String, ServeError> {
+    let named = |types: &[String], on: &str| -> Option<String> {
+        (!types.is_empty()).then(|| format!("{} on {on} events", types.iter().map(|t| format!("<b>{}</b>", escape(t))).collect::<Vec<_>>().join(" and ")))
+    };
+    let parts: Vec<String> = [named(&config.insight_selectors, "management"), named(&config.data_insight_selectors, "data")].into_iter().flatten().collect();
+    if parts.is_empty() {
         return Ok("Insights are off: the next <code>prism insights run</code> analyses nothing.".into());
     }
     let marks = data::marks(&st.ctx).await?;
-    let types = enabled.iter().map(|t| format!("<b>{}</b>", escape(t))).collect::<Vec<_>>().join(" and ");
-    let mut s = format!("The next <code>prism insights run</code> analyses {types} on management events");
+    let mut s = format!("The next <code>prism insights run</code> analyses {}", parts.join(", and "));
     if marks.is_empty() {
         s.push_str(" over all the data (no run yet; <code>prism insights backfill</code> does the same in one pass).");
     } else {
@@ -450,30 +477,35 @@ async fn next_run(st: &super::AppState, enabled: &[String]) -> Result<String, Se
 
 async fn settings(State(st): State<Shared>) -> PageResult {
     let (_, config) = st.config().await?;
-    let enabled = config.insight_selectors;
-    let message = format!("<p id=\"next\">{}</p>", next_run(&st, &enabled).await?);
-    Ok(html(layout("Settings", "Settings", &settings_form(&enabled, &message))))
+    let message = format!("<p id=\"next\">{}</p>", next_run(&st, &config).await?);
+    Ok(html(layout("Settings", "Settings", &settings_form(&config, &message))))
 }
 
 async fn save_settings(State(st): State<Shared>, Form(fields): Form<Vec<(String, String)>>) -> PageResult {
-    let types: Vec<serde_json::Value> =
-        [CALL_RATE, ERROR_RATE].iter().filter(|t| fields.iter().any(|(k, _)| k == *t)).map(|t| serde_json::json!({"InsightType": t})).collect();
+    use crate::insights::{Category, Selector};
+    let checked = |name: String| fields.iter().any(|(k, _)| *k == name);
+    let selectors: Vec<Selector> = [CALL_RATE, ERROR_RATE]
+        .into_iter()
+        .map(|t| Selector {
+            insight_type: t.to_owned(),
+            categories: [(t.to_owned(), Category::Management), (format!("Data-{t}"), Category::Data)]
+                .into_iter()
+                .filter(|(name, _)| checked(name.clone()))
+                .map(|(_, c)| c)
+                .collect(),
+        })
+        .filter(|s| !s.categories.is_empty())
+        .collect();
     let mut lake = st.lake().await?;
-    let saved = match crate::insights::parse_selectors(&serde_json::Value::Array(types).to_string()) {
-        Ok(types) => crate::insights::put_selectors(&mut lake, types).await,
-        Err(e) => Err(e),
-    };
-    match saved {
+    match crate::insights::put_selectors(&mut lake, selectors).await {
         Ok(()) => {
-            let enabled = lake.config().insight_selectors.clone();
-            let message = format!("<p class=\"ok\" id=\"saved\">Saved.</p><p id=\"next\">{}</p>", next_run(&st, &enabled).await?);
-            Ok(html(layout("Settings", "Settings", &settings_form(&enabled, &message))))
+            let message = format!("<p class=\"ok\" id=\"saved\">Saved.</p><p id=\"next\">{}</p>", next_run(&st, lake.config()).await?);
+            Ok(html(layout("Settings", "Settings", &settings_form(lake.config(), &message))))
         }
         Err(e) => {
             let e = ServeError::from(e);
             let message = format!("<pre class=\"error\" id=\"error\">{}</pre>", escape(&crate::error::report(&e)));
-            let enabled = lake.config().insight_selectors.clone();
-            Ok((e.status(), Html(layout("Settings", "Settings", &settings_form(&enabled, &message)))).into_response())
+            Ok((e.status(), Html(layout("Settings", "Settings", &settings_form(lake.config(), &message)))).into_response())
         }
     }
 }

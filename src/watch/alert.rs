@@ -99,8 +99,13 @@ pub fn summary(record: &Value) -> String {
     };
     let ratio = if baseline > 0.0 { format!(" ({:.1}x)", insight / baseline) } else { String::new() };
     let duration = stats["insightDuration"].as_i64().unwrap_or(0);
+    // Data Insights say so; management ones read as before.
+    let category = match d["sourceEventCategory"].as_str() {
+        Some(c) if c != "Management" => format!(" on {} events", clean(&c.to_lowercase())),
+        _ => String::new(),
+    };
     let mut out = format!(
-        "{} {}: {} {} in {}/{} at {}: {} {what} vs a baseline of {}{ratio}, for {duration} min",
+        "{}{category} {}: {} {} in {}/{} at {}: {} {what} vs a baseline of {}{ratio}, for {duration} min",
         text(&d["insightType"]),
         text(&d["state"]),
         text(&d["eventSource"]),
@@ -162,6 +167,9 @@ mod tests {
             "ApiCallRateInsight Start: ec2.amazonaws.com RunInstances\u{fffd}[2J in 111122223333/eu-west-1 at 2024-01-09T10:00:00Z: 42 calls/min vs a baseline of 3.1 (13.5x), for 1 min; top caller arn:aws:iam::111122223333:user/mallory"
         );
         assert_eq!(clean(&"x".repeat(300)).chars().count(), 201);
+        let mut data = record();
+        data["insightDetails"]["sourceEventCategory"] = "Data".into();
+        assert!(summary(&data).starts_with("ApiCallRateInsight on data events Start: "), "{}", summary(&data));
     }
 
     #[test]

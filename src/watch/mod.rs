@@ -266,12 +266,12 @@ async fn tidy(lake: &str) -> Result<u64, WatchError> {
 /// Both Insights types are enabled on a lake that has none, as `prism backfill` does: a
 /// monitor is run for its Insights. Returns the types it enabled.
 async fn enable_insights(mut lake: Lake) -> Result<Vec<String>, WatchError> {
-    if !lake.config().insight_selectors.is_empty() || !lake.config().management_events {
+    if !insights::selectors_of(lake.config()).is_empty() || !lake.config().management_events {
         return Ok(Vec::new());
     }
-    let types = vec![insights::CALL_RATE.to_owned(), insights::ERROR_RATE.to_owned()];
-    insights::put_selectors(&mut lake, types.clone()).await?;
-    Ok(types)
+    let types = [insights::CALL_RATE, insights::ERROR_RATE];
+    insights::put_selectors(&mut lake, insights::Selector::management(&types)).await?;
+    Ok(types.map(str::to_owned).to_vec())
 }
 
 /// A sink used for the first time is registered, with the records already in the lake marked

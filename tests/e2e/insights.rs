@@ -120,7 +120,11 @@ fn selectors_mirror_the_aws_api() {
     let got = ok(&["selectors", "get", "--lake", l]);
     assert_eq!(put, got);
     let v: serde_json::Value = serde_json::from_str(&got).unwrap();
-    assert_eq!(v["InsightSelectors"], serde_json::from_str::<serde_json::Value>(BOTH).unwrap());
+    // Omitted EventCategories mean Management, and are returned.
+    assert_eq!(
+        v["InsightSelectors"],
+        serde_json::json!([{"InsightType":"ApiCallRateInsight","EventCategories":["Management"]},{"InsightType":"ApiErrorRateInsight","EventCategories":["Management"]}])
+    );
 
     // An empty list turns Insights off.
     ok(&["selectors", "put", "--lake", l, "--insight-selectors", "[]"]);
@@ -134,6 +138,105 @@ fn selectors_mirror_the_aws_api() {
     let out = prism(&["selectors", "put", "--lake", l, "--insight-selectors", BOTH]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("management events"));
+}
+
+/// A trail of one account and region over 9 days: a management write every 10 minutes, and S3
+/// GetObject data events (reads) at 4–6 a minute, with 200 a minute for 20 minutes on the last
+/// day. Files are hourly.
+fn data_trail(archive: &Path) {
+    let day0 = chrono::NaiveDate::from_ymd_opt(2025, 11, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let burst = 8 * 1440 + 600;
+    let mut n = 0u64;
+    for hour in 0..9 * 24 {
+        let start = day0 + chrono::Duration::hours(hour);
+        let mut records = Vec::new();
+        for m in hour * 60..hour * 60 + 60 {
+            let time = (day0 + chrono::Duration::minutes(m)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            if m % 10 == 0 {
+                n += 1;
+                let mut r = crate::common::record(&format!("m-{n}"), &time, "us-east-1");
+                r["eventName"] = "RunInstances".into();
+                r["readOnly"] = false.into();
+                records.push(r);
+            }
+            let reads = if (burst..burst + 20).contains(&m) { 200 } else { 4 + m % 3 };
+            for _ in 0..reads {
+                n += 1;
+                let mut r = crate::common::record(&format!("d-{n}"), &time, "us-east-1");
+                r["eventSource"] = "s3.amazonaws.com".into();
+                r["eventName"] = "GetObject".into();
+                r["managementEvent"] = false.into();
+                r["eventCategory"] = "Data".into();
+                r["resources"] = serde_json::json!([{"type": "AWS::S3::Object", "ARN": "arn:aws:s3:::reports/q3.csv"}]);
+                if (burst..burst + 20).contains(&m) {
+                    r["userIdentity"]["arn"] = "arn:aws:iam::111122223333:user/exfil".into();
+                }
+                records.push(r);
+            }
+        }
+        let stamp = start.format("%Y%m%d").to_string();
+        let path = crate::common::log_path(archive, "111122223333", "us-east-1", &stamp, &format!("{hour:03}"))
+            .with_file_name(format!("111122223333_CloudTrail_us-east-1_{}_{hour:03}.json.gz", start.format("%Y%m%dT%H%MZ")));
+        crate::common::write_gz(&path, &records);
+    }
+}
+
+/// Insights on data events (spec section 6): the selectors' EventCategories, the refusal on a
+/// trail without data events, and a call-rate Insight on S3 reads (which the management call
+/// rate does not count) that carries its category and its trail's ARN.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_insights_count_reads_and_name_their_trail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (archive, lake) = (tmp.path().join("archive"), tmp.path().join("lake"));
+    data_trail(&archive);
+    ok(&["ingest", archive.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--quiet"]);
+    let l = lake.to_str().unwrap();
+    const DATA: &str = r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Data"]}]"#;
+
+    // The settings may say the trail logs no data events: refused as AWS words it.
+    let config = lake.join("prism.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(&original).unwrap();
+    c["data_events"] = false.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let out = prism(&["selectors", "put", "--lake", l, "--insight-selectors", DATA]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("InvalidParameterException: Insights for data events can only be enabled for trails that log data events."), "{err}");
+    // Unknown categories are refused too.
+    let out = prism(&["selectors", "put", "--lake", l, "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Network"]}]"#]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidInsightSelectorsException"), "{out:?}");
+    std::fs::write(&config, &original).unwrap();
+
+    // Management call rate counts writes only: the burst of reads is no Insight.
+    ok(&["selectors", "put", "--lake", l, "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight"}]"#]);
+    ok(&["insights", "backfill", "--lake", l]);
+    assert_eq!(scalar(&lake, "SELECT count(*) FROM insights WHERE insighteventname = 'GetObject'").await, 0);
+
+    // The same type on data events only (the list replaces: management call rate goes off).
+    ok(&["selectors", "put", "--lake", l, "--insight-selectors", DATA]);
+    let got: serde_json::Value = serde_json::from_str(&ok(&["selectors", "get", "--lake", l])).unwrap();
+    assert_eq!(got["InsightSelectors"], serde_json::json!([{"InsightType":"ApiCallRateInsight","EventCategories":["Data"]}]));
+    ok(&["insights", "backfill", "--lake", l]);
+    let rows =
+        strings(&lake, "SELECT insightstate || ' ' || sourceeventcategory || ' ' || insighteventname FROM insights ORDER BY eventtime, insightstate DESC")
+            .await;
+    assert_eq!(rows.into_iter().flatten().collect::<Vec<_>>(), ["Start Data GetObject", "End Data GetObject"]);
+    let json = strings(&lake, "SELECT eventjson FROM insights WHERE insightstate = 'Start'").await;
+    let record: serde_json::Value = serde_json::from_str(json[0].as_deref().unwrap()).unwrap();
+    let d = &record["insightDetails"];
+    assert_eq!(d["sourceEventCategory"], "Data");
+    assert_eq!(d["insightSource"], "arn:aws:cloudtrail:us-east-1:111122223333:trail/prism");
+    assert_eq!(d["insightType"], "ApiCallRateInsight");
+    assert_eq!(record["eventTime"], "2025-11-09T10:00:00Z");
+    assert_eq!(d["insightContext"]["statistics"]["insight"]["average"], 200.0);
+    let callers = &d["insightContext"]["attributions"][0];
+    assert_eq!(callers["attribute"], "userIdentityArn");
+    assert_eq!(callers["insight"][0]["value"], "arn:aws:iam::111122223333:user/exfil");
+    assert_eq!(callers["baseline"][0]["value"], "arn:aws:iam::111122223333:user/alice");
+    // The run's summary names the category.
+    let text = ok(&["insights", "run", "--lake", l]);
+    assert!(text.contains("ApiCallRateInsight (Data)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -223,7 +223,7 @@ async fn api_answers_with_the_insights_table_and_refuses_what_it_must() {
     let (status, _, body) = send(put(r#"[{"InsightType":"ApiCallRateInsight"}]"#)).await;
     assert_eq!(status, 200, "{body}");
     let got = json(&ok(&["selectors", "get", "--lake", f.lake.to_str().unwrap()]));
-    assert_eq!(got["InsightSelectors"], serde_json::json!([{"InsightType": "ApiCallRateInsight"}]));
+    assert_eq!(got["InsightSelectors"], serde_json::json!([{"InsightType": "ApiCallRateInsight", "EventCategories": ["Management"]}]));
     let (status, _, _) = send(put(BOTH)).await;
     assert_eq!(status, 200);
 
@@ -528,7 +528,7 @@ async fn the_pages_work_in_a_real_browser() {
     assert_eq!(b.text(&b.find("#saved").await).await, "Saved.");
     assert!(b.text(&b.find("#next").await).await.contains("ApiCallRateInsight"));
     let got = json(&ok(&["selectors", "get", "--lake", lake.to_str().unwrap()]));
-    assert_eq!(got["InsightSelectors"], serde_json::json!([{"InsightType": "ApiCallRateInsight"}]));
+    assert_eq!(got["InsightSelectors"], serde_json::json!([{"InsightType": "ApiCallRateInsight", "EventCategories": ["Management"]}]));
     let _ = b.call(reqwest::Method::DELETE, "", None).await;
 }
 
