@@ -11,11 +11,13 @@ pub const HELP: &str = "\
 Example:
   prism generate --out ./sample --accounts 2 --regions us-east-1,eu-west-1 --days 10 \\
       --events-per-day 200000 --anomalies 12 --seed 7
+  prism generate --out ./sample --days 14 --events-per-day 20000 \
+      --data-events-per-day 200000          # with data events (and data-event anomalies)
 
 Writes ./sample/AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/*.json.gz, one file per account
 and region every 5 minutes, and ./sample/labels.json: each anomaly's account, region, API,
-insight type, error code, start and end minute and magnitude, and the scheduled jobs (normal
-bursts). Anomalies start after a 7-day baseline, so they need --days 8 or more.
+insight type, event category, error code, start and end minute and magnitude, and the scheduled
+jobs (normal bursts). Anomalies start after a 7-day baseline, so they need --days 8 or more.
 The same --seed gives byte-identical output.";
 
 #[derive(Args)]
@@ -35,9 +37,17 @@ pub struct GenerateArgs {
     /// Average events per day for each account and region.
     #[arg(long, default_value_t = 100_000)]
     pub events_per_day: u64,
-    /// Anomalies to inject (spikes, drops to zero, error bursts).
+    /// Anomalies to inject (spikes, drops to zero, error bursts); with data events, half of
+    /// them are data-event ones (bulk GetObject by a new identity, a DeleteObject burst, an
+    /// AccessDenied burst on a bucket, a busy Invoke going silent).
     #[arg(long, default_value_t = 12)]
     pub anomalies: u32,
+    /// Average data events per day for each account and region (S3 GetObject, HeadObject,
+    /// PutObject and DeleteObject on four buckets, Lambda Invoke, DynamoDB GetItem, PutItem and
+    /// Query), with their own round-the-clock rhythm. 0, the default, writes none, as a trail
+    /// without data event selectors.
+    #[arg(long, default_value_t = 0)]
+    pub data_events_per_day: u64,
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -62,6 +72,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     opts.days = args.days;
     opts.events_per_day = args.events_per_day;
     opts.anomalies = args.anomalies;
+    opts.data_events_per_day = args.data_events_per_day;
     opts.seed = args.seed;
     opts.start = args.start;
     opts.duplicate_rate = args.duplicate_rate;

@@ -222,9 +222,10 @@ pub fn print_quality(q: &insights::quality::Quality) {
     }
     for l in &q.missed {
         println!(
-            "  missed label #{} {} {}/{} {} {} {}–{} magnitude {}{}",
+            "  missed label #{} {}{} {}/{} {} {} {}–{} magnitude {}{}",
             l.id,
             l.kind,
+            if l.category == "Management" { String::new() } else { format!(" ({})", l.category) },
             l.account,
             l.region,
             l.insight_type,
@@ -244,4 +245,21 @@ pub fn print_quality(q: &insights::quality::Quality) {
         "False Insights {} over {:.0} API-days: {:.2} per 100 API-days; {} at scheduled jobs",
         q.false_insights, q.api_days, q.false_per_100_api_days, q.scheduled_job_flags
     );
+    if q.by_category.len() > 1 {
+        for c in &q.by_category {
+            println!(
+                "  {} events: recall {:.2} ({} of {}), precision {:.2} ({} of {}), {:.2} false per 100 API-days ({} over {:.0})",
+                c.category,
+                c.recall,
+                c.eligible_found,
+                c.eligible,
+                c.precision,
+                c.true_insights,
+                c.insights,
+                c.false_per_100_api_days,
+                c.false_insights,
+                c.api_days
+            );
+        }
+    }
 }

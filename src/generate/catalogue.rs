@@ -14,6 +14,9 @@ pub struct Api {
     pub error_code: &'static str,
     /// Who usually calls it.
     pub caller: Caller,
+    /// A data event (S3 objects, Lambda invokes, DynamoDB items): its own rhythm, resources
+    /// and record fields.
+    pub data: bool,
 }
 
 /// The kind of principal that usually makes a call.
@@ -30,7 +33,11 @@ pub enum Caller {
 }
 
 const fn api(source: &'static str, name: &'static str, read_only: bool, weight: f64, error_rate: f64, error_code: &'static str, caller: Caller) -> Api {
-    Api { source, name, read_only, weight, error_rate, error_code, caller }
+    Api { source, name, read_only, weight, error_rate, error_code, caller, data: false }
+}
+
+const fn data_api(source: &'static str, name: &'static str, read_only: bool, weight: f64, error_rate: f64, error_code: &'static str, caller: Caller) -> Api {
+    Api { source, name, read_only, weight, error_rate, error_code, caller, data: true }
 }
 
 use Caller::*;
@@ -78,6 +85,23 @@ pub const APIS: &[Api] = &[
     api("secretsmanager.amazonaws.com", "GetSecretValue", true, 2.0, 0.005, "AccessDeniedException", App),
     api("ecr.amazonaws.com", "GetAuthorizationToken", true, 2.0, 0.001, "AccessDeniedException", Automation),
 ];
+
+/// Data events (`--data-events-per-day`): what applications do with objects, functions and
+/// items, far busier than management calls. KMS `Decrypt` stays a management event, as AWS
+/// logs it.
+pub const DATA_APIS: &[Api] = &[
+    data_api("s3.amazonaws.com", "GetObject", true, 40.0, 0.004, "NoSuchKey", App),
+    data_api("s3.amazonaws.com", "HeadObject", true, 12.0, 0.01, "NoSuchKey", App),
+    data_api("s3.amazonaws.com", "PutObject", false, 15.0, 0.002, "SlowDown", App),
+    data_api("s3.amazonaws.com", "DeleteObject", false, 2.0, 0.001, "AccessDenied", Automation),
+    data_api("lambda.amazonaws.com", "Invoke", false, 20.0, 0.003, "TooManyRequestsException", App),
+    data_api("dynamodb.amazonaws.com", "GetItem", true, 25.0, 0.001, "ProvisionedThroughputExceededException", App),
+    data_api("dynamodb.amazonaws.com", "PutItem", false, 10.0, 0.002, "ConditionalCheckFailedException", App),
+    data_api("dynamodb.amazonaws.com", "Query", true, 12.0, 0.001, "ProvisionedThroughputExceededException", App),
+];
+
+/// The buckets of an account's S3 data events (`<account>-<name>`), with their share of calls.
+pub const BUCKETS: &[(&str, f64)] = &[("app-data", 0.5), ("reports", 0.2), ("logs", 0.2), ("backups", 0.1)];
 
 /// A job that runs at the same minute every day (or hour), calling one API in a burst. These
 /// are normal traffic that a good detector must not flag.

@@ -21,7 +21,7 @@ use std::time::Instant;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use catalogue::{APIS, Api, Caller, SCHEDULED_JOBS};
+use catalogue::{APIS, Api, BUCKETS, Caller, DATA_APIS, SCHEDULED_JOBS};
 
 /// Errors of the generator.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,9 @@ pub struct GenerateOptions {
     pub late_rate: f64,
     /// Streams generated at once.
     pub threads: usize,
+    /// Data events per day for each account and region, on average (0: none, the default).
+    /// With them, half the anomalies are data-event ones.
+    pub data_events_per_day: u64,
 }
 
 impl GenerateOptions {
@@ -74,6 +77,7 @@ impl GenerateOptions {
             duplicate_rate: 0.001,
             late_rate: 0.01,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            data_events_per_day: 0,
         }
     }
 
@@ -105,6 +109,17 @@ pub struct Label {
     pub id: u32,
     /// `spike`, `drop` or `error_burst`.
     pub kind: String,
+    /// The events it is in: `Management` or `Data` (labels from before data events have none:
+    /// Management).
+    #[serde(default = "management")]
+    pub category: String,
+    /// What a data-event anomaly stands for: `exfiltration` (bulk GetObject by a new
+    /// identity), `delete_burst`, `access_denied_burst` (on one bucket) or `invoke_drop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    /// The bucket of an S3 anomaly (`arn:aws:s3:::<bucket>`).
+    #[serde(rename = "resourceARN", default, skip_serializing_if = "Option::is_none")]
+    pub resource_arn: Option<String>,
     pub account: String,
     pub region: String,
     #[serde(rename = "eventSource")]
@@ -135,6 +150,10 @@ pub struct Label {
     end_minute: u32,
 }
 
+fn management() -> String {
+    "Management".into()
+}
+
 /// `labels.json`: the one definition of its format, for the generator and the evaluator.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Labels {
@@ -150,6 +169,8 @@ pub struct Labels {
     pub regions: Vec<String>,
     #[serde(default)]
     pub events_per_day: u64,
+    #[serde(default)]
+    pub data_events_per_day: u64,
     pub anomalies: Vec<Label>,
     #[serde(default)]
     pub scheduled_jobs: Vec<ScheduledJobLabel>,
@@ -254,6 +275,23 @@ pub fn rhythm(minute: u32, weekday: u32) -> f64 {
     raw_rhythm(minute % 1440, weekday) / mean
 }
 
+/// The shape of data-event traffic: applications serve around the clock, so a milder
+/// working-hours peak and weekends at 80%. Averages 1 over a week.
+pub fn data_rhythm(minute: u32, weekday: u32) -> f64 {
+    static MEAN: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let raw = |m: u32, w: u32| {
+        let hour = (m % 1440) as f64 / 60.0;
+        (0.8 + 0.4 * (-((hour - 15.0) / 5.0).powi(2)).exp()) * if w >= 5 { 0.8 } else { 1.0 }
+    };
+    let mean = *MEAN.get_or_init(|| (0..7 * 1440).map(|m| raw(m % 1440, m / 1440)).sum::<f64>() / (7.0 * 1440.0));
+    raw(minute % 1440, weekday) / mean
+}
+
+/// An API's rhythm at a minute.
+fn api_rhythm(api: &Api, minute: u32, weekday: u32) -> f64 {
+    if api.data { data_rhythm(minute, weekday) } else { rhythm(minute, weekday) }
+}
+
 fn raw_rhythm(minute_of_day: u32, weekday: u32) -> f64 {
     let hour = minute_of_day as f64 / 60.0;
     let day = 0.45 + 1.1 * (-((hour - 14.0) / 4.5).powi(2)).exp();
@@ -309,6 +347,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, GenerateError
         accounts: accounts.clone(),
         regions: opts.regions.clone(),
         events_per_day: opts.events_per_day,
+        data_events_per_day: opts.data_events_per_day,
         anomalies: labels.clone(),
         scheduled_jobs: SCHEDULED_JOBS
             .iter()
@@ -345,8 +384,19 @@ fn minute_name(start: NaiveDate, minute: u32) -> String {
 
 /// An API's mean calls per minute in one account and region, before the rhythm shapes it.
 fn base_rate(opts: &GenerateOptions, api: &Api) -> f64 {
-    let total_weight: f64 = APIS.iter().map(|a| a.weight).sum();
-    opts.events_per_day as f64 / 1440.0 * api.weight / total_weight
+    let (catalogue, per_day) = if api.data { (DATA_APIS, opts.data_events_per_day) } else { (APIS, opts.events_per_day) };
+    let total_weight: f64 = catalogue.iter().map(|a| a.weight).sum();
+    per_day as f64 / 1440.0 * api.weight / total_weight
+}
+
+/// The APIs a stream calls: the management catalogue, and the data one when data events are on.
+fn catalogue(opts: &GenerateOptions) -> Vec<&'static Api> {
+    let data: &'static [Api] = if opts.data_events_per_day > 0 { DATA_APIS } else { &[] };
+    APIS.iter().chain(data).collect()
+}
+
+fn data_api(name: &str) -> &'static Api {
+    DATA_APIS.iter().find(|a| a.name == name).unwrap_or(&DATA_APIS[0])
 }
 
 /// Calls a drop must silence to be labelled with its plain duration: P(no call | 20 expected)
@@ -364,7 +414,25 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
         for _attempt in 0..50 {
             let account = rng.pick(accounts).clone();
             let region = rng.pick(&opts.regions).clone();
+            let data = opts.data_events_per_day > 0 && id % 2 == 1;
+            let mut scenario = None;
+            let mut bucket = None;
             let (kind, api, duration, magnitude, error_code, insight) = match id % 4 {
+                // Data-event anomalies: the four scenarios in turn.
+                _ if data => {
+                    let (s, k, api, durations, magnitudes, code): (&str, &str, &Api, &[u32], &[f64], Option<&str>) = match (id / 2) % 4 {
+                        0 => ("exfiltration", "spike", data_api("GetObject"), &[10, 20, 30, 60], &[5.0, 10.0, 20.0, 50.0], None),
+                        1 => ("delete_burst", "spike", data_api("DeleteObject"), &[3, 5, 10, 20], &[10.0, 20.0, 50.0, 100.0], None),
+                        2 => ("access_denied_burst", "error_burst", data_api("GetObject"), &[3, 5, 10, 20], &[5.0, 10.0, 20.0, 50.0], Some("AccessDenied")),
+                        _ => ("invoke_drop", "drop", data_api("Invoke"), &[10, 20, 30, 60], &[0.0], None),
+                    };
+                    scenario = Some(s.to_owned());
+                    if api.source == "s3.amazonaws.com" {
+                        bucket = Some(format!("arn:aws:s3:::{account}-{}", rng.pick(BUCKETS).0));
+                    }
+                    let insight = if k == "error_burst" { "ApiErrorRateInsight" } else { "ApiCallRateInsight" };
+                    (k, api, *rng.pick(durations), *rng.pick(magnitudes), code.map(str::to_owned), insight)
+                }
                 0 | 1 => {
                     let api = *rng.pick(&writes);
                     let magnitude = *rng.pick(&[2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
@@ -393,7 +461,7 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
                 // last until the usual rate would have made MIN_DROP_CALLS calls (at most 4 h).
                 let rate = |m: u32| {
                     let weekday = (opts.start + chrono::Days::new(u64::from(m / 1440))).weekday().num_days_from_monday();
-                    base_rate(opts, api) * rhythm(m, weekday)
+                    base_rate(opts, api) * api_rhythm(api, m, weekday)
                 };
                 let mut calls: f64 = (start..end).map(rate).sum();
                 while calls < MIN_DROP_CALLS && end < (start + 240).min(total - 1) {
@@ -410,6 +478,9 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
             }
             let (arn, ua) = if kind == "drop" {
                 (None, None)
+            } else if data && scenario.as_deref() != Some("delete_burst") {
+                // A new identity reading (or refused reading) the bucket.
+                (Some(format!("arn:aws:iam::{account}:user/intruder-{id}")), Some("aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0 command/s3.sync".to_owned()))
             } else if rng.chance(0.5) {
                 (Some(format!("arn:aws:iam::{account}:user/intruder-{id}")), Some("python-requests/2.31.0".to_owned()))
             } else {
@@ -418,6 +489,9 @@ fn plan_anomalies(opts: &GenerateOptions, accounts: &[String], rng: &mut Rng) ->
             out.push(Label {
                 id,
                 kind: kind.to_owned(),
+                category: if data { "Data" } else { "Management" }.to_owned(),
+                scenario,
+                resource_arn: bucket,
                 account,
                 region,
                 event_source: api.source.to_owned(),
@@ -454,7 +528,8 @@ struct Stream<'a> {
     region: &'a str,
     labels: Vec<&'a Label>,
     rng: Rng,
-    /// Calls per minute of each API at rhythm 1.
+    /// The APIs it calls, and their calls per minute at rhythm 1.
+    apis: Vec<&'static Api>,
     base: Vec<f64>,
     start_secs: i64,
 }
@@ -465,6 +540,8 @@ struct Call<'a> {
     error: Option<&'a str>,
     /// An anomaly's identity and agent, overriding the usual caller.
     actor: Option<(&'a str, &'a str)>,
+    /// An anomaly's bucket (`arn:aws:s3:::<bucket>`), for S3 data events.
+    bucket: Option<&'a str>,
 }
 
 impl<'a> Stream<'a> {
@@ -475,7 +552,8 @@ impl<'a> Stream<'a> {
             region,
             labels: labels.iter().filter(|l| l.account == account && l.region == region).collect(),
             rng: Rng::new(mix(opts.seed, a as u64 + 1, r as u64 + 1)),
-            base: APIS.iter().map(|a| base_rate(opts, a)).collect(),
+            apis: catalogue(opts),
+            base: catalogue(opts).into_iter().map(|a| base_rate(opts, a)).collect(),
             start_secs: opts.start.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp(),
         }
     }
@@ -522,15 +600,15 @@ impl<'a> Stream<'a> {
     fn plan_minute(&mut self, minute: u32, calls: &mut Vec<Call<'a>>) {
         let day_index = minute / 1440;
         let weekday = (self.opts.start + chrono::Days::new(u64::from(day_index))).weekday().num_days_from_monday();
-        let shape = rhythm(minute, weekday);
+        let (shape, data_shape) = (rhythm(minute, weekday), data_rhythm(minute, weekday));
         let active: Vec<&'a Label> = self.labels.iter().copied().filter(|l| l.start_minute <= minute && minute < l.end_minute).collect();
-        for (i, api) in APIS.iter().enumerate() {
-            let rate = self.base[i] * shape;
+        for (i, &api) in self.apis.iter().enumerate() {
+            let rate = self.base[i] * if api.data { data_shape } else { shape };
             let dropped = active.iter().any(|l| l.kind == "drop" && l.event_name == api.name && l.event_source == api.source);
             let n = if dropped { 0 } else { self.rng.poisson(rate) };
             for _ in 0..n {
                 let error = self.rng.chance(api.error_rate).then_some(api.error_code);
-                calls.push(Call { api, error, actor: None });
+                calls.push(Call { api, error, actor: None, bucket: None });
             }
             for l in active.iter().filter(|l| l.event_name == api.name && l.event_source == api.source) {
                 let actor = l.user_identity_arn.as_deref().zip(l.user_agent.as_deref());
@@ -542,7 +620,7 @@ impl<'a> Stream<'a> {
                 };
                 let error = if l.kind == "error_burst" { l.error_code.as_deref() } else { None };
                 for _ in 0..extra {
-                    calls.push(Call { api, error, actor });
+                    calls.push(Call { api, error, actor, bucket: l.resource_arn.as_deref() });
                 }
             }
         }
@@ -550,7 +628,7 @@ impl<'a> Stream<'a> {
             let at = if job.hourly { minute % 60 == job.minute } else { minute % 1440 == job.minute };
             if at && let Some(api) = APIS.iter().find(|a| a.name == job.name && a.source == job.source) {
                 for _ in 0..job.calls {
-                    calls.push(Call { api, error: None, actor: None });
+                    calls.push(Call { api, error: None, actor: None, bucket: None });
                 }
             }
         }
@@ -703,6 +781,9 @@ impl<'a> Stream<'a> {
         if let Some(code) = call.error {
             let _ = write!(out, ",\"errorCode\":\"{code}\",\"errorMessage\":\"The request failed: {code}\"");
         }
+        if api.data {
+            return write_data_tail(out, call, rng, acct, self.region);
+        }
         out.push_str(",\"requestParameters\":");
         request_parameters(out, api, rng, acct);
         out.push_str(",\"responseElements\":");
@@ -728,6 +809,53 @@ impl<'a> Stream<'a> {
             self.region
         );
     }
+}
+
+/// The rest of a data event after its caller, time, API and error: request parameters, IDs,
+/// the resources (an S3 object and its bucket, a function, a table) and the category fields.
+fn write_data_tail(out: &mut String, call: &Call, rng: &mut Rng, acct: &str, region: &str) {
+    let api = call.api;
+    let n = rng.below(5000);
+    let resources = match api.source {
+        "s3.amazonaws.com" => {
+            let bucket = match call.bucket.and_then(|b| b.strip_prefix("arn:aws:s3:::")) {
+                Some(b) => b.to_owned(),
+                None => {
+                    let mut x = rng.f64();
+                    let name = BUCKETS.iter().find(|(_, share)| {
+                        x -= share;
+                        x < 0.0
+                    });
+                    format!("{acct}-{}", name.unwrap_or(&BUCKETS[0]).0)
+                }
+            };
+            let key = format!("data/{:02}/object-{n:04}.json", n % 32);
+            let _ = write!(out, ",\"requestParameters\":{{\"bucketName\":\"{bucket}\",\"Host\":\"{bucket}.s3.{region}.amazonaws.com\",\"key\":\"{key}\"}}");
+            format!(
+                "[{{\"type\":\"AWS::S3::Object\",\"ARN\":\"arn:aws:s3:::{bucket}/{key}\"}},{{\"accountId\":\"{acct}\",\"type\":\"AWS::S3::Bucket\",\"ARN\":\"arn:aws:s3:::{bucket}\"}}]"
+            )
+        }
+        "lambda.amazonaws.com" => {
+            let function = format!("arn:aws:lambda:{region}:{acct}:function:orders-{}", n % 4);
+            let _ = write!(out, ",\"requestParameters\":{{\"functionName\":\"{function}\",\"invocationType\":\"RequestResponse\"}}");
+            format!("[{{\"accountId\":\"{acct}\",\"type\":\"AWS::Lambda::Function\",\"ARN\":\"{function}\"}}]")
+        }
+        _ => {
+            let table = ["orders", "sessions", "customers"][(n % 3) as usize];
+            let _ = write!(out, ",\"requestParameters\":{{\"tableName\":\"{table}\",\"key\":{{\"id\":\"{n}\"}}}}");
+            format!("[{{\"accountId\":\"{acct}\",\"type\":\"AWS::DynamoDB::Table\",\"ARN\":\"arn:aws:dynamodb:{region}:{acct}:table/{table}\"}}]")
+        }
+    };
+    out.push_str(",\"responseElements\":null,\"requestID\":\"");
+    rng.uuid(out);
+    out.push_str("\",\"eventID\":\"");
+    rng.uuid(out);
+    let _ = write!(
+        out,
+        "\",\"readOnly\":{},\"resources\":{resources},\"eventType\":\"AwsApiCall\",\"managementEvent\":false,\"recipientAccountId\":\"{acct}\",\"eventCategory\":\"Data\",\"tlsDetails\":{{\"tlsVersion\":\"TLSv1.3\",\"cipherSuite\":\"TLS_AES_128_GCM_SHA256\",\"clientProvidedHostHeader\":\"{}.{region}.amazonaws.com\"}}}}",
+        api.read_only,
+        api.source.split('.').next().unwrap_or("api"),
+    );
 }
 
 /// `userIdentity` of an IAM user.

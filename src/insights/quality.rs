@@ -19,6 +19,8 @@ const SLACK_MINUTES: i64 = 5;
 /// One Insight as found (Start and, when closed, End).
 #[derive(Debug, Clone, Serialize)]
 pub struct Found {
+    /// `Management` or `Data`.
+    pub category: String,
     pub account: String,
     pub region: String,
     pub insight_type: String,
@@ -58,8 +60,26 @@ pub struct Quality {
     pub scheduled_job_flags: usize,
     pub api_days: f64,
     pub false_per_100_api_days: f64,
+    /// The same scores for each event category with labels or Insights.
+    pub by_category: Vec<CategoryQuality>,
     pub missed: Vec<Label>,
     pub found: Vec<Found>,
+}
+
+/// The scores of one event category.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryQuality {
+    pub category: String,
+    pub labels: usize,
+    pub eligible: usize,
+    pub eligible_found: usize,
+    pub recall: f64,
+    pub insights: usize,
+    pub true_insights: usize,
+    pub precision: f64,
+    pub false_insights: usize,
+    pub api_days: f64,
+    pub false_per_100_api_days: f64,
 }
 
 fn minute(s: &str) -> Result<i64> {
@@ -94,6 +114,7 @@ pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
             // Insight it causes is a true one.
             let same_type = l.insight_type == f.insight_type || (l.kind == "error_burst" && f.insight_type == super::CALL_RATE && f.direction == "spike");
             let same = l.account == f.account
+                && l.category == f.category
                 && l.region == f.region
                 && same_type
                 && l.event_source == f.event_source
@@ -132,7 +153,39 @@ pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
     }
     let true_insights = found.iter().filter(|f| f.label.is_some()).count();
     let false_insights = found.len() - true_insights;
-    let api_days = api_days(&ctx).await?;
+    let days_by_category = api_days(&ctx, &super::enabled(lake.config())).await?;
+    let api_days: f64 = days_by_category.iter().map(|d| d.1).sum();
+    let mut by_category = Vec::new();
+    for c in super::Category::ALL {
+        let c = c.as_str();
+        let labels: Vec<&Label> = file.anomalies.iter().filter(|l| l.category == c).collect();
+        let found: Vec<&Found> = found.iter().filter(|f| f.category == c).collect();
+        let days = days_by_category.iter().find(|d| d.0 == c).map_or(0.0, |d| d.1);
+        if labels.is_empty() && found.is_empty() && days == 0.0 {
+            continue;
+        }
+        let (mut eligible_n, mut eligible_found) = (0, 0);
+        for l in &labels {
+            let e = eligible(l)?;
+            eligible_n += e as usize;
+            eligible_found += (e && matched_labels.contains(&l.id)) as usize;
+        }
+        let true_insights = found.iter().filter(|f| f.label.is_some()).count();
+        let false_insights = found.len() - true_insights;
+        by_category.push(CategoryQuality {
+            category: c.to_owned(),
+            labels: labels.len(),
+            eligible: eligible_n,
+            eligible_found,
+            recall: if eligible_n == 0 { 1.0 } else { eligible_found as f64 / eligible_n as f64 },
+            insights: found.len(),
+            true_insights,
+            precision: if found.is_empty() { 1.0 } else { true_insights as f64 / found.len() as f64 },
+            false_insights,
+            api_days: days,
+            false_per_100_api_days: if days > 0.0 { 100.0 * false_insights as f64 / days } else { 0.0 },
+        });
+    }
     Ok(Quality {
         labels: file.anomalies.len(),
         eligible: eligible_n,
@@ -146,6 +199,7 @@ pub async fn evaluate(lake: &str, labels: &Path) -> Result<Quality> {
         scheduled_job_flags: found.iter().filter(|f| f.scheduled_job).count(),
         api_days,
         false_per_100_api_days: if api_days > 0.0 { 100.0 * false_insights as f64 / api_days } else { 0.0 },
+        by_category,
         missed,
         found,
     })
@@ -160,7 +214,8 @@ fn job_minute(at: &str) -> Option<(Option<i64>, i64)> {
 
 async fn read_found(ctx: &SessionContext) -> Result<Vec<Found>> {
     let sql = "SELECT s.recipientaccountid, s.awsregion, s.insighttype, s.insighteventsource, s.insighteventname, \
-               s.insighterrorcode, s.insightdirection, s.eventtime, e.eventtime, s.baselineaverage, s.insightaverage \
+               s.insighterrorcode, s.insightdirection, s.eventtime, e.eventtime, s.baselineaverage, s.insightaverage, \
+               coalesce(s.sourceeventcategory, 'Management') \
                FROM insights s LEFT JOIN insights e ON e.sharedeventid = s.sharedeventid AND e.insightstate = 'End' \
                WHERE s.insightstate = 'Start' ORDER BY s.eventtime, s.insighteventname";
     let q = |e| InsightsError::Query { context: "reading the insights table".into(), source: e };
@@ -175,6 +230,7 @@ async fn read_found(ctx: &SessionContext) -> Result<Vec<Found>> {
             let start_minute = t(7).value(r).div_euclid(60_000_000);
             let end_minute = if t(8).is_valid(r) { t(8).value(r).div_euclid(60_000_000) } else { i64::MAX / 2 };
             out.push(Found {
+                category: super::utf8(b.column(11)).value(r).to_owned(),
                 account: s(0).value(r).to_owned(),
                 region: s(1).value(r).to_owned(),
                 insight_type: s(2).value(r).to_owned(),
@@ -196,21 +252,31 @@ async fn read_found(ctx: &SessionContext) -> Result<Vec<Found>> {
     Ok(out)
 }
 
-/// API-days of analysed traffic: for each account and region, the APIs seen times the days
-/// analysed after the warm-up.
-async fn api_days(ctx: &SessionContext) -> Result<f64> {
-    let sql = "WITH apis AS (SELECT recipientaccountid, awsregion, count(DISTINCT eventsource || ' ' || eventname) AS n \
-               FROM rollups WHERE kind = 'minute' AND management GROUP BY 1, 2), \
-               days AS (SELECT recipientaccountid, awsregion, \
-               CAST(max(analysedto) - min(analysedfrom) AS BIGINT) AS span FROM insight_runs GROUP BY 1, 2) \
-               SELECT CAST(a.n AS DOUBLE) * CAST(d.span AS DOUBLE) / 86400000000.0 FROM apis a JOIN days d \
-               ON a.recipientaccountid = d.recipientaccountid AND a.awsregion = d.awsregion";
-    let q = |e| InsightsError::Query { context: "counting API-days".into(), source: e };
-    let batches = ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)?;
-    let mut total = 0.0;
-    for b in batches {
-        let c = b.column(0).as_primitive::<arrow::datatypes::Float64Type>();
-        total += c.iter().flatten().sum::<f64>();
+/// API-days of analysed traffic, per event category with Insights enabled: for each account
+/// and region, the APIs seen times the days analysed after the warm-up.
+async fn api_days(ctx: &SessionContext, enabled: &super::Enabled) -> Result<Vec<(&'static str, f64)>> {
+    let mut out = Vec::new();
+    for c in super::Category::ALL {
+        if !enabled.iter().any(|(e, _)| *e == c) {
+            continue;
+        }
+        let of_category = if c == super::Category::Management { "management" } else { "NOT management" };
+        let sql = format!(
+            "WITH apis AS (SELECT recipientaccountid, awsregion, count(DISTINCT eventsource || ' ' || eventname) AS n \
+             FROM rollups WHERE kind = 'minute' AND {of_category} GROUP BY 1, 2), \
+             days AS (SELECT recipientaccountid, awsregion, \
+             CAST(max(analysedto) - min(analysedfrom) AS BIGINT) AS span FROM insight_runs GROUP BY 1, 2) \
+             SELECT CAST(a.n AS DOUBLE) * CAST(d.span AS DOUBLE) / 86400000000.0 FROM apis a JOIN days d \
+             ON a.recipientaccountid = d.recipientaccountid AND a.awsregion = d.awsregion"
+        );
+        let q = |e| InsightsError::Query { context: "counting API-days".into(), source: e };
+        let batches = ctx.sql(&sql).await.map_err(q)?.collect().await.map_err(q)?;
+        let mut total = 0.0;
+        for b in batches {
+            let col = b.column(0).as_primitive::<arrow::datatypes::Float64Type>();
+            total += col.iter().flatten().sum::<f64>();
+        }
+        out.push((c.as_str(), total));
     }
-    Ok(total)
+    Ok(out)
 }

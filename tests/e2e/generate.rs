@@ -144,3 +144,71 @@ fn cli_generate_reports_and_refuses_bad_options() {
     assert!(v["events"].as_u64().unwrap() > 1000);
     assert!(tmp.path().join("s/labels.json").exists());
 }
+
+/// `--data-events-per-day`: data events with their own fields and resources, half the
+/// anomalies on them (the four scenarios in turn), each visible in the files as labelled, and
+/// found by data Insights as `insights evaluate` scores them per category.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_events_and_their_anomalies_are_generated_and_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, lake) = (tmp.path().join("sample"), tmp.path().join("lake"));
+    let mut opts = one_account(&out, "us-east-1", 8, 3_000, 8, 5);
+    opts.data_events_per_day = 20_000;
+    let g = tokio::task::spawn_blocking(move || generate(&opts)).await.unwrap().unwrap();
+    let l = lake.to_str().unwrap();
+    let mut ingest_opts = IngestOptions::new(vec![out.to_str().unwrap().to_owned()], l);
+    ingest_opts.granularity = Some(prism::schema::Granularity::Day);
+    let s = prism::ingest(&ingest_opts, Arc::new(IngestProgress::default())).await.unwrap();
+    assert!(s.is_clean(), "{:?}", s.problems);
+    assert_eq!(s.records_written, g.events);
+
+    let data = scalar(&lake, "SELECT count(*) FROM events WHERE eventcategory = 'Data' AND NOT managementevent").await;
+    assert!(data as f64 > 0.8 * g.events as f64, "{data} of {}", g.events);
+    let apis = strings(&lake, "SELECT DISTINCT eventname FROM events WHERE eventcategory = 'Data' ORDER BY 1").await;
+    assert_eq!(
+        apis.into_iter().flatten().collect::<Vec<_>>(),
+        ["DeleteObject", "GetItem", "GetObject", "HeadObject", "Invoke", "PutItem", "PutObject", "Query"]
+    );
+    // S3 object events name their bucket too; four buckets.
+    let buckets = scalar(
+        &lake,
+        "SELECT count(DISTINCT get_field(array_element(resources, 2), 'arn')) FROM events WHERE eventsource = 's3.amazonaws.com' AND eventcategory = 'Data'",
+    )
+    .await;
+    assert_eq!(buckets, 4);
+
+    let labels: prism::generate::Labels = serde_json::from_value(prism::generate::read_labels(&out).unwrap()).unwrap();
+    let scenarios: Vec<Option<&str>> = labels.anomalies.iter().filter(|l| l.category == "Data").map(|l| l.scenario.as_deref()).collect();
+    assert_eq!(scenarios, [Some("exfiltration"), Some("delete_burst"), Some("access_denied_burst"), Some("invoke_drop")]);
+    for a in labels.anomalies.iter().filter(|l| l.category == "Data") {
+        let window = format!(
+            "eventsource = '{}' AND eventname = '{}' AND eventtime >= TIMESTAMP '{}' AND eventtime < TIMESTAMP '{}'",
+            a.event_source, a.event_name, a.start, a.end
+        );
+        match (a.kind.as_str(), &a.resource_arn) {
+            ("drop", _) => assert_eq!(scalar(&lake, &format!("SELECT count(*) FROM events WHERE {window}")).await, 0, "{a:?}"),
+            (_, Some(bucket)) => {
+                let arn = a.user_identity_arn.as_deref().unwrap();
+                let n = scalar(
+                    &lake,
+                    &format!("SELECT count(*) FROM events WHERE {window} AND useridentity['arn'] = '{arn}' AND get_field(array_element(resources, 2), 'arn') = '{bucket}'"),
+                )
+                .await;
+                assert!(n as f64 >= 0.5 * a.magnitude, "{a:?}: {n}");
+            }
+            _ => panic!("an S3 anomaly without its bucket: {a:?}"),
+        }
+    }
+
+    // Data Insights find them; scored per category.
+    let both = r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Management","Data"]},{"InsightType":"ApiErrorRateInsight","EventCategories":["Management","Data"]}]"#;
+    let mut lake_handle = prism::Lake::open(l).await.unwrap();
+    prism::insights::put_selectors(&mut lake_handle, prism::insights::parse_selectors(both).unwrap()).await.unwrap();
+    let run = prism::insights::RunOptions::new(l.to_owned(), prism::insights::Mode::Backfill { from: None, to: None });
+    prism::insights::run(&run, &Default::default()).await.unwrap();
+    let q = prism::insights::quality::evaluate(l, &out.join("labels.json")).await.unwrap();
+    let data = q.by_category.iter().find(|c| c.category == "Data").expect("a Data score");
+    assert_eq!((data.labels, data.eligible_found, data.eligible), (4, 4, 4), "{:?}", q.found);
+    assert_eq!(data.false_insights, 0, "{:?}", q.found);
+    assert!(q.by_category.iter().any(|c| c.category == "Management"));
+}
