@@ -66,6 +66,31 @@ Example:
         #[arg(long)]
         json: bool,
     },
+    /// What AWS would charge to analyse the lake's events, per event category and Insights
+    /// type ($0.35 per 100,000 management events and $0.03 per 100,000 data events analysed,
+    /// per type).
+    #[command(after_help = "\
+Examples:
+  prism insights cost --lake ./lake
+  prism insights cost --lake ./lake --from 2024-01-01 --to 2024-01-31 --json
+
+Events analysed, as AWS counts them: call rate on management events analyses the write
+management events, error rate all management events, and both types on data events all data
+events. Counted from the lake's rollups (by the events' own days), so it is quick on any lake.
+The `enabled` column marks the types the lake's selectors enable; Prism itself charges nothing.")]
+    Cost {
+        #[arg(long)]
+        lake: String,
+        /// First day of events counted (YYYY-MM-DD, UTC).
+        #[arg(long, value_parser = parse_date)]
+        from: Option<NaiveDate>,
+        /// Last day of events counted (inclusive).
+        #[arg(long, value_parser = parse_date)]
+        to: Option<NaiveDate>,
+        /// Print the bill as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Draw one Insight's chart (the console's details graph) as an SVG or PNG file.
     #[command(after_help = "\
 Examples:
@@ -120,6 +145,10 @@ pub async fn run(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
         }
         InsightsCommand::Run { common, until } => (common, Mode::Incremental { until }),
         InsightsCommand::Evaluate { lake, labels, json } => return evaluate(&lake, &labels, json).await,
+        InsightsCommand::Cost { lake, from, to, json } => {
+            check_range(from, to)?;
+            return cost(&lake, from, to, json).await;
+        }
         InsightsCommand::Graph { shared_event_id, lake, output, zoom } => return graph(&lake, &shared_event_id, &zoom, &output).await,
     };
     let mut opts = RunOptions::new(common.lake, mode);
@@ -132,6 +161,33 @@ pub async fn run(cmd: InsightsCommand) -> anyhow::Result<ExitCode> {
     } else if !common.quiet {
         print_run(&summary);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cost(lake: &str, from: Option<NaiveDate>, to: Option<NaiveDate>, json: bool) -> anyhow::Result<ExitCode> {
+    let c = insights::cost::cost(lake, from, to).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let range = match (&c.from, &c.to) {
+        (None, None) => "all the lake's events".to_owned(),
+        (f, t) => format!("events from {} to {}", f.as_deref().unwrap_or("the first day"), t.as_deref().unwrap_or("the last day")),
+    };
+    println!("What AWS CloudTrail Insights would charge for {range}:");
+    println!("  {:<10} {:<20} {:>16} {:>10} {:>10}  {}", "category", "type", "events analysed", "$/100k", "USD", "enabled");
+    for l in &c.lines {
+        println!(
+            "  {:<10} {:<20} {:>16} {:>10.2} {:>10.2}  {}",
+            l.category,
+            l.insight_type,
+            l.events_analysed,
+            l.usd_per_100k,
+            l.usd,
+            if l.enabled { "yes" } else { "no" }
+        );
+    }
+    println!("  total {:.2} USD for every type on every category; {:.2} USD for the enabled ones. Prism: 0.", c.total_usd, c.enabled_usd);
     Ok(ExitCode::SUCCESS)
 }
 

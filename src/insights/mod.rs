@@ -5,8 +5,10 @@
 //! - [`detect`]: the Start/End state machine;
 //! - [`records`]: statistics, attributions and the AWS record shape;
 //! - this module: selectors, the backfill and incremental runs, tables and files;
-//! - [`quality`]: scoring found Insights against a generator's `labels.json`.
+//! - [`quality`]: scoring found Insights against a generator's `labels.json`;
+//! - [`cost`]: what AWS would charge to analyse the lake's events.
 
+pub mod cost;
 pub mod detect;
 pub mod quality;
 pub mod records;

@@ -237,6 +237,23 @@ async fn data_insights_count_reads_and_name_their_trail() {
     // The run's summary names the category.
     let text = ok(&["insights", "run", "--lake", l]);
     assert!(text.contains("ApiCallRateInsight (Data)"), "{text}");
+
+    // What AWS would charge: the events each type analyses, counted as the events table has them.
+    let bill: serde_json::Value = serde_json::from_str(&ok(&["insights", "cost", "--lake", l, "--json"])).unwrap();
+    let line = |c: &str, t: &str| bill["lines"].as_array().unwrap().iter().find(|x| x["category"] == c && x["insight_type"] == t).unwrap().clone();
+    let data = scalar(&lake, "SELECT count(*) FROM events WHERE eventcategory = 'Data'").await;
+    let writes = scalar(&lake, "SELECT count(*) FROM events WHERE managementevent AND NOT readonly").await;
+    let management = scalar(&lake, "SELECT count(*) FROM events WHERE managementevent").await;
+    assert_eq!(line("Data", "ApiCallRateInsight")["events_analysed"], data);
+    assert_eq!(line("Data", "ApiCallRateInsight")["enabled"], true);
+    assert_eq!(line("Management", "ApiCallRateInsight")["events_analysed"], writes);
+    assert_eq!(line("Management", "ApiCallRateInsight")["enabled"], false);
+    assert_eq!(line("Management", "ApiErrorRateInsight")["events_analysed"], management);
+    assert_eq!(line("Data", "ApiCallRateInsight")["usd"], (data as f64 / 100_000.0 * 0.03 * 100.0).round() / 100.0);
+    // A day's events only.
+    let day: serde_json::Value = serde_json::from_str(&ok(&["insights", "cost", "--lake", l, "--from", "2025-11-09", "--to", "2025-11-09", "--json"])).unwrap();
+    let on_day = scalar(&lake, "SELECT count(*) FROM events WHERE eventcategory = 'Data' AND eventtime >= TIMESTAMP '2025-11-09T00:00:00Z'").await;
+    assert_eq!(day["lines"][2]["events_analysed"], on_day);
 }
 
 #[tokio::test(flavor = "multi_thread")]
