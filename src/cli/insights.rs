@@ -175,7 +175,7 @@ async fn cost(lake: &str, from: Option<NaiveDate>, to: Option<NaiveDate>, json: 
         (f, t) => format!("events from {} to {}", f.as_deref().unwrap_or("the first day"), t.as_deref().unwrap_or("the last day")),
     };
     println!("What AWS CloudTrail Insights would charge for {range}:");
-    println!("  {:<10} {:<20} {:>16} {:>10} {:>10}  {}", "category", "type", "events analysed", "$/100k", "USD", "enabled");
+    println!("  {:<10} {:<20} {:>16} {:>10} {:>10}  enabled", "category", "type", "events analysed", "$/100k", "USD");
     for l in &c.lines {
         println!(
             "  {:<10} {:<20} {:>16} {:>10.2} {:>10.2}  {}",
