@@ -128,6 +128,10 @@ pub struct LakeConfig {
     /// The trail's name: data Insights name their trail (`insightSource`). Default `prism`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trail_name: Option<String>,
+    /// Aggregated-event templates (`API_ACTIVITY`, `RESOURCE_ACCESS`, `USER_ACTIONS`); none:
+    /// no aggregation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregation_templates: Vec<String>,
 }
 
 impl LakeConfig {
@@ -151,6 +155,7 @@ impl Default for LakeConfig {
             data_insight_selectors: Vec::new(),
             data_events: None,
             trail_name: None,
+            aggregation_templates: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`generate`]: realistic archives with labelled anomalies (a test and demo source);
 //! - [`insights`]: the detector, Insights records, their tables and files, and their quality
 //!   against a generator's labels;
+//! - [`aggregate`]: AWS's aggregated events: 5-minute summaries of data events;
 //! - [`schedule`]: scheduled queries and their run history;
 //! - [`serve`]: the Insights console (web pages) and its HTTP API;
 //! - [`backfill`] and [`demo`]: the commands that chain the steps above.
@@ -34,6 +35,7 @@ pub mod model;
 pub mod sql;
 pub mod generate;
 pub mod insights;
+pub mod aggregate;
 pub mod schedule;
 pub mod serve;
 pub mod watch;

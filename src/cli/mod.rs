@@ -1,9 +1,11 @@
 //! The command line: one module per command, each holding its arguments, its help and the
 //! printing of its results. Commands parse, call the library and print; nothing else.
 
+mod aggregate;
 mod args;
 mod backfill;
 mod demo;
+mod event_config;
 mod generate;
 mod ingest;
 mod insights;
@@ -56,6 +58,12 @@ enum Command {
     /// Find unusual API call and error rates: backfill history, run incrementally, evaluate.
     #[command(subcommand)]
     Insights(insights::InsightsCommand),
+    /// Configure aggregated events (like CloudTrail's Put/GetEventConfiguration).
+    #[command(subcommand, name = "event-config")]
+    EventConfig(event_config::EventConfigCommand),
+    /// Compute aggregated events: 5-minute summaries of data events, backfilled or incremental.
+    #[command(subcommand)]
+    Aggregate(aggregate::AggregateCommand),
     /// Compact a lake's small files into larger ones, atomically (then `vacuum` the old ones).
     #[command(after_help = optimize::HELP)]
     Optimize(optimize::OptimizeArgs),
@@ -88,6 +96,8 @@ impl Cli {
             Command::Generate(args) => generate::run(args).await,
             Command::Selectors(cmd) => selectors::run(cmd).await,
             Command::Insights(cmd) => insights::run(cmd).await,
+            Command::EventConfig(cmd) => event_config::run(cmd).await,
+            Command::Aggregate(cmd) => aggregate::run(cmd).await,
             Command::Optimize(args) => optimize::run(args).await,
             Command::Vacuum(args) => vacuum::run(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -12,10 +12,12 @@ pub const INSIGHTS: &str = "insights";
 pub const INSIGHT_RUNS: &str = "insight_runs";
 pub const QUERY_RUNS: &str = "query_runs";
 pub const DELIVERIES: &str = "deliveries";
+pub const AGGREGATED_EVENTS: &str = "aggregated_events";
 
 /// The tables a lake is created with besides `events`, with their schemas (none partitioned).
-pub fn all() -> [(&'static str, SchemaRef); 6] {
+pub fn all() -> [(&'static str, SchemaRef); 7] {
     [
+        (AGGREGATED_EVENTS, aggregated_events_schema()),
         (INGEST_LOG, ingest_log_schema()),
         (ROLLUPS, rollups_schema()),
         (INSIGHTS, insights_schema()),
@@ -127,6 +129,29 @@ pub fn query_runs_schema() -> SchemaRef {
         Field::new("rows", DataType::Int64, true),
         Field::new("output", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
+        Field::new("runid", DataType::Utf8, true),
+    ]))
+}
+
+/// Schema of `aggregated_events`: AWS's 5-minute summaries of data events (spec section 7), as
+/// Prism computes them (`origin` `prism`), the record's fields flattened and the whole record
+/// in `eventjson`.
+pub fn aggregated_events_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("eventid", DataType::Utf8, false),
+        Field::new("accountid", DataType::Utf8, false),
+        Field::new("awsregion", DataType::Utf8, false),
+        Field::new("eventsource", DataType::Utf8, false),
+        Field::new("template", DataType::Utf8, true),
+        Field::new("primarydimension", DataType::Utf8, false),
+        Field::new("primaryvalue", DataType::Utf8, false),
+        Field::new("windowstart", ts(), false),
+        Field::new("windowend", ts(), false),
+        Field::new("eventcount", DataType::Int64, false),
+        Field::new("origin", DataType::Utf8, false),
+        Field::new("sourcefile", DataType::Utf8, true),
+        Field::new("eventjson", DataType::Utf8, false),
         Field::new("runid", DataType::Utf8, true),
     ]))
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod aggregate;
 mod cli;
 
 mod generate;

@@ -38,15 +38,14 @@ pub async fn scalar(lake: &Path, sql: &str) -> i64 {
 
 /// All values of a string column.
 pub async fn strings(lake: &Path, sql: &str) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for b in query(lake, sql).await {
-        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-        let col = col.as_string::<i32>();
-        for i in 0..col.len() {
-            out.push(col.is_valid(i).then(|| col.value(i).to_owned()));
-        }
-    }
-    out
+    query(lake, sql).await.iter().flat_map(|b| text_column(b, 0)).collect()
+}
+
+/// One column of a batch as text.
+pub fn text_column(b: &RecordBatch, i: usize) -> Vec<Option<String>> {
+    let col = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8).unwrap();
+    let col = col.as_string::<i32>();
+    (0..col.len()).map(|i| col.is_valid(i).then(|| col.value(i).to_owned())).collect()
 }
 
 /// A synthetic but complete CloudTrail record.
