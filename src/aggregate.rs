@@ -23,8 +23,6 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArra
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -101,23 +99,11 @@ pub enum AggregateError {
         #[source]
         source: DataFusionError,
     },
-    #[error("writing {context}")]
-    Store {
-        context: String,
-        #[source]
-        source: object_store::Error,
-    },
     #[error("{context}")]
     Arrow {
         context: String,
         #[source]
         source: arrow::error::ArrowError,
-    },
-    #[error("compressing {context}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
     },
 }
 
@@ -276,7 +262,7 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     };
     summary.from = Some(crate::insights::minute_rfc3339(lo));
     summary.to = Some(crate::insights::minute_rfc3339(hi));
-    let out = Output::new(opts.out.as_deref(), &lake)?;
+    let out = crate::lake::OutputStore::new(opts.out.as_deref(), &lake)?;
     let run_id = uuid::Uuid::new_v4().to_string();
     // CHUNK_MINUTES of windows at a time: their counts fit in memory whatever the lake.
     let mut day = lo;
@@ -301,7 +287,7 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
         summary.records_existing += (before - records.len()) as u64;
         if !records.is_empty() {
             // Files first: a crash before the commit rewrites the same files at the retry.
-            summary.files += out.write(&records).await?;
+            summary.files += write_files(&out, &records).await?;
             table = crate::lake::append(&table, vec![to_batch(&records, &run_id)?], AGGREGATED_EVENTS).await?;
             summary.records_written += records.len() as u64;
         }
@@ -523,53 +509,20 @@ fn to_batch(recs: &[Record], run_id: &str) -> Result<RecordBatch> {
         .map_err(|source| AggregateError::Arrow { context: "building aggregated_events rows".into(), source })
 }
 
-/// Where the AWS-format files go.
-struct Output {
-    store: Arc<dyn object_store::ObjectStore>,
-    shown: String,
-}
-
-impl Output {
-    fn new(out: Option<&str>, lake: &Lake) -> Result<Output> {
-        let Some(out) = out else {
-            return Ok(Output { store: lake.store(), shown: lake.url().to_string() });
-        };
-        let url = crate::lake::lake_url(out, true)?;
-        let store = crate::source::store_for(&url).map_err(|e| LakeError::Location { location: out.to_owned(), source: e.into() })?;
-        Ok(Output { store, shown: url.to_string() })
+/// Writes the records as AWS-format files, one per account, region and hour of windows,
+/// dated by the hour's end. Returns the files written.
+async fn write_files(out: &crate::lake::OutputStore, recs: &[Record]) -> Result<u64> {
+    let mut groups: BTreeMap<(&str, &str, i64), Vec<&Record>> = BTreeMap::new();
+    for r in recs {
+        groups.entry((&r.account, &r.region, r.window.div_euclid(60))).or_default().push(r);
     }
-
-    /// One gzipped `{"Records":[…]}` file per account, region and hour of windows, named as
-    /// CloudTrail names its files, the suffix derived from the records' IDs (a retry rewrites
-    /// the same file).
-    async fn write(&self, recs: &[Record]) -> Result<u64> {
-        use std::io::Write;
-        let mut groups: BTreeMap<(&str, &str, i64), Vec<&Record>> = BTreeMap::new();
-        for r in recs {
-            groups.entry((&r.account, &r.region, r.window.div_euclid(60))).or_default().push(r);
-        }
-        let mut files = 0;
-        for ((account, region, hour), group) in groups {
-            let t = DateTime::<Utc>::from_timestamp((hour + 1) * 3600, 0).unwrap_or_default();
-            let ids: Vec<&str> = group.iter().map(|r| r.id.as_str()).collect();
-            let suffix = format!("{:016X}", xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes()));
-            let path = format!(
-                "AWSLogs/{account}/CloudTrail-Aggregated/{region}/{}/{account}_CloudTrail-Aggregated_{region}_{}_{suffix}.json.gz",
-                t.format("%Y/%m/%d"),
-                t.format("%Y%m%dT%H%MZ")
-            );
-            let body = json!({"Records": group.iter().map(|r| &r.json).collect::<Vec<_>>()});
-            let io = |source| AggregateError::Io { context: path.clone(), source };
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            gz.write_all(body.to_string().as_bytes()).map_err(io)?;
-            let bytes = gz.finish().map_err(io)?;
-            let shown = format!("{}{path}", self.shown);
-            self.store
-                .put(&ObjectPath::from(path.as_str()), PutPayload::from(bytes))
-                .await
-                .map_err(|source| AggregateError::Store { context: shown, source })?;
-            files += 1;
-        }
-        Ok(files)
+    let mut files = 0;
+    for ((account, region, hour), group) in groups {
+        let at = DateTime::<Utc>::from_timestamp((hour + 1) * 3600, 0).unwrap_or_default();
+        let ids: Vec<&str> = group.iter().map(|r| r.id.as_str()).collect();
+        let records: Vec<&Value> = group.iter().map(|r| &r.json).collect();
+        out.put_records("Aggregated", account, region, at, &ids, &records).await?;
+        files += 1;
     }
+    Ok(files)
 }

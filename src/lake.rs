@@ -88,6 +88,18 @@ pub enum LakeError {
     },
     #[error("lake settings `{path}`: {reason}")]
     Config { path: String, reason: String },
+    #[error("`{location}` is not a usable output location")]
+    Output {
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("writing `{path}`")]
+    Write {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 type Result<T, E = LakeError> = std::result::Result<T, E>;
@@ -474,6 +486,54 @@ pub async fn append(table: &DeltaTable, batches: Vec<RecordBatch>, shown: &str) 
         commit(&mut table, adds.into_iter().map(Action::Add).collect(), operation, None, shown).await?;
     }
     Ok(table)
+}
+
+/// Where AWS-format files go (Insights, aggregated events): a folder or `s3://` URL given with
+/// `--out`, or the lake itself.
+pub struct OutputStore {
+    store: Arc<dyn ObjectStore>,
+    shown: String,
+}
+
+impl OutputStore {
+    pub fn new(out: Option<&str>, lake: &Lake) -> Result<OutputStore> {
+        let Some(out) = out else {
+            return Ok(OutputStore { store: lake.store(), shown: lake.url().to_string() });
+        };
+        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| LakeError::Output { location: out.to_owned(), source };
+        let url = lake_url(out, true).map_err(|e| invalid(e.into()))?;
+        let store = crate::source::store_for(&url).map_err(|e| invalid(e.into()))?;
+        Ok(OutputStore { store, shown: url.to_string() })
+    }
+
+    /// Writes one file as CloudTrail delivers its own (spec sections 3 and 7):
+    /// `AWSLogs/<account>/CloudTrail-<kind>/<region>/YYYY/MM/DD/<account>_CloudTrail-<kind>_<region>_<YYYYMMDDTHHmmZ>_<16 chars>.json.gz`,
+    /// dated `at`, the suffix derived from the records' IDs (so a retry rewrites the same
+    /// file), holding `{"Records": records}` gzipped.
+    pub async fn put_records(
+        &self,
+        kind: &str,
+        account: &str,
+        region: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        ids: &[&str],
+        records: &[&serde_json::Value],
+    ) -> Result<()> {
+        use std::io::Write;
+        let suffix = format!("{:016X}", xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes()));
+        let path = format!(
+            "AWSLogs/{account}/CloudTrail-{kind}/{region}/{}/{account}_CloudTrail-{kind}_{region}_{}_{suffix}.json.gz",
+            at.format("%Y/%m/%d"),
+            at.format("%Y%m%dT%H%MZ"),
+        );
+        let shown = format!("{}{path}", self.shown);
+        let body = serde_json::json!({ "Records": records });
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let bytes = gz.write_all(body.to_string().as_bytes()).and_then(|()| gz.finish());
+        let bytes = bytes.map_err(|e| LakeError::Write { path: shown.clone(), source: e.into() })?;
+        self.store.put(&ObjectPath::from(path.as_str()), PutPayload::from(bytes)).await.map_err(|e| LakeError::Write { path: shown, source: e.into() })?;
+        Ok(())
+    }
 }
 
 /// Brings a table without partitions up to `schema`, whose extra columns are nullable strings:

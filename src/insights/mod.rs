@@ -14,7 +14,6 @@ pub mod quality;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -22,8 +21,6 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionContext, col, lit};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use crate::lake::{Lake, LakeError};
@@ -74,18 +71,6 @@ pub enum InsightsError {
         "InvalidParameterException: Insights for data events can only be enabled for trails that log data events. (The lake {0} holds no data events, and its settings do not say the trail logs them.)"
     )]
     DataEventsOff(String),
-    #[error("writing {context}")]
-    Store {
-        context: String,
-        #[source]
-        source: object_store::Error,
-    },
-    #[error("`{location}` is not a usable output location")]
-    Output {
-        location: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     /// The lake's data is not as the code expects (a column missing or of another type).
     #[error("{0}")]
     Data(String),
@@ -375,7 +360,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
     tracing::debug!(elapsed = ?started.elapsed(), "rollups caught up");
     let mut tables = Tables::open(lake).await?;
     let ctx = crate::sql::session(lake).await?;
-    let out = OutputStore::new(opts.out.as_deref(), lake)?;
+    let out = crate::lake::OutputStore::new(opts.out.as_deref(), lake)?;
     let p = &opts.params;
 
     tracing::debug!(elapsed = ?started.elapsed(), "session ready");
@@ -526,7 +511,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
     }
     // Files first, then the table, then the watermark: a crash at any point re-runs to the same
     // records (same IDs, same file names) and stores each once.
-    summary.files_written = out.write(&new_records).await?;
+    summary.files_written = write_files(&out, &new_records).await?;
     summary.records_written = new_records.len() as u64;
     tables.append_records(&new_records, &run_id).await?;
     tables.append_runs(&run_rows, started.elapsed().as_secs_f64()).await?;
@@ -749,40 +734,24 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     Ok(crate::sql::session(lake).await?)
 }
 
-/// Where the AWS-format Insights files go.
-struct OutputStore {
-    store: Arc<dyn ObjectStore>,
-    shown: String,
-}
-
-impl OutputStore {
-    fn new(out: Option<&str>, lake: &Lake) -> Result<OutputStore> {
-        let Some(out) = out else {
-            return Ok(OutputStore { store: lake.store(), shown: lake.url().to_string() });
-        };
-        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| InsightsError::Output { location: out.to_owned(), source };
-        let url = crate::lake::lake_url(out, true).map_err(|e| invalid(e.into()))?;
-        let store = crate::source::store_for(&url).map_err(|e| invalid(e.into()))?;
-        Ok(OutputStore { store, shown: url.to_string() })
+/// Writes the records as AWS-format files, one per account, region and day of event time,
+/// dated by its latest record. Returns the files written.
+async fn write_files(out: &crate::lake::OutputStore, recs: &[InsightRecord]) -> Result<u64> {
+    let mut groups: BTreeMap<(String, String, i64), Vec<&InsightRecord>> = BTreeMap::new();
+    for r in recs {
+        groups.entry((r.key_account.clone(), r.region.clone(), r.minute.div_euclid(1440))).or_default().push(r);
     }
-
-    /// Writes the records as gzipped `{"Records":[…]}` files, one per account, region and day
-    /// of event time, named as CloudTrail names them. Names derive from the records' IDs, so a
-    /// re-run after a crash rewrites the same file rather than adding another.
-    async fn write(&self, recs: &[InsightRecord]) -> Result<u64> {
-        let mut groups: BTreeMap<(String, String, i64), Vec<&InsightRecord>> = BTreeMap::new();
-        for r in recs {
-            groups.entry((r.key_account.clone(), r.region.clone(), r.minute.div_euclid(1440))).or_default().push(r);
-        }
-        let mut files = 0;
-        for ((account, region, _day), group) in groups {
-            let (path, body) = records::insight_file(&account, &region, &group)?;
-            let shown = format!("{}{path}", self.shown);
-            self.store.put(&ObjectPath::from(path.as_str()), PutPayload::from(body)).await.map_err(|source| InsightsError::Store { context: shown, source })?;
-            files += 1;
-        }
-        Ok(files)
+    let mut files = 0;
+    for ((account, region, _day), mut group) in groups {
+        group.sort_by(|a, b| (a.minute, a.state != "Start", &a.event_id).cmp(&(b.minute, b.state != "Start", &b.event_id)));
+        let latest = group.iter().map(|r| r.minute).max().unwrap_or(0);
+        let at = DateTime::<Utc>::from_timestamp(latest * 60, 0).unwrap_or_default();
+        let ids: Vec<&str> = group.iter().map(|r| r.event_id.as_str()).collect();
+        let records: Vec<&serde_json::Value> = group.iter().map(|r| &r.json).collect();
+        out.put_records("Insight", &account, &region, at, &ids, &records).await?;
+        files += 1;
     }
+    Ok(files)
 }
 
 pub(crate) fn direction_from(s: &str) -> Direction {

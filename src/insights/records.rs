@@ -2,7 +2,6 @@
 //! the `insights` / `insight_runs` tables.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::ops::Not;
 use std::sync::Arc;
 
@@ -434,29 +433,6 @@ pub async fn stored(ctx: &SessionContext) -> Result<HashMap<(String, String), Ve
         }
     }
     Ok(out)
-}
-
-/// The path and gzipped body of one Insights file (spec section 3):
-/// `AWSLogs/<account>/CloudTrail-Insight/<region>/YYYY/MM/DD/<account>_CloudTrail-Insight_<region>_<YYYYMMDDTHHmmZ>_<16 chars>.json.gz`,
-/// dated by its latest record, the suffix derived from the records' IDs.
-pub fn insight_file(account: &str, region: &str, recs: &[&InsightRecord]) -> Result<(String, Vec<u8>)> {
-    let mut sorted: Vec<&&InsightRecord> = recs.iter().collect();
-    sorted.sort_by(|a, b| (a.minute, a.state != "Start", &a.event_id).cmp(&(b.minute, b.state != "Start", &b.event_id)));
-    let latest = sorted.iter().map(|r| r.minute).max().unwrap_or(0);
-    let t = chrono::DateTime::<chrono::Utc>::from_timestamp(latest * 60, 0).unwrap_or_default();
-    let ids: Vec<&str> = sorted.iter().map(|r| r.event_id.as_str()).collect();
-    let suffix = format!("{:016X}", xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes()));
-    let path = format!(
-        "AWSLogs/{account}/CloudTrail-Insight/{region}/{}/{account}_CloudTrail-Insight_{region}_{}_{suffix}.json.gz",
-        t.format("%Y/%m/%d"),
-        t.format("%Y%m%dT%H%MZ"),
-    );
-    let body = json!({"Records": sorted.iter().map(|r| &r.json).collect::<Vec<_>>()});
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let io = |source: std::io::Error| InsightsError::Io { context: format!("compressing {path}"), source };
-    gz.write_all(body.to_string().as_bytes()).map_err(io)?;
-    let bytes = gz.finish().map_err(io)?;
-    Ok((path, bytes))
 }
 
 /// One analysed range of one account and region: the `insight_runs` table.
