@@ -269,7 +269,8 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     while day < hi {
         let end = (day.div_euclid(CHUNK_MINUTES) + 1) * CHUNK_MINUTES;
         let end = end.min(hi);
-        let counts = count(&ctx, day, end).await?;
+        let primaries: Vec<Dim> = templates.iter().map(|t| t.1).collect();
+        let counts = count(&ctx, day, end, &primaries).await?;
         let mut records = Vec::new();
         for (key, c) in &counts {
             let Some((lo, hi)) = ranges.get(&(key.0.clone(), key.1.clone())) else { continue };
@@ -354,10 +355,9 @@ async fn stored_ids(ctx: &SessionContext, lo: i64, hi: i64) -> Result<HashSet<St
 /// (account, region, event source, window start minute).
 type WindowKey = (String, String, String, i64);
 
-/// A window's counts: per dimension value, and per pair of dimensions' values.
+/// A window's counts per pair of dimensions' values.
 #[derive(Default)]
 struct Counts {
-    single: HashMap<Dim, HashMap<String, i64>>,
     pairs: HashMap<(Dim, Dim), HashMap<(String, String), i64>>,
 }
 
@@ -366,17 +366,24 @@ struct Counts {
 const RESOURCE: &str = "CASE WHEN get_field(array_element(resources, 1), 'type') = 'AWS::S3::Object' AND array_length(resources) >= 2 \
      THEN get_field(array_element(resources, 2), 'arn') ELSE get_field(array_element(resources, 1), 'arn') END";
 
-/// Counts the data events of windows `[lo, hi)` by every dimension and pair of dimensions, in
-/// one scan (GROUPING SETS). Values are '' where an event has none (a call that succeeded has
+/// Counts the data events of windows `[lo, hi)` by the pairs of dimensions the templates need
+/// (each primary with every other), in one scan (GROUPING SETS). Values are '' where an event has none (a call that succeeded has
 /// no error code), and NULL in the columns a grouping set leaves out.
-async fn count(ctx: &SessionContext, lo: i64, hi: i64) -> Result<BTreeMap<WindowKey, Counts>> {
+async fn count(ctx: &SessionContext, lo: i64, hi: i64, primaries: &[Dim]) -> Result<BTreeMap<WindowKey, Counts>> {
     let base = "acct, region, src, w";
-    let mut sets: Vec<String> = Dim::ALL.iter().map(|d| format!("({base}, {})", d.column())).collect();
-    for (i, a) in Dim::ALL.iter().enumerate() {
-        for b in &Dim::ALL[i + 1..] {
-            sets.push(format!("({base}, {}, {})", a.column(), b.column()));
+    // Only what the templates need: each primary dimension, and its pairs with the others.
+    let mut pairs: Vec<(Dim, Dim)> = Vec::new();
+    for p in primaries {
+        for d in Dim::ALL.into_iter().filter(|d| d != p) {
+            let pair = if *p < d { (*p, d) } else { (d, *p) };
+            if !pairs.contains(&pair) {
+                pairs.push(pair);
+            }
         }
     }
+    // A primary value's count is the sum of any of its pairs (every event has a value, '' at
+    // least, in every dimension), so no set of one dimension is needed.
+    let sets: Vec<String> = pairs.iter().map(|(a, b)| format!("({base}, {}, {})", a.column(), b.column())).collect();
     let sql = format!(
         "WITH d AS (SELECT recipientaccountid AS acct, awsregion AS region, coalesce(eventsource, '') AS src, \
            CAST(to_unixtime(eventtime) AS BIGINT) / 300 AS w, \
@@ -409,15 +416,8 @@ async fn count(ctx: &SessionContext, lo: i64, hi: i64) -> Result<BTreeMap<Window
             // The dimensions of this row's grouping set, with their values.
             let dims: Vec<(Dim, &str)> =
                 Dim::ALL.iter().enumerate().filter(|(j, _)| text[3 + j].is_valid(row)).map(|(j, d)| (*d, text[3 + j].value(row))).collect();
-            let c = out.entry(key).or_default();
-            match dims[..] {
-                [(d, v)] => {
-                    c.single.entry(d).or_default().insert(v.to_owned(), n.value(row));
-                }
-                [(a, va), (b, vb)] => {
-                    c.pairs.entry((a, b)).or_default().insert((va.to_owned(), vb.to_owned()), n.value(row));
-                }
-                _ => {}
+            if let [(a, va), (b, vb)] = dims[..] {
+                out.entry(key).or_default().pairs.entry((a, b)).or_default().insert((va.to_owned(), vb.to_owned()), n.value(row));
             }
         }
     }
@@ -431,9 +431,16 @@ fn build(key: &WindowKey, c: &Counts, template: &'static str, primary: Dim) -> V
     let start = crate::insights::minute_rfc3339(*window);
     let end = crate::insights::minute_rfc3339(window + WINDOW_MINUTES);
     let mut out = Vec::new();
-    let Some(values) = c.single.get(&primary) else { return out };
-    let mut values: Vec<(&String, &i64)> = values.iter().filter(|(v, _)| !v.is_empty()).collect();
-    values.sort();
+    // The primary values and their counts, summed over one of their pairs.
+    let Some(other) = Dim::ALL.into_iter().find(|d| *d != primary) else { return out };
+    let (pair, primary_first) = if primary < other { ((primary, other), true) } else { ((other, primary), false) };
+    let mut values: BTreeMap<&String, i64> = BTreeMap::new();
+    for ((a, b), n) in c.pairs.get(&pair).into_iter().flatten() {
+        let p = if primary_first { a } else { b };
+        if !p.is_empty() {
+            *values.entry(p).or_default() += n;
+        }
+    }
     for (value, count) in values {
         let mut details = Vec::new();
         for d in Dim::ALL.into_iter().filter(|d| *d != primary) {
@@ -477,7 +484,7 @@ fn build(key: &WindowKey, c: &Counts, template: &'static str, primary: Dim) -> V
             primary,
             value: value.clone(),
             window: *window,
-            count: *count,
+            count,
             json: record,
         });
     }
