@@ -93,6 +93,8 @@ pub enum AggregateError {
     /// Mirrors AWS's refusals of `PutEventConfiguration`.
     #[error("InvalidParameterException: {0}")]
     InvalidParameter(String),
+    #[error(transparent)]
+    Bounds(Box<crate::insights::InsightsError>),
     #[error("{context}")]
     Query {
         context: String,
@@ -239,16 +241,17 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     let templates: Vec<(&'static str, Dim)> = TEMPLATES.into_iter().filter(|(t, _)| summary.templates.iter().any(|s| s == t)).collect();
     let mut table = lake.table(AGGREGATED_EVENTS, crate::schema::tables::aggregated_events_schema(), &[]).await?;
     let ctx = crate::sql::session(&lake).await?;
-    let bounds = data_bounds(&ctx).await?;
+    let bounds = crate::insights::account_region_bounds(&ctx, "AND NOT management").await.map_err(|e| AggregateError::Bounds(Box::new(e)))?;
     let marks = if opts.mode == Mode::Incremental { watermarks(&ctx).await? } else { HashMap::new() };
     // Per account and region: the windows [lo, hi) to summarise, in minutes.
     let mut ranges: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for (pair, (first, last)) in bounds {
         let horizon = floor_window(last + 1 - opts.settle_minutes.max(0));
         let (lo, hi) = match &opts.mode {
-            Mode::Backfill { from, to } => {
-                (floor_window(from.map(day_minute).unwrap_or(first).max(first)), to.map(|d| day_minute(d) + 1440).unwrap_or(horizon).min(horizon))
-            }
+            Mode::Backfill { from, to } => (
+                floor_window(from.map(crate::insights::day_minute).unwrap_or(first).max(first)),
+                to.map(|d| crate::insights::day_minute(d) + 1440).unwrap_or(horizon).min(horizon),
+            ),
             Mode::Incremental => (marks.get(&pair).copied().unwrap_or(floor_window(first)).max(floor_window(first)), horizon),
         };
         if lo < hi {
@@ -298,10 +301,6 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     Ok(summary)
 }
 
-fn day_minute(d: NaiveDate) -> i64 {
-    d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp().div_euclid(60)).unwrap_or(0)
-}
-
 fn floor_window(minute: i64) -> i64 {
     minute.div_euclid(WINDOW_MINUTES) * WINDOW_MINUTES
 }
@@ -310,39 +309,11 @@ fn ts(minute: i64) -> String {
     format!("TIMESTAMP '{}'", crate::insights::minute_rfc3339(minute))
 }
 
-/// The first and last minute of data events per account and region, from the rollups.
-async fn data_bounds(ctx: &SessionContext) -> Result<BTreeMap<(String, String), (i64, i64)>> {
-    let sql = "SELECT recipientaccountid, awsregion, min(period), max(period) FROM rollups WHERE kind = 'minute' AND NOT management GROUP BY 1, 2";
-    let batches = ctx.sql(sql).await.map_err(query("reading the rollups"))?.collect().await.map_err(query("reading the rollups"))?;
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let (a, r) = (crate::insights::utf8(b.column(0)), crate::insights::utf8(b.column(1)));
-        let (lo, hi) = (
-            b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>(),
-            b.column(3).as_primitive::<arrow::datatypes::TimestampMicrosecondType>(),
-        );
-        for i in 0..b.num_rows() {
-            out.insert((a.value(i).to_owned(), r.value(i).to_owned()), (lo.value(i).div_euclid(MICROS_PER_MINUTE), hi.value(i).div_euclid(MICROS_PER_MINUTE)));
-        }
-    }
-    Ok(out)
-}
-
 /// The minute after the last window emitted, per account and region.
 async fn watermarks(ctx: &SessionContext) -> Result<HashMap<(String, String), i64>> {
     let sql = format!("SELECT accountid, awsregion, max(windowend) FROM {AGGREGATED_EVENTS} WHERE origin = 'prism' GROUP BY 1, 2");
-    let batches = ctx.sql(&sql).await.map_err(query("reading aggregated_events"))?.collect().await.map_err(query("reading aggregated_events"))?;
-    let mut out = HashMap::new();
-    for b in batches {
-        let (a, r) = (crate::insights::utf8(b.column(0)), crate::insights::utf8(b.column(1)));
-        let end = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        for i in 0..b.num_rows() {
-            if end.is_valid(i) {
-                out.insert((a.value(i).to_owned(), r.value(i).to_owned()), end.value(i).div_euclid(MICROS_PER_MINUTE));
-            }
-        }
-    }
-    Ok(out)
+    let rows = crate::insights::minutes_by_account_region(ctx, &sql).await.map_err(query("reading aggregated_events"))?;
+    Ok(rows.into_iter().map(|(pair, m)| (pair, m[0])).collect())
 }
 
 /// The IDs of the records stored for windows starting in `[lo, hi)`.

@@ -364,7 +364,7 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
     let p = &opts.params;
 
     tracing::debug!(elapsed = ?started.elapsed(), "session ready");
-    let bounds = account_region_bounds(&ctx).await?;
+    let bounds = account_region_bounds(&ctx, "").await?;
     let mut event_files: HashMap<(String, String), Vec<String>> = HashMap::new();
     for f in crate::lake::partition_files(lake.events()) {
         event_files.entry((f.region, f.period)).or_default().push(f.path);
@@ -528,7 +528,7 @@ fn max_opt(a: Option<String>, b: String) -> Option<String> {
 }
 
 /// Minutes since the Unix epoch of a day's midnight (UTC).
-fn day_minute(d: NaiveDate) -> i64 {
+pub(crate) fn day_minute(d: NaiveDate) -> i64 {
     d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp() / 60).unwrap_or(0)
 }
 
@@ -536,17 +536,31 @@ pub fn minute_rfc3339(minute: i64) -> String {
     DateTime::<Utc>::from_timestamp(minute * 60, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// First and last minute with any event, per account and region (from the rollups).
-async fn account_region_bounds(ctx: &SessionContext) -> Result<BTreeMap<(String, String), (i64, i64)>> {
-    let sql = "SELECT recipientaccountid, awsregion, min(period), max(period) FROM rollups WHERE kind = 'minute' GROUP BY 1, 2";
-    let batches = ctx.sql(sql).await.map_err(query("reading rollups"))?.collect().await.map_err(query("reading rollups"))?;
+/// First and last minute with any event, per account and region (from the rollups);
+/// `filter` narrows the rollup rows (`AND NOT management`: data events only).
+pub(crate) async fn account_region_bounds(ctx: &SessionContext, filter: &str) -> Result<BTreeMap<(String, String), (i64, i64)>> {
+    let sql = format!("SELECT recipientaccountid, awsregion, min(period), max(period) FROM rollups WHERE kind = 'minute' {filter} GROUP BY 1, 2");
+    let rows = minutes_by_account_region(ctx, &sql).await.map_err(query("reading rollups"))?;
+    Ok(rows.into_iter().filter_map(|(pair, m)| Some((pair, (*m.first()?, *m.get(1)?)))).collect())
+}
+
+/// Runs `SELECT <account>, <region>, <timestamps>… GROUP BY 1, 2` and returns, per account and
+/// region, the timestamps as minutes (rows with a null timestamp are left out).
+pub(crate) async fn minutes_by_account_region(ctx: &SessionContext, sql: &str) -> Result<BTreeMap<(String, String), Vec<i64>>, DataFusionError> {
     let mut out = BTreeMap::new();
-    for b in batches {
+    for b in ctx.sql(sql).await?.collect().await? {
         let (a, r) = (&utf8(b.column(0)), &utf8(b.column(1)));
-        let lo = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        let hi = b.column(3).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let times = (2..b.num_columns())
+            .map(|c| {
+                b.column(c)
+                    .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
+                    .ok_or_else(|| DataFusionError::Internal(format!("column {c} of `{sql}` is not a timestamp")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         for i in 0..b.num_rows() {
-            out.insert((a.value(i).to_owned(), r.value(i).to_owned()), (lo.value(i).div_euclid(MICROS_PER_MINUTE), hi.value(i).div_euclid(MICROS_PER_MINUTE)));
+            if times.iter().all(|t| t.is_valid(i)) {
+                out.insert((a.value(i).to_owned(), r.value(i).to_owned()), times.iter().map(|t| t.value(i).div_euclid(MICROS_PER_MINUTE)).collect());
+            }
         }
     }
     Ok(out)
@@ -699,18 +713,8 @@ impl Tables {
     /// The minute after the last analysed one, per account and region.
     async fn watermarks(&self, ctx: &SessionContext) -> Result<HashMap<(String, String), i64>> {
         let sql = format!("SELECT recipientaccountid, awsregion, max(analysedto) FROM {RUNS_TABLE} GROUP BY 1, 2");
-        let batches = ctx.sql(&sql).await.map_err(query("reading insight_runs"))?.collect().await.map_err(query("reading insight_runs"))?;
-        let mut out = HashMap::new();
-        for b in batches {
-            let (a, r) = (&utf8(b.column(0)), &utf8(b.column(1)));
-            let to = b.column(2).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            for i in 0..b.num_rows() {
-                if to.is_valid(i) {
-                    out.insert((a.value(i).to_owned(), r.value(i).to_owned()), to.value(i).div_euclid(MICROS_PER_MINUTE));
-                }
-            }
-        }
-        Ok(out)
+        let rows = minutes_by_account_region(ctx, &sql).await.map_err(query("reading insight_runs"))?;
+        Ok(rows.into_iter().map(|(pair, m)| (pair, m[0])).collect())
     }
 
     async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {
