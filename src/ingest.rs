@@ -8,6 +8,8 @@
 //! and files not yet journaled, which the next run reads again; their already-committed events
 //! are then recognised as duplicates, so counts come out exact.
 
+mod aggregated;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,12 +141,36 @@ pub struct IngestSummary {
     pub bytes_to_read: u64,
     /// Seconds spent listing the sources.
     pub list_seconds: f64,
+    /// AWS's aggregated-event summaries (`CloudTrail-Aggregated/` files) imported into
+    /// `aggregated_events`. Their files count in `files_read` too; their records only here.
+    pub aggregated: AggregatedImport,
+}
+
+/// What an ingest did with AWS's aggregated-event files: every record read is exactly one of
+/// written, duplicate, rejected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AggregatedImport {
+    pub files: u64,
+    pub records_read: u64,
+    pub records_written: u64,
+    pub duplicates: u64,
+    pub records_rejected: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
 }
 
 impl IngestSummary {
     /// True when every file was read completely and no record was rejected.
     pub fn is_clean(&self) -> bool {
-        self.files_damaged == 0 && self.records_rejected == 0
+        self.files_damaged == 0 && self.records_rejected == 0 && self.aggregated.records_rejected == 0
+    }
+
+    /// Lists a problem, up to [`MAX_PROBLEMS_SHOWN`]; the rest are counted.
+    fn problem(&mut self, r: &Rejection) {
+        if self.problems.len() < MAX_PROBLEMS_SHOWN {
+            self.problems.push(r.clone());
+        } else {
+            self.problems_not_shown += 1;
+        }
     }
 }
 
@@ -338,9 +364,14 @@ async fn read_objects(
     let granularity = lake.config().granularity;
     progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(objects.iter().map(|o| o.size).sum(), Ordering::Relaxed);
+    let run_id = uuid::Uuid::new_v4().to_string();
+    // AWS's summaries go to their own table, first: they are few and small.
+    let (summaries, objects): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.key.content == crate::source::Content::Aggregated);
+    if !summaries.is_empty() {
+        aggregated::import(lake, &summaries, &run_id, &mut summary, &progress).await?;
+    }
 
     // 3. Parse in parallel, commit as the buffer fills.
-    let run_id = uuid::Uuid::new_v4().to_string();
     let objects = Arc::new(objects);
     let (tx, mut rx) = mpsc::channel::<Msg>(opts.parallelism * 2 + 2);
     let producer = {
@@ -467,6 +498,22 @@ async fn flush(
             *dups_by_source.entry(src).or_default() += n;
         }
     }
+    journal(lake, objects, finished, dups_by_source, run_id, summary, false).await
+}
+
+/// Journals the files in `finished` (whose rows are committed) with their rejects, in one
+/// `ingest_log` commit, and counts them: their records as events, or as AWS's aggregated
+/// summaries when `aggregated`.
+#[allow(clippy::too_many_arguments)]
+async fn journal(
+    lake: &mut Lake,
+    objects: &[SourceObject],
+    finished: &mut Vec<FileResult>,
+    dups_by_source: &mut HashMap<String, u64>,
+    run_id: &str,
+    summary: &mut IngestSummary,
+    aggregated: bool,
+) -> Result<(), IngestError> {
     if finished.is_empty() {
         return Ok(());
     }
@@ -474,31 +521,31 @@ async fn flush(
     for f in finished.drain(..) {
         let obj = &objects[f.file];
         summary.files_read += 1;
-        summary.records_read += f.records;
         let rejected = f.rejects.len() as u64;
-        summary.records_rejected += rejected;
+        let (read, rejects, by_reason) = if aggregated {
+            summary.aggregated.files += 1;
+            let a = &mut summary.aggregated;
+            (&mut a.records_read, &mut a.records_rejected, &mut a.rejected_by_reason)
+        } else {
+            (&mut summary.records_read, &mut summary.records_rejected, &mut summary.rejected_by_reason)
+        };
+        *read += f.records;
+        *rejects += rejected;
         for r in &f.rejects {
-            *summary.rejected_by_reason.entry(r.reason.clone()).or_default() += 1;
+            *by_reason.entry(r.reason.clone()).or_default() += 1;
+        }
+        if let Some((r, _)) = &f.broken {
+            *by_reason.entry(format!("file:{}", r.reason)).or_default() += 1;
         }
         let dups = dups_by_source.remove(&obj.location).unwrap_or(0);
-        let mut shown = summary.problems.len();
-        let mut push_problem = |r: &Rejection, summary: &mut IngestSummary| {
-            if shown < MAX_PROBLEMS_SHOWN {
-                summary.problems.push(r.clone());
-                shown += 1;
-            } else {
-                summary.problems_not_shown += 1;
-            }
-        };
         for r in &f.rejects {
-            push_problem(r, summary);
+            summary.problem(r);
             log.reject(r, run_id);
         }
         let retry = match &f.broken {
             Some((r, retry)) => {
                 summary.files_damaged += 1;
-                *summary.rejected_by_reason.entry(format!("file:{}", r.reason)).or_default() += 1;
-                push_problem(r, summary);
+                summary.problem(r);
                 if !retry {
                     log.reject(r, run_id);
                 }
@@ -507,7 +554,7 @@ async fn flush(
             None => false,
         };
         if retry {
-            // Not journaled: the next run reads it again (its committed events dedupe).
+            // Not journaled: the next run reads it again (its committed rows dedupe).
             summary.files_to_retry += 1;
             summary.unread.push(obj.location.clone());
         } else {

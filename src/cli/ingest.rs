@@ -147,6 +147,17 @@ pub fn print_summary(s: &IngestSummary) {
     for (reason, n) in &s.rejected_by_reason {
         let _ = writeln!(out, "           {reason}: {n}");
     }
+    let a = &s.aggregated;
+    if a.files > 0 {
+        let _ = writeln!(
+            out,
+            "  aggregated (AWS's summaries, into aggregated_events): {} files, {} records read, {} written, {} duplicates dropped, {} rejected",
+            a.files, a.records_read, a.records_written, a.duplicates, a.records_rejected
+        );
+        for (reason, n) in &a.rejected_by_reason {
+            let _ = writeln!(out, "           {reason}: {n}");
+        }
+    }
     let _ = writeln!(out, "  output:  {} Parquet files in {} commits", s.files_written, s.commits);
     let _ = writeln!(
         out,

@@ -22,7 +22,7 @@ use chrono::{Datelike, NaiveDate};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
-use super::{DateRange, EVENT_FOLDERS, Listing, Location, ObjectRef, PARALLEL_LISTINGS, SourceError, classify, descend, walk_local_paths};
+use super::{DateRange, Listing, Location, ObjectRef, PARALLEL_LISTINGS, SourceError, TRAIL_FOLDERS, classify, descend, walk_local_paths};
 
 /// Keys found by a listing: as shown, size (None for a local file: read for new keys only),
 /// and how to fetch.
@@ -269,7 +269,7 @@ fn local_regions(root: &Path) -> std::io::Result<Option<Vec<PathBuf>>> {
     }
     let mut regions = Vec::new();
     for account in accounts {
-        for folder in EVENT_FOLDERS {
+        for folder in TRAIL_FOLDERS {
             let trail = account.join(folder);
             if trail.is_dir() {
                 regions.extend(subdirs(&trail)?);

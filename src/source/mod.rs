@@ -3,9 +3,10 @@
 //! Keys are classified by the layout AWS delivers
 //! (`[prefix/]AWSLogs/[o-…/]<account>/CloudTrail/<region>/YYYY/MM/DD/<file>`, and
 //! `CloudTrail-NetworkActivity/` beside `CloudTrail/` for network-activity events): event logs
-//! are read, while digests, Insights files, aggregated-event summaries and other services' logs
-//! in a shared bucket are skipped and counted. Files outside that layout (exports, test corpora) are read when they look like
-//! JSON. Compression is detected from the bytes, not the name.
+//! are read, and so are AWS's aggregated-event summaries (`CloudTrail-Aggregated/`, marked
+//! [`Content::Aggregated`]), while digests, Insights files and other services' logs in a shared
+//! bucket are skipped and counted. Files outside that layout (exports, test corpora) are read
+//! when they look like JSON. Compression is detected from the bytes, not the name.
 
 pub mod follow;
 pub mod records;
@@ -269,7 +270,7 @@ struct Descent {
     in_full: Vec<Option<ObjectPath>>,
 }
 
-/// Walks down the AWS layout with delimiter listings to the [`EVENT_FOLDERS`]' region folders
+/// Walks down the AWS layout with delimiter listings to the [`TRAIL_FOLDERS`]' region folders
 /// (the accounts' levels [`PARALLEL_LISTINGS`] at a time). Without an `AWSLogs/` folder (at the
 /// location or directly in it) the whole location is to be listed in full. `services`: list
 /// each account folder too, so that its digest, Insight and other services' folders are listed
@@ -312,11 +313,11 @@ async fn descend(store: &dyn ObjectStore, url: &Url, services: bool) -> Result<D
     let per_account: Vec<Descent> = futures::stream::iter(accounts)
         .map(|account| async move {
             let mut found = Descent::default();
-            let mut trails: Vec<ObjectPath> = EVENT_FOLDERS.iter().map(|f| account.clone().join(*f)).collect();
+            let mut trails: Vec<ObjectPath> = TRAIL_FOLDERS.iter().map(|f| account.clone().join(*f)).collect();
             if services {
                 let level = store.list_with_delimiter(Some(&account)).await?;
                 found.objects.extend(level.objects);
-                let (trail, other): (Vec<_>, Vec<_>) = level.common_prefixes.into_iter().partition(|p| EVENT_FOLDERS.contains(&last(p).as_str()));
+                let (trail, other): (Vec<_>, Vec<_>) = level.common_prefixes.into_iter().partition(|p| TRAIL_FOLDERS.contains(&last(p).as_str()));
                 trails = trail;
                 found.in_full.extend(other.into_iter().map(Some));
             }
@@ -405,8 +406,6 @@ pub enum SkipReason {
     Digest,
     /// `CloudTrail-Insight/`: Insights records, not events.
     Insight,
-    /// `CloudTrail-Aggregated/`: AWS's 5-minute summaries of data events, not events.
-    Aggregated,
     /// Another service's logs in a shared bucket (`Config/`, `GuardDuty/`, …).
     OtherService(String),
     /// Not a `.json`, `.json.gz`, `.jsonl` or `.ndjson` file.
@@ -422,7 +421,6 @@ impl SkipReason {
         match self {
             SkipReason::Digest => "digest".into(),
             SkipReason::Insight => "insight".into(),
-            SkipReason::Aggregated => "aggregated".into(),
             SkipReason::OtherService(s) => format!("not_cloudtrail:{s}"),
             SkipReason::NotJson => "not_json".into(),
             SkipReason::OutsideDateRange => "outside_date_range".into(),
@@ -436,7 +434,6 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::Digest => f.write_str("CloudTrail digest file"),
             SkipReason::Insight => f.write_str("CloudTrail Insights file"),
-            SkipReason::Aggregated => f.write_str("CloudTrail aggregated-events file (summaries, not events)"),
             SkipReason::OtherService(s) => write!(f, "{s} log, not CloudTrail"),
             SkipReason::NotJson => f.write_str("not a JSON log file"),
             SkipReason::OutsideDateRange => f.write_str("delivered outside --from/--to"),
@@ -445,9 +442,21 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// What a file holds, by its folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Content {
+    /// Event records (`CloudTrail/`, `CloudTrail-NetworkActivity/`, and files outside the layout).
+    #[default]
+    Events,
+    /// AWS's 5-minute summaries of data events (`CloudTrail-Aggregated/`), imported into
+    /// `aggregated_events`, not `events`.
+    Aggregated,
+}
+
 /// What the key says about an object, when it follows the AWS layout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyInfo {
+    pub content: Content,
     pub account: Option<String>,
     pub region: Option<String>,
     /// The delivery date folder.
@@ -496,12 +505,13 @@ impl Listing {
     }
 }
 
-/// Classifies a key or path: an event log to read, or a reason to skip it.
 /// The folders of an account (`AWSLogs/[o-…/]<account>/<folder>/<region>/YYYY/MM/DD/`) whose
-/// files hold event records: CloudTrail's management and data events, and its network-activity
-/// events (VPC endpoint calls), which AWS delivers to a folder of their own.
-pub const EVENT_FOLDERS: [&str; 2] = ["CloudTrail", "CloudTrail-NetworkActivity"];
+/// files Prism reads: CloudTrail's management and data events, its network-activity events
+/// (VPC endpoint calls), which AWS delivers to a folder of their own, and its aggregated
+/// events (summaries, see [`Content::Aggregated`]).
+pub const TRAIL_FOLDERS: [&str; 3] = ["CloudTrail", "CloudTrail-NetworkActivity", "CloudTrail-Aggregated"];
 
+/// Classifies a key or path: a log to read (and what it holds), or a reason to skip it.
 pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
     let name = location.rsplit(['/', '\\']).next().unwrap_or(location);
     if name == "labels.json" {
@@ -525,19 +535,19 @@ pub fn classify(location: &str) -> Result<KeyInfo, SkipReason> {
         [account, service, _, ..] => (*account, *service),
         _ => return Ok(KeyInfo::default()),
     };
-    match service {
-        s if EVENT_FOLDERS.contains(&s) => {}
+    let content = match service {
+        "CloudTrail-Aggregated" => Content::Aggregated,
+        s if TRAIL_FOLDERS.contains(&s) => Content::Events,
         "CloudTrail-Digest" => return Err(SkipReason::Digest),
         "CloudTrail-Insight" => return Err(SkipReason::Insight),
-        "CloudTrail-Aggregated" => return Err(SkipReason::Aggregated),
         other => return Err(SkipReason::OtherService(other.to_owned())),
-    }
+    };
     let region = rest.get(2).map(|s| s.to_string());
     let date = match rest.get(3..6) {
         Some([y, m, d]) => NaiveDate::from_ymd_opt(y.parse().unwrap_or(0), m.parse().unwrap_or(0), d.parse().unwrap_or(0)),
         _ => None,
     };
-    Ok(KeyInfo { account: Some(account.to_string()), region, date })
+    Ok(KeyInfo { content, account: Some(account.to_string()), region, date })
 }
 
 /// Counts bytes read, for progress.
@@ -753,7 +763,8 @@ mod tests {
             Err(SkipReason::Digest)
         );
         assert_eq!(classify("AWSLogs/1/CloudTrail-Insight/us-east-1/2024/01/01/x.json.gz"), Err(SkipReason::Insight));
-        assert_eq!(classify("AWSLogs/1/CloudTrail-Aggregated/us-east-1/2024/01/01/x.json.gz"), Err(SkipReason::Aggregated));
+        let aggregated = classify("AWSLogs/1/CloudTrail-Aggregated/us-east-1/2024/01/01/x.json.gz").unwrap();
+        assert_eq!((aggregated.content, aggregated.region.as_deref()), (Content::Aggregated, Some("us-east-1")));
         let k = classify("AWSLogs/1/CloudTrail-NetworkActivity/us-east-1/2024/01/01/x.json.gz").unwrap();
         assert_eq!((k.account.as_deref(), k.region.as_deref()), (Some("1"), Some("us-east-1")));
         assert_eq!(classify("AWSLogs/1/Config/us-east-1/2024/01/01/ConfigSnapshot/x.json.gz"), Err(SkipReason::OtherService("Config".into())));

@@ -474,7 +474,7 @@ async fn file_statistics_cover_the_filter_columns_only() {
 /// aggregated-event summaries (`CloudTrail-Aggregated/`) are not, and are skipped with their
 /// reason, as digests and Insights files are. The files are shaped as AWS documents them.
 #[tokio::test]
-async fn network_activity_files_are_events_and_aggregated_files_are_counted_apart() {
+async fn network_activity_files_are_events_and_aws_aggregated_files_go_to_their_table() {
     let dir = tempfile::tempdir().unwrap();
     let (archive, lake) = (dir.path().join("archive"), dir.path().join("lake"));
     let trail = log_path(&archive, "111122223333", "us-east-1", "20251117", "a");
@@ -512,12 +512,48 @@ async fn network_activity_files_are_events_and_aggregated_files_are_counted_apar
         "eventCategory":"Aggregated","eventType":"AwsAggregatedEvent","awsRegion":"us-east-1","eventSource":"s3.amazonaws.com",
         "timeWindow":{"windowStart":"2025-11-17T19:20:00Z","windowEnd":"2025-11-17T19:25:00Z","windowSize":"PT5M"},
         "summary":{"primaryDimension":{"dimension":"eventName","statistics":[{"name":"PutObject","value":1000}],"aggregationType":"Count"},"details":[]}});
+    // AWS's summaries: a good one, one that is an event record (misfiled), and in a second
+    // file without the envelope, the good one again (a redelivery) and another.
     let folder = trail.to_string_lossy().replace("/CloudTrail/", "/CloudTrail-Aggregated/").replace("_CloudTrail_", "_CloudTrail-Aggregated_");
-    write_gz(Path::new(&folder), &[aggregated]);
+    write_gz(Path::new(&folder), &[aggregated.clone(), network("n-9", None)]);
+    let mut other = aggregated.clone();
+    other["eventId"] = "0c1e1b2a-6248-48e1-a6b3-d5fb7e6c4bc1".into();
+    other["summary"]["primaryDimension"] =
+        serde_json::json!({"dimension":"resourceARN","statistics":[{"name":"arn:aws:s3:::bucket-1","value":800}],"aggregationType":"Count"});
+    let second = folder.replace("_a.json.gz", "_b.json");
+    assert_ne!(second, folder);
+    std::fs::write(&second, format!("{aggregated}\n{other}\n")).unwrap();
 
     let s = ingest(&[&archive], &lake).await;
-    assert_eq!((s.files_read, s.records_written, s.records_rejected), (2, 3, 0), "{s:?}");
-    assert_eq!(s.skipped_by_reason.get("aggregated"), Some(&1), "{s:?}");
+    assert_eq!((s.files_read, s.records_written, s.records_rejected, s.files_skipped), (4, 3, 0, 0), "{s:?}");
+    let a = &s.aggregated;
+    assert_eq!((a.files, a.records_read, a.records_written, a.duplicates, a.records_rejected), (2, 4, 2, 1, 1), "{s:?}");
+    assert_eq!(a.rejected_by_reason.get("not_aggregated"), Some(&1), "{s:?}");
+    assert!(s.problems.iter().any(|p| p.source == folder && p.record_index == Some(1) && p.reason == "not_aggregated"), "{s:?}");
+    let rows = strings(
+        &lake,
+        "SELECT origin || ' ' || template || ' ' || primaryvalue || ' ' || eventcount || ' ' || CAST(windowstart AS VARCHAR) || ' ' || accountid || ' ' || awsregion \
+         FROM aggregated_events ORDER BY eventid",
+    )
+    .await;
+    let rows: Vec<String> = rows.into_iter().flatten().collect();
+    assert_eq!(
+        rows,
+        [
+            "aws RESOURCE_ACCESS arn:aws:s3:::bucket-1 800 2025-11-17T19:20:00Z 111122223333 us-east-1",
+            "aws API_ACTIVITY PutObject 1000 2025-11-17T19:20:00Z 111122223333 us-east-1"
+        ]
+    );
+    let sources = strings(&lake, "SELECT sourcefile FROM aggregated_events ORDER BY eventid").await;
+    assert_eq!(sources, [Some(second.clone()), Some(folder.clone())]);
+    // The record is kept whole, and none of it is in `events`.
+    let json = strings(&lake, "SELECT eventjson FROM aggregated_events WHERE template = 'API_ACTIVITY'").await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(json[0].as_deref().unwrap()).unwrap(), aggregated);
+    assert_eq!(strings(&lake, "SELECT CAST(count(*) AS VARCHAR) FROM events WHERE eventid NOT IN ('m-1', 'n-1', 'n-2')").await, [Some("0".to_owned())]);
+    // A re-run reads nothing again.
+    let again = ingest(&[&archive], &lake).await;
+    assert_eq!((again.files_read, again.files_already_ingested, again.aggregated.records_written), (0, 4, 0), "{again:?}");
+
     let rows = strings(&lake, "SELECT eventid || ' ' || eventcategory || ' ' || coalesce(errorcode, '-') FROM events ORDER BY eventid").await;
     let rows: Vec<String> = rows.into_iter().flatten().collect();
     assert_eq!(rows, ["m-1 Management -", "n-1 NetworkActivity -", "n-2 NetworkActivity VpceAccessDenied"]);

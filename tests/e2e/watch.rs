@@ -543,7 +543,7 @@ async fn an_s3_trail_of_50000_keys_is_polled_by_its_newest_date_folders() {
     // from the day before its newest folder (a page of 500 keys, not 25,000).
     let lists: Vec<_> = server.seen().into_iter().filter(|s| s.is_list()).collect();
     let (walks, regions): (Vec<_>, Vec<_>) = lists.iter().partition(|s| s.param("delimiter").is_some());
-    assert_eq!(walks.len(), 4, "the bucket, AWSLogs/, the account's CloudTrail/ and CloudTrail-NetworkActivity/: {lists:?}");
+    assert_eq!(walks.len(), 5, "the bucket, AWSLogs/, the account's CloudTrail/, CloudTrail-NetworkActivity/ and CloudTrail-Aggregated/: {lists:?}");
     let mut starts: Vec<(String, String)> = regions.iter().map(|s| (s.param("prefix").unwrap(), s.param("start-after").unwrap_or_default())).collect();
     starts.sort();
     let folder = |r: &str, d: chrono::NaiveDate| format!("AWSLogs/111122223333/CloudTrail/{r}/{}", d.format("%Y/%m/%d"));
