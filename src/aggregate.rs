@@ -6,8 +6,9 @@
 //! (`eventName`), `RESOURCE_ACCESS` the resource (`resourceARN`), `USER_ACTIONS` the principal
 //! (`userIdentity`). One record per template, account, region, event source, primary value and
 //! window holds the window's count and, in `details`, that count broken down by each other
-//! dimension. Everything is counted in one scan of the events per hour of windows, with
-//! `GROUPING SETS` over the pairs of dimensions.
+//! dimension. The events are counted in one pass over the lake's files, a day and region at a
+//! time, by the same reader that counts the rollups ([`crate::rollup::visit`]): it decides
+//! which events are data events, their account and their caller, once for every consumer.
 //!
 //! Runs are idempotent and incremental like Insights: record IDs derive from the record's key,
 //! so a re-run stores nothing twice; `aggregate run` goes on from the last window it emitted
@@ -19,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -37,10 +38,12 @@ pub const TEMPLATES: [(&str, Dim); 3] = [("API_ACTIVITY", Dim::EventName), ("RES
 pub const TOP_VALUES: usize = 50;
 
 const WINDOW_MINUTES: i64 = 5;
-/// Windows counted per query. Every pair of dimensions is counted, and source IPs make those
-/// counts nearly as many as the events: an hour's bound memory (a day's of 3.2M data events
-/// took 2.9 GiB).
-const CHUNK_MINUTES: i64 = 60;
+/// Events counted per pass at most by default: a day and region holding more is read in as
+/// many passes, each counting a slice of the day. The counts of a window's values by each other
+/// dimension (source IPs make them nearly as many as the events) must fit in memory.
+pub const EVENTS_PER_PASS: u64 = 4_000_000;
+/// Events files read at once (decoding is most of the work).
+const PARALLEL_FILES: usize = 2;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 /// Namespace of aggregated records' IDs (fixed: IDs are stable across versions and machines).
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7a61_3c0e_91d4_4b8f_a2c5_0e6d_4f19_b3a7);
@@ -68,18 +71,6 @@ impl Dim {
             Dim::Agent => "userAgent",
             Dim::Ip => "sourceIPAddress",
             Dim::Error => "errorCode",
-        }
-    }
-
-    /// Its column in the counting query.
-    fn column(self) -> &'static str {
-        match self {
-            Dim::EventName => "e",
-            Dim::Resource => "r",
-            Dim::User => "u",
-            Dim::Agent => "a",
-            Dim::Ip => "i",
-            Dim::Error => "x",
         }
     }
 }
@@ -193,11 +184,13 @@ pub struct AggregateOptions {
     pub settle_minutes: i64,
     /// Where the AWS-format files go (a folder or `s3://` URL); default the lake.
     pub out: Option<String>,
+    /// See [`EVENTS_PER_PASS`].
+    pub events_per_pass: u64,
 }
 
 impl AggregateOptions {
     pub fn new(lake: impl Into<String>, mode: Mode) -> Self {
-        AggregateOptions { lake: lake.into(), mode, settle_minutes: 10, out: None }
+        AggregateOptions { lake: lake.into(), mode, settle_minutes: 10, out: None, events_per_pass: EVENTS_PER_PASS }
     }
 }
 
@@ -267,25 +260,54 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     summary.to = Some(crate::insights::minute_rfc3339(hi));
     let out = crate::lake::OutputStore::new(opts.out.as_deref(), &lake)?;
     let run_id = uuid::Uuid::new_v4().to_string();
-    // CHUNK_MINUTES of windows at a time: their counts fit in memory whatever the lake.
-    let mut day = lo;
-    while day < hi {
-        let end = (day.div_euclid(CHUNK_MINUTES) + 1) * CHUNK_MINUTES;
-        let end = end.min(hi);
-        let primaries: Vec<Dim> = templates.iter().map(|t| t.1).collect();
-        let counts = count(&ctx, day, end, &primaries).await?;
+    let primaries: Vec<Dim> = templates.iter().map(|t| t.1).collect();
+    // The events files by day and region, for the days and regions the ranges reach. Events
+    // are partitioned by their time, so a day's files hold only that day's events.
+    let regions: HashSet<&str> = ranges.keys().map(|(_, r)| r.as_str()).collect();
+    let mut days: BTreeMap<i64, BTreeMap<String, Vec<crate::lake::PartitionFile>>> = BTreeMap::new();
+    for f in crate::lake::partition_files(lake.events()) {
+        let day = period_day(&f.period).ok_or_else(|| AggregateError::Query {
+            context: format!("events file {} has partition eventperiod={}, not a time", f.path, f.period),
+            source: DataFusionError::Internal("unexpected partition value".into()),
+        })?;
+        if day < hi && day + 1440 > lo && regions.contains(f.region.as_str()) {
+            days.entry(day).or_default().entry(f.region.clone()).or_default().push(f);
+        }
+    }
+    for (day, by_region) in days {
         let mut records = Vec::new();
-        for (key, c) in &counts {
-            let Some((lo, hi)) = ranges.get(&(key.0.clone(), key.1.clone())) else { continue };
-            if key.3 < *lo || key.3 >= *hi {
-                continue;
+        for (region, files) in by_region {
+            // The windows this region's ranges reach on this day.
+            let (mut r_lo, mut r_hi) = (i64::MAX, i64::MIN);
+            for ((_, r), (a, b)) in &ranges {
+                if *r == region {
+                    (r_lo, r_hi) = (r_lo.min(*a), r_hi.max(*b));
+                }
             }
-            summary.windows += 1;
-            for (template, primary) in &templates {
-                records.extend(build(key, c, template, *primary));
+            let (r_lo, r_hi) = (r_lo.max(day), r_hi.min(day + 1440));
+            // Passes of at most `events_per_pass` events (by the log's counts), each a slice of the day.
+            let per_pass = opts.events_per_pass.max(1);
+            let events: u64 = files.iter().map(|f| f.rows.unwrap_or(per_pass)).sum();
+            let passes = events.div_ceil(per_pass).max(1) as i64;
+            let slice = ((r_hi - r_lo) / passes).div_euclid(WINDOW_MINUTES).max(1) * WINDOW_MINUTES;
+            let mut at = r_lo;
+            while at < r_hi {
+                let until = if at + slice >= r_hi || at + 2 * slice > r_hi { r_hi } else { at + slice };
+                let counts = count(lake.events(), &files, at, until, &primaries).await?;
+                for w in counts.windows(&region) {
+                    let Some((lo, hi)) = ranges.get(&(w.account.to_owned(), region.clone())) else { continue };
+                    if w.start < *lo || w.start >= *hi {
+                        continue;
+                    }
+                    summary.windows += 1;
+                    for (template, primary) in &templates {
+                        records.extend(w.records(template, *primary));
+                    }
+                }
+                at = until;
             }
         }
-        let existing = stored_ids(&ctx, day, end).await?;
+        let existing = stored_ids(&ctx, day, day + 1440).await?;
         let before = records.len();
         records.retain(|r| !existing.contains(&r.id));
         summary.records_existing += (before - records.len()) as u64;
@@ -295,7 +317,6 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
             table = crate::lake::append(&table, vec![to_batch(&records, &run_id)?], AGGREGATED_EVENTS).await?;
             summary.records_written += records.len() as u64;
         }
-        day = end;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -323,143 +344,194 @@ async fn stored_ids(ctx: &SessionContext, lo: i64, hi: i64) -> Result<HashSet<St
     Ok(batches.iter().flat_map(|b| crate::insights::utf8(b.column(0)).iter().flatten().map(str::to_owned).collect::<Vec<_>>()).collect())
 }
 
-/// (account, region, event source, window start minute).
-type WindowKey = (String, String, String, i64);
+/// The minute a partition value's day starts (`20240601`, `20240601T12Z`, `20240601T1234Z`).
+fn period_day(period: &str) -> Option<i64> {
+    let day = NaiveDate::parse_from_str(period.get(..8)?, "%Y%m%d").ok()?;
+    Some(crate::insights::day_minute(day))
+}
 
-/// A window's counts per pair of dimensions' values.
+/// The columns counting reads: the rollups' (who, what, which category) and the resource and
+/// source IP.
+fn columns() -> Vec<&'static str> {
+    crate::rollup::PROJECTION.iter().copied().chain(["resources", "sourceipaddress"]).collect()
+}
+
+/// Strings of one count, numbered.
 #[derive(Default)]
+struct Interner {
+    ids: foldhash::HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+}
+
+/// No value in a dimension (absent or empty): such an event is in no record of a template whose
+/// primary dimension it is, and in no detail of that dimension.
+const NONE: u32 = u32::MAX;
+
+/// A primary value's count in a window and its count by each other dimension's values.
+#[derive(Default)]
+struct Tally {
+    count: i64,
+    details: foldhash::HashMap<(u8, u32), i64>,
+}
+
+/// One window's counts (account, event source, window start minute), per primary dimension.
+type WindowCounts = Vec<foldhash::HashMap<u32, Tally>>;
+
+/// The counts of a region's data events in a stretch of time.
 struct Counts {
-    pairs: HashMap<(Dim, Dim), HashMap<(String, String), i64>>,
+    primaries: Vec<Dim>,
+    strings: Interner,
+    windows: foldhash::HashMap<(u32, u32, i64), WindowCounts>,
 }
 
-/// The data events' resource: for S3, the bucket (its second resource, after the object); else
-/// the first resource.
-const RESOURCE: &str = "CASE WHEN get_field(array_element(resources, 1), 'type') = 'AWS::S3::Object' AND array_length(resources) >= 2 \
-     THEN get_field(array_element(resources, 2), 'arn') ELSE get_field(array_element(resources, 1), 'arn') END";
-
-/// Counts the data events of windows `[lo, hi)` by the pairs of dimensions the templates need
-/// (each primary with every other), in one scan (GROUPING SETS). Values are '' where an event has none (a call that succeeded has
-/// no error code), and NULL in the columns a grouping set leaves out.
-async fn count(ctx: &SessionContext, lo: i64, hi: i64, primaries: &[Dim]) -> Result<BTreeMap<WindowKey, Counts>> {
-    let base = "acct, region, src, w";
-    // Only what the templates need: each primary dimension, and its pairs with the others.
-    let mut pairs: Vec<(Dim, Dim)> = Vec::new();
-    for p in primaries {
-        for d in Dim::ALL.into_iter().filter(|d| d != p) {
-            let pair = if *p < d { (*p, d) } else { (d, *p) };
-            if !pairs.contains(&pair) {
-                pairs.push(pair);
-            }
+/// Counts the data events of `files` in windows starting in `[lo, hi)` (minutes), by the
+/// `primaries` and each other dimension. Files are decoded [`PARALLEL_FILES`] at a time while
+/// the one before is counted.
+async fn count(events: &deltalake::DeltaTable, files: &[crate::lake::PartitionFile], lo: i64, hi: i64, primaries: &[Dim]) -> Result<Counts> {
+    use futures::StreamExt;
+    let mut counts = Counts { primaries: primaries.to_vec(), strings: Interner::default(), windows: Default::default() };
+    let reads = files.iter().map(|f| {
+        let (table, path) = (events.clone(), f.path.clone());
+        tokio::spawn(async move { crate::lake::read_files_columns(&table, std::slice::from_ref(&path), &columns()).await })
+    });
+    let mut reads = futures::stream::iter(reads).buffered(PARALLEL_FILES);
+    while let Some(read) = reads.next().await {
+        let batches = read.map_err(|e| AggregateError::Lake(LakeError::Config { path: "events".into(), reason: format!("a reader stopped: {e}") }))??;
+        for b in &batches {
+            counts.add(b, lo * MICROS_PER_MINUTE, hi * MICROS_PER_MINUTE)?;
         }
     }
-    // A primary value's count is the sum of any of its pairs (every event has a value, '' at
-    // least, in every dimension), so no set of one dimension is needed.
-    let sets: Vec<String> = pairs.iter().map(|(a, b)| format!("({base}, {}, {})", a.column(), b.column())).collect();
-    let sql = format!(
-        "WITH d AS (SELECT recipientaccountid AS acct, awsregion AS region, coalesce(eventsource, '') AS src, \
-           CAST(to_unixtime(eventtime) AS BIGINT) / 300 AS w, \
-           coalesce(eventname, '') AS e, coalesce({RESOURCE}, '') AS r, \
-           coalesce(useridentity['arn'], useridentity['invokedby'], '') AS u, coalesce(useragent, '') AS a, \
-           coalesce(sourceipaddress, '') AS i, coalesce(errorcode, '') AS x \
-         FROM events WHERE eventtime >= {} AND eventtime < {} \
-           AND NOT coalesce(managementevent, coalesce(eventcategory, '') IN ('Management', '')) \
-           AND coalesce(eventcategory, '') IN ('Data', '')) \
-         SELECT acct, region, src, w, e, r, u, a, i, x, count(*) FROM d GROUP BY GROUPING SETS ({})",
-        ts(lo),
-        ts(hi),
-        sets.join(", ")
-    );
-    let context = format!("counting the data events from {}", crate::insights::minute_rfc3339(lo));
-    let batches = ctx.sql(&sql).await.map_err(query(&context))?.collect().await.map_err(query(&context))?;
-    let mut out: BTreeMap<WindowKey, Counts> = BTreeMap::new();
-    for b in &batches {
-        let text: Vec<StringArray> = (0..10).filter(|i| *i != 3).map(|i| crate::insights::utf8(b.column(i))).collect();
-        let int = |i: usize| {
-            b.column(i).as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| AggregateError::Query {
-                context: context.clone(),
-                source: DataFusionError::Internal(format!("column {i} of the counts is not an integer")),
+    Ok(counts)
+}
+
+impl Counts {
+    fn add(&mut self, b: &RecordBatch, lo: i64, hi: i64) -> Result<()> {
+        let Counts { primaries, strings, windows } = self;
+        crate::rollup::visit(b, |e| {
+            if e.category != Some(crate::rollup::Category::Data) || e.time < lo || e.time >= hi {
+                return;
+            }
+            let mut id = |v: Option<&str>| match v {
+                Some(s) if !s.is_empty() => strings.id(s),
+                _ => NONE,
+            };
+            let values = [id(Some(e.name)), id(e.resource), id(e.caller), id(e.agent), id(e.ip), id(e.error)];
+            let key = (strings.id(e.account), strings.id(e.source), e.time.div_euclid(WINDOW_MINUTES * MICROS_PER_MINUTE) * WINDOW_MINUTES);
+            let window = windows.entry(key).or_insert_with(|| primaries.iter().map(|_| Default::default()).collect());
+            for (p, by_value) in primaries.iter().zip(window.iter_mut()) {
+                let value = values[*p as usize];
+                if value == NONE {
+                    continue;
+                }
+                let tally = by_value.entry(value).or_default();
+                tally.count += 1;
+                for (d, other) in values.iter().enumerate() {
+                    if d != *p as usize && *other != NONE {
+                        *tally.details.entry((d as u8, *other)).or_default() += 1;
+                    }
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The windows counted, in (account, event source, start) order.
+    fn windows<'a>(&'a self, region: &'a str) -> Vec<Window<'a>> {
+        let name = |id: u32| &*self.strings.names[id as usize];
+        let mut out: Vec<Window> = self
+            .windows
+            .iter()
+            .map(|((account, source, start), counts)| Window {
+                counts: self,
+                account: name(*account),
+                source: name(*source),
+                start: *start,
+                by_primary: counts,
+                region,
             })
-        };
-        let (window, n) = (int(3)?, int(10)?);
-        for row in 0..b.num_rows() {
-            // Windows are numbered by 5 minutes since the epoch.
-            let key = (text[0].value(row).to_owned(), text[1].value(row).to_owned(), text[2].value(row).to_owned(), window.value(row) * WINDOW_MINUTES);
-            // The dimensions of this row's grouping set, with their values.
-            let dims: Vec<(Dim, &str)> =
-                Dim::ALL.iter().enumerate().filter(|(j, _)| text[3 + j].is_valid(row)).map(|(j, d)| (*d, text[3 + j].value(row))).collect();
-            if let [(a, va), (b, vb)] = dims[..] {
-                out.entry(key).or_default().pairs.entry((a, b)).or_default().insert((va.to_owned(), vb.to_owned()), n.value(row));
-            }
-        }
+            .collect();
+        out.sort_by(|a, b| (a.account, a.source, a.start).cmp(&(b.account, b.source, b.start)));
+        out
     }
-    Ok(out)
 }
 
-/// The records of one template in one window: one per value of its primary dimension (events
-/// without one, such as a call with no resource, are in no record of that template).
-fn build(key: &WindowKey, c: &Counts, template: &'static str, primary: Dim) -> Vec<Record> {
-    let (account, region, source, window) = key;
-    let start = crate::insights::minute_rfc3339(*window);
-    let end = crate::insights::minute_rfc3339(window + WINDOW_MINUTES);
-    let mut out = Vec::new();
-    // The primary values and their counts, summed over one of their pairs.
-    let Some(other) = Dim::ALL.into_iter().find(|d| *d != primary) else { return out };
-    let (pair, primary_first) = if primary < other { ((primary, other), true) } else { ((other, primary), false) };
-    let mut values: BTreeMap<&String, i64> = BTreeMap::new();
-    for ((a, b), n) in c.pairs.get(&pair).into_iter().flatten() {
-        let p = if primary_first { a } else { b };
-        if !p.is_empty() {
-            *values.entry(p).or_default() += n;
-        }
-    }
-    for (value, count) in values {
-        let mut details = Vec::new();
-        for d in Dim::ALL.into_iter().filter(|d| *d != primary) {
-            let (pair, primary_first) = if primary < d { ((primary, d), true) } else { ((d, primary), false) };
-            let Some(counts) = c.pairs.get(&pair) else { continue };
-            let mut stats: Vec<(&str, i64)> = counts
-                .iter()
-                .filter_map(|((a, b), n)| {
-                    let (p, other) = if primary_first { (a, b) } else { (b, a) };
-                    (p == value && !other.is_empty()).then_some((other.as_str(), *n))
+/// One window's counts, with its names.
+struct Window<'a> {
+    counts: &'a Counts,
+    account: &'a str,
+    region: &'a str,
+    source: &'a str,
+    start: i64,
+    by_primary: &'a WindowCounts,
+}
+
+impl Window<'_> {
+    /// The records of one template: one per value of its primary dimension, in value order.
+    fn records(&self, template: &'static str, primary: Dim) -> Vec<Record> {
+        let name = |id: u32| &*self.counts.strings.names[id as usize];
+        let Some(by_value) = self.counts.primaries.iter().position(|p| *p == primary).map(|i| &self.by_primary[i]) else { return Vec::new() };
+        let mut values: Vec<(&str, &Tally)> = by_value.iter().map(|(v, t)| (name(*v), t)).collect();
+        values.sort_by(|a, b| a.0.cmp(b.0));
+        let (account, region, source, window) = (self.account, self.region, self.source, self.start);
+        let start = crate::insights::minute_rfc3339(window);
+        let end = crate::insights::minute_rfc3339(window + WINDOW_MINUTES);
+        let mut out = Vec::with_capacity(values.len());
+        for (value, tally) in values {
+            let mut by_dim: BTreeMap<u8, Vec<(&str, i64)>> = BTreeMap::new();
+            for ((d, v), n) in &tally.details {
+                by_dim.entry(*d).or_default().push((name(*v), *n));
+            }
+            let details: Vec<Value> = by_dim
+                .into_iter()
+                .map(|(d, mut stats)| {
+                    stats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                    stats.truncate(TOP_VALUES);
+                    let statistics: Vec<Value> = stats.iter().map(|(name, n)| json!({"name": name, "value": n})).collect();
+                    json!({"dimension": Dim::ALL[d as usize].name(), "statistics": statistics, "aggregationType": "Count"})
                 })
                 .collect();
-            if stats.is_empty() {
-                continue;
-            }
-            stats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            stats.truncate(TOP_VALUES);
-            details.push(json!({"dimension": d.name(), "statistics": stats.iter().map(|(name, n)| json!({"name": name, "value": n})).collect::<Vec<_>>(), "aggregationType": "Count"}));
+            let id = uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{account}|{region}|{template}|{source}|{value}|{window}").as_bytes()).to_string();
+            let record = json!({
+                "eventVersion": "1.0",
+                "accountId": account,
+                "eventId": id,
+                "eventCategory": "Aggregated",
+                "eventType": "AwsAggregatedEvent",
+                "awsRegion": region,
+                "eventSource": source,
+                "timeWindow": {"windowStart": start, "windowEnd": end, "windowSize": "PT5M"},
+                "summary": {
+                    "primaryDimension": {"dimension": primary.name(), "statistics": [{"name": value, "value": tally.count}], "aggregationType": "Count"},
+                    "details": details,
+                },
+            });
+            out.push(Record {
+                id,
+                account: account.to_owned(),
+                region: region.to_owned(),
+                source: source.to_owned(),
+                template,
+                primary,
+                value: value.to_owned(),
+                window,
+                count: tally.count,
+                json: record,
+            });
         }
-        let id = uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{account}|{region}|{template}|{source}|{value}|{window}").as_bytes()).to_string();
-        let record = json!({
-            "eventVersion": "1.0",
-            "accountId": account,
-            "eventId": id,
-            "eventCategory": "Aggregated",
-            "eventType": "AwsAggregatedEvent",
-            "awsRegion": region,
-            "eventSource": source,
-            "timeWindow": {"windowStart": start, "windowEnd": end, "windowSize": "PT5M"},
-            "summary": {
-                "primaryDimension": {"dimension": primary.name(), "statistics": [{"name": value, "value": count}], "aggregationType": "Count"},
-                "details": details,
-            },
-        });
-        out.push(Record {
-            id,
-            account: account.clone(),
-            region: region.clone(),
-            source: source.clone(),
-            template,
-            primary,
-            value: value.clone(),
-            window: *window,
-            count,
-            json: record,
-        });
+        out
     }
-    out
 }
 
 fn to_batch(recs: &[Record], run_id: &str) -> Result<RecordBatch> {

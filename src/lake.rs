@@ -784,6 +784,8 @@ pub(crate) struct PartitionFile {
     pub path: String,
     pub region: String,
     pub period: String,
+    /// Its rows, from the Delta log's statistics.
+    pub rows: Option<u64>,
 }
 
 /// Every data file of the (partitioned) events table, with its partition.
@@ -792,7 +794,7 @@ pub(crate) fn partition_files(table: &DeltaTable) -> Vec<PartitionFile> {
         .into_iter()
         .filter_map(|f| {
             let value = |column: &str| f.partition.iter().find(|(c, _)| c == column).map(|(_, v)| v.clone());
-            Some(PartitionFile { region: value(AWS_REGION)?, period: value(EVENT_PERIOD)?, path: f.path })
+            Some(PartitionFile { region: value(AWS_REGION)?, period: value(EVENT_PERIOD)?, path: f.path, rows: f.rows })
         })
         .collect()
 }

@@ -340,6 +340,11 @@ pub(crate) struct EventView<'a> {
     /// `useridentity.arn`, or the service in `invokedby`.
     pub caller: Option<&'a str>,
     pub agent: Option<&'a str>,
+    /// The resource called on, when the batch holds `resources`: for S3 the bucket (an object
+    /// call lists the object first, then its bucket), else the first resource's ARN.
+    pub resource: Option<&'a str>,
+    /// `sourceipaddress`, when the batch holds it.
+    pub ip: Option<&'a str>,
 }
 
 /// Calls `f` for each event of a batch read with [`PROJECTION`] (events without a time are
@@ -357,6 +362,29 @@ pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -
     let identity = b.column_by_name("useridentity").and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(|| bad("useridentity"))?;
     let id_field = |n: &str| identity.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(n));
     let (arn, invoked_by, id_account) = (id_field("arn")?, id_field("invokedby")?, id_field("accountid")?);
+    // Read only by those who ask for them (aggregated events).
+    let ip = match b.column_by_name("sourceipaddress") {
+        Some(c) => Some(c.as_string_opt::<i32>().ok_or_else(|| bad("sourceipaddress"))?),
+        None => None,
+    };
+    let resources = match b.column_by_name("resources") {
+        Some(c) => {
+            let list = c.as_list_opt::<i32>().ok_or_else(|| bad("resources"))?;
+            let entries = list.values().as_struct_opt().ok_or_else(|| bad("resources"))?;
+            let field = |n: &str| entries.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(&format!("resources.{n}")));
+            Some((list, field("arn")?, field("type")?))
+        }
+        None => None,
+    };
+    let resource = |i: usize| {
+        let (list, arn, kind) = resources?;
+        if list.is_null(i) {
+            return None;
+        }
+        let (start, end) = (list.value_offsets()[i] as usize, list.value_offsets()[i + 1] as usize);
+        let at = if end - start >= 2 && get(kind, start) == Some("AWS::S3::Object") { start + 1 } else { start };
+        if at < end { get(arn, at) } else { None }
+    };
     for i in 0..b.num_rows() {
         if time.is_null(i) {
             continue;
@@ -382,6 +410,8 @@ pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -
             category,
             caller: get(arn, i).or_else(|| get(invoked_by, i)).filter(|_| identity.is_valid(i)),
             agent: get(agent, i),
+            resource: resource(i),
+            ip: ip.and_then(|a| get(a, i)),
         });
     }
     Ok(())

@@ -56,6 +56,10 @@ pub struct CommonArgs {
     /// Minutes before the newest data event that are not summarised yet.
     #[arg(long, default_value_t = 10)]
     settle_minutes: i64,
+    /// Events counted at once at most, which bounds memory (about 100 bytes per event at
+    /// worst): a day and region holding more is counted in as many passes over its files.
+    #[arg(long, default_value_t = aggregate::EVENTS_PER_PASS, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_events_per_pass: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -72,6 +76,7 @@ pub async fn run(cmd: AggregateCommand) -> anyhow::Result<ExitCode> {
     let mut opts = AggregateOptions::new(common.lake, mode);
     opts.out = common.out;
     opts.settle_minutes = common.settle_minutes;
+    opts.events_per_pass = common.max_events_per_pass;
     let summary = aggregate::run(&opts).await?;
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
