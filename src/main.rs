@@ -46,6 +46,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // A reader that closes stdout early (`prism sql … | head`) ends the process quietly, as it
+    // does any Unix tool, instead of a panic at the next print (Rust ignores SIGPIPE, so a
+    // print fails instead). Not where Prism writes to a child's stdin: a sink command that
+    // exits early is an error to report, not the end of the watch.
+    #[cfg(unix)]
+    if !cli.writes_to_pipes() {
+        // SAFETY: restores the default action of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         // Dependencies log routine conditions as errors (e.g. "no files in log segment" while a
         // table is being created); show only Prism's own warnings unless PRISM_LOG asks.

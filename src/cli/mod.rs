@@ -89,6 +89,12 @@ enum Command {
 
 impl Cli {
     /// Runs the command. `matches` are the raw matches, for arguments whose order matters.
+    /// True for the commands that write to other processes' pipes: `watch`'s command sink (run
+    /// by the console's watch too), whose child may exit before reading everything.
+    pub fn writes_to_pipes(&self) -> bool {
+        matches!(self.command, Command::Watch(_) | Command::Serve(_))
+    }
+
     pub async fn run(self, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Ingest(args) => ingest::run(args).await,
