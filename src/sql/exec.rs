@@ -388,43 +388,16 @@ pub async fn run_inputs(ctx: &SessionContext, inputs: &[Input], opts: &BatchOpti
                     file.commit()?;
                 }
                 _ => {
-                    let mut out = Stdout { out: std::io::BufWriter::new(std::io::stdout()), closed: false };
+                    // A reader that goes away (`| head`) ends the process by SIGPIPE (main.rs).
+                    let mut out = std::io::BufWriter::new(std::io::stdout());
                     let sink = Sink { format, maxrows, out: &mut out };
-                    let written = execute(ctx, &statement.text, sink)
-                        .await
-                        .map(drop)
-                        .and_then(|()| out.flush().map_err(|source| OutputError::Io { what: "stdout".into(), source }.into()));
-                    if out.closed {
-                        // The reader has all it wanted (`| head`): stop quietly, as other tools do.
-                        return Ok(());
-                    }
-                    written.map_err(located)?;
+                    execute(ctx, &statement.text, sink).await.map_err(located)?;
+                    out.flush().map_err(|source| located(OutputError::Io { what: "stdout".into(), source }.into()))?;
                 }
             }
         }
     }
     Ok(())
-}
-
-/// Standard output that notes when its reader has gone away, which some writers' errors (CSV)
-/// no longer say.
-struct Stdout {
-    out: std::io::BufWriter<std::io::Stdout>,
-    closed: bool,
-}
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let r = self.out.write(buf);
-        self.closed |= r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
-        r
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let r = self.out.flush();
-        self.closed |= r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
-        r
-    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,58 @@ fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow:
     RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
 }
 
+/// Whether a character can act on a terminal rather than show: control characters (C0, DEL,
+/// C1, so escape sequences and newlines) and the bidirectional overrides and isolates, which
+/// reorder what is shown.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A value made safe to show on a terminal: each character that could act on it is shown as
+/// an escape (`\n`, `\t`, `\r`, else `\u{1b}`). Values read from logs are attacker-controlled.
+pub fn for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !s.chars().any(acts_on_terminal) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if acts_on_terminal(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A batch as the `table` format shows it: nested values as JSON text, and every text made
+/// safe for a terminal ([`for_terminal`]).
+fn for_terminal_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let batch = nested_as_json(batch)?;
+    let text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..));
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !text(field.data_type()) {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let plain = datafusion::arrow::compute::cast(column, &DataType::Utf8)?;
+        let shown: StringArray = plain.as_string::<i32>().iter().map(|v| v.map(for_terminal)).collect();
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+        columns.push(std::sync::Arc::new(shown));
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+}
+
 enum WriterState<W: Write + Send> {
     Table { out: W, batches: Vec<RecordBatch> },
     Csv { out: datafusion::arrow::csv::Writer<W>, wrote: bool },
@@ -171,8 +223,10 @@ impl<W: Write + Send> ResultWriter<W> {
         let io = |source| OutputError::Io { what: "results".into(), source };
         let mut out = match self.state {
             WriterState::Table { mut out, batches } => {
+                let shown: Vec<RecordBatch> = batches.iter().map(for_terminal_batch).collect::<Result<_, _>>().map_err(arrow)?;
                 // With the schema, an empty result still shows its column names.
-                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(self.schema, &batches).map_err(arrow)?;
+                let schema = shown.first().map(|b| b.schema()).unwrap_or(self.schema);
+                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema, &shown).map_err(arrow)?;
                 writeln!(out, "{table}").map_err(io)?;
                 out
             }
@@ -300,6 +354,20 @@ mod tests {
         assert_eq!(render(OutputFormat::Csv, &[], &schema), "api,n\n");
         assert_eq!(render(OutputFormat::Json, &[], &schema), "[]\n");
         assert!(render(OutputFormat::Table, &[], &schema).contains("| api | n |"));
+    }
+
+    #[test]
+    fn the_table_format_shows_control_characters_escaped() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
+        let hostile = ["\u{1b}[2J\u{1b}]0;owned\u{7}", "a\nb\tc\r", "\u{202e}txt.exe", "\u{9b}31m"];
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(hostile.to_vec()))]).unwrap();
+        let table = render(OutputFormat::Table, &[batch], &schema);
+        assert!(!table.chars().any(|c| c != '\n' && acts_on_terminal(c)), "{table:?}");
+        assert_eq!(table.lines().count(), 8, "one line per row: {table}");
+        for shown in ["\\u{1b}[2J\\u{1b}]0;owned\\u{7}", "a\\nb\\tc\\r", "\\u{202e}txt.exe", "\\u{9b}31m"] {
+            assert!(table.contains(shown), "{shown} in {table}");
+        }
+        assert_eq!(for_terminal("plain, ü, 東京"), "plain, ü, 東京");
     }
 
     #[test]
