@@ -153,6 +153,27 @@ impl LakeConfig {
     }
 }
 
+/// Checks a trail name as CloudTrail does (`CreateTrail`): 3 to 128 ASCII letters, digits,
+/// `.`, `_` or `-`, starting and ending with a letter or digit, with no two of `.`, `_`, `-`
+/// side by side. It becomes part of an ARN in every data Insight.
+pub fn check_trail_name(name: &str) -> std::result::Result<(), String> {
+    let b = name.as_bytes();
+    let punct = |c: u8| matches!(c, b'.' | b'_' | b'-');
+    if !(3..=128).contains(&b.len()) {
+        return Err(format!("trail name {name:?} must be 3 to 128 characters long"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("trail name {name:?} may hold only letters, digits, '.', '_' and '-', not {c:?}"));
+    }
+    if !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
+        return Err(format!("trail name {name:?} must start and end with a letter or digit"));
+    }
+    if b.windows(2).any(|w| punct(w[0]) && punct(w[1])) {
+        return Err(format!("trail name {name:?} must not have '.', '_' or '-' side by side"));
+    }
+    Ok(())
+}
+
 fn default_true() -> bool {
     true
 }
@@ -173,6 +194,19 @@ impl Default for LakeConfig {
 }
 
 pub const CONFIG_FILE: &str = "prism.json";
+
+#[cfg(test)]
+mod trail_name_tests {
+    #[test]
+    fn trail_names_follow_cloudtrails_rules() {
+        for good in ["prism", "org-trail", "my_trail.v2", "abc", &"a".repeat(128)] {
+            assert_eq!(super::check_trail_name(good), Ok(()), "{good}");
+        }
+        for bad in ["ab", "-trail", "trail-", "a--b", "a._b", "tr ail", "trail/x", "tr\u{1b}ail", &"a".repeat(129), "tråil"] {
+            assert!(super::check_trail_name(bad).is_err(), "{bad}");
+        }
+    }
+}
 const NO_LAKE: &str = "no lake here (no prism.json); create one with `prism ingest … --lake` first";
 pub const EVENTS_TABLE: &str = "events";
 pub use crate::schema::tables::INGEST_LOG as INGEST_LOG_TABLE;

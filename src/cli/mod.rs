@@ -15,6 +15,7 @@ mod schedule;
 mod selectors;
 mod serve;
 mod sql;
+mod trail;
 mod vacuum;
 mod watch;
 
@@ -58,6 +59,9 @@ enum Command {
     /// Find unusual API call and error rates: backfill history, run incrementally, evaluate.
     #[command(subcommand)]
     Insights(insights::InsightsCommand),
+    /// Name the trail and say which event categories it logs (data Insights need data events).
+    #[command(subcommand)]
+    Trail(trail::TrailCommand),
     /// Configure aggregated events (like CloudTrail's Put/GetEventConfiguration).
     #[command(subcommand, name = "event-config")]
     EventConfig(event_config::EventConfigCommand),
@@ -103,6 +107,7 @@ impl Cli {
             Command::Selectors(cmd) => selectors::run(cmd).await,
             Command::Insights(cmd) => insights::run(cmd).await,
             Command::EventConfig(cmd) => event_config::run(cmd).await,
+            Command::Trail(cmd) => trail::run(cmd).await,
             Command::Aggregate(cmd) => aggregate::run(cmd).await,
             Command::Optimize(args) => optimize::run(args).await,
             Command::Vacuum(args) => vacuum::run(args).await,

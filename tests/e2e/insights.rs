@@ -131,10 +131,8 @@ fn selectors_mirror_the_aws_api() {
     assert_eq!(prism(&["selectors", "get", "--lake", l]).status.code(), Some(1));
 
     // A trail without management events cannot have Insights.
-    let config = lake.join("prism.json");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    c["management_events"] = serde_json::Value::Bool(false);
-    std::fs::write(&config, c.to_string()).unwrap();
+    let trail: serde_json::Value = serde_json::from_str(&ok(&["trail", "put", "--lake", l, "--management-events", "off"])).unwrap();
+    assert_eq!(trail["ManagementEvents"], "off");
     let out = prism(&["selectors", "put", "--lake", l, "--insight-selectors", BOTH]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("management events"));
@@ -193,12 +191,10 @@ async fn data_insights_count_reads_and_name_their_trail() {
     let l = lake.to_str().unwrap();
     const DATA: &str = r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Data"]}]"#;
 
-    // The settings may say the trail logs no data events: refused as AWS words it.
-    let config = lake.join("prism.json");
-    let original = std::fs::read_to_string(&config).unwrap();
-    let mut c: serde_json::Value = serde_json::from_str(&original).unwrap();
-    c["data_events"] = false.into();
-    std::fs::write(&config, c.to_string()).unwrap();
+    // The trail settings may say it logs no data events: refused as AWS words it.
+    let trail = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&ok(&[&["trail"], args].concat())).unwrap() };
+    assert_eq!(trail(&["get", "--lake", l])["DataEvents"], "auto (on: the lake holds data events)");
+    assert_eq!(trail(&["put", "--lake", l, "--data-events", "off"])["DataEvents"], "off");
     let out = prism(&["selectors", "put", "--lake", l, "--insight-selectors", DATA]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -206,7 +202,15 @@ async fn data_insights_count_reads_and_name_their_trail() {
     // Unknown categories are refused too.
     let out = prism(&["selectors", "put", "--lake", l, "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Network"]}]"#]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidInsightSelectorsException"), "{out:?}");
-    std::fs::write(&config, &original).unwrap();
+    assert_eq!(trail(&["put", "--lake", l, "--data-events", "auto"])["DataEvents"], "auto (on: the lake holds data events)");
+    // The trail's name, as data Insights will carry it; CloudTrail's naming rules hold.
+    assert_eq!(trail(&["put", "--lake", l, "--name", "org-trail"])["TrailName"], "org-trail");
+    for bad in ["a/b", "x", "-trail", "a..b"] {
+        let out = prism(&["trail", "put", "--lake", l, &format!("--name={bad}")]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("trail name"), "{out:?}");
+    }
+    assert_eq!(trail(&["get", "--lake", l])["TrailName"], "org-trail");
 
     // Management call rate counts writes only: the burst of reads is no Insight.
     ok(&["selectors", "put", "--lake", l, "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight"}]"#]);
@@ -226,7 +230,7 @@ async fn data_insights_count_reads_and_name_their_trail() {
     let record: serde_json::Value = serde_json::from_str(json[0].as_deref().unwrap()).unwrap();
     let d = &record["insightDetails"];
     assert_eq!(d["sourceEventCategory"], "Data");
-    assert_eq!(d["insightSource"], "arn:aws:cloudtrail:us-east-1:111122223333:trail/prism");
+    assert_eq!(d["insightSource"], "arn:aws:cloudtrail:us-east-1:111122223333:trail/org-trail");
     assert_eq!(d["insightType"], "ApiCallRateInsight");
     assert_eq!(record["eventTime"], "2025-11-09T10:00:00Z");
     assert_eq!(d["insightContext"]["statistics"]["insight"]["average"], 200.0);
