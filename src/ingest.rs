@@ -116,6 +116,9 @@ pub struct IngestSummary {
     pub skipped_by_reason: BTreeMap<String, u64>,
     /// Files that could not be read to the end (truncated, invalid JSON, read errors).
     pub files_damaged: u64,
+    /// Records kept whose `eventTime` had no zone (`2024-06-01 12:34:56`, as SIEM exports
+    /// write it) and was read as UTC.
+    pub eventtime_without_zone: u64,
     pub records_read: u64,
     pub records_written: u64,
     pub duplicates_dropped: u64,
@@ -230,6 +233,8 @@ impl Scratch {
 struct FileResult {
     file: usize,
     records: u64,
+    /// Records kept whose `eventTime` had no zone (read as UTC).
+    zoneless: u64,
     rejects: Vec<Rejection>,
     /// The stream broke; `retry` when the cause may be transient (not the content).
     broken: Option<(Rejection, bool)>,
@@ -531,6 +536,7 @@ async fn journal(
         };
         *read += f.records;
         *rejects += rejected;
+        summary.eventtime_without_zone += f.zoneless;
         for r in &f.rejects {
             *by_reason.entry(r.reason.clone()).or_default() += 1;
         }
@@ -576,7 +582,7 @@ fn parse_file(
     tx: &mpsc::Sender<Msg>,
     progress: &IngestProgress,
 ) {
-    let mut result = FileResult { file, records: 0, rejects: Vec::new(), broken: None };
+    let mut result = FileResult { file, records: 0, zoneless: 0, rejects: Vec::new(), broken: None };
     let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
         source: obj.location.clone(),
         record_index: index,
@@ -613,6 +619,7 @@ fn parse_file(
                 result.records += 1;
                 let checked = schema::parse_record(bytes).and_then(|mut ev| {
                     let c = schema::check_record(&ev, bytes)?;
+                    result.zoneless += u64::from(c.zoneless_time);
                     scratch.builder.append(&mut ev, c, &obj.location);
                     Ok(())
                 });

@@ -147,6 +147,9 @@ pub fn print_summary(s: &IngestSummary) {
     for (reason, n) in &s.rejected_by_reason {
         let _ = writeln!(out, "           {reason}: {n}");
     }
+    if s.eventtime_without_zone > 0 {
+        let _ = writeln!(out, "           {} kept with an eventTime without a zone, read as UTC (docs/ingest.md#event-times)", s.eventtime_without_zone);
+    }
     let a = &s.aggregated;
     if a.files > 0 {
         let _ = writeln!(

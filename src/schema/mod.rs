@@ -17,7 +17,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use fields::{CollectExtras, Extras, Str, cloudtrail_object};
-pub use time::{Granularity, parse_event_time};
+pub use time::{Granularity, parse_event_time, parse_zoneless_time};
 
 cloudtrail_object!(
     /// `userIdentity.onBehalfOf` (IAM Identity Center).
@@ -228,24 +228,34 @@ pub struct Checked {
     pub time_micros: i64,
     /// Set when the record had no `eventID` and one was derived from its content.
     pub derived_id: Option<String>,
+    /// `eventTime` had no zone and was read as UTC ([`parse_zoneless_time`]).
+    pub zoneless_time: bool,
 }
 
 /// Checks what the lake needs of a record: a valid time, a region that is safe as a path,
 /// and an ID. Records without `eventID` (written before eventVersion 1.01) are kept under
 /// a UUID v5 of their canonical content, so the same record read twice is stored once.
 pub fn check_record(event: &Event<'_>, raw: &[u8]) -> Result<Checked, RecordError> {
-    let time = match &event.eventtime {
-        None => return Err(RecordError::new(RecordRejection::MissingEventTime, "record has no eventTime")),
-        Some(t) => parse_event_time(t.as_str()).ok_or_else(|| {
-            RecordError::new(RecordRejection::InvalidEventTime, format!("eventTime `{}` is not an RFC 3339 timestamp", truncate(t.as_str(), 64)))
-        })?,
+    let (time, zoneless_time) = match &event.eventtime {
+        None => return Err(RecordError::new(RecordRejection::MissingEventTime, missing_time_message(raw))),
+        Some(t) => match (parse_event_time(t.as_str()), parse_zoneless_time(t.as_str())) {
+            (Some(t), _) => (t, false),
+            (None, Some(t)) => (t, true),
+            (None, None) => {
+                let shown = serde_json::to_string(truncate(t.as_str(), 64)).unwrap_or_default();
+                return Err(RecordError::new(RecordRejection::InvalidEventTime, format!("eventTime {shown} is not an RFC 3339 timestamp")));
+            }
+        },
     };
     match &event.awsregion {
         None => return Err(RecordError::new(RecordRejection::InvalidRegion, "record has no awsRegion")),
         Some(r) if !is_safe_name(r.as_str()) => {
             return Err(RecordError::new(
                 RecordRejection::InvalidRegion,
-                format!("awsRegion `{}` is not a valid name (letters, digits and '-', at most 64)", truncate(r.as_str(), 64)),
+                format!(
+                    "awsRegion {} is not a valid name (letters, digits and '-', at most 64)",
+                    serde_json::to_string(truncate(r.as_str(), 64)).unwrap_or_default()
+                ),
             ));
         }
         Some(_) => {}
@@ -254,7 +264,25 @@ pub fn check_record(event: &Event<'_>, raw: &[u8]) -> Result<Checked, RecordErro
         Some(id) if !id.as_str().is_empty() => None,
         _ => Some(derive_event_id(raw)?),
     };
-    Ok(Checked { time_micros: time, derived_id })
+    Ok(Checked { time_micros: time, derived_id, zoneless_time })
+}
+
+/// Keys other tools put a record's time under. A record with one of them and no `eventTime`
+/// was reshaped on its way (a log shipper's envelope, a SIEM's export), and the message says so.
+const OTHER_TIME_KEYS: [&str; 8] = ["@timestamp", "timestamp", "time", "_time", "eventtime", "EventTime", "event_time", "eventTimestamp"];
+
+/// Why a record has no usable time, naming another time field when it has one (a rare path:
+/// the record is read again as plain JSON).
+fn missing_time_message(raw: &[u8]) -> String {
+    let value: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_slice(raw).ok();
+    let other = value.as_ref().and_then(|m| OTHER_TIME_KEYS.iter().find(|k| m.get(**k).is_some_and(|v| !v.is_null())));
+    match other {
+        Some(key) => format!(
+            "record has no eventTime, but has `{key}`: it is not a CloudTrail record as AWS writes it (a log shipper's or SIEM's field); \
+             export the original records, or rename the field to eventTime"
+        ),
+        None => "record has no eventTime".to_owned(),
+    }
 }
 
 /// Namespace of derived event IDs (a fixed random UUID, so IDs are stable across versions).
@@ -348,6 +376,11 @@ impl EventBatchBuilder {
     pub fn append(&mut self, event: &mut Event<'_>, checked: Checked, source_file: &str) {
         if let Some(id) = checked.derived_id {
             event.eventid = Some(Str(Cow::Owned(id)));
+        }
+        if checked.zoneless_time {
+            // The column reads CloudTrail's form; the rare zone-less value is written in it.
+            let utc = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(checked.time_micros).unwrap_or_default();
+            event.eventtime = Some(Str(Cow::Owned(utc.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))));
         }
         self.columns.append_columns(Some(event));
 

@@ -120,11 +120,38 @@ fn unknown_fields_are_kept_by_path() {
 }
 
 #[test]
+fn zoneless_event_times_are_kept_as_utc_and_marked() {
+    let check = |t: &str| {
+        let r = format!(r#"{{"eventTime":"{t}","awsRegion":"us-east-1","eventID":"x"}}"#);
+        let ev = parse_record(r.as_bytes()).unwrap();
+        let c = check_record(&ev, r.as_bytes()).unwrap();
+        (c.time_micros, c.zoneless_time)
+    };
+    let utc = parse_event_time("2024-06-01T12:34:56Z").unwrap();
+    assert_eq!(check("2024-06-01T12:34:56Z"), (utc, false));
+    assert_eq!(check("2024-06-01 12:34:56Z"), (utc, false));
+    assert_eq!(check("2024-06-01 12:34:56"), (utc, true));
+    assert_eq!(check("2024-06-01 12:34:56.000000000"), (utc, true));
+    assert_eq!(check("2024-06-01T12:34:56"), (utc, true));
+}
+
+#[test]
 fn rejections_name_the_reason() {
     let reason = |r: &str| parse_record(r.as_bytes()).and_then(|ev| check_record(&ev, r.as_bytes())).unwrap_err();
     assert_eq!(reason(r#"{"awsRegion":"us-east-1"}"#).reason, RecordRejection::MissingEventTime);
     assert_eq!(reason(r#"{"eventTime":null,"awsRegion":"us-east-1"}"#).reason, RecordRejection::MissingEventTime);
     assert_eq!(reason(r#"{"eventTime":"yesterday","awsRegion":"us-east-1"}"#).reason, RecordRejection::InvalidEventTime);
+    // A log shipper's time field instead of eventTime: the message says so.
+    let shipped = reason(r#"{"@timestamp":"2024-06-01T00:00:00Z","awsRegion":"us-east-1"}"#);
+    assert_eq!(shipped.reason, RecordRejection::MissingEventTime);
+    assert!(shipped.message.contains("has `@timestamp`") && shipped.message.contains("log shipper"), "{}", shipped.message);
+    assert!(reason(r#"{"eventtime":"2024-06-01T00:00:00Z","awsRegion":"us-east-1"}"#).message.contains("has `eventtime`"));
+    assert_eq!(reason(r#"{"awsRegion":"us-east-1"}"#).message, "record has no eventTime");
+    // Values from the record are shown quoted, their control characters escaped.
+    let hostile = reason("{\"eventTime\":\"\\u001b[31mnow\",\"awsRegion\":\"us-east-1\"}");
+    assert!(hostile.message.contains("\"\\u001b[31mnow\"") && !hostile.message.contains('\u{1b}'), "{}", hostile.message);
+    let region = reason("{\"eventTime\":\"2024-06-01T00:00:00Z\",\"awsRegion\":\"us\\u001b]0;x\"}");
+    assert!(!region.message.contains('\u{1b}'), "{}", region.message);
     let wrong = reason(r#"{"eventTime":"2024-06-01T00:00:00Z","awsRegion":"us-east-1","eventName":5}"#);
     assert_eq!(wrong.reason, RecordRejection::WrongType);
     assert!(wrong.message.contains("eventName"), "{}", wrong.message);

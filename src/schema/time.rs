@@ -33,7 +33,25 @@ pub fn parse_event_time(s: &str) -> Option<i64> {
         let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(sec);
         return Some(secs * MICROS_PER_SEC);
     }
+    // chrono's RFC 3339 parser also takes a space for the `T` (RFC 3339, section 5.6, allows it).
     DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc).timestamp_micros())
+}
+
+/// Reads an `eventTime` written without a zone, as exports from SIEMs and log shippers do
+/// (`2024-06-01 12:34:56`, `2024-06-01 12:34:56.000000000`, `2024-06-01T12:34:56`), as UTC:
+/// CloudTrail's times are all UTC, and these exports print them without the `Z`. The caller
+/// counts such values apart (a zone-less value could also be a local time). A space between
+/// date and time with a zone (`2024-06-01 12:34:56Z`, which RFC 3339 allows) is read exactly.
+pub fn parse_zoneless_time(s: &str) -> Option<i64> {
+    if s.len() > 40 {
+        return None;
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    None
 }
 
 /// How finely the lake's partitions divide time. Chosen when a lake is created and recorded in
@@ -115,6 +133,19 @@ mod tests {
         assert_eq!(parse_event_time("2023-07-10T14:07:31.250+02:00"), Some(parse_event_time("2023-07-10T12:07:31Z").unwrap() + 250_000));
         for bad in ["ThisIsAWrongEventTime", "", "2023-13-10T12:07:31Z", "2023-07-10T25:07:31Z", "2023-07-10 12:07:31"] {
             assert_eq!(parse_event_time(bad), None, "{bad}");
+        }
+        assert_eq!(parse_event_time("2023-07-10 12:07:31Z"), parse_event_time("2023-07-10T12:07:31Z"));
+    }
+
+    #[test]
+    fn zoneless_times_read_as_utc() {
+        let utc = parse_event_time("2024-06-01T12:34:56Z").unwrap();
+        for s in ["2024-06-01 12:34:56", "2024-06-01 12:34:56.000000000", "2024-06-01T12:34:56", "2024-06-01T12:34:56.000"] {
+            assert_eq!(parse_zoneless_time(s), Some(utc), "{s}");
+        }
+        assert_eq!(parse_zoneless_time("2024-06-01 12:34:56.250"), Some(utc + 250_000));
+        for bad in ["2024-06-01", "12:34:56", "2024-06-01 25:00:00", "2024-06-01T12:34:56Z", "yesterday", "2024-06-01 12:34:56 PM"] {
+            assert_eq!(parse_zoneless_time(bad), None, "{bad}");
         }
     }
 

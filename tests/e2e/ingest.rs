@@ -561,3 +561,25 @@ async fn network_activity_files_are_events_and_aws_aggregated_files_go_to_their_
     let endpoint = strings(&lake, "SELECT vpcendpointid FROM events WHERE eventid = 'n-1'").await;
     assert_eq!(endpoint, [Some("vpce-0123456789abcdef0".to_owned())]);
 }
+
+/// A SIEM's export: `eventTime` without a zone is read as UTC and counted apart; a log
+/// shipper's `@timestamp` instead of `eventTime` is rejected with a reason that says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_with_zoneless_times_are_read_as_utc_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (export, lake) = (dir.path().join("export.ndjson"), dir.path().join("lake"));
+    let mut zoneless = record("z-1", "2024-06-01T12:34:56Z", "us-east-1");
+    zoneless["eventTime"] = "2024-06-01 12:34:56.000000000".into();
+    let mut shipped = record("s-1", "2024-06-01T12:34:56Z", "us-east-1");
+    let time = shipped.as_object_mut().unwrap().remove("eventTime").unwrap();
+    shipped["@timestamp"] = time;
+    let lines: Vec<String> = [record("u-1", "2024-06-01T12:34:56Z", "us-east-1"), zoneless, shipped].iter().map(|r| r.to_string()).collect();
+    std::fs::write(&export, lines.join("\n")).unwrap();
+
+    let s = ingest(&[&export], &lake).await;
+    assert_eq!((s.records_read, s.records_written, s.records_rejected, s.eventtime_without_zone), (3, 2, 1, 1), "{s:?}");
+    assert_eq!(s.rejected_by_reason.get("missing_eventtime"), Some(&1), "{s:?}");
+    assert!(s.problems[0].message.contains("has `@timestamp`"), "{s:?}");
+    let times = strings(&lake, "SELECT CAST(eventtime AS VARCHAR) FROM events ORDER BY eventid").await;
+    assert_eq!(times, [Some("2024-06-01T12:34:56Z".to_owned()), Some("2024-06-01T12:34:56Z".to_owned())]);
+}
