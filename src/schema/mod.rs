@@ -216,7 +216,15 @@ pub fn parse_record(bytes: &[u8]) -> Result<Event<'_>, RecordError> {
         // cause was syntax or type; on this (rare) path, re-read the bytes as plain JSON.
         match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
             Err(syntax) => RecordError::new(RecordRejection::InvalidJson, syntax.to_string()),
-            Ok(_) => RecordError::new(RecordRejection::WrongType, e.to_string()),
+            // Skipping does not decode strings: an escape that is no character (a lone UTF-16
+            // surrogate, `"\ud800"`) shows only when they are decoded.
+            Ok(_) => match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Err(bad) if bad.is_syntax() && !bad.to_string().contains("recursion limit") => RecordError::new(
+                    RecordRejection::InvalidJson,
+                    format!("{e} (a string holds an escape that is not a character, such as a lone UTF-16 surrogate)"),
+                ),
+                _ => RecordError::new(RecordRejection::WrongType, e.to_string()),
+            },
         }
     })
 }

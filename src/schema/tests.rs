@@ -141,6 +141,10 @@ fn rejections_name_the_reason() {
     assert_eq!(reason(r#"{"awsRegion":"us-east-1"}"#).reason, RecordRejection::MissingEventTime);
     assert_eq!(reason(r#"{"eventTime":null,"awsRegion":"us-east-1"}"#).reason, RecordRejection::MissingEventTime);
     assert_eq!(reason(r#"{"eventTime":"yesterday","awsRegion":"us-east-1"}"#).reason, RecordRejection::InvalidEventTime);
+    // A lone surrogate cannot be decoded: invalid JSON, saying why.
+    let surrogate = reason(r#"{"eventTime":"2024-06-01T00:00:00Z","awsRegion":"us-east-1","userAgent":"\ud800x"}"#);
+    assert_eq!(surrogate.reason, RecordRejection::InvalidJson);
+    assert!(surrogate.message.contains("userAgent") && surrogate.message.contains("surrogate"), "{}", surrogate.message);
     // A log shipper's time field instead of eventTime: the message says so.
     let shipped = reason(r#"{"@timestamp":"2024-06-01T00:00:00Z","awsRegion":"us-east-1"}"#);
     assert_eq!(shipped.reason, RecordRejection::MissingEventTime);

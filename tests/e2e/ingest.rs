@@ -583,3 +583,55 @@ async fn exports_with_zoneless_times_are_read_as_utc_and_counted() {
     let times = strings(&lake, "SELECT CAST(eventtime AS VARCHAR) FROM events ORDER BY eventid").await;
     assert_eq!(times, [Some("2024-06-01T12:34:56Z".to_owned()), Some("2024-06-01T12:34:56Z".to_owned())]);
 }
+
+/// Hostile values (issue 19): terminal escapes, `<script>`, NUL, a lone surrogate, a 10 MB
+/// string, 10,000-deep nesting and a million-element array are kept or rejected with a reason,
+/// and `prism sql` shows them without letting them act on the terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_values_are_kept_or_rejected_and_shown_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, lake) = (dir.path().join("hostile.json"), dir.path().join("lake"));
+    let with = |id: &str, key: &str, value: &str| {
+        let mut r = record(id, "2024-06-01T12:00:00Z", "us-east-1");
+        r[key] = "PLACEHOLDER".into();
+        r.to_string().replace("\"PLACEHOLDER\"", value)
+    };
+    let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    let array = format!("[{}]", vec!["7"; 1_000_000].join(","));
+    let records = [
+        with("escape", "userAgent", r#""\u001b[2J\u001b]0;owned\u0007<script>alert(1)</script>""#),
+        with("nul", "userAgent", r#""nul\u0000byte""#),
+        with("surrogate", "userAgent", r#""\ud800x""#),
+        with("big", "requestParameters", &format!("{{\"k\":\"{}\"}}", "x".repeat(10_000_000))),
+        with("deep", "requestParameters", &deep),
+        with("array", "requestParameters", &format!("{{\"list\":{array}}}")),
+    ];
+    std::fs::write(&file, format!("{{\"Records\":[{}]}}", records.join(","))).unwrap();
+
+    let s = ingest(&[&file], &lake).await;
+    assert_eq!((s.records_read, s.records_written, s.records_rejected), (6, 5, 1), "{s:?}");
+    assert_eq!(s.problems[0].record_index, Some(2), "{s:?}");
+    assert_eq!(s.problems[0].reason, "invalid_json", "{s:?}");
+    // Free-form values are kept whole, as JSON text.
+    let sizes = strings(
+        &lake,
+        "SELECT eventid || ' ' || CAST(length(requestparameters) AS VARCHAR) FROM events WHERE eventid IN ('array', 'big', 'deep') ORDER BY eventid",
+    )
+    .await;
+    assert_eq!(sizes.into_iter().flatten().collect::<Vec<_>>(), ["array 2000010", "big 10000008", "deep 60001"]);
+
+    let l = lake.to_str().unwrap();
+    let out =
+        std::process::Command::new(prism_bin()).args(["sql", "--lake", l, "-c", "SELECT eventid, useragent FROM events ORDER BY eventid"]).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{table}");
+    assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+    assert!(table.contains(r"\u{1b}[2J\u{1b}]0;owned\u{7}<script>alert(1)</script>") && table.contains(r"nul\u{0}byte"), "{table}");
+    // Programs get the exact values.
+    let out = std::process::Command::new(prism_bin())
+        .args(["sql", "--lake", l, "--format", "json", "-c", "SELECT useragent FROM events WHERE eventid = 'escape'"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["useragent"], "\u{1b}[2J\u{1b}]0;owned\u{7}<script>alert(1)</script>");
+}
