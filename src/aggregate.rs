@@ -204,6 +204,9 @@ pub struct AggregateSummary {
     /// Records computed again and found stored (a re-run, or a crash's retry).
     pub records_existing: u64,
     pub files: u64,
+    /// Accounts and regions whose names are not safe path segments, left out (their records
+    /// would name folders).
+    pub skipped_accounts: Vec<String>,
     pub from: Option<String>,
     pub to: Option<String>,
     pub seconds: f64,
@@ -239,6 +242,10 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     // Per account and region: the windows [lo, hi) to summarise, in minutes.
     let mut ranges: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for (pair, (first, last)) in bounds {
+        if !crate::schema::is_safe_name(&pair.0) || !crate::schema::is_safe_name(&pair.1) {
+            summary.skipped_accounts.push(format!("{}/{}", pair.0, pair.1));
+            continue;
+        }
         let horizon = floor_window(last + 1 - opts.settle_minutes.max(0));
         let (lo, hi) = match &opts.mode {
             Mode::Backfill { from, to } => (

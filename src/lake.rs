@@ -554,6 +554,11 @@ impl OutputStore {
         records: &[&serde_json::Value],
     ) -> Result<()> {
         use std::io::Write;
+        // Callers leave out unsafe names; this is the last line of defence before a path.
+        if let Some(bad) = [account, region].into_iter().find(|v| !crate::schema::is_safe_name(v)) {
+            let reason = format!("{} is not a safe folder name; no file is written for it", serde_json::Value::from(bad));
+            return Err(LakeError::Config { path: self.shown.clone(), reason });
+        }
         let suffix = format!("{:016X}", xxhash_rust::xxh3::xxh3_64(ids.join(",").as_bytes()));
         let path = format!(
             "AWSLogs/{account}/CloudTrail-{kind}/{region}/{}/{account}_CloudTrail-{kind}_{region}_{}_{suffix}.json.gz",

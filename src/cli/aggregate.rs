@@ -98,5 +98,9 @@ fn print(s: &AggregateSummary) {
         _ => println!("  summarised: nothing new (no data events past the last window, less --settle-minutes)"),
     }
     println!("  written:    {} new records ({} stored before), {} files", s.records_written, s.records_existing, s.files);
+    if !s.skipped_accounts.is_empty() {
+        let names = prism::sql::output::for_terminal(&s.skipped_accounts.join(", ")).into_owned();
+        println!("  skipped:    {} account/regions whose names cannot name a folder: {names}", s.skipped_accounts.len());
+    }
     println!("  time:       {:.2} s", s.seconds);
 }

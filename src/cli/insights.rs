@@ -223,7 +223,8 @@ pub fn print_run(s: &RunSummary) {
     println!("  found:     {} started, {} ended, {} still open", s.starts, s.ends, s.open);
     println!("  written:   {} new records, {} files", s.records_written, s.files_written);
     if !s.skipped_accounts.is_empty() {
-        println!("  skipped:   {} account/regions with unsafe names: {}", s.skipped_accounts.len(), s.skipped_accounts.join(", "));
+        let names = prism::sql::output::for_terminal(&s.skipped_accounts.join(", ")).into_owned();
+        println!("  skipped:   {} account/regions with unsafe names: {names}", s.skipped_accounts.len());
     }
     println!("  time:      {:.2} s", s.seconds);
 }

@@ -635,3 +635,46 @@ async fn hostile_values_are_kept_or_rejected_and_shown_safely() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["useragent"], "\u{1b}[2J\u{1b}]0;owned\u{7}<script>alert(1)</script>");
 }
+
+/// An account ID that could name a path (`../../evil`) is kept in the lake but never names a
+/// folder: Insights and aggregation leave it out and say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsafe_accounts_never_become_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, lake) = (tmp.path().join("src"), tmp.path().join("lake"));
+    let mut recs = Vec::new();
+    for (i, account) in ["../../evil", "111122223333"].iter().enumerate() {
+        for m in 0..30 {
+            let mut r = record(&format!("{i}-{m}"), &format!("2024-06-01T10:{m:02}:00Z"), "us-east-1");
+            r["recipientAccountId"] = (*account).into();
+            r["eventSource"] = "s3.amazonaws.com".into();
+            r["managementEvent"] = false.into();
+            r["eventCategory"] = "Data".into();
+            recs.push(r);
+        }
+    }
+    write_gz(&src.join("evil.json.gz"), &recs);
+    let s = ingest(&[&src], &lake).await;
+    assert_eq!(s.records_written, 60);
+
+    let l = lake.to_str().unwrap();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(prism_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    run(&["event-config", "put", "--lake", l, "--aggregation-configurations", r#"[{"EventCategory":"Data","Templates":["API_ACTIVITY"]}]"#]);
+    let a = run(&["aggregate", "backfill", "--lake", l, "--settle-minutes", "0", "--json"]);
+    assert_eq!(a["skipped_accounts"], serde_json::json!(["../../evil/us-east-1"]), "{a}");
+    assert!(a["records_written"].as_u64().unwrap() > 0, "{a}");
+    run(&["selectors", "put", "--lake", l, "--insight-selectors", r#"[{"InsightType":"ApiCallRateInsight","EventCategories":["Data"]}]"#]);
+    let i = run(&["insights", "backfill", "--lake", l, "--json"]);
+    assert_eq!(i["skipped_accounts"], serde_json::json!(["../../evil/us-east-1"]), "{i}");
+
+    // Nothing outside the lake; under AWSLogs/, only the valid account.
+    let mut entries: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    entries.sort();
+    assert_eq!(entries, ["lake", "src"]);
+    let accounts: Vec<String> = std::fs::read_dir(lake.join("AWSLogs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(accounts, ["111122223333"]);
+}
