@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0)
         };
     }
+    quiet_caught_panics();
     let matches = cli::Cli::command().get_matches();
     let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -71,8 +72,40 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.run(&matches)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", prism::error::report(e.as_ref()));
+            let text = prism::error::report(e.as_ref());
+            eprintln!("error: {text}");
+            if let Some(hint) = hint(&text) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do about errors of the machine rather than of Prism. Every writing command leaves
+/// the lake consistent when it stops, and the next run goes on from there.
+fn hint(error: &str) -> Option<&'static str> {
+    if error.contains("No space left on device") || error.contains("Disk quota exceeded") {
+        Some("the disk is full. What was committed is intact: free space and run the same command again; it goes on where it stopped.")
+    } else if error.contains("Read-only file system") || error.contains("Permission denied") {
+        Some("Prism cannot write there. Nothing was changed by the failed write: make the location writable (or choose another) and run the command again.")
+    } else {
+        None
+    }
+}
+
+/// Keeps stderr to the error itself when a dependency panics on purpose and catches it: after
+/// a failed upload (a full disk), deltalake aborts the object store's writer, which panics
+/// "Already shut down" by design, inside `catch_unwind`; the default hook would print that
+/// panic and its backtrace before the real error. Every other panic is printed as usual.
+fn quiet_caught_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let from_buffered_writer = info.location().is_some_and(|l| l.file().contains("object_store") && l.file().ends_with("buffered.rs"));
+        let message = info.payload().downcast_ref::<&str>().copied().or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
+        if from_buffered_writer && message == Some("Already shut down") {
+            return;
+        }
+        default(info);
+    }));
 }

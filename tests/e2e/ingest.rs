@@ -678,3 +678,65 @@ async fn unsafe_accounts_never_become_paths() {
     let accounts: Vec<String> = std::fs::read_dir(lake.join("AWSLogs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(accounts, ["111122223333"]);
 }
+
+/// A full disk during ingest (a 1.5 MB tmpfs in a private mount namespace, `unshare -rm`): exit
+/// status 1 with the error naming the lake's path and a hint, no panic text, a lake that reads
+/// consistently with no duplicate; once there is space, the same command completes it exactly.
+/// Then the lake's file system turns read-only: a clear error, the lake unchanged.
+#[test]
+fn a_full_disk_and_a_read_only_lake_fail_clearly_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, more, mnt, out) = (dir.path().join("archive"), dir.path().join("more"), dir.path().join("mnt"), dir.path().join("out"));
+    prism::generate::generate(&crate::common::one_account(&archive, "us-east-1", 1, 20_000, 0, 1)).unwrap();
+    write_gz(&more.join("late.json.gz"), &[record("late-1", "2024-06-01T10:00:00Z", "us-east-1")]);
+    std::fs::create_dir_all(&out).unwrap();
+    let script = r#"
+        set -u
+        count() { "$PRISM" sql --lake "$MNT/lake" --format csv -c "SELECT count(*) AS n, count(DISTINCT eventid) AS d FROM events" | tail -1; }
+        mkdir -p "$MNT" && mount -t tmpfs -o size=1500k tmpfs "$MNT" || exit 99
+        "$PRISM" ingest "$ARCHIVE" --lake "$MNT/lake" --buffer-mb 1 --quiet 2> "$OUT/full.err"; echo $? > "$OUT/full.rc"
+        count > "$OUT/full.count"
+        mount -o remount,size=300m "$MNT" || exit 98
+        "$PRISM" ingest "$ARCHIVE" --lake "$MNT/lake" --json > "$OUT/resumed.json" 2> "$OUT/resumed.err"; echo $? > "$OUT/resumed.rc"
+        count > "$OUT/resumed.count"
+        mount -o remount,ro "$MNT" || exit 97
+        "$PRISM" ingest "$MORE" --lake "$MNT/lake" --quiet 2> "$OUT/ro.err"; echo $? > "$OUT/ro.rc"
+        count > "$OUT/ro.count"
+    "#;
+    let status = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .env("PRISM", prism_bin())
+        .env("ARCHIVE", &archive)
+        .env("MORE", &more)
+        .env("MNT", &mnt)
+        .env("OUT", &out)
+        .status()
+        .expect("this test needs unshare (util-linux) and user namespaces, to mount a small tmpfs");
+    assert!(status.success(), "the mount namespace could not be set up: {status}");
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default().trim().to_owned();
+    let counts = |name: &str| -> (u64, u64) {
+        let text = read(name);
+        let (n, d) = text.split_once(',').unwrap_or_else(|| panic!("{name}: {text}"));
+        (n.parse().unwrap(), d.parse().unwrap())
+    };
+    let total = {
+        let s: serde_json::Value = serde_json::from_str(&read("resumed.json")).unwrap();
+        s["records_written"].as_u64().unwrap() + s["duplicates_dropped"].as_u64().unwrap()
+    };
+
+    assert_eq!(read("full.rc"), "1", "{}", read("full.err"));
+    let err = read("full.err");
+    assert!(err.contains("No space left on device") && err.contains(&format!("{}", mnt.join("lake").display())), "{err}");
+    assert!(err.contains("hint: the disk is full") && !err.contains("panicked"), "{err}");
+    let (n, d) = counts("full.count");
+    assert_eq!(n, d, "no event stored twice");
+
+    assert_eq!(read("resumed.rc"), "0", "{}", read("resumed.err"));
+    let (n, d) = counts("resumed.count");
+    assert_eq!((n, d), (23_480, 23_480), "every event of the archive, once ({total} read by the resumed run)");
+
+    assert_eq!(read("ro.rc"), "1");
+    let err = read("ro.err");
+    assert!(err.contains("Read-only file system") && err.contains("hint: Prism cannot write there") && !err.contains("panicked"), "{err}");
+    assert_eq!(counts("ro.count"), (23_480, 23_480));
+}
