@@ -359,3 +359,49 @@ fn usage_errors_and_a_missing_lake() {
     let help = String::from_utf8_lossy(&prism(&["schedule", "run", "--help"]).stdout).into_owned();
     assert!(help.contains("*/5 * * * * prism schedule run"), "{help}");
 }
+
+/// `schedule run` killed at growing delays (issue 19's kill matrix): after each kill, every
+/// output file is whole and each slot is recorded at most once; the run that finishes runs each
+/// query once for the slot, with the same results as an uninterrupted run.
+#[test]
+fn a_killed_run_leaves_whole_files_and_the_next_run_completes_each_slot_once() {
+    let files: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let text = format!(
+                "-- name: q{i}\n-- schedule: 0 * * * *\n-- output: results/{{name}}/{{end}}.csv\n-- window: 1h\n\
+                 SELECT eventname, count(*) + {i} AS calls FROM events WHERE eventtime >= {{start}} AND eventtime < {{end}} \
+                 GROUP BY eventname ORDER BY eventname;\n"
+            );
+            (format!("q{i}.sql"), text)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let s = setup(&refs);
+    let now = "2024-06-01T12:30:00Z";
+    let expected = |i: usize| format!("eventname,calls\nDescribeInstances,{}\nGetObject,{}\n", 1 + i, 2 + i);
+    let mut landed = 0;
+    for delay_ms in [60u64, 200, 450, 900] {
+        let mut c = schedule("run", &s.lake, &s.queries, &["--once", "--out", s.out.to_str().unwrap(), "--now", now]);
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        landed += usize::from(crate::common::kill_after(c, delay_ms));
+        for i in 0..8 {
+            let file = s.out.join(format!("results/q{i}/20240601T1200Z.csv"));
+            if file.exists() {
+                assert_eq!(std::fs::read_to_string(&file).unwrap(), expected(i), "{}", file.display());
+            }
+        }
+        if s.lake.join("query_runs/_delta_log").exists() {
+            let twice = sql(&s.lake, "SELECT count(*) AS n FROM (SELECT query, slot FROM query_runs GROUP BY 1, 2 HAVING count(*) > 1)");
+            assert_eq!(twice, vec![serde_json::json!({"n": 0})]);
+        }
+    }
+    assert!(landed >= 1, "no kill landed mid-run");
+    let (code, summary) = run_once(&s.lake, &s.queries, &s.out, now);
+    assert_eq!(code, 0, "{summary}");
+    let rows = sql(&s.lake, "SELECT query, count(*) AS runs FROM query_runs WHERE status = 'ok' GROUP BY query ORDER BY query");
+    let want: Vec<Value> = (0..8).map(|i| serde_json::json!({"query": format!("q{i}"), "runs": 1})).collect();
+    assert_eq!(rows, want);
+    for i in 0..8 {
+        assert_eq!(s.output(&format!("results/q{i}/20240601T1200Z.csv")), expected(i));
+    }
+}
