@@ -223,7 +223,52 @@ struct Record {
     value: String,
     window: i64,
     count: i64,
-    json: Value,
+    /// The AWS-format record, as JSON text.
+    json: String,
+}
+
+/// An aggregated-event record in AWS's shape and key order (spec section 7).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AwsRecord<'a> {
+    event_version: &'static str,
+    account_id: &'a str,
+    event_id: &'a str,
+    event_category: &'static str,
+    event_type: &'static str,
+    aws_region: &'a str,
+    event_source: &'a str,
+    time_window: TimeWindow<'a>,
+    summary: Summary<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeWindow<'a> {
+    window_start: &'a str,
+    window_end: &'a str,
+    window_size: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary<'a> {
+    primary_dimension: Detail<'a>,
+    details: Vec<Detail<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Detail<'a> {
+    dimension: &'static str,
+    statistics: Vec<Stat<'a>>,
+    aggregation_type: &'static str,
+}
+
+#[derive(Serialize)]
+struct Stat<'a> {
+    name: &'a str,
+    value: i64,
 }
 
 /// Runs a backfill or an incremental aggregation.
@@ -500,30 +545,37 @@ impl Window<'_> {
             for ((d, v), n) in &tally.details {
                 by_dim.entry(*d).or_default().push((name(*v), *n));
             }
-            let details: Vec<Value> = by_dim
+            let details: Vec<Detail> = by_dim
                 .into_iter()
                 .map(|(d, mut stats)| {
                     stats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
                     stats.truncate(TOP_VALUES);
-                    let statistics: Vec<Value> = stats.iter().map(|(name, n)| json!({"name": name, "value": n})).collect();
-                    json!({"dimension": Dim::ALL[d as usize].name(), "statistics": statistics, "aggregationType": "Count"})
+                    let statistics = stats.into_iter().map(|(name, value)| Stat { name, value }).collect();
+                    Detail { dimension: Dim::ALL[d as usize].name(), statistics, aggregation_type: "Count" }
                 })
                 .collect();
             let id = uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{account}|{region}|{template}|{source}|{value}|{window}").as_bytes()).to_string();
-            let record = json!({
-                "eventVersion": "1.0",
-                "accountId": account,
-                "eventId": id,
-                "eventCategory": "Aggregated",
-                "eventType": "AwsAggregatedEvent",
-                "awsRegion": region,
-                "eventSource": source,
-                "timeWindow": {"windowStart": start, "windowEnd": end, "windowSize": "PT5M"},
-                "summary": {
-                    "primaryDimension": {"dimension": primary.name(), "statistics": [{"name": value, "value": tally.count}], "aggregationType": "Count"},
-                    "details": details,
+            let record = AwsRecord {
+                event_version: "1.0",
+                account_id: account,
+                event_id: &id,
+                event_category: "Aggregated",
+                event_type: "AwsAggregatedEvent",
+                aws_region: region,
+                event_source: source,
+                time_window: TimeWindow { window_start: &start, window_end: &end, window_size: "PT5M" },
+                summary: Summary {
+                    primary_dimension: Detail {
+                        dimension: primary.name(),
+                        statistics: vec![Stat { name: value, value: tally.count }],
+                        aggregation_type: "Count",
+                    },
+                    details,
                 },
-            });
+            };
+            // Serialized once, for the table and the files: a record's text is a few KB, its
+            // tree of JSON values several times that, and a day holds tens of thousands.
+            let record = serde_json::to_string(&record).unwrap_or_default();
             out.push(Record {
                 id,
                 account: account.to_owned(),
@@ -541,26 +593,26 @@ impl Window<'_> {
     }
 }
 
-fn to_batch(recs: &[Record], run_id: &str) -> Result<RecordBatch> {
-    let strings = |f: &dyn Fn(&Record) -> Option<String>| -> ArrayRef { Arc::new(recs.iter().map(f).collect::<StringArray>()) };
+fn to_batch<'a>(recs: &'a [Record], run_id: &'a str) -> Result<RecordBatch> {
+    let strings = |f: &dyn Fn(&'a Record) -> Option<&'a str>| -> ArrayRef { Arc::new(recs.iter().map(f).collect::<StringArray>()) };
     let times = |f: &dyn Fn(&Record) -> i64| -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from_iter_values(recs.iter().map(|r| f(r) * MICROS_PER_MINUTE)).with_timezone("UTC"))
     };
     let columns: Vec<ArrayRef> = vec![
-        strings(&|r| Some(r.id.clone())),
-        strings(&|r| Some(r.account.clone())),
-        strings(&|r| Some(r.region.clone())),
-        strings(&|r| Some(r.source.clone())),
-        strings(&|r| Some(r.template.to_owned())),
-        strings(&|r| Some(r.primary.name().to_owned())),
-        strings(&|r| Some(r.value.clone())),
+        strings(&|r| Some(&r.id)),
+        strings(&|r| Some(&r.account)),
+        strings(&|r| Some(&r.region)),
+        strings(&|r| Some(&r.source)),
+        strings(&|r| Some(r.template)),
+        strings(&|r| Some(r.primary.name())),
+        strings(&|r| Some(&r.value)),
         times(&|r| r.window),
         times(&|r| r.window + WINDOW_MINUTES),
         Arc::new(recs.iter().map(|r| r.count).collect::<Int64Array>()),
-        strings(&|_| Some("prism".to_owned())),
+        strings(&|_| Some("prism")),
         strings(&|_| None),
-        strings(&|r| Some(r.json.to_string())),
-        strings(&|_| Some(run_id.to_owned())),
+        strings(&|r| Some(&r.json)),
+        strings(&|_| Some(run_id)),
     ];
     RecordBatch::try_new(crate::schema::tables::aggregated_events_schema(), columns)
         .map_err(|source| AggregateError::Arrow { context: "building aggregated_events rows".into(), source })
@@ -577,7 +629,7 @@ async fn write_files(out: &crate::lake::OutputStore, recs: &[Record]) -> Result<
     for ((account, region, hour), group) in groups {
         let at = DateTime::<Utc>::from_timestamp((hour + 1) * 3600, 0).unwrap_or_default();
         let ids: Vec<&str> = group.iter().map(|r| r.id.as_str()).collect();
-        let records: Vec<&Value> = group.iter().map(|r| &r.json).collect();
+        let records: Vec<&str> = group.iter().map(|r| r.json.as_str()).collect();
         out.put_records("Aggregated", account, region, at, &ids, &records).await?;
         files += 1;
     }

@@ -544,15 +544,7 @@ impl OutputStore {
     /// `AWSLogs/<account>/CloudTrail-<kind>/<region>/YYYY/MM/DD/<account>_CloudTrail-<kind>_<region>_<YYYYMMDDTHHmmZ>_<16 chars>.json.gz`,
     /// dated `at`, the suffix derived from the records' IDs (so a retry rewrites the same
     /// file), holding `{"Records": records}` gzipped.
-    pub async fn put_records(
-        &self,
-        kind: &str,
-        account: &str,
-        region: &str,
-        at: chrono::DateTime<chrono::Utc>,
-        ids: &[&str],
-        records: &[&serde_json::Value],
-    ) -> Result<()> {
+    pub async fn put_records(&self, kind: &str, account: &str, region: &str, at: chrono::DateTime<chrono::Utc>, ids: &[&str], records: &[&str]) -> Result<()> {
         use std::io::Write;
         // Callers leave out unsafe names; this is the last line of defence before a path.
         if let Some(bad) = [account, region].into_iter().find(|v| !crate::schema::is_safe_name(v)) {
@@ -566,9 +558,19 @@ impl OutputStore {
             at.format("%Y%m%dT%H%MZ"),
         );
         let shown = format!("{}{path}", self.shown);
-        let body = serde_json::json!({ "Records": records });
+        // The records are JSON texts already (callers serialize each once, for the table too).
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        let bytes = gz.write_all(body.to_string().as_bytes()).and_then(|()| gz.finish());
+        let mut body = || {
+            gz.write_all(b"{\"Records\":[")?;
+            for (i, r) in records.iter().enumerate() {
+                if i > 0 {
+                    gz.write_all(b",")?;
+                }
+                gz.write_all(r.as_bytes())?;
+            }
+            gz.write_all(b"]}")
+        };
+        let bytes = body().and_then(|()| gz.finish());
         let bytes = bytes.map_err(|e| LakeError::Write { path: shown.clone(), source: e.into() })?;
         self.store.put(&ObjectPath::from(path.as_str()), PutPayload::from(bytes)).await.map_err(|e| LakeError::Write { path: shown, source: e.into() })?;
         Ok(())

@@ -751,7 +751,8 @@ async fn write_files(out: &crate::lake::OutputStore, recs: &[InsightRecord]) -> 
         let latest = group.iter().map(|r| r.minute).max().unwrap_or(0);
         let at = DateTime::<Utc>::from_timestamp(latest * 60, 0).unwrap_or_default();
         let ids: Vec<&str> = group.iter().map(|r| r.event_id.as_str()).collect();
-        let records: Vec<&serde_json::Value> = group.iter().map(|r| &r.json).collect();
+        let texts: Vec<String> = group.iter().map(|r| r.json.to_string()).collect();
+        let records: Vec<&str> = texts.iter().map(String::as_str).collect();
         out.put_records("Insight", &account, &region, at, &ids, &records).await?;
         files += 1;
     }
