@@ -573,6 +573,86 @@ async fn journal(
     Ok(())
 }
 
+/// A rejection of something in `obj`: a record (`record_index`, its text cut to
+/// [`MAX_RECORD_TEXT`]) or the whole file.
+fn rejection(obj: &SourceObject, index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>) -> Rejection {
+    Rejection {
+        source: obj.location.clone(),
+        record_index: index,
+        reason: reason.to_owned(),
+        message,
+        record: record.map(|b| String::from_utf8_lossy(&b[..b.len().min(MAX_RECORD_TEXT)]).into_owned()),
+    }
+}
+
+/// Bytes read from a file before and after decompression, counted as it is read.
+#[derive(Default, Clone)]
+struct ReadBytes {
+    raw: Arc<AtomicU64>,
+    json: Arc<AtomicU64>,
+    /// What was added to the run's progress so far.
+    reported: (u64, u64),
+}
+
+impl ReadBytes {
+    /// The counters, for [`SourceObject::open`].
+    fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (self.raw.clone(), self.json.clone())
+    }
+
+    /// Adds what was read since the last call to the run's progress.
+    fn report(&mut self, progress: &IngestProgress) {
+        let (r, j) = (self.raw.load(Ordering::Relaxed), self.json.load(Ordering::Relaxed));
+        progress.raw_bytes.fetch_add(r - self.reported.0, Ordering::Relaxed);
+        progress.json_bytes.fetch_add(j - self.reported.1, Ordering::Relaxed);
+        self.reported = (r, j);
+    }
+}
+
+/// Opens `obj` (or the body `fetched` ahead) and walks its records, the one loop of every
+/// kind of file: `each` gets each record's index and bytes, and may stop the walk (the run is
+/// stopping); a line that is no JSON object and a broken stream are noted in `result`.
+/// Returns the read buffer, for reuse, and whether the walk was stopped.
+fn walk_records(
+    obj: &SourceObject,
+    fetched: Option<Result<bytes::Bytes, SourceError>>,
+    buffer: Vec<u8>,
+    (raw, json): (Arc<AtomicU64>, Arc<AtomicU64>),
+    result: &mut FileResult,
+    mut each: impl FnMut(usize, &[u8], &mut FileResult) -> std::ops::ControlFlow<()>,
+) -> (Vec<u8>, std::ops::ControlFlow<()>) {
+    let reader = match fetched.transpose().and_then(|body| obj.open(body, raw, json)) {
+        Ok(r) => r,
+        Err(e) => {
+            result.broken = Some((rejection(obj, None, "read_error", crate::error::report(&e), None), true));
+            return (buffer, std::ops::ControlFlow::Continue(()));
+        }
+    };
+    let mut records = RecordReader::with_buffer(reader, buffer);
+    loop {
+        match records.next_item() {
+            Ok(None) => break,
+            Ok(Some(Item::BadLine { index, message })) => {
+                result.records += 1;
+                result.rejects.push(rejection(obj, Some(index as u64), "invalid_json", message, None));
+            }
+            Ok(Some(Item::Record { index, bytes })) => {
+                result.records += 1;
+                if each(index, bytes, result).is_break() {
+                    return (records.into_buffer(), std::ops::ControlFlow::Break(()));
+                }
+            }
+            Err(e) => {
+                let retry = e.kind == StreamErrorKind::Read;
+                let message = format!("{} (at record {}, byte {} of the decompressed stream)", e.message, e.record_index, e.offset);
+                result.broken = Some((rejection(obj, Some(e.record_index as u64), e.kind.code(), message, None), retry));
+                break;
+            }
+        }
+    }
+    (records.into_buffer(), std::ops::ControlFlow::Continue(()))
+}
+
 /// Reads one file to the end into `scratch`'s builder, sending a batch whenever it is full.
 fn parse_file(
     file: usize,
@@ -583,66 +663,31 @@ fn parse_file(
     progress: &IngestProgress,
 ) {
     let mut result = FileResult { file, records: 0, zoneless: 0, rejects: Vec::new(), broken: None };
-    let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
-        source: obj.location.clone(),
-        record_index: index,
-        reason: reason.to_owned(),
-        message,
-        record: record.map(|b| String::from_utf8_lossy(&b[..b.len().min(MAX_RECORD_TEXT)]).into_owned()),
-    };
-    let raw = Arc::new(AtomicU64::new(0));
-    let json = Arc::new(AtomicU64::new(0));
-    let reader = match fetched.transpose().and_then(|body| obj.open(body, raw.clone(), json.clone())) {
-        Ok(r) => r,
-        Err(e) => {
-            result.broken = Some((reject(None, "read_error", crate::error::report(&e), None), true));
-            scratch.file_done(result, tx, progress);
-            return;
+    let mut bytes_read = ReadBytes::default();
+    let buffer = std::mem::take(&mut scratch.buffer);
+    let (buffer, flow) = walk_records(obj, fetched, buffer, bytes_read.counters(), &mut result, |index, bytes, result| {
+        let checked = schema::parse_record(bytes).and_then(|mut ev| {
+            let c = schema::check_record(&ev, bytes)?;
+            result.zoneless += u64::from(c.zoneless_time);
+            scratch.builder.append(&mut ev, c, &obj.location);
+            Ok(())
+        });
+        if let Err(e) = checked {
+            result.rejects.push(rejection(obj, Some(index as u64), e.reason.code(), e.message, Some(bytes)));
         }
-    };
-    let mut records = RecordReader::with_buffer(reader, std::mem::take(&mut scratch.buffer));
-    let (mut last_raw, mut last_json) = (0, 0);
-    let mut sync_progress = |progress: &IngestProgress| {
-        let (r, j) = (raw.load(Ordering::Relaxed), json.load(Ordering::Relaxed));
-        progress.raw_bytes.fetch_add(r - last_raw, Ordering::Relaxed);
-        progress.json_bytes.fetch_add(j - last_json, Ordering::Relaxed);
-        (last_raw, last_json) = (r, j);
-    };
-    loop {
-        match records.next_item() {
-            Ok(None) => break,
-            Ok(Some(Item::BadLine { index, message })) => {
-                result.records += 1;
-                result.rejects.push(reject(Some(index as u64), "invalid_json", message, None));
-            }
-            Ok(Some(Item::Record { index, bytes })) => {
-                result.records += 1;
-                let checked = schema::parse_record(bytes).and_then(|mut ev| {
-                    let c = schema::check_record(&ev, bytes)?;
-                    result.zoneless += u64::from(c.zoneless_time);
-                    scratch.builder.append(&mut ev, c, &obj.location);
-                    Ok(())
-                });
-                if let Err(e) = checked {
-                    result.rejects.push(reject(Some(index as u64), e.reason.code(), e.message, Some(bytes)));
-                }
-                if scratch.builder.len() >= ROWS_PER_BATCH {
-                    sync_progress(progress);
-                    if !scratch.send(tx, progress) {
-                        return; // the run is stopping
-                    }
-                }
-            }
-            Err(e) => {
-                let retry = e.kind == StreamErrorKind::Read;
-                let message = format!("{} (at record {}, byte {} of the decompressed stream)", e.message, e.record_index, e.offset);
-                result.broken = Some((reject(Some(e.record_index as u64), e.kind.code(), message, None), retry));
-                break;
+        if scratch.builder.len() >= ROWS_PER_BATCH {
+            bytes_read.report(progress);
+            if !scratch.send(tx, progress) {
+                return std::ops::ControlFlow::Break(()); // the run is stopping
             }
         }
+        std::ops::ControlFlow::Continue(())
+    });
+    scratch.buffer = buffer;
+    if flow.is_break() {
+        return;
     }
-    scratch.buffer = records.into_buffer();
-    sync_progress(progress);
+    bytes_read.report(progress);
     scratch.file_done(result, tx, progress);
 }
 

@@ -9,16 +9,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use chrono::DateTime;
 use serde_json::Value;
 
-use super::{FileResult, IngestError, IngestProgress, IngestSummary, MAX_RECORD_TEXT, Rejection, journal};
+use super::{FileResult, IngestError, IngestProgress, IngestSummary, ReadBytes, journal, rejection, walk_records};
 use crate::lake::Lake;
 use crate::schema::tables::{AGGREGATED_EVENTS, aggregated_events_schema};
-use crate::source::{Item, RecordReader, SourceObject, StreamErrorKind};
+use crate::source::SourceObject;
 
 /// Files read between two commits: AWS delivers one small file per account, region and few
 /// minutes, so a year of a region is ~100,000 files.
@@ -90,46 +90,16 @@ pub(super) async fn import(
 fn read_file(file: usize, obj: &SourceObject, progress: &IngestProgress) -> (FileResult, Vec<(Row, usize)>) {
     let mut result = FileResult { file, records: 0, zoneless: 0, rejects: Vec::new(), broken: None };
     let mut rows = Vec::new();
-    let reject = |index: Option<u64>, reason: &str, message: String, record: Option<&[u8]>| Rejection {
-        source: obj.location.clone(),
-        record_index: index,
-        reason: reason.to_owned(),
-        message,
-        record: record.map(|b| String::from_utf8_lossy(&b[..b.len().min(MAX_RECORD_TEXT)]).into_owned()),
-    };
-    let (raw, json) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let reader = match obj.open(None, raw.clone(), json.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            result.broken = Some((reject(None, "read_error", crate::error::report(&e), None), true));
-            return (result, rows);
+    let mut bytes_read = ReadBytes::default();
+    // Never stopped early: the files are few and small.
+    let _ = walk_records(obj, None, Vec::new(), bytes_read.counters(), &mut result, |index, bytes, result| {
+        match parse(bytes) {
+            Ok(row) => rows.push((row, file)),
+            Err((reason, message)) => result.rejects.push(rejection(obj, Some(index as u64), reason, message, Some(bytes))),
         }
-    };
-    let mut records = RecordReader::new(reader);
-    loop {
-        match records.next_item() {
-            Ok(None) => break,
-            Ok(Some(Item::BadLine { index, message })) => {
-                result.records += 1;
-                result.rejects.push(reject(Some(index as u64), "invalid_json", message, None));
-            }
-            Ok(Some(Item::Record { index, bytes })) => {
-                result.records += 1;
-                match parse(bytes) {
-                    Ok(row) => rows.push((row, file)),
-                    Err((reason, message)) => result.rejects.push(reject(Some(index as u64), reason, message, Some(bytes))),
-                }
-            }
-            Err(e) => {
-                let retry = e.kind == StreamErrorKind::Read;
-                let message = format!("{} (at record {}, byte {} of the decompressed stream)", e.message, e.record_index, e.offset);
-                result.broken = Some((reject(Some(e.record_index as u64), e.kind.code(), message, None), retry));
-                break;
-            }
-        }
-    }
-    progress.raw_bytes.fetch_add(raw.load(Ordering::Relaxed), Ordering::Relaxed);
-    progress.json_bytes.fetch_add(json.load(Ordering::Relaxed), Ordering::Relaxed);
+        std::ops::ControlFlow::Continue(())
+    });
+    bytes_read.report(progress);
     progress.files_done.fetch_add(1, Ordering::Relaxed);
     (result, rows)
 }
