@@ -28,10 +28,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::lake::{Lake, LakeError};
+pub use crate::schema::aggregated::{Dim, TEMPLATES};
 use crate::schema::tables::AGGREGATED_EVENTS;
-
-/// The templates AWS offers, with their primary dimension.
-pub const TEMPLATES: [(&str, Dim); 3] = [("API_ACTIVITY", Dim::EventName), ("RESOURCE_ACCESS", Dim::Resource), ("USER_ACTIONS", Dim::User)];
 
 /// Values listed per detail dimension of a record, the most frequent first (AWS documents no
 /// cap; a window's source IPs can run to hundreds). The primary count is always exact.
@@ -47,33 +45,6 @@ const PARALLEL_FILES: usize = 2;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 /// Namespace of aggregated records' IDs (fixed: IDs are stable across versions and machines).
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7a61_3c0e_91d4_4b8f_a2c5_0e6d_4f19_b3a7);
-
-/// A dimension of a summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dim {
-    EventName,
-    Resource,
-    User,
-    Agent,
-    Ip,
-    Error,
-}
-
-impl Dim {
-    pub const ALL: [Dim; 6] = [Dim::EventName, Dim::Resource, Dim::User, Dim::Agent, Dim::Ip, Dim::Error];
-
-    /// As AWS names it in `summary`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dim::EventName => "eventName",
-            Dim::Resource => "resourceARN",
-            Dim::User => "userIdentity",
-            Dim::Agent => "userAgent",
-            Dim::Ip => "sourceIPAddress",
-            Dim::Error => "errorCode",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AggregateError {

@@ -159,7 +159,7 @@ fn parse(bytes: &[u8]) -> Result<Row, (&'static str, String)> {
     };
     let count = stat.get("value").and_then(Value::as_i64).filter(|n| *n >= 0);
     let count = count.ok_or_else(|| ("invalid_value", format!("the primary count {} is not a count", shown(stat.get("value")))))?;
-    let template = crate::aggregate::TEMPLATES.iter().find(|(_, d)| d.name() == dimension).map(|(t, _)| *t);
+    let template = crate::schema::aggregated::template_of(&dimension);
     Ok(Row {
         id: text(&["eventId"])?,
         account,

@@ -5,6 +5,7 @@
 //! Every CloudTrail object is declared once below with `cloudtrail_object!`; the parser, the
 //! Arrow fields and the column builders all derive from those declarations (see `fields.rs`).
 
+pub mod aggregated;
 pub mod fields;
 pub mod tables;
 pub mod time;
