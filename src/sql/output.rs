@@ -92,29 +92,48 @@ pub struct ResultWriter<W: Write + Send> {
     state: WriterState<W>,
 }
 
-/// CSV has no nested values: struct, list and map columns become their JSON text (as
-/// `--format json` would print them), so `SELECT *` over events works in every format.
-fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    use datafusion::arrow::array::{ArrayRef, StringBuilder};
+/// `batch` with the columns `convert` turns into text (it returns `None` for those it keeps).
+fn as_text(
+    batch: &RecordBatch,
+    convert: impl Fn(&datafusion::arrow::datatypes::Field, &datafusion::arrow::array::ArrayRef) -> Result<Option<datafusion::arrow::array::StringArray>, ArrowError>,
+) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::array::ArrayRef;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let nested = |t: &DataType| t.is_nested();
-    if !batch.schema().fields().iter().any(|f| nested(f.data_type())) {
-        return Ok(batch.clone());
-    }
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if !nested(field.data_type()) {
-            fields.push(field.as_ref().clone());
-            columns.push(column.clone());
-            continue;
+        match convert(field, column)? {
+            Some(text) => {
+                fields.push(Field::new(field.name(), DataType::Utf8, true));
+                columns.push(std::sync::Arc::new(text));
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+}
+
+/// CSV has no nested values: struct, list and map columns become their JSON text (as
+/// `--format json` would print them), so `SELECT *` over events works in every format.
+fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::array::StringBuilder;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    if !batch.schema().fields().iter().any(|f| f.data_type().is_nested()) {
+        return Ok(batch.clone());
+    }
+    as_text(batch, |field, column| {
+        if !field.data_type().is_nested() {
+            return Ok(None);
         }
         // One-column NDJSON lines are `{"v":<value>}`, or `{}` for a null.
         let one = RecordBatch::try_new(std::sync::Arc::new(Schema::new(vec![Field::new("v", field.data_type().clone(), true)])), vec![column.clone()])?;
         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
         w.write(&one)?;
         w.finish()?;
-        let text = String::from_utf8(w.into_inner()).map_err(|e| datafusion::arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+        let text = String::from_utf8(w.into_inner()).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
         let mut strings = StringBuilder::new();
         for line in text.lines() {
             match line.strip_prefix("{\"v\":").and_then(|v| v.strip_suffix('}')) {
@@ -122,10 +141,8 @@ fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow:
                 None => strings.append_null(),
             }
         }
-        fields.push(Field::new(field.name(), DataType::Utf8, true));
-        columns.push(std::sync::Arc::new(strings.finish()));
-    }
-    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+        Ok(Some(strings.finish()))
+    })
 }
 
 /// Whether a character can act on a terminal rather than show: control characters (C0, DEL,
@@ -160,24 +177,15 @@ pub fn for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
 /// A batch as the `table` format shows it: nested values as JSON text, and every text made
 /// safe for a terminal ([`for_terminal`]).
 fn for_terminal_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let batch = nested_as_json(batch)?;
-    let text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..));
-    let mut fields = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if !text(field.data_type()) {
-            fields.push(field.as_ref().clone());
-            columns.push(column.clone());
-            continue;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::DataType;
+    as_text(&nested_as_json(batch)?, |field, column| {
+        if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..)) {
+            return Ok(None);
         }
         let plain = datafusion::arrow::compute::cast(column, &DataType::Utf8)?;
-        let shown: StringArray = plain.as_string::<i32>().iter().map(|v| v.map(for_terminal)).collect();
-        fields.push(Field::new(field.name(), DataType::Utf8, true));
-        columns.push(std::sync::Arc::new(shown));
-    }
-    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+        Ok(Some(plain.as_string::<i32>().iter().map(|v| v.map(for_terminal)).collect()))
+    })
 }
 
 enum WriterState<W: Write + Send> {
