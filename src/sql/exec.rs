@@ -51,7 +51,10 @@ pub fn split_statements(text: &str) -> Vec<Statement> {
     for t in &tokens {
         match &t.token {
             Token::SemiColon => {
-                let at = index.offset(t.span.start.line as usize, t.span.start.column as usize);
+                // The tokenizer's positions can be off after some constructs (a `/*!` hint):
+                // take the `;` at or after the position it gives, found in the text itself.
+                let near = floor_char_boundary(text, index.offset(t.span.start.line as usize, t.span.start.column as usize).max(start));
+                let Some(at) = text[near..].find(';').map(|i| near + i) else { continue };
                 if has_content {
                     push(start, at, &mut out);
                 }
@@ -83,6 +86,15 @@ struct LineIndex<'a> {
     starts: Vec<usize>,
 }
 
+/// The largest char boundary of `text` at or before `i`.
+fn floor_char_boundary(text: &str, i: usize) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
         let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
@@ -99,6 +111,7 @@ impl<'a> LineIndex<'a> {
 
     /// 1-based (line, column in characters) of a byte offset.
     fn location(&self, offset: usize) -> (usize, usize) {
+        let offset = floor_char_boundary(self.text, offset);
         let line = self.starts.partition_point(|&s| s <= offset);
         let start = self.starts[line - 1];
         (line, self.text[start..offset].chars().count() + 1)
@@ -406,6 +419,23 @@ mod tests {
 
     fn texts(sql: &str) -> Vec<(String, usize, usize)> {
         split_statements(sql).into_iter().map(|s| (s.text, s.line, s.column)).collect()
+    }
+
+    /// Found by the `sql_statements` fuzz target: after a `/*!` hint the tokenizer's position of
+    /// a `;` fell inside a multi-byte character, and slicing there panicked.
+    #[test]
+    fn a_hint_comment_before_multibyte_text_does_not_panic() {
+        let script = "unt(/*!\u{9827}4;\u{9827}\u{17};;ruly\n SELECT 1; SELECT 2";
+        let statements = split_statements(script);
+        assert!(!statements.is_empty());
+        for st in &statements {
+            assert!(script.contains(&st.text));
+        }
+        let fuzzed = b"nt(/*), 1) AS deei_dnRDERss)rioruly\x05 * * * *\x0aunt(/*!, d*/16 * * le: */16 * * * *\x0aunt(/*!\xe9\xa0\xa74;\xe9\xa0\xa7\x17;;ruly\x05 * * * *\x0aunt(/*!, d*/16 * * le: */16 * * * *\x0aunt(/*!\xe9\xa0\xa74;\xe9\xa0\xa7\x17;;;le: */16 * * * *\x0aunt(/* * * *\x0aunt(/*!2 d*/16 * * * *ven*(consore,\x0a\x0au\x00\x00\x00\x00\x00\x00\x00ynt(/";
+        let script = std::str::from_utf8(fuzzed).unwrap().split('\0').next().unwrap();
+        for st in split_statements(script) {
+            assert!(script.contains(&st.text));
+        }
     }
 
     #[test]
