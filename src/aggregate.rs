@@ -289,10 +289,8 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
     let regions: HashSet<&str> = ranges.keys().map(|(_, r)| r.as_str()).collect();
     let mut days: BTreeMap<i64, BTreeMap<String, Vec<crate::lake::PartitionFile>>> = BTreeMap::new();
     for f in crate::lake::partition_files(lake.events()) {
-        let day = period_day(&f.period).ok_or_else(|| AggregateError::Query {
-            context: format!("events file {} has partition eventperiod={}, not a time", f.path, f.period),
-            source: DataFusionError::Internal("unexpected partition value".into()),
-        })?;
+        let day = period_day(&f.period)
+            .ok_or_else(|| LakeError::Config { path: f.path.clone(), reason: format!("the events file's partition eventperiod={} is not a time", f.period) })?;
         if day < hi && day + 1440 > lo && regions.contains(f.region.as_str()) {
             days.entry(day).or_default().entry(f.region.clone()).or_default().push(f);
         }
