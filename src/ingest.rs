@@ -12,7 +12,7 @@ mod aggregated;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
@@ -35,6 +35,9 @@ pub enum IngestError {
     Maintain(#[from] crate::maintain::MaintainError),
     #[error("a parser thread failed: {0}")]
     Worker(String),
+    /// The files read before are committed; the rest are left for the next run.
+    #[error("stopped after {files} files, whose events are committed: {message}")]
+    CredentialsRefused { files: u64, message: String },
 }
 
 /// Remote objects in flight by default: enough to hide S3's first-byte latency (tens of
@@ -137,6 +140,10 @@ pub struct IngestSummary {
     pub files_to_retry: u64,
     /// Their locations (keys), so a run can say which objects it could not read.
     pub unread: Vec<String>,
+    /// The first refusal of the credentials, which ends the run with an error once what was
+    /// read is committed.
+    #[serde(skip)]
+    credentials_refused: Option<String>,
     /// A dry run: nothing was read or written; `files_to_read` and `bytes_to_read` say what
     /// a real run would read.
     pub dry_run: bool,
@@ -238,6 +245,15 @@ struct FileResult {
     rejects: Vec<Rejection>,
     /// The stream broke; `retry` when the cause may be transient (not the content).
     broken: Option<(Rejection, bool)>,
+    /// The store refused the credentials (see [`SourceError::refuses_credentials`]): the file
+    /// is left for the next run and this run stops.
+    refused: bool,
+}
+
+impl FileResult {
+    fn new(file: usize) -> FileResult {
+        FileResult { file, records: 0, zoneless: 0, rejects: Vec::new(), broken: None, refused: false }
+    }
 }
 
 /// Lists every source (skips counted in `summary`), each object once, leaving out what the
@@ -383,6 +399,8 @@ async fn read_objects(
         let objects = objects.clone();
         let progress = progress.clone();
         let pool: ScratchPool = Arc::default();
+        // Set once the store refuses the credentials: nothing more is downloaded or parsed.
+        let halt = Arc::new(AtomicBool::new(false));
         let (parallelism, downloads) = (opts.parallelism.max(1), opts.downloads.max(1));
         tokio::spawn(async move {
             use futures::StreamExt;
@@ -399,17 +417,22 @@ async fn read_objects(
                     }
                 })
                 .map(|(i, permit)| {
-                    let objects = objects.clone();
-                    let download = tokio::spawn(async move { objects[i].prefetch().await });
+                    let (objects, halted) = (objects.clone(), halt.clone());
+                    let download = tokio::spawn(async move { if halted.load(Ordering::Relaxed) { None } else { objects[i].prefetch().await } });
                     async move { (i, permit, download.await) }
                 })
                 .buffered(downloads)
                 .map(|(i, permit, download)| {
-                    let (objects, tx, progress, pool) = (objects.clone(), tx.clone(), progress.clone(), pool.clone());
+                    let (objects, tx, progress, pool, halt) = (objects.clone(), tx.clone(), progress.clone(), pool.clone(), halt.clone());
                     tokio::task::spawn_blocking(move || {
+                        if halt.load(Ordering::Relaxed) {
+                            return; // not journaled: the next run reads it
+                        }
                         let fetched = download.unwrap_or_else(|e| Some(Err(objects[i].open_error(format!("the download stopped: {e}").into()))));
                         let mut scratch = Scratch::take(&pool, granularity);
-                        parse_file(i, &objects[i], fetched, &mut scratch, &tx, &progress);
+                        if parse_file(i, &objects[i], fetched, &mut scratch, &tx, &progress) {
+                            halt.store(true, Ordering::Relaxed);
+                        }
                         scratch.put(&pool);
                         drop(permit); // the body is parsed and dropped: its budget is free again
                     })
@@ -465,6 +488,9 @@ async fn read_objects(
         Err(join) => return Err(IngestError::Worker(join.to_string())),
     }
     crate::maintain::tidy_rollups(rollups).await?;
+    if let Some(message) = summary.credentials_refused.take() {
+        return Err(IngestError::CredentialsRefused { files: summary.files_read, message });
+    }
 
     summary.bytes_read = progress.raw_bytes.load(Ordering::Relaxed);
     summary.json_bytes = progress.json_bytes.load(Ordering::Relaxed);
@@ -525,6 +551,13 @@ async fn journal(
     let mut log = IngestLogBuilder::default();
     for f in finished.drain(..) {
         let obj = &objects[f.file];
+        if f.refused {
+            // Not journaled, not a problem of the file: the run stops and the next one reads it.
+            if let Some((r, _)) = &f.broken {
+                summary.credentials_refused.get_or_insert_with(|| r.message.clone());
+            }
+            continue;
+        }
         summary.files_read += 1;
         let rejected = f.rejects.len() as u64;
         let (read, rejects, by_reason) = if aggregated {
@@ -624,6 +657,7 @@ fn walk_records(
     let reader = match fetched.transpose().and_then(|body| obj.open(body, raw, json)) {
         Ok(r) => r,
         Err(e) => {
+            result.refused = e.refuses_credentials();
             result.broken = Some((rejection(obj, None, "read_error", crate::error::report(&e), None), true));
             return (buffer, std::ops::ControlFlow::Continue(()));
         }
@@ -654,6 +688,7 @@ fn walk_records(
 }
 
 /// Reads one file to the end into `scratch`'s builder, sending a batch whenever it is full.
+/// True when the store refused the credentials (the run must stop).
 fn parse_file(
     file: usize,
     obj: &SourceObject,
@@ -661,8 +696,8 @@ fn parse_file(
     scratch: &mut Scratch,
     tx: &mpsc::Sender<Msg>,
     progress: &IngestProgress,
-) {
-    let mut result = FileResult { file, records: 0, zoneless: 0, rejects: Vec::new(), broken: None };
+) -> bool {
+    let mut result = FileResult::new(file);
     let mut bytes_read = ReadBytes::default();
     let buffer = std::mem::take(&mut scratch.buffer);
     let (buffer, flow) = walk_records(obj, fetched, buffer, bytes_read.counters(), &mut result, |index, bytes, result| {
@@ -685,10 +720,12 @@ fn parse_file(
     });
     scratch.buffer = buffer;
     if flow.is_break() {
-        return;
+        return false;
     }
     bytes_read.report(progress);
+    let refused = result.refused;
     scratch.file_done(result, tx, progress);
+    refused
 }
 
 /// Rows for the `ingest_log` table.

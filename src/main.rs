@@ -87,6 +87,10 @@ fn main() -> ExitCode {
 fn hint(error: &str) -> Option<&'static str> {
     if error.contains("No space left on device") || error.contains("Disk quota exceeded") {
         Some("the disk is full. What was committed is intact: free space and run the same command again; it goes on where it stopped.")
+    } else if prism::source::refuses_credentials(error) {
+        Some(
+            "the AWS credentials expired or are not valid. What was committed is intact: renew them (e.g. `aws sso login`, or fresh keys in the environment) and run the same command again; it goes on where it stopped.",
+        )
     } else if error.contains("Read-only file system") || error.contains("Permission denied") {
         Some("Prism cannot write there. Nothing was changed by the failed write: make the location writable (or choose another) and run the command again.")
     } else {

@@ -88,7 +88,7 @@ pub(super) async fn import(
 
 /// Reads one file's records into rows; the rest of the result is as for event files.
 fn read_file(file: usize, obj: &SourceObject, progress: &IngestProgress) -> (FileResult, Vec<(Row, usize)>) {
-    let mut result = FileResult { file, records: 0, zoneless: 0, rejects: Vec::new(), broken: None };
+    let mut result = FileResult::new(file);
     let mut rows = Vec::new();
     let mut bytes_read = ReadBytes::default();
     // Never stopped early: the files are few and small.

@@ -51,6 +51,25 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// Whether the store refused the credentials themselves (expired or unknown), not this
+    /// object: every later request would fail the same way, so a run stops instead of
+    /// reporting each remaining object.
+    pub fn refuses_credentials(&self) -> bool {
+        refuses_credentials(&crate::error::report(self))
+    }
+}
+
+/// The error codes S3 (and STS-issued sessions) answer when the request's credentials are no
+/// longer or never were valid, as opposed to a refusal of one object (`AccessDenied`).
+const CREDENTIAL_ERRORS: [&str; 5] = ["ExpiredToken", "InvalidToken", "TokenRefreshRequired", "InvalidAccessKeyId", "InvalidClientTokenId"];
+
+/// Whether an error's text carries one of [`CREDENTIAL_ERRORS`] (object_store reports S3's
+/// error body as text, without a code to match).
+pub fn refuses_credentials(error: &str) -> bool {
+    CREDENTIAL_ERRORS.iter().any(|code| error.contains(code))
+}
+
 /// Where archives are read from.
 #[derive(Clone)]
 pub enum Location {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::common::{prism_bin, scalar, strings};
+use crate::common::{kill_after, prism_bin, scalar, strings};
 
 const BOTH: &str = r#"[{"InsightType":"ApiCallRateInsight"},{"InsightType":"ApiErrorRateInsight"}]"#;
 
@@ -403,7 +403,10 @@ async fn chunked_runs_find_what_one_backfill_finds() {
         rng ^= rng << 17;
         (rng % n as u64) as i64
     };
-    for round in 0..2 {
+    // Round 2 also kills each run (SIGKILL at a growing delay) before running it again: a
+    // killed incremental run loses nothing and stores nothing twice (issue 19's kill matrix).
+    let mut killed = 0;
+    for round in 0..3 {
         let lake = copy_lake(&tmp.path().join(format!("chunks{round}")));
         let l = lake.to_str().unwrap();
         enable(&lake);
@@ -412,9 +415,17 @@ async fn chunked_runs_find_what_one_backfill_finds() {
         cuts.push(insight_minutes[round % insight_minutes.len()] + 1);
         cuts.sort();
         cuts.dedup();
-        for cut in &cuts {
+        for (i, cut) in cuts.iter().enumerate() {
             let until = chrono::DateTime::from_timestamp(cut * 60, 0).unwrap().to_rfc3339();
-            ok(&["insights", "run", "--lake", l, "--until", &until, "--quiet"]);
+            let args = ["insights", "run", "--lake", l, "--until", &until, "--quiet"];
+            if round == 2 {
+                let mut command = Command::new(prism_bin());
+                command.args(args);
+                killed += usize::from(kill_after(command, 150 + 250 * i as u64));
+                assert_consistent(&lake).await;
+                file_records(&lake);
+            }
+            ok(&args);
         }
         ok(&["insights", "run", "--lake", l, "--quiet"]);
         let got = records(&lake).await;
@@ -423,6 +434,7 @@ async fn chunked_runs_find_what_one_backfill_finds() {
         // The same records reach the files.
         assert_eq!(file_records(&lake).keys().collect::<BTreeSet<_>>(), expected.keys().collect::<BTreeSet<_>>());
     }
+    assert!(killed > 0, "no run was killed before it finished: the delays need shortening");
 }
 
 fn minute(t: &str) -> i64 {
@@ -477,6 +489,22 @@ async fn sql_functions_recompute_the_detector() {
     assert!(p > 0.999, "{p}");
 }
 
+/// Whatever a killed run committed is consistent: every End has its Start, and no record is
+/// stored twice.
+async fn assert_consistent(lake: &Path) {
+    if !lake.join("insights/_delta_log").exists() {
+        return;
+    }
+    let orphans = scalar(
+        lake,
+        "SELECT count(*) FROM insights e WHERE e.insightstate = 'End' AND NOT EXISTS \
+         (SELECT 1 FROM insights s WHERE s.sharedeventid = e.sharedeventid AND s.insightstate = 'Start')",
+    )
+    .await;
+    assert_eq!(orphans, 0);
+    assert_eq!(scalar(lake, "SELECT count(*) - count(DISTINCT eventid) FROM insights").await, 0);
+}
+
 /// A backfill killed at any point, then re-run, ends with exactly the records of a clean run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_backfill_resumes_to_the_same_records() {
@@ -497,16 +525,7 @@ async fn a_killed_backfill_resumes_to_the_same_records() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
-        // Whatever was committed is consistent: every End has its Start.
-        if lake.join("insights/_delta_log").exists() {
-            let orphans = scalar(
-                &lake,
-                "SELECT count(*) FROM insights e WHERE e.insightstate = 'End' AND NOT EXISTS \
-                 (SELECT 1 FROM insights s WHERE s.sharedeventid = e.sharedeventid AND s.insightstate = 'Start')",
-            )
-            .await;
-            assert_eq!(orphans, 0);
-        }
+        assert_consistent(&lake).await;
     }
     ok(&["insights", "backfill", "--lake", l, "--quiet"]);
     assert_eq!(records(&lake).await, expected);

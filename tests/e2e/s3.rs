@@ -237,6 +237,35 @@ fn faults_are_retried_and_an_object_that_keeps_failing_is_reported() {
     assert!(!server.keys("insights/AWSLogs/").is_empty());
 }
 
+/// Credentials that expire mid-run (S3's `400 ExpiredToken` for every request after a point),
+/// with the lake on disk and with the lake in the same bucket: the run stops with an error that
+/// names a key and the cause and says what to do, leaves the lake consistent, and the same
+/// command completes once the credentials are renewed.
+#[test]
+fn credentials_that_expire_mid_run_are_reported_and_the_run_resumes() {
+    let server = server_with_archive();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("lake");
+    for lake in [local.to_str().unwrap().to_owned(), server.url("lake")] {
+        let source = server.url("trail/");
+        let args = ["backfill", source.as_str(), "--lake", &lake, "--granularity", "day", "--quiet"];
+        server.expire_credentials_after(400);
+        let out = prism(Some(&server), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{lake}: {stderr}");
+        assert!(stderr.contains("ExpiredToken") && stderr.contains("trail-bucket/"), "{lake}: {stderr}");
+        assert!(stderr.contains("renew"), "the hint: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.lines().count() <= 3, "one error, not one per object: {stderr}");
+        server.renew_credentials();
+        // Whatever was committed reads, with no event twice.
+        let twice = sql(Some(&server), &lake, "SELECT count(*) - count(DISTINCT eventid) FROM events");
+        assert_eq!(twice.lines().nth(1), Some("0"), "{lake}: {twice}");
+        ok(Some(&server), &args);
+        assert_eq!(&fingerprint(Some(&server), &lake), &local_reference().1, "{lake}");
+    }
+}
+
 /// A refused listing fails the run with one line that names the location and says the store's
 /// answer once, not once per layer of the error.
 #[test]

@@ -83,6 +83,8 @@ struct State {
     /// Object GETs being answered now, and the most there were at once.
     gets_in_flight: AtomicUsize,
     max_gets_in_flight: AtomicUsize,
+    /// Requests the credentials still serve before they expire (`usize::MAX`: never).
+    credential_uses_left: AtomicUsize,
 }
 
 /// Counts an object GET as in flight until its answer (headers) is ready.
@@ -219,6 +221,17 @@ impl S3Server {
         self.state.max_gets_in_flight.load(Ordering::SeqCst)
     }
 
+    /// The credentials expire after `requests` more requests: every later one is refused with
+    /// `400 ExpiredToken`, as S3 answers a session token past its expiry.
+    pub fn expire_credentials_after(&self, requests: usize) {
+        self.state.credential_uses_left.store(requests, Ordering::SeqCst);
+    }
+
+    /// New credentials: requests are served again.
+    pub fn renew_credentials(&self) {
+        self.state.credential_uses_left.store(usize::MAX, Ordering::SeqCst);
+    }
+
     pub fn faults_injected(&self) -> u64 {
         *self.state.faults_injected.lock().unwrap()
     }
@@ -258,7 +271,7 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
 
 /// Starts the server's thread and runtime and waits until it listens.
 fn launch(root: PathBuf, temp: Option<tempfile::TempDir>, bucket: &str, port: u16, listing: Listing, record: bool) -> io::Result<S3Server> {
-    let state = Arc::new(State { record, ..State::default() });
+    let state = Arc::new(State { record, credential_uses_left: AtomicUsize::new(usize::MAX), ..State::default() });
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (fs_root, st) = (root.clone(), state.clone());
@@ -335,12 +348,17 @@ async fn handle(s3: &s3s::service::S3Service, state: &State, req: http::Request<
             r.fault
         })
     };
+    let error = |status: u16, code: &str| {
+        let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test server</Message></Error>");
+        Ok(http::Response::builder().status(status).body(s3s::Body::from(body)).unwrap())
+    };
+    let expired =
+        state.credential_uses_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n != usize::MAX && n > 0).then(|| n - 1)).is_err_and(|n| n == 0);
+    if expired {
+        return error(400, "ExpiredToken");
+    }
     if let Some(f) = fault {
         *state.faults_injected.lock().unwrap() += 1;
-        let error = |status: u16, code: &str| {
-            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test server</Message></Error>");
-            Ok(http::Response::builder().status(status).body(s3s::Body::from(body)).unwrap())
-        };
         match f {
             Fault::SlowDown => return error(503, "SlowDown"),
             Fault::InternalError => return error(500, "InternalError"),
