@@ -11,6 +11,16 @@
 //! - `deviation_score(observed, expected [, floor])`: `(observed - expected) / sqrt(expected + floor)`,
 //!   floor 1 by default.
 //! - `anomaly_probability(score)`: in [0, 1).
+//!
+//! For measurements (issue 20), where `baseline`'s counts model does not fit:
+//! - `robust_baseline(value, time, step, range [, season [, combine [, smoothing]]])`, a window
+//!   function like `baseline`, but a step without rows is missing, not zero; rows in one step
+//!   are combined by `combine` (`'mean'` by default, `'sum'`, `'min'`, `'max'`, `'last'`); the
+//!   struct is `{median, spread, expected, score, history}` with `score` the row's step's
+//!   robust z-score. `smoothing` (default 1) pools steps either side of the same time of season.
+//! - `anomaly_likelihood(score [, short [, long]])`, a window function over rows in time
+//!   order: how unusual the average of the last `short` scores (default 10) is against the
+//!   `long` rows before (default 8,640), log-scaled to [0, 1].
 
 use std::sync::Arc;
 
@@ -28,6 +38,8 @@ use crate::model::{self, BaselineParams};
 /// Registers the functions in `ctx`.
 pub fn register(ctx: &SessionContext) {
     ctx.register_udwf(WindowUDF::from(BaselineUdwf::new()));
+    ctx.register_udwf(WindowUDF::from(RobustBaselineUdwf { signature: Signature::variadic_any(Volatility::Immutable) }));
+    ctx.register_udwf(WindowUDF::from(AnomalyLikelihoodUdwf { signature: Signature::variadic_any(Volatility::Immutable) }));
     ctx.register_udf(ScalarUDF::from(DeviationScore::new()));
     ctx.register_udf(ScalarUDF::from(AnomalyProbability::new()));
 }
@@ -84,21 +96,70 @@ struct BaselineEvaluator;
 
 /// A time or duration argument as an integer: microseconds for timestamps and intervals,
 /// the value itself for integers.
-fn units(v: &ScalarValue, what: &str) -> Result<i64> {
+fn units(v: &ScalarValue, function: &str, what: &str) -> Result<i64> {
     let out = match v {
         ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano { months: 0, days, nanoseconds })) => {
             i64::from(*days) * 86_400_000_000 + nanoseconds / 1_000
         }
         ScalarValue::IntervalDayTime(Some(d)) => i64::from(d.days) * 86_400_000_000 + i64::from(d.milliseconds) * 1_000,
         ScalarValue::IntervalMonthDayNano(Some(_)) | ScalarValue::IntervalYearMonth(_) => {
-            return exec_err!("baseline: {what} must not use months or years (their length varies)");
+            return exec_err!("{function}: {what} must not use months or years (their length varies)");
         }
         other => match other.cast_to(&DataType::Int64) {
             Ok(ScalarValue::Int64(Some(n))) => n,
-            _ => return exec_err!("baseline: {what} must be an interval or an integer, got {other}"),
+            _ => return exec_err!("{function}: {what} must be an interval or an integer, got {other}"),
         },
     };
     Ok(out)
+}
+
+/// The constant argument `i` of a window function (`None` when not given), in units.
+fn constant(values: &[ArrayRef], i: usize, function: &str, what: &str) -> Result<Option<i64>> {
+    match values.get(i) {
+        None => Ok(None),
+        Some(a) => units(&ScalarValue::try_from_array(a, 0)?, function, what).map(Some),
+    }
+}
+
+/// A text constant argument of a window function.
+fn constant_text(values: &[ArrayRef], i: usize) -> Result<Option<String>> {
+    match values.get(i) {
+        None => Ok(None),
+        Some(a) => match ScalarValue::try_from_array(a, 0)?.cast_to(&DataType::Utf8)? {
+            ScalarValue::Utf8(s) => Ok(s),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// A partition's rows placed on a grid of `step`: each row's step (from the first row's),
+/// `None` for a row without a time.
+struct Grid {
+    steps: usize,
+    row: Vec<Option<usize>>,
+}
+
+impl Grid {
+    /// `None` when no row has a time.
+    fn new(function: &str, time: &ArrayRef, step: i64) -> Result<Option<Grid>> {
+        let time = match time.data_type() {
+            DataType::Timestamp(_, _) => datafusion::arrow::compute::cast(
+                &datafusion::arrow::compute::cast(time, &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None))?,
+                &DataType::Int64,
+            )?,
+            _ => datafusion::arrow::compute::cast(time, &DataType::Int64)?,
+        };
+        let time = time.as_primitive::<arrow::datatypes::Int64Type>();
+        let at = |i: usize| time.is_valid(i).then(|| time.value(i).div_euclid(step));
+        let (Some(first), Some(last)) = ((0..time.len()).filter_map(at).min(), (0..time.len()).filter_map(at).max()) else {
+            return Ok(None);
+        };
+        if last - first >= MAX_STEPS {
+            return exec_err!("{function}: the series spans {} steps, more than {MAX_STEPS}; use a larger step", last - first + 1);
+        }
+        let row = (0..time.len()).map(|i| at(i).map(|s| (s - first) as usize)).collect();
+        Ok(Some(Grid { steps: (last - first + 1) as usize, row }))
+    }
 }
 
 impl PartitionEvaluator for BaselineEvaluator {
@@ -107,48 +168,32 @@ impl PartitionEvaluator for BaselineEvaluator {
         if num_rows == 0 {
             return Ok(Arc::new(StructArray::new_null(fields, 0)));
         }
-        let scalar = |i: usize, what: &str| -> Result<Option<i64>> {
-            match values.get(i) {
-                None => Ok(None),
-                Some(a) => units(&ScalarValue::try_from_array(a, 0)?, what).map(Some),
-            }
-        };
-        let step = scalar(2, "step")?.unwrap_or(1);
-        let range = scalar(3, "range")?.unwrap_or(0);
-        let season = scalar(4, "season")?.unwrap_or(0);
+        let step = constant(values, 2, "baseline", "step")?.unwrap_or(1);
+        let range = constant(values, 3, "baseline", "range")?.unwrap_or(0);
+        let season = constant(values, 4, "baseline", "season")?.unwrap_or(0);
         if step <= 0 || range < step || season < 0 {
             return exec_err!("baseline: step must be positive and range at least one step (step {step}, range {range})");
         }
-        let tolerance = scalar(5, "tolerance")?.unwrap_or(0).max(0) as usize;
+        let tolerance = constant(values, 5, "baseline", "tolerance")?.unwrap_or(0).max(0) as usize;
         // The detector's smoothing (5 steps) unless given.
-        let smoothing = scalar(6, "smoothing")?.unwrap_or(BaselineParams::default().smoothing as i64).max(0) as usize;
+        let smoothing = constant(values, 6, "baseline", "smoothing")?.unwrap_or(BaselineParams::default().smoothing as i64).max(0) as usize;
         let value = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
         let value = value.as_primitive::<arrow::datatypes::Float64Type>();
-        let time = match values[1].data_type() {
-            DataType::Timestamp(_, _) => datafusion::arrow::compute::cast(
-                &datafusion::arrow::compute::cast(&values[1], &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None))?,
-                &DataType::Int64,
-            )?,
-            _ => datafusion::arrow::compute::cast(&values[1], &DataType::Int64)?,
-        };
-        let time = time.as_primitive::<arrow::datatypes::Int64Type>();
-        let valid: Vec<i64> = (0..num_rows).filter(|&i| time.is_valid(i)).map(|i| time.value(i).div_euclid(step)).collect();
-        let (Some(&first), Some(&last)) = (valid.iter().min(), valid.iter().max()) else {
+        let Some(grid) = Grid::new("baseline", &values[1], step)? else {
             return Ok(Arc::new(StructArray::new_null(fields, num_rows)));
         };
-        if last - first >= MAX_STEPS {
-            return exec_err!("baseline: the series spans {} steps, more than {MAX_STEPS}; use a larger step", last - first + 1);
-        }
-        let mut dense = vec![0.0; (last - first + 1) as usize];
-        for i in 0..num_rows {
-            if time.is_valid(i) && value.is_valid(i) {
-                dense[(time.value(i).div_euclid(step) - first) as usize] += value.value(i);
+        // Counts: a step without rows is a zero, rows in one step are summed.
+        let mut dense = vec![0.0; grid.steps];
+        for (i, s) in grid.row.iter().enumerate() {
+            if let Some(s) = s
+                && value.is_valid(i)
+            {
+                dense[*s] += value.value(i);
             }
         }
         let params = BaselineParams { window: (range / step) as usize, season: (season / step) as usize, tolerance, smoothing };
         let b = model::baselines(&dense, &params);
-        let pick = |i: usize| time.is_valid(i).then(|| b[(time.value(i).div_euclid(step) - first) as usize]);
-        let rows: Vec<Option<model::Baseline>> = (0..num_rows).map(pick).collect();
+        let rows: Vec<Option<model::Baseline>> = grid.row.iter().map(|s| s.map(|s| b[s])).collect();
         let nulls = arrow::buffer::NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
         let get = |f: fn(&model::Baseline) -> f64| -> ArrayRef { Arc::new(rows.iter().map(|r| r.as_ref().map(f).unwrap_or(0.0)).collect::<Float64Array>()) };
         let columns: Vec<ArrayRef> = vec![
@@ -159,6 +204,151 @@ impl PartitionEvaluator for BaselineEvaluator {
             Arc::new(rows.iter().map(|r| r.map(|b| b.history as u64).unwrap_or(0)).collect::<UInt64Array>()),
         ];
         Ok(Arc::new(StructArray::try_new(fields, columns, Some(nulls))?))
+    }
+
+    fn uses_window_frame(&self) -> bool {
+        false
+    }
+}
+
+/// `robust_baseline(value, time, step, range [, season [, combine [, smoothing]]])`: the
+/// baseline of measurements ([`model::measurement`]) and each row's robust score.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RobustBaselineUdwf {
+    signature: Signature,
+}
+
+fn robust_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("median", DataType::Float64, false),
+        Field::new("spread", DataType::Float64, false),
+        Field::new("expected", DataType::Float64, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("history", DataType::UInt64, false),
+    ])
+}
+
+/// Steps either side of the same time of season that `robust_baseline` pools by default.
+const ROBUST_SMOOTHING: i64 = 1;
+
+impl WindowUDFImpl for RobustBaselineUdwf {
+    fn name(&self) -> &str {
+        "robust_baseline"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(RobustBaselineEvaluator))
+    }
+
+    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        let n = args.input_fields().len();
+        if !(4..=7).contains(&n) {
+            return plan_err!("robust_baseline(value, time, step, range [, season [, combine [, smoothing]]]) takes 4 to 7 arguments, got {n}");
+        }
+        Ok(Arc::new(Field::new(args.name(), DataType::Struct(robust_fields()), true)))
+    }
+}
+
+#[derive(Debug)]
+struct RobustBaselineEvaluator;
+
+impl PartitionEvaluator for RobustBaselineEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let (name, fields) = ("robust_baseline", robust_fields());
+        if num_rows == 0 {
+            return Ok(Arc::new(StructArray::new_null(fields, 0)));
+        }
+        let step = constant(values, 2, name, "step")?.unwrap_or(1);
+        let range = constant(values, 3, name, "range")?.unwrap_or(0);
+        let season = constant(values, 4, name, "season")?.unwrap_or(0);
+        if step <= 0 || range < 2 * step || season < 0 {
+            return exec_err!("{name}: step must be positive, range at least two steps and season not negative (step {step}, range {range}, season {season})");
+        }
+        let combine = match constant_text(values, 5)? {
+            None => model::Combine::Mean,
+            Some(c) => match model::Combine::parse(&c) {
+                Some(c) => c,
+                None => return exec_err!("{name}: combine must be 'mean', 'sum', 'min', 'max' or 'last', got '{c}'"),
+            },
+        };
+        let smoothing = constant(values, 6, name, "smoothing")?.unwrap_or(ROBUST_SMOOTHING).max(0) as usize;
+        let value = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
+        let value = value.as_primitive::<arrow::datatypes::Float64Type>();
+        let Some(grid) = Grid::new(name, &values[1], step)? else {
+            return Ok(Arc::new(StructArray::new_null(fields, num_rows)));
+        };
+        let cells = grid.row.iter().enumerate().filter_map(|(i, s)| s.filter(|_| value.is_valid(i)).map(|s| (s, value.value(i))));
+        let series = combine.grid(grid.steps, cells);
+        let params = model::MeasurementParams { window: (range / step) as usize, season: (season / step) as usize, smoothing };
+        let b = model::measurement_baselines(&series, &params);
+        let rows: Vec<Option<model::MeasurementBaseline>> = grid.row.iter().map(|s| s.map(|s| b[s])).collect();
+        let nulls = arrow::buffer::NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
+        let get = |f: fn(&model::MeasurementBaseline) -> f64| -> ArrayRef {
+            Arc::new(rows.iter().map(|r| r.as_ref().map(f).unwrap_or(0.0)).collect::<Float64Array>())
+        };
+        let columns: Vec<ArrayRef> = vec![
+            get(|b| b.median),
+            get(|b| b.spread),
+            get(|b| b.expected),
+            get(|b| b.score),
+            Arc::new(rows.iter().map(|r| r.map(|b| b.history as u64).unwrap_or(0)).collect::<UInt64Array>()),
+        ];
+        Ok(Arc::new(StructArray::try_new(fields, columns, Some(nulls))?))
+    }
+
+    fn uses_window_frame(&self) -> bool {
+        false
+    }
+}
+
+/// `anomaly_likelihood(score [, short [, long]])`, over rows in time order: the log-scaled
+/// likelihood of each row's recent scores ([`model::likelihood`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AnomalyLikelihoodUdwf {
+    signature: Signature,
+}
+
+impl WindowUDFImpl for AnomalyLikelihoodUdwf {
+    fn name(&self) -> &str {
+        "anomaly_likelihood"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(AnomalyLikelihoodEvaluator))
+    }
+
+    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        let n = args.input_fields().len();
+        if !(1..=3).contains(&n) {
+            return plan_err!("anomaly_likelihood(score [, short [, long]]) takes 1 to 3 arguments, got {n}");
+        }
+        Ok(Arc::new(Field::new(args.name(), DataType::Float64, true)))
+    }
+}
+
+#[derive(Debug)]
+struct AnomalyLikelihoodEvaluator;
+
+impl PartitionEvaluator for AnomalyLikelihoodEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let name = "anomaly_likelihood";
+        let short = constant(values, 1, name, "short")?.unwrap_or(model::likelihood::DEFAULT_SHORT as i64);
+        let long = constant(values, 2, name, "long")?.unwrap_or(model::likelihood::DEFAULT_LONG as i64);
+        if short < 1 || long <= short {
+            return exec_err!("{name}: short must be at least 1 row and long more than short (short {short}, long {long})");
+        }
+        let score = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
+        let score = score.as_primitive::<arrow::datatypes::Float64Type>();
+        let scores: Vec<Option<f64>> = (0..num_rows).map(|i| score.is_valid(i).then(|| score.value(i))).collect();
+        Ok(Arc::new(Float64Array::from(model::likelihoods(&scores, short as usize, long as usize))))
     }
 
     fn uses_window_frame(&self) -> bool {

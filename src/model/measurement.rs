@@ -1,0 +1,316 @@
+//! Baselines of measurements (issue 20): CPU percentages, latencies, temperatures, any value
+//! sampled on a regular step. Unlike counts ([`super::baselines`]), a missing step is missing,
+//! not zero, and the spread is estimated from the data, not assumed Poisson.
+//!
+//! For each step `t`, from the steps before it only (the trailing `window`):
+//!
+//! - `median` of the window's values, and `spread`: the median absolute deviation from it,
+//!   scaled by 1.4826 so that it estimates a standard deviation for normal noise. Both ignore
+//!   outliers up to half the window, so one incident does not widen the band after it. Where
+//!   more than half the window holds one value (quantised or idle series) the MAD is 0; the
+//!   spread then falls back to the mean absolute deviation, and for a flat line to a millionth
+//!   of the level, so that any change scores high.
+//! - `expected`, without a season: the median corrected for a trend: the difference of the
+//!   medians of the window's newer and older halves gives the slope, projected from the
+//!   window's centre to `t`. A lasting level shift is therefore followed within half a window
+//!   (the halves' medians move once half of each half is past the shift), and a steady trend
+//!   is not scored as ever-growing deviation (its spread still includes the trend's range).
+//!   The correction starts once the window is full.
+//! - `expected`, with a season (`season` steps, e.g. a day): the median of the same time of
+//!   season in each earlier season of the window, `smoothing` steps either side; `spread` is
+//!   then their MAD (the noise at that time of day). A level shift is followed once half the
+//!   window's seasons are past it.
+//! - `score`: `(value - expected) / spread`, a robust z-score.
+
+/// How several rows in one step become the step's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    Mean,
+    Sum,
+    Min,
+    Max,
+    /// The last row in the window's order.
+    Last,
+}
+
+impl Combine {
+    pub fn parse(name: &str) -> Option<Combine> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "mean" | "avg" => Combine::Mean,
+            "sum" => Combine::Sum,
+            "min" => Combine::Min,
+            "max" => Combine::Max,
+            "last" => Combine::Last,
+            _ => return None,
+        })
+    }
+
+    /// Places `(step, value)` rows, in order, on a grid of `steps` steps: `None` where no row is.
+    pub fn grid(self, steps: usize, rows: impl Iterator<Item = (usize, f64)>) -> Vec<Option<f64>> {
+        let mut acc: Vec<Option<(f64, u32)>> = vec![None; steps];
+        for (i, v) in rows {
+            if !v.is_finite() {
+                continue;
+            }
+            acc[i] = Some(match (acc[i], self) {
+                (None, _) => (v, 1),
+                (Some((a, n)), Combine::Mean | Combine::Sum) => (a + v, n + 1),
+                (Some((a, n)), Combine::Min) => (a.min(v), n + 1),
+                (Some((a, n)), Combine::Max) => (a.max(v), n + 1),
+                (Some((_, n)), Combine::Last) => (v, n + 1),
+            });
+        }
+        acc.into_iter().map(|a| a.map(|(v, n)| if self == Combine::Mean { v / f64::from(n) } else { v })).collect()
+    }
+}
+
+/// Parameters of a measurement baseline, in steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeasurementParams {
+    pub window: usize,
+    /// 0: no season.
+    pub season: usize,
+    pub smoothing: usize,
+}
+
+/// The baseline of one step of a measurement series, and that step's score.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MeasurementBaseline {
+    pub median: f64,
+    pub spread: f64,
+    pub expected: f64,
+    /// `(value - expected) / spread`; 0 without a value or with fewer than 3 values before.
+    pub score: f64,
+    /// Steps with a value in the trailing window.
+    pub history: usize,
+}
+
+/// MAD to standard deviation, for normal noise.
+const MAD_SCALE: f64 = 1.482_6;
+/// Mean absolute deviation to standard deviation, for normal noise (sqrt(pi / 2)).
+const MEAN_AD_SCALE: f64 = 1.253_3;
+/// A spread needs this many samples: with fewer a step is not scored, and a season's
+/// estimate falls back to the trailing window's.
+const MIN_SAMPLES: usize = 3;
+
+/// The baseline of every step of `values` (`None`: no value at that step).
+pub fn measurement_baselines(values: &[Option<f64>], p: &MeasurementParams) -> Vec<MeasurementBaseline> {
+    let window = p.window.max(2);
+    let half = window / 2;
+    // Sorted values of the whole trailing window and of its older and newer halves.
+    let (mut all, mut older, mut newer) = (Sorted::default(), Sorted::default(), Sorted::default());
+    let seasons = window.checked_div(p.season).unwrap_or(0);
+    let mut samples = Vec::new();
+    let mut out = Vec::with_capacity(values.len());
+    for (t, v) in values.iter().enumerate() {
+        let mut b = MeasurementBaseline { history: all.len(), ..Default::default() };
+        if !all.is_empty() {
+            let (median, spread) = all.median_and_spread();
+            b.median = median;
+            b.spread = spread;
+            b.expected = median;
+            // The trend: halves' medians, their centres `half` steps apart, projected from the
+            // window's centre ((window + 1) / 2 steps back) to t.
+            if t >= window && older.len() >= MIN_SAMPLES && newer.len() >= MIN_SAMPLES {
+                let slope = (newer.median() - older.median()) / half as f64;
+                b.expected = median + slope * (window + 1) as f64 / 2.0;
+            }
+        }
+        if seasons > 0 && t >= p.season {
+            samples.clear();
+            for k in 1..=seasons {
+                let Some(centre) = t.checked_sub(k * p.season) else { break };
+                let lo = centre.saturating_sub(p.smoothing);
+                let hi = (centre + p.smoothing + 1).min(t);
+                samples.extend(values[lo..hi].iter().flatten().copied());
+            }
+            if samples.len() >= MIN_SAMPLES {
+                samples.sort_by(f64::total_cmp);
+                let seasonal = Sorted(std::mem::take(&mut samples));
+                let (median, spread) = seasonal.median_and_spread();
+                b.expected = median;
+                b.spread = spread;
+                samples = seasonal.0;
+            }
+        }
+        if let Some(v) = v.filter(|v| v.is_finite())
+            && b.history >= MIN_SAMPLES
+        {
+            b.score = (v - b.expected) / b.spread;
+        }
+        out.push(b);
+        // Slide the windows: t enters, t - window leaves; t - half moves to the older half.
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            all.insert(v);
+            newer.insert(v);
+        }
+        if let Some(Some(gone)) = (t + 1).checked_sub(window + 1).map(|i| values[i]).filter(|g| g.is_some_and(f64::is_finite)) {
+            all.remove(gone);
+            older.remove(gone);
+        }
+        if let Some(Some(moved)) = (t + 1).checked_sub(half + 1).map(|i| values[i]).filter(|m| m.is_some_and(f64::is_finite)) {
+            newer.remove(moved);
+            older.insert(moved);
+        }
+    }
+    out
+}
+
+/// A sorted multiset of floats (the values of a window).
+#[derive(Debug, Default)]
+struct Sorted(Vec<f64>);
+
+impl Sorted {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn insert(&mut self, v: f64) {
+        let at = self.0.partition_point(|x| x.total_cmp(&v).is_lt());
+        self.0.insert(at, v);
+    }
+
+    fn remove(&mut self, v: f64) {
+        let at = self.0.partition_point(|x| x.total_cmp(&v).is_lt());
+        if self.0.get(at).is_some_and(|x| x.total_cmp(&v).is_eq()) {
+            self.0.remove(at);
+        }
+    }
+
+    fn median(&self) -> f64 {
+        median_of(self.0.len(), |i| self.0[i])
+    }
+
+    /// The median and the robust spread around it (see the module's notes on the fallbacks).
+    fn median_and_spread(&self) -> (f64, f64) {
+        let s = &self.0;
+        let median = self.median();
+        // Distances from the median, in increasing order, are a merge of two sorted runs:
+        // leftwards from the median and rightwards from it.
+        let split = s.partition_point(|x| *x < median);
+        let (left, right) = (&s[..split], &s[split..]);
+        let distance = |i: usize| -> f64 {
+            // The i-th smallest distance, by merging (i is small relative to the window; a
+            // linear merge keeps this simple and O(window)).
+            let (mut l, mut r) = (left.len(), 0);
+            let mut d = 0.0;
+            for _ in 0..=i {
+                let dl = if l > 0 { median - left[l - 1] } else { f64::INFINITY };
+                let dr = if r < right.len() { right[r] - median } else { f64::INFINITY };
+                if dl <= dr {
+                    d = dl;
+                    l -= 1;
+                } else {
+                    d = dr;
+                    r += 1;
+                }
+            }
+            d
+        };
+        let n = s.len();
+        let mad = if n % 2 == 1 { distance(n / 2) } else { (distance(n / 2 - 1) + distance(n / 2)) / 2.0 };
+        let mut spread = MAD_SCALE * mad;
+        if spread <= 0.0 {
+            spread = MEAN_AD_SCALE * s.iter().map(|x| (x - median).abs()).sum::<f64>() / n as f64;
+        }
+        if spread <= 0.0 {
+            spread = 1e-6 * median.abs().max(1.0);
+        }
+        (median, spread)
+    }
+}
+
+/// The median of `n` sorted values read by `at`.
+fn median_of(n: usize, at: impl Fn(usize) -> f64) -> f64 {
+    match n {
+        0 => 0.0,
+        n if n % 2 == 1 => at(n / 2),
+        n => (at(n / 2 - 1) + at(n / 2)) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(window: usize, season: usize, smoothing: usize) -> MeasurementParams {
+        MeasurementParams { window, season, smoothing }
+    }
+
+    #[test]
+    fn rows_in_a_step_are_combined_and_missing_steps_stay_missing() {
+        let rows = [(0, 1.0), (0, 3.0), (2, 5.0), (2, f64::NAN)];
+        assert_eq!(Combine::Mean.grid(4, rows.into_iter()), vec![Some(2.0), None, Some(5.0), None]);
+        assert_eq!(Combine::Sum.grid(3, rows.into_iter()), vec![Some(4.0), None, Some(5.0)]);
+        assert_eq!(Combine::Max.grid(1, [(0, 1.0), (0, 3.0)].into_iter()), vec![Some(3.0)]);
+        assert_eq!(Combine::Last.grid(1, [(0, 4.0), (0, 2.0)].into_iter()), vec![Some(2.0)]);
+        assert_eq!(Combine::parse("AVG"), Some(Combine::Mean));
+        assert_eq!(Combine::parse("median"), None);
+    }
+
+    #[test]
+    fn median_and_mad_ignore_an_outlier() {
+        let v: Vec<Option<f64>> = [10.0, 11.0, 9.0, 10.0, 500.0, 10.0, 11.0, 9.0].into_iter().map(Some).collect();
+        let b = measurement_baselines(&v, &p(100, 0, 0));
+        // Before step 7: 10, 11, 9, 10, 500, 10, 11 → median 10, distances 0,1,1,0,490,0,1 → MAD 1.
+        assert_eq!(b[7].median, 10.0);
+        assert!((b[7].spread - MAD_SCALE).abs() < 1e-12);
+        assert_eq!(b[0], MeasurementBaseline::default());
+        assert_eq!(b[7].history, 7);
+    }
+
+    #[test]
+    fn gaps_are_not_zeros() {
+        let v = vec![Some(50.0), None, None, Some(52.0), None, Some(48.0), Some(50.0)];
+        let b = measurement_baselines(&v, &p(100, 0, 0));
+        assert_eq!(b[6].median, 50.0, "the missing steps do not pull it to 0");
+        assert_eq!(b[6].history, 3);
+        assert_eq!(b[4].score, 0.0, "no value, no score");
+    }
+
+    #[test]
+    fn a_flat_line_scores_any_change_high() {
+        let mut v = vec![Some(7.0); 30];
+        v[29] = Some(7.5);
+        let b = measurement_baselines(&v, &p(20, 0, 0));
+        assert!(b[29].score > 1e4, "{}", b[29].score);
+        assert_eq!(b[28].score, 0.0);
+    }
+
+    #[test]
+    fn a_level_shift_is_followed_within_half_a_window() {
+        // 0/1 noise around 10, then around 30 from step 100; window 40.
+        let v: Vec<Option<f64>> = (0..200).map(|i| Some(if i < 100 { 10.0 } else { 30.0 } + (i % 2) as f64)).collect();
+        let b = measurement_baselines(&v, &p(40, 0, 0));
+        assert!(b[101].score > 10.0, "the shift itself is unusual: {}", b[101].score);
+        let settled = (100..200).find(|&t| b[t].score.abs() < 3.0).unwrap();
+        assert!(settled <= 100 + 20, "followed after {} steps", settled - 100);
+        assert!(b[150].score.abs() < 3.0);
+    }
+
+    #[test]
+    fn a_steady_trend_is_expected() {
+        let v: Vec<Option<f64>> = (0..300).map(|i| Some(i as f64 * 0.5 + (i % 3) as f64)).collect();
+        let b = measurement_baselines(&v, &p(60, 0, 0));
+        for t in 100..300 {
+            assert!(b[t].score.abs() < 3.0, "step {t}: {:?}", b[t]);
+        }
+        assert!((b[200].expected - 101.0).abs() < 3.0, "{}", b[200].expected);
+    }
+
+    #[test]
+    fn a_season_expects_the_time_of_day() {
+        // Seasons of 10 steps: high (100 ± 1) at phases 3..=5, low (10 ± 1) elsewhere.
+        let v: Vec<Option<f64>> = (0..80).map(|i| Some(if (3..=5).contains(&(i % 10)) { 100.0 } else { 10.0 } + (i % 2) as f64)).collect();
+        let b = measurement_baselines(&v, &p(50, 10, 0));
+        assert!(b[74].score.abs() < 3.0, "the daily high is expected: {:?}", b[74]);
+        let mut dip = v.clone();
+        dip[74] = Some(10.0);
+        let d = measurement_baselines(&dip, &p(50, 10, 0));
+        assert!(d[74].score < -10.0, "a low at the time of the high is unusual: {:?}", d[74]);
+    }
+}
