@@ -2,8 +2,9 @@
 -- statement per series and one threshold for all:
 --
 --   score         = robust_baseline(value, ...)['score']      a robust z-score: (value -
---                   expected) / spread, median and MAD over the trailing {window_steps} steps
---                   (missing steps stay missing, rows in one step averaged), trend-corrected
+--                   expected) / spread, expected the median of the last 3 steps, spread the
+--                   residuals' over the trailing {window_steps} steps (missing steps stay
+--                   missing, rows in one step averaged)
 --   anomaly_score = anomaly_likelihood(|score|, short, long)
 --                   how unusual the average of the last {short} scores is against the {long}
 --                   before them, log-scaled; a lasting anomaly goes red (>= 0.5) once

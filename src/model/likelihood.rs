@@ -17,7 +17,7 @@
 //! As in that paper's implementation, a row past the "red" tail (1e-5, likelihood 0.5) right
 //! after another red row is shown as "yellow" (1e-3, 0.3): a lasting anomaly is reported at its
 //! start, not once per row while the average stays high. On NAB this alone took the score from
-//! 22.3 to 47.8 (docs/insights.md#measurements).
+//! 22.3 to 47.8 (docs/insights.md#measurements-and-any-score-series).
 
 /// A tail this small is "red"; a red row right after a red row is shown as [`YELLOW`], so
 /// that a lasting anomaly is reported at its start and not once per row.

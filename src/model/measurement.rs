@@ -4,26 +4,26 @@
 //!
 //! For each step `t`, from the steps before it only (the trailing `window`):
 //!
-//! - `median` of the window's values, and `spread`: the larger of the median absolute
-//!   deviation from it (scaled by 1.4826) and the mean absolute deviation without its largest
-//!   twentieth (scaled by 1.2533),
-//!   each an estimate of the standard deviation for normal noise. The MAD ignores outliers up
-//!   to half the window, so one incident does not widen the band after it; but a quantised
-//!   series (a CPU percentage sitting on a few values, an idle queue) has a MAD near 0 between
-//!   its jumps, and scored every jump as extreme (NAB: 18.8 with the MAD alone, see
-//!   docs/insights.md#measurements). The mean absolute deviation sees those jumps and still
-//!   grows only linearly with an outlier. A flat line's spread is a millionth of its level, so
-//!   that any change scores high.
-//! - `expected`, without a season: the median corrected for a trend: the difference of the
-//!   medians of the window's newer and older halves gives the slope, projected from the
-//!   window's centre to `t`. A lasting level shift is therefore followed within half a window
-//!   (the halves' medians move once half of each half is past the shift), and a steady trend
-//!   is not scored as ever-growing deviation (its spread still includes the trend's range).
-//!   The correction starts once the window is full.
+//! - `median` of the window's values (the level over the whole window).
+//! - `expected`, without a season: the **local level**, the median of the last
+//!   `2 × smoothing + 1` steps (3 by default). A daily cycle, a trend or a lasting level shift is
+//!   followed within `smoothing + 1` steps, while one outlier step does not move it. (A first
+//!   version expected the window's median, trend-corrected; a daily cycle then made a dip to
+//!   the day's middle look normal: 36.4 against 72.3 on Prism's own labelled series, the same
+//!   on NAB; docs/insights.md#measurements-and-any-score-series.)
+//! - `spread`: how far values fall from what was expected of them, over the window: the larger
+//!   of 1.4826 × the median absolute deviation of those residuals and 1.2533 × their mean
+//!   absolute deviation without its largest twentieth (each estimates a standard deviation for
+//!   normal noise). The MAD ignores outliers up to half the window, so one incident does not
+//!   widen the band after it; but a quantised series (a CPU percentage sitting on a few values,
+//!   an idle queue) has a MAD near 0 between its jumps, and scored every jump as extreme (NAB,
+//!   scores alone: 2.1 with the MAD, 18.8 with this floor); the mean absolute deviation sees those jumps and still grows only
+//!   linearly with an outlier. A flat line's spread is a millionth of its level, so that any
+//!   change scores high. With fewer than 3 residuals, the values' own spread is used.
 //! - `expected`, with a season (`season` steps, e.g. a day): the median of the same time of
 //!   season in each earlier season of the window, `smoothing` steps either side; `spread` is
-//!   then their MAD (the noise at that time of day). A level shift is followed once half the
-//!   window's seasons are past it.
+//!   then their spread (the noise at that time of day). A level shift is followed once half
+//!   the window's seasons are past it.
 //! - `score`: `(value - expected) / spread`, a robust z-score.
 
 /// How several rows in one step become the step's value.
@@ -100,25 +100,25 @@ const MIN_SAMPLES: usize = 3;
 /// The baseline of every step of `values` (`None`: no value at that step).
 pub fn measurement_baselines(values: &[Option<f64>], p: &MeasurementParams) -> Vec<MeasurementBaseline> {
     let window = p.window.max(2);
-    let half = window / 2;
-    // Sorted values of the whole trailing window and of its older and newer halves.
-    let (mut all, mut older, mut newer) = (Sorted::default(), Sorted::default(), Sorted::default());
+    let value = |i: usize| values[i].filter(|v| v.is_finite());
+    // The trailing window's values, and its residuals (each step's value minus what was
+    // expected of it), both sorted.
+    let (mut all, mut residuals) = (Sorted::default(), Sorted::default());
+    let mut residual: Vec<Option<f64>> = vec![None; values.len()];
     let seasons = window.checked_div(p.season).unwrap_or(0);
-    let mut samples = Vec::new();
+    let (mut samples, mut recent) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(values.len());
-    for (t, v) in values.iter().enumerate() {
+    for t in 0..values.len() {
         let mut b = MeasurementBaseline { history: all.len(), ..Default::default() };
         if !all.is_empty() {
             let (median, spread) = all.median_and_spread();
             b.median = median;
-            b.spread = spread;
-            b.expected = median;
-            // The trend: halves' medians, their centres `half` steps apart, projected from the
-            // window's centre ((window + 1) / 2 steps back) to t.
-            if t >= window && older.len() >= MIN_SAMPLES && newer.len() >= MIN_SAMPLES {
-                let slope = (newer.median() - older.median()) / half as f64;
-                b.expected = median + slope * (window + 1) as f64 / 2.0;
-            }
+            // The local level: the median of the last 2 × smoothing + 1 steps' values.
+            recent.clear();
+            recent.extend((t.saturating_sub(2 * p.smoothing + 1)..t).filter_map(value));
+            recent.sort_by(f64::total_cmp);
+            b.expected = if recent.is_empty() { median } else { median_of(recent.len(), |i| recent[i]) };
+            b.spread = if residuals.len() >= MIN_SAMPLES { residuals.median_and_spread().1 } else { spread };
         }
         if seasons > 0 && t >= p.season {
             samples.clear();
@@ -126,7 +126,7 @@ pub fn measurement_baselines(values: &[Option<f64>], p: &MeasurementParams) -> V
                 let Some(centre) = t.checked_sub(k * p.season) else { break };
                 let lo = centre.saturating_sub(p.smoothing);
                 let hi = (centre + p.smoothing + 1).min(t);
-                samples.extend(values[lo..hi].iter().flatten().copied());
+                samples.extend((lo..hi).filter_map(value));
             }
             if samples.len() >= MIN_SAMPLES {
                 samples.sort_by(f64::total_cmp);
@@ -137,24 +137,29 @@ pub fn measurement_baselines(values: &[Option<f64>], p: &MeasurementParams) -> V
                 samples = seasonal.0;
             }
         }
-        if let Some(v) = v.filter(|v| v.is_finite())
-            && b.history >= MIN_SAMPLES
+        if let Some(v) = value(t)
+            && b.history > 0
         {
-            b.score = (v - b.expected) / b.spread;
+            residual[t] = Some(v - b.expected);
+            if b.history >= MIN_SAMPLES {
+                b.score = (v - b.expected) / b.spread;
+            }
         }
         out.push(b);
-        // Slide the windows: t enters, t - window leaves; t - half moves to the older half.
-        if let Some(v) = v.filter(|v| v.is_finite()) {
+        // Slide the window: t enters, t - window leaves.
+        if let Some(v) = value(t) {
             all.insert(v);
-            newer.insert(v);
         }
-        if let Some(Some(gone)) = (t + 1).checked_sub(window + 1).map(|i| values[i]).filter(|g| g.is_some_and(f64::is_finite)) {
-            all.remove(gone);
-            older.remove(gone);
+        if let Some(r) = residual[t] {
+            residuals.insert(r);
         }
-        if let Some(Some(moved)) = (t + 1).checked_sub(half + 1).map(|i| values[i]).filter(|m| m.is_some_and(f64::is_finite)) {
-            newer.remove(moved);
-            older.insert(moved);
+        if let Some(gone) = (t + 1).checked_sub(window + 1) {
+            if let Some(v) = value(gone) {
+                all.remove(v);
+            }
+            if let Some(r) = residual[gone] {
+                residuals.remove(r);
+            }
         }
     }
     out
@@ -269,12 +274,15 @@ mod tests {
 
     #[test]
     fn median_and_spread_ignore_an_outlier() {
-        // 9, 10, 11 repeating (median 10, MAD 1) and one incident of 500.
+        // 9, 10, 11 repeating (median 10; the local level of 3 steps is always 10, so the
+        // residuals are -1, 0, 1) and one incident of 500.
         let mut v: Vec<Option<f64>> = (0..60).map(|i| Some(9.0 + (i % 3) as f64)).collect();
         v[30] = Some(500.0);
-        let b = measurement_baselines(&v, &p(100, 0, 0));
+        let b = measurement_baselines(&v, &p(100, 0, 1));
         assert_eq!(b[59].median, 10.0);
+        assert_eq!(b[59].expected, 10.0);
         assert!((b[59].spread - MAD_SCALE).abs() < 1e-12, "{}", b[59].spread);
+        assert!(b[30].score > 100.0);
         assert_eq!(b[0], MeasurementBaseline::default());
         assert_eq!(b[59].history, 59);
     }
@@ -307,14 +315,14 @@ mod tests {
     }
 
     #[test]
-    fn a_level_shift_is_followed_within_half_a_window() {
-        // 0/1 noise around 10, then around 30 from step 100; window 40.
+    fn a_level_shift_is_followed_within_a_few_steps() {
+        // 0/1 noise around 10, then around 30 from step 100; window 40, local level of 3 steps.
         let v: Vec<Option<f64>> = (0..200).map(|i| Some(if i < 100 { 10.0 } else { 30.0 } + (i % 2) as f64)).collect();
-        let b = measurement_baselines(&v, &p(40, 0, 0));
-        assert!(b[101].score > 10.0, "the shift itself is unusual: {}", b[101].score);
+        let b = measurement_baselines(&v, &p(40, 0, 1));
+        assert!(b[100].score > 10.0 && b[101].score > 10.0, "the shift itself is unusual: {:?}", &b[100..102]);
         let settled = (100..200).find(|&t| b[t].score.abs() < 3.0).unwrap();
-        assert!(settled <= 100 + 20, "followed after {} steps", settled - 100);
-        assert!(b[150].score.abs() < 3.0);
+        assert_eq!(settled, 102, "followed once 2 of the last 3 steps are past it");
+        assert!(b[102..].iter().all(|b| b.score.abs() < 3.0));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   function like `baseline`, but a step without rows is missing, not zero; rows in one step
 //!   are combined by `combine` (`'mean'` by default, `'sum'`, `'min'`, `'max'`, `'last'`); the
 //!   struct is `{median, spread, expected, score, history}` with `score` the row's step's
-//!   robust z-score. `smoothing` (default 1) pools steps either side of the same time of season.
+//!   robust z-score against the local level (the median of the last `2 × smoothing + 1`
+//!   steps) or, with `season`, the same time of season ± `smoothing` steps (default 1).
 //! - `anomaly_likelihood(score [, short [, long]])`, a window function over rows in time
 //!   order: how unusual the average of the last `short` scores (default 10) is against the
 //!   `long` rows before (default 8,640), log-scaled to [0, 1].
