@@ -55,9 +55,20 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, String> {
+        let not_cron = |why: &dyn std::fmt::Display| format!("`{text}` is not a cron schedule (5 fields: minute hour day month weekday, e.g. `0 * * * *`): {why}");
+        // croner reads an empty list item (`,`, `5,`, `1,,2`) as nothing: a field of `,`
+        // matches no minute, and finding a slot then searched for 30 s (found by the
+        // schedule_header fuzz target).
+        if let Some(field) = text.split_whitespace().find(|f| f.split(',').any(str::is_empty)) {
+            return Err(not_cron(&format!("`{field}` has an empty item in its list")));
+        }
         let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build();
-        let cron =
-            parser.parse(text).map_err(|e| format!("`{text}` is not a cron schedule (5 fields: minute hour day month weekday, e.g. `0 * * * *`): {e}"))?;
+        let cron = parser.parse(text).map_err(|e| not_cron(&e))?;
+        // A schedule that never fires (`0 0 30 2 *`: February has no 30th) is a mistake.
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        if cron.find_next_occurrence(&epoch, false).is_err() {
+            return Err(format!("`{text}` never fires: no date matches its day, month and weekday"));
+        }
         Ok(Schedule { text: text.to_owned(), cron })
     }
 
@@ -327,6 +338,15 @@ mod tests {
         assert!(Schedule::parse("0 0 * * * *").is_err(), "six fields (seconds) are refused");
         assert!(Schedule::parse("0 * * *").is_err());
         assert!(Schedule::parse("every hour").is_err());
+        // Found by the schedule_header fuzz target: a field of `,` matched no minute and
+        // finding a slot searched for 30 s. Empty list items and schedules that never fire are
+        // refused, with the reason.
+        for bad in [",  * * * 2", "5, * * * *", "1,,2 * * * *"] {
+            let e = Schedule::parse(bad).unwrap_err();
+            assert!(e.contains("empty item"), "{bad}: {e}");
+        }
+        assert!(Schedule::parse("0 0 30 2 *").unwrap_err().contains("never fires"));
+        assert!(Schedule::parse("0 0 29 2 *").is_ok(), "leap days exist");
     }
 
     #[test]
