@@ -111,14 +111,14 @@ pub fn measurement_baselines(values: &[Option<f64>], p: &MeasurementParams) -> V
     for t in 0..values.len() {
         let mut b = MeasurementBaseline { history: all.len(), ..Default::default() };
         if !all.is_empty() {
-            let (median, spread) = all.median_and_spread();
+            let median = all.median();
             b.median = median;
             // The local level: the median of the last 2 × smoothing + 1 steps' values.
             recent.clear();
             recent.extend((t.saturating_sub(2 * p.smoothing + 1)..t).filter_map(value));
-            recent.sort_by(f64::total_cmp);
-            b.expected = if recent.is_empty() { median } else { median_of(recent.len(), |i| recent[i]) };
-            b.spread = if residuals.len() >= MIN_SAMPLES { residuals.median_and_spread().1 } else { spread };
+            b.expected = if recent.is_empty() { median } else { super::median(&mut recent) };
+            // The spread is O(window) a step: each window is read once.
+            b.spread = if residuals.len() >= MIN_SAMPLES { residuals.median_and_spread().1 } else { all.median_and_spread().1 };
         }
         if seasons > 0 && t >= p.season {
             samples.clear();
@@ -191,7 +191,7 @@ impl Sorted {
     }
 
     fn median(&self) -> f64 {
-        median_of(self.0.len(), |i| self.0[i])
+        super::median_sorted(&self.0)
     }
 
     /// The median and the robust spread around it (see the module's notes on the fallbacks).
@@ -241,15 +241,6 @@ impl Sorted {
             spread = 1e-6 * median.abs().max(1.0);
         }
         (median, spread)
-    }
-}
-
-/// The median of `n` sorted values read by `at`.
-fn median_of(n: usize, at: impl Fn(usize) -> f64) -> f64 {
-    match n {
-        0 => 0.0,
-        n if n % 2 == 1 => at(n / 2),
-        n => (at(n / 2 - 1) + at(n / 2)) / 2.0,
     }
 }
 

@@ -129,8 +129,14 @@ pub fn baselines(values: &[f64], p: &BaselineParams) -> Vec<Baseline> {
         .collect()
 }
 
+/// The median of `v` (0 when empty); sorts it.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
+    median_sorted(v)
+}
+
+/// The median of values already sorted (0 when empty).
+fn median_sorted(v: &[f64]) -> f64 {
     match v.len() {
         0 => 0.0,
         n if n % 2 == 1 => v[n / 2],

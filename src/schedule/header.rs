@@ -55,7 +55,8 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, String> {
-        let not_cron = |why: &dyn std::fmt::Display| format!("`{text}` is not a cron schedule (5 fields: minute hour day month weekday, e.g. `0 * * * *`): {why}");
+        let not_cron =
+            |why: &dyn std::fmt::Display| format!("`{text}` is not a cron schedule (5 fields: minute hour day month weekday, e.g. `0 * * * *`): {why}");
         // croner reads an empty list item (`,`, `5,`, `1,,2`) as nothing: a field of `,`
         // matches no minute, and finding a slot then searched for 30 s (found by the
         // schedule_header fuzz target).
