@@ -40,12 +40,12 @@ pub fn likelihoods(scores: &[Option<f64>], short: usize, long: usize) -> Vec<f64
     // Short-term averages, then prefix sums of them and of their squares.
     let mut running = 0.0;
     let mut average = vec![0.0; n];
-    for i in 0..n {
+    for (i, a) in average.iter_mut().enumerate() {
         running += value(i);
         if i >= short {
             running -= value(i - short);
         }
-        average[i] = running / (i + 1).min(short) as f64;
+        *a = running / (i + 1).min(short) as f64;
     }
     let mut sum = vec![0.0; n + 1];
     let mut sq = vec![0.0; n + 1];
