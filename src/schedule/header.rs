@@ -377,9 +377,13 @@ mod tests {
         assert_eq!(Span::parse("1d").unwrap().delta(), TimeDelta::days(1));
         assert_eq!(Span::parse("2w").unwrap().to_string(), "2w");
         assert_eq!(Span::parse("90m").unwrap().to_string(), "1h30m");
-        for bad in ["", "1", "h", "0m", "1s", "1 h", "-1h", "99999999999999999999d"] {
+        for bad in ["", "1", "h", "0m", "1s", "1 h", "-1h", "99999999999999999999d", "3653d", "522w"] {
             assert!(Span::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(Span::parse("3652d").unwrap().to_string(), "521w5d");
+        // Found by fuzzing: a window of thousands of years overflowed the date it was taken from.
+        let huge = "-- window: 51509980998h\n-- schedule: * * * * 5\nSELECT 1 WHERE {start} < {end}";
+        assert!(lines(parse(huge).unwrap_err())[0].1.contains("longer than 10 years"));
     }
 
     #[test]

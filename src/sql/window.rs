@@ -12,6 +12,9 @@ pub const SQL_END: &str = "{end}";
 pub struct Span(TimeDelta);
 
 impl Span {
+    /// Ten years of 365¼ days.
+    const LONGEST: TimeDelta = TimeDelta::days(3652);
+
     pub fn parse(text: &str) -> Result<Span, String> {
         let bad = || format!("`{text}` is not a duration like 15m, 1h, 1d, 1w or 1h30m (units m, h, d, w)");
         let mut total = TimeDelta::zero();
@@ -34,6 +37,11 @@ impl Span {
         }
         if !digits.is_empty() || total <= TimeDelta::zero() {
             return Err(bad());
+        }
+        // Windows and retentions are subtracted from dates; thousands of years would leave
+        // chrono's range (a fuzzer found `5000000000h`), and no trail is that old.
+        if total > Self::LONGEST {
+            return Err(format!("`{text}` is longer than 10 years, the longest duration accepted"));
         }
         Ok(Span(total))
     }
