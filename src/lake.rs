@@ -478,7 +478,7 @@ impl Lake {
                 let mut adds = Vec::new();
                 for ((region, period), batch) in group {
                     let partition = [(AWS_REGION.to_owned(), region), (EVENT_PERIOD.to_owned(), period)];
-                    adds.extend(write_file(&table, writer_properties(granularity), &partition, std::iter::once(Ok(batch))).await?);
+                    adds.extend(write_file(&table, writer_properties(granularity), &partition, futures::stream::iter([Ok(batch)])).await?);
                 }
                 Ok::<_, LakeError>(adds)
             });
@@ -514,7 +514,7 @@ pub fn table_properties() -> WriterProperties {
 /// new file; returns the table at the new version. `shown` names the table in errors.
 pub async fn append(table: &DeltaTable, batches: Vec<RecordBatch>, shown: &str) -> Result<DeltaTable> {
     let mut table = table.clone();
-    let adds = write_file(&table, table_properties(), &[], batches.into_iter().map(Ok)).await?;
+    let adds = write_file(&table, table_properties(), &[], futures::stream::iter(batches.into_iter().map(Ok))).await?;
     if !adds.is_empty() {
         let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
         commit(&mut table, adds.into_iter().map(Action::Add).collect(), operation, None, shown).await?;
@@ -649,14 +649,15 @@ pub async fn write_file(
     table: &DeltaTable,
     props: WriterProperties,
     partition: &[(String, String)],
-    batches: impl Iterator<Item = Result<RecordBatch>>,
+    batches: impl futures::Stream<Item = Result<RecordBatch>>,
 ) -> Result<Vec<deltalake::kernel::Add>> {
     let shown = || partition.iter().map(|(c, v)| format!("{c}={v}")).collect::<Vec<_>>().join("/");
     let mut writer = RecordBatchWriter::for_table(table).map_err(delta(format!("preparing a writer of {}", table.table_url())))?.with_writer_properties(props);
     let values: indexmap::IndexMap<String, delta_kernel::expressions::Scalar> =
         partition.iter().map(|(c, v)| (c.clone(), delta_kernel::expressions::Scalar::String(v.clone()))).collect();
-    for batch in batches {
-        writer.write_partition(batch?, &values, deltalake::writer::WriteMode::Default).await.map_err(delta(format!("writing partition {}", shown())))?;
+    let mut batches = std::pin::pin!(batches);
+    while let Some(batch) = batches.try_next().await? {
+        writer.write_partition(batch, &values, deltalake::writer::WriteMode::Default).await.map_err(delta(format!("writing partition {}", shown())))?;
     }
     writer.flush().await.map_err(delta(format!("writing partition {} of {}", shown(), table.table_url())))
 }
@@ -895,28 +896,39 @@ pub(crate) async fn read_files_columns(table: &DeltaTable, paths: &[String], col
 
 /// Reads `paths` of `table`, only `columns` when given (the partition columns are not in them).
 pub async fn read_files(table: &DeltaTable, paths: &[String], columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
-    let store = table.log_store().object_store(None);
     let mut out = Vec::new();
     for path in paths {
-        let path = ObjectPath::from(path.as_str());
-        let context = || format!("reading {path}");
-        // Deprecated in parquet 59 in favour of a hand-written AsyncFileReader; it still does
-        // exactly this job (ranged reads of one column) with no extra code here.
-        #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(store.clone(), path.clone());
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|source| LakeError::Parquet { context: context(), source })?;
-        let builder = match columns {
-            Some(columns) => {
-                let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-                builder.with_projection(mask)
-            }
-            None => builder,
-        };
-        let stream = builder.build().map_err(|source| LakeError::Parquet { context: context(), source })?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|source| LakeError::Parquet { context: context(), source })?;
-        out.extend(batches);
+        out.extend(file_batches(table, path, columns, None).await?.try_collect::<Vec<_>>().await?);
     }
     Ok(out)
+}
+
+/// The batches of one file of `table` as they are decoded (`batch_rows` rows each when given),
+/// only `columns` when given. Compaction reads a bin's files side by side this way, so that
+/// only a batch of each is in memory.
+pub async fn file_batches(
+    table: &DeltaTable,
+    path: &str,
+    columns: Option<&[&str]>,
+    batch_rows: Option<usize>,
+) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+    let store = table.log_store().object_store(None);
+    let shown = format!("reading {path}");
+    let context = move || shown.clone();
+    // Deprecated in parquet 59 in favour of a hand-written AsyncFileReader; it still does
+    // exactly this job (ranged reads of one column) with no extra code here.
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(store, ObjectPath::from(path));
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|source| LakeError::Parquet { context: context(), source })?;
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    if let Some(rows) = batch_rows {
+        builder = builder.with_batch_size(rows);
+    }
+    let stream = builder.build().map_err(|source| LakeError::Parquet { context: context(), source })?;
+    Ok(Box::pin(stream.map_err(move |source| LakeError::Parquet { context: context(), source })))
 }
 
 /// The lake's settings file, or None when there is none.
