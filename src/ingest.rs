@@ -65,6 +65,12 @@ pub struct IngestOptions {
     pub dry_run: bool,
 }
 
+/// Files parsed at once unless `--jobs` says otherwise: one per CPU (parsing is CPU-bound;
+/// downloads run ahead separately).
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
 impl IngestOptions {
     pub fn new(sources: Vec<String>, lake: impl Into<String>) -> Self {
         IngestOptions {
@@ -73,7 +79,7 @@ impl IngestOptions {
             range: DateRange::default(),
             granularity: None,
             buffer_bytes: 128 << 20,
-            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            parallelism: default_parallelism(),
             downloads: DEFAULT_DOWNLOADS,
             dry_run: false,
         }
@@ -315,7 +321,7 @@ pub async fn ingest(opts: &IngestOptions, progress: Arc<IngestProgress>) -> Resu
     // 1. List. 2. Leave out what earlier runs completed.
     let objects = list_sources(opts, Some(&lake), &mut summary).await?;
     let mut rollups = Rollups::open(&lake).await?;
-    let mut index = EventIndex::new(lake.events(), 8_000_000)?;
+    let mut index = EventIndex::new(lake.events(), INDEX_IDS)?;
     read_objects(opts, &mut lake, &mut rollups, &mut index, objects, summary, progress, started).await
 }
 
@@ -349,14 +355,17 @@ pub async fn ingest_listed(
     };
     let index = match &mut kept.index {
         Some(i) => i,
-        None => kept.index.insert(EventIndex::new(lake.events(), KEPT_IDS)?),
+        None => kept.index.insert(EventIndex::new(lake.events(), INDEX_IDS)?),
     };
     read_objects(opts, lake, rollups, index, objects, summary, progress, started).await
 }
 
-/// The IDs a [`Kept`] index holds at most (16 bytes each, plus the table's overhead): the
-/// partitions a watch writes to (today's, per region), not the lake.
-const KEPT_IDS: usize = 2_000_000;
+/// The event IDs the deduplication index holds at most, besides the partitions the current
+/// commit writes to: 16 bytes each, about 40 with the hash table's slack, so about 80 MB.
+/// Ingest reads in delivery order and events arrive within hours of their time, so the
+/// partitions written to are the newest few; one evicted and needed again is read back from
+/// its files.
+const INDEX_IDS: usize = 2_000_000;
 
 /// What [`ingest_listed`]'s caller keeps between calls, since building it reads the lake: the
 /// lake's open tables, the rollups (which events files they count: the whole table) and the

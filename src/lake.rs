@@ -368,80 +368,59 @@ impl Lake {
     /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
     /// rows whose eventID is already stored or repeated within them.
     ///
-    /// The rows are sorted by gathering them once from the batches (then dropped), so peak
-    /// memory is about twice the input.
+    /// The batches are not copied whole: peak memory is the input, its sort order (about 70
+    /// bytes a row) and the writers' few thousand rows each.
     pub async fn append_events(&mut self, batches: Vec<RecordBatch>, index: &mut EventIndex, metadata: serde_json::Value) -> Result<AppendOutcome> {
         let mut outcome = AppendOutcome::default();
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         if batches.is_empty() {
             return Ok(outcome);
         }
-        let arrow_err = |context: &str| {
-            let context = context.to_owned();
-            move |source| LakeError::Arrow { context, source }
-        };
         // Sort by partition, then time: one run of rows per partition, time-ordered in files.
-        // The order is computed over the buffered batches in place and the rows gathered once
-        // (`interleave`): one copy of the buffer, where concatenating and then sorting made two.
-        let sorted = {
-            let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
-            for (b, batch) in batches.iter().enumerate() {
-                let (regions, periods) = (string_column(batch, AWS_REGION)?, string_column(batch, EVENT_PERIOD)?);
+        // Only the order is computed here, over the buffered batches in place; each partition's
+        // rows are gathered a few thousand at a time as its file is written, so the buffer is
+        // never copied whole (a sorted copy was as large as the buffer itself).
+        let mut parts: Vec<PartitionRows> = Vec::new();
+        let since;
+        {
+            let mut columns = Vec::with_capacity(batches.len());
+            for batch in &batches {
                 let times = batch
                     .column_by_name(EVENT_TIME)
                     .and_then(|a| a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
                     .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {EVENT_TIME} is not a timestamp column") })?;
-                keys.extend((0..batch.num_rows()).map(|r| (regions.value(r), periods.value(r), times.value(r), b, r)));
+                let strings = [AWS_REGION, EVENT_PERIOD, EVENT_ID, SOURCE_FILE].map(|name| string_column(batch, name));
+                let [regions, periods, ids, sources] = strings;
+                columns.push((regions?, periods?, times, ids?, sources?));
+            }
+            let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+            for (b, (regions, periods, times, _, _)) in columns.iter().enumerate() {
+                keys.extend((0..times.len()).map(|r| (regions.value(r), periods.value(r), times.value(r), b, r)));
             }
             keys.sort_unstable();
-            let indices: Vec<(usize, usize)> = keys.iter().map(|&(_, _, _, b, r)| (b, r)).collect();
-            drop(keys);
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            arrow::compute::interleave_record_batch(&refs, &indices).map_err(arrow_err("sorting events"))?
-        };
-        drop(batches); // taken by value so that the buffer is freed here, not after the commit
-        let as_str = |name: &str| string_column(&sorted, name).cloned();
-        let (regions, periods) = (as_str(AWS_REGION)?, as_str(EVENT_PERIOD)?);
-        let (ids, sources) = (as_str(EVENT_ID)?, as_str(SOURCE_FILE)?);
-
-        // Deduplicate partition by partition (sequential: it owns the index), then write the
-        // partitions' files concurrently.
-        let mut parts: Vec<((String, String), RecordBatch)> = Vec::new();
-        let n = sorted.num_rows();
-        let mut start = 0;
-        while start < n {
-            let key = (regions.value(start).to_owned(), periods.value(start).to_owned());
-            let mut end = start + 1;
-            while end < n && regions.value(end) == key.0 && periods.value(end) == key.1 {
-                end += 1;
-            }
-            let known = index.partition(&self.events, &key).await?;
-            let before = known.len();
-            let mut keep = arrow::array::BooleanBufferBuilder::new(end - start);
-            for row in start..end {
-                let fresh = known.insert(id_hash(ids.value(row)));
-                keep.append(fresh);
-                if !fresh {
-                    *outcome.duplicates_by_source.entry(sources.value(row).to_owned()).or_default() += 1;
+            // Deduplicate partition by partition (sequential: it owns the index).
+            since = index.clock;
+            for run in keys.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+                let key = (run[0].0.to_owned(), run[0].1.to_owned());
+                let known = index.partition(&self.events, &key).await?;
+                let mut rows = Vec::with_capacity(run.len());
+                for &(_, _, _, b, r) in run {
+                    let (_, _, _, ids, sources) = columns[b];
+                    if known.insert(id_hash(ids.value(r))) {
+                        rows.push((b, r));
+                    } else {
+                        *outcome.duplicates_by_source.entry(sources.value(r).to_owned()).or_default() += 1;
+                    }
+                }
+                index.cached_ids += rows.len();
+                if !rows.is_empty() {
+                    outcome.written += rows.len() as u64;
+                    parts.push((key, rows));
                 }
             }
-            let added = known.len() - before;
-            index.cached_ids += added;
-            if added > 0 {
-                let slice = sorted.slice(start, end - start);
-                let part = if added == end - start {
-                    slice
-                } else {
-                    let mask = arrow::array::BooleanArray::new(keep.finish(), None);
-                    arrow::compute::filter_record_batch(&slice, &mask).map_err(arrow_err("dropping duplicates"))?
-                };
-                outcome.written += added as u64;
-                parts.push((key, part));
-            }
-            start = end;
         }
-        index.evict();
-        let adds = self.write_partitions(parts).await?;
+        index.evict(since);
+        let adds = self.write_partitions(Arc::new(batches), parts).await?;
         for add in &adds {
             if let Some(key) = partition_key(&add.partition_values) {
                 index.add_files(&key, std::iter::once(add.path.clone()));
@@ -465,20 +444,25 @@ impl Lake {
 
     /// Writes one Parquet file per partition, [`WRITE_LANES`] at a time, each lane with its
     /// own writer; returns the Add actions to commit.
-    async fn write_partitions(&self, parts: Vec<((String, String), RecordBatch)>) -> Result<Vec<deltalake::kernel::Add>> {
+    async fn write_partitions(&self, batches: Arc<Vec<RecordBatch>>, parts: Vec<PartitionRows>) -> Result<Vec<deltalake::kernel::Add>> {
         let lanes = WRITE_LANES.min(parts.len()).max(1);
-        let mut groups: Vec<Vec<((String, String), RecordBatch)>> = (0..lanes).map(|_| Vec::new()).collect();
+        let mut groups: Vec<Vec<PartitionRows>> = (0..lanes).map(|_| Vec::new()).collect();
         for (i, p) in parts.into_iter().enumerate() {
             groups[i % lanes].push(p);
         }
         let mut tasks = tokio::task::JoinSet::new();
         for group in groups {
-            let (table, granularity) = (self.events.clone(), self.config.granularity);
+            let (table, granularity, batches) = (self.events.clone(), self.config.granularity, batches.clone());
             tasks.spawn(async move {
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
                 let mut adds = Vec::new();
-                for ((region, period), batch) in group {
+                for ((region, period), rows) in group {
                     let partition = [(AWS_REGION.to_owned(), region), (EVENT_PERIOD.to_owned(), period)];
-                    adds.extend(write_file(&table, writer_properties(granularity), &partition, futures::stream::iter([Ok(batch)])).await?);
+                    let chunks = rows.chunks(GATHER_ROWS).map(|chunk| {
+                        arrow::compute::interleave_record_batch(&refs, chunk)
+                            .map_err(|source| LakeError::Arrow { context: "gathering events to write".into(), source })
+                    });
+                    adds.extend(write_file(&table, writer_properties(granularity), &partition, futures::stream::iter(chunks)).await?);
                 }
                 Ok::<_, LakeError>(adds)
             });
@@ -702,6 +686,14 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArr
 /// Partition files written at once.
 const WRITE_LANES: usize = 4;
 
+/// A partition (region, period) and the `(batch, row)` positions of its rows in the commit
+/// buffer, in the order to write them.
+type PartitionRows = ((String, String), Vec<(usize, usize)>);
+
+/// Rows gathered from the ingest buffer into one batch for a writer: small next to the
+/// buffer, large enough that per-batch costs do not show.
+const GATHER_ROWS: usize = 4096;
+
 /// The (region, period) of an Add action's partition values.
 fn partition_key(values: &HashMap<String, Option<String>>) -> Option<(String, String)> {
     Some((values.get(AWS_REGION)?.clone()?, values.get(EVENT_PERIOD)?.clone()?))
@@ -797,15 +789,17 @@ impl EventIndex {
         self.files.entry(key.clone()).or_default().extend(paths);
     }
 
-    /// Drops the least recently used partitions until the budget holds.
-    fn evict(&mut self) {
+    /// Drops the least recently used partitions until half the budget holds, but none used
+    /// after `keep_since` (by the append under way): a partition larger than the budget on
+    /// its own would otherwise be read back from its files at every commit.
+    fn evict(&mut self, keep_since: u64) {
         if self.cached_ids <= self.max_ids {
             return;
         }
         let mut by_age: Vec<_> = self.cache.iter().map(|(k, (t, s))| (*t, s.len(), k.clone())).collect();
         by_age.sort();
-        for (_, len, key) in by_age {
-            if self.cached_ids <= self.max_ids / 2 {
+        for (used, len, key) in by_age {
+            if self.cached_ids <= self.max_ids / 2 || used > keep_since {
                 break;
             }
             self.cache.remove(&key);
@@ -1006,6 +1000,26 @@ pub async fn open_or_create_table(
 mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn eviction_keeps_the_partitions_of_the_append_under_way_even_over_budget() {
+        let key = |p: &str| ("us-east-1".to_owned(), p.to_owned());
+        let ids = |n: u128| (0..n).collect::<foldhash::HashSet<u128>>();
+        let cache = HashMap::from([(key("a"), (1, ids(30))), (key("b"), (2, ids(30))), (key("c"), (3, ids(30))), (key("d"), (4, ids(120)))]);
+        let mut index = EventIndex { files: HashMap::new(), cache, clock: 4, cached_ids: 210, max_ids: 100 };
+        index.evict(3); // d alone is over the budget, and was used by this append: it stays
+        assert_eq!(index.cache.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(), ["d"]);
+        assert_eq!(index.cached_ids, 120);
+
+        let cache = HashMap::from([(key("a"), (1, ids(40))), (key("b"), (2, ids(40))), (key("c"), (3, ids(40)))]);
+        let mut index = EventIndex { files: HashMap::new(), cache, clock: 3, cached_ids: 120, max_ids: 100 };
+        index.evict(3); // the oldest go first, down to half the budget
+        let mut left: Vec<_> = index.cache.keys().map(|k| k.1.as_str()).collect();
+        left.sort();
+        assert_eq!((left, index.cached_ids), (vec!["c"], 40));
+        index.evict(0); // within budget: nothing to do
+        assert_eq!(index.cached_ids, 40);
+    }
 
     /// A table from before a column existed gets it, with the default in every old row, in
     /// one commit; a second call changes nothing.
