@@ -381,7 +381,7 @@ impl Lake {
         // rows are gathered a few thousand at a time as its file is written, so the buffer is
         // never copied whole (a sorted copy was as large as the buffer itself).
         let mut parts: Vec<PartitionRows> = Vec::new();
-        let since;
+        let since = index.clock; // partitions used after this are this append's: kept by `evict`
         {
             let mut columns = Vec::with_capacity(batches.len());
             for batch in &batches {
@@ -389,8 +389,7 @@ impl Lake {
                     .column_by_name(EVENT_TIME)
                     .and_then(|a| a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
                     .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {EVENT_TIME} is not a timestamp column") })?;
-                let strings = [AWS_REGION, EVENT_PERIOD, EVENT_ID, SOURCE_FILE].map(|name| string_column(batch, name));
-                let [regions, periods, ids, sources] = strings;
+                let [regions, periods, ids, sources] = [AWS_REGION, EVENT_PERIOD, EVENT_ID, SOURCE_FILE].map(|name| string_column(batch, name));
                 columns.push((regions?, periods?, times, ids?, sources?));
             }
             let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
@@ -399,7 +398,6 @@ impl Lake {
             }
             keys.sort_unstable();
             // Deduplicate partition by partition (sequential: it owns the index).
-            since = index.clock;
             for run in keys.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
                 let key = (run[0].0.to_owned(), run[0].1.to_owned());
                 let known = index.partition(&self.events, &key).await?;
