@@ -138,6 +138,8 @@ pub struct IngestSummary {
     pub problems_not_shown: u64,
     pub files_written: u64,
     pub commits: u64,
+    /// Commits another writer of the lake beat, each reconciled with its rows and tried again.
+    pub commit_conflicts: u64,
     pub bytes_read: u64,
     pub json_bytes: u64,
     pub seconds: f64,
@@ -527,6 +529,7 @@ async fn flush(
         let outcome = lake.append_events(std::mem::take(pending), index, metadata).await?;
         summary.records_written += outcome.written;
         summary.files_written += outcome.files;
+        summary.commit_conflicts += outcome.conflicts;
         if outcome.version.is_some() {
             summary.commits += 1;
         }

@@ -9,11 +9,15 @@
 //! Delta gives atomic commits: Parquet files are written first and become visible only when
 //! the commit naming them lands, so a process killed at any point leaves the previous,
 //! consistent version. Files a killed run wrote but never committed are invisible (and
-//! removed by `vacuum`). One writer at a time per lake.
+//! removed by `vacuum`).
 //!
 //! Deduplication: an event ID's partition is fixed by its region and time, so a duplicate can
 //! only be in the partition its twin is in. The [`EventIndex`] keeps 128-bit hashes of the IDs
 //! of recently touched partitions and loads a partition's IDs from its files when needed.
+//!
+//! Many writers: appends that deduplicate (events, the journal's rejects, the rollups) commit
+//! only on the version they saw ([`commit_if_current`]); the loser of a race reconciles with
+//! the winner's files and tries again (docs/lake.md#concurrency).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Action;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -88,6 +92,10 @@ pub enum LakeError {
     },
     #[error("lake settings `{path}`: {reason}")]
     Config { path: String, reason: String },
+    /// Another writer changed what this commit was based on; nothing was committed, and the
+    /// same command run again starts from the new version.
+    #[error("{path}: {reason}; nothing was committed, run again")]
+    Conflict { path: String, reason: String },
     #[error("`{location}` is not a usable output location")]
     Output {
         location: String,
@@ -218,6 +226,9 @@ pub struct Lake {
     config: LakeConfig,
     events: DeltaTable,
     ingest_log: DeltaTable,
+    /// Files other writers journaled while this one ran (their rejects are not journaled
+    /// again).
+    journaled_elsewhere: HashSet<String>,
 }
 
 /// Turns a lake argument (a path, `file://` or `s3://` URL) into a URL ending in `/`; a local
@@ -301,7 +312,7 @@ impl Lake {
         )
         .await?;
         let ingest_log = open_or_create_table(&url, INGEST_LOG_TABLE, crate::schema::tables::ingest_log_schema(), &[], &[]).await?;
-        Ok(Lake { url, store, config, events, ingest_log })
+        Ok(Lake { url, store, config, events, ingest_log, journaled_elsewhere: HashSet::new() })
     }
 
     pub fn url(&self) -> &Url {
@@ -357,12 +368,34 @@ impl Lake {
     }
 
     /// Appends journal rows (files and rejects) in one commit.
+    ///
+    /// Beside other writers: a file that two runs read at once is journaled by each, with
+    /// what each kept (so `kept` adds up to the events stored), but its rejects only once:
+    /// when another run journaled the file first, this run's rejects of it are dropped.
     pub async fn append_ingest_log(&mut self, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
+        let shown = format!("{}{INGEST_LOG_TABLE}", self.url);
+        let mut batch = batch;
+        for _ in 0..MAX_CONFLICTS {
+            if !self.journaled_elsewhere.is_empty() {
+                let (kind, src) = (string_column_of(&batch, "kind", &shown)?, string_column_of(&batch, "sourcefile", &shown)?);
+                let keep: arrow::array::BooleanArray =
+                    (0..batch.num_rows()).map(|i| Some(!(kind.value(i) == "reject" && self.journaled_elsewhere.contains(src.value(i))))).collect();
+                batch = arrow::compute::filter_record_batch(&batch, &keep)
+                    .map_err(|source| LakeError::Arrow { context: format!("journal rows for {shown}"), source })?;
+            }
+            if batch.num_rows() == 0 || append_if_current(&mut self.ingest_log, vec![batch.clone()], &shown).await?.is_some() {
+                return Ok(());
+            }
+            // Commits of other writers since this one's last: a commit is only made on the
+            // version it saw, so every one of them is seen here.
+            let added: Vec<String> = changes_since(&mut self.ingest_log, &shown).await?.into_iter().map(|f| f.path).collect();
+            for b in read_table_columns(&self.ingest_log, &["kind", "sourcefile"], Some(&added)).await? {
+                let (Some(kind), Some(src)) = (b.column(0).as_string_opt::<i32>(), b.column(1).as_string_opt::<i32>()) else { continue };
+                let files = (0..b.num_rows()).filter(|&i| kind.is_valid(i) && kind.value(i) == "file" && src.is_valid(i));
+                self.journaled_elsewhere.extend(files.map(|i| src.value(i).to_owned()));
+            }
         }
-        self.ingest_log = append(&self.ingest_log, vec![batch], &format!("{}{INGEST_LOG_TABLE}", self.url)).await?;
-        Ok(())
+        Err(LakeError::Config { path: shown, reason: format!("other writers committed first {MAX_CONFLICTS} times in a row; run again") })
     }
 
     /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
@@ -370,12 +403,18 @@ impl Lake {
     ///
     /// The batches are not copied whole: peak memory is the input, its sort order (about 70
     /// bytes a row) and the writers' few thousand rows each.
+    ///
+    /// Safe beside other writers of the lake: the commit is made only on the version the
+    /// deduplication saw. When another writer committed first, the rows it stored too are
+    /// dropped (only partitions it wrote to are read, only files that lost rows rewritten),
+    /// and the commit is tried again on the new version.
     pub async fn append_events(&mut self, batches: Vec<RecordBatch>, index: &mut EventIndex, metadata: serde_json::Value) -> Result<AppendOutcome> {
         let mut outcome = AppendOutcome::default();
-        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let batches: Arc<Vec<RecordBatch>> = Arc::new(batches.into_iter().filter(|b| b.num_rows() > 0).collect());
         if batches.is_empty() {
             return Ok(outcome);
         }
+        let columns = batches.iter().map(event_columns).collect::<Result<Vec<_>>>()?;
         // Sort by partition, then time: one run of rows per partition, time-ordered in files.
         // Only the order is computed here, over the buffered batches in place; each partition's
         // rows are gathered a few thousand at a time as its file is written, so the buffer is
@@ -383,18 +422,9 @@ impl Lake {
         let mut parts: Vec<PartitionRows> = Vec::new();
         let since = index.clock; // partitions used after this are this append's: kept by `evict`
         {
-            let mut columns = Vec::with_capacity(batches.len());
-            for batch in &batches {
-                let times = batch
-                    .column_by_name(EVENT_TIME)
-                    .and_then(|a| a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
-                    .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {EVENT_TIME} is not a timestamp column") })?;
-                let [regions, periods, ids, sources] = [AWS_REGION, EVENT_PERIOD, EVENT_ID, SOURCE_FILE].map(|name| string_column(batch, name));
-                columns.push((regions?, periods?, times, ids?, sources?));
-            }
             let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
-            for (b, (regions, periods, times, _, _)) in columns.iter().enumerate() {
-                keys.extend((0..times.len()).map(|r| (regions.value(r), periods.value(r), times.value(r), b, r)));
+            for (b, c) in columns.iter().enumerate() {
+                keys.extend((0..c.times.len()).map(|r| (c.regions.value(r), c.periods.value(r), c.times.value(r), b, r)));
             }
             keys.sort_unstable();
             // Deduplicate partition by partition (sequential: it owns the index).
@@ -403,46 +433,120 @@ impl Lake {
                 let known = index.partition(&self.events, &key).await?;
                 let mut rows = Vec::with_capacity(run.len());
                 for &(_, _, _, b, r) in run {
-                    let (_, _, _, ids, sources) = columns[b];
-                    if known.insert(id_hash(ids.value(r))) {
+                    if known.insert(id_hash(columns[b].ids.value(r))) {
                         rows.push((b, r));
                     } else {
-                        *outcome.duplicates_by_source.entry(sources.value(r).to_owned()).or_default() += 1;
+                        *outcome.duplicates_by_source.entry(columns[b].sources.value(r).to_owned()).or_default() += 1;
                     }
                 }
                 index.cached_ids += rows.len();
                 if !rows.is_empty() {
-                    outcome.written += rows.len() as u64;
                     parts.push((key, rows));
                 }
             }
         }
         index.evict(since);
-        let adds = self.write_partitions(Arc::new(batches), parts).await?;
-        for add in &adds {
-            if let Some(key) = partition_key(&add.partition_values) {
-                index.add_files(&key, std::iter::once(add.path.clone()));
-            }
-        }
-        if adds.is_empty() {
-            return Ok(outcome);
-        }
-        outcome.files = adds.len() as u64;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(schema::PARTITION_COLUMNS.iter().map(|s| s.to_string()).collect()),
             predicate: None,
         };
         let shown = format!("{}{EVENTS_TABLE}", self.url);
-        let committed = commit(&mut self.events, adds.into_iter().map(Action::Add).collect(), operation, Some(metadata), &shown).await;
-        // A failed commit leaves the index holding IDs that were never stored.
-        outcome.version = Some(committed.inspect_err(|_| index.clear())?);
-        Ok(outcome)
+        let mut written = self.write_partitions(batches.clone(), parts).await?;
+        for _ in 0..MAX_CONFLICTS {
+            let actions: Vec<Action> = written.iter().flat_map(|(_, adds)| adds.iter().cloned().map(Action::Add)).collect();
+            if actions.is_empty() {
+                return Ok(outcome);
+            }
+            match commit_if_current(&mut self.events, actions, operation.clone(), Some(metadata.clone()), &shown).await {
+                Ok(Some(version)) => {
+                    outcome.version = Some(version);
+                    for ((key, rows), adds) in written {
+                        outcome.written += rows.len() as u64;
+                        outcome.files += adds.len() as u64;
+                        index.add_files(&key, adds.into_iter().map(|a| a.path));
+                    }
+                    return Ok(outcome);
+                }
+                Ok(None) => {
+                    outcome.conflicts += 1;
+                    written = self.reconcile(written, index, &columns, &batches, &mut outcome).await.inspect_err(|_| index.clear())?;
+                }
+                // A failed commit leaves the index holding IDs that were never stored.
+                Err(e) => {
+                    index.clear();
+                    return Err(e);
+                }
+            }
+        }
+        index.clear();
+        Err(LakeError::Config { path: shown, reason: format!("other writers committed first {MAX_CONFLICTS} times in a row; run again") })
+    }
+
+    /// After another writer's commit beat this append's: takes the events table at its latest
+    /// version, and drops from `written` the rows that writer stored too (counted as
+    /// duplicates), rewriting only the files that lost rows.
+    async fn reconcile(
+        &mut self,
+        written: Vec<(PartitionRows, Vec<deltalake::kernel::Add>)>,
+        index: &mut EventIndex,
+        columns: &[EventColumns<'_>],
+        batches: &Arc<Vec<RecordBatch>>,
+        outcome: &mut AppendOutcome,
+    ) -> Result<Vec<(PartitionRows, Vec<deltalake::kernel::Add>)>> {
+        let shown = format!("{}{EVENTS_TABLE}", self.url);
+        let mut added: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for f in changes_since(&mut self.events, &shown).await? {
+            let value = |column: &str| f.partition.iter().find(|(c, _)| c == column).map(|(_, v)| v.clone());
+            if let (Some(region), Some(period)) = (value(AWS_REGION), value(EVENT_PERIOD)) {
+                added.entry((region, period)).or_default().push(f.path);
+            }
+        }
+        index.reload_files(&self.events);
+        let mine: HashSet<&(String, String)> = written.iter().map(|((key, _), _)| key).collect();
+        for key in added.keys().filter(|k| !mine.contains(k)) {
+            index.forget(key); // another writer's rows there: read them again when needed
+        }
+        let (mut kept, mut rewrite) = (Vec::new(), Vec::new());
+        for ((key, rows), adds) in written {
+            let Some(paths) = added.get(&key) else {
+                kept.push(((key, rows), adds));
+                continue;
+            };
+            let mut theirs: foldhash::HashSet<u128> = foldhash::HashSet::default();
+            for b in read_files_columns(&self.events, paths, &[EVENT_ID]).await? {
+                if let Some(col) = b.column(0).as_string_opt::<i32>() {
+                    theirs.extend(col.iter().flatten().map(id_hash));
+                }
+            }
+            index.learn(&key, &theirs);
+            let before = rows.len();
+            let rows: Vec<(usize, usize)> = rows
+                .into_iter()
+                .filter(|&(b, r)| {
+                    let stored = theirs.contains(&id_hash(columns[b].ids.value(r)));
+                    if stored {
+                        *outcome.duplicates_by_source.entry(columns[b].sources.value(r).to_owned()).or_default() += 1;
+                    }
+                    !stored
+                })
+                .collect();
+            if rows.len() == before {
+                kept.push(((key, rows), adds));
+            } else {
+                discard(&self.events, &adds).await;
+                if !rows.is_empty() {
+                    rewrite.push((key, rows));
+                }
+            }
+        }
+        kept.extend(self.write_partitions(batches.clone(), rewrite).await?);
+        Ok(kept)
     }
 
     /// Writes one Parquet file per partition, [`WRITE_LANES`] at a time, each lane with its
-    /// own writer; returns the Add actions to commit.
-    async fn write_partitions(&self, batches: Arc<Vec<RecordBatch>>, parts: Vec<PartitionRows>) -> Result<Vec<deltalake::kernel::Add>> {
+    /// own writer; returns each partition's rows with the Add actions to commit.
+    async fn write_partitions(&self, batches: Arc<Vec<RecordBatch>>, parts: Vec<PartitionRows>) -> Result<Vec<(PartitionRows, Vec<deltalake::kernel::Add>)>> {
         let lanes = WRITE_LANES.min(parts.len()).max(1);
         let mut groups: Vec<Vec<PartitionRows>> = (0..lanes).map(|_| Vec::new()).collect();
         for (i, p) in parts.into_iter().enumerate() {
@@ -453,24 +557,25 @@ impl Lake {
             let (table, granularity, batches) = (self.events.clone(), self.config.granularity, batches.clone());
             tasks.spawn(async move {
                 let refs: Vec<&RecordBatch> = batches.iter().collect();
-                let mut adds = Vec::new();
-                for ((region, period), rows) in group {
-                    let partition = [(AWS_REGION.to_owned(), region), (EVENT_PERIOD.to_owned(), period)];
+                let mut written = Vec::with_capacity(group.len());
+                for (key, rows) in group {
+                    let partition = [(AWS_REGION.to_owned(), key.0.clone()), (EVENT_PERIOD.to_owned(), key.1.clone())];
                     let chunks = rows.chunks(GATHER_ROWS).map(|chunk| {
                         arrow::compute::interleave_record_batch(&refs, chunk)
                             .map_err(|source| LakeError::Arrow { context: "gathering events to write".into(), source })
                     });
-                    adds.extend(write_file(&table, writer_properties(granularity), &partition, futures::stream::iter(chunks)).await?);
+                    let adds = write_file(&table, writer_properties(granularity), &partition, futures::stream::iter(chunks)).await?;
+                    written.push(((key, rows), adds));
                 }
-                Ok::<_, LakeError>(adds)
+                Ok::<_, LakeError>(written)
             });
         }
-        let mut adds = Vec::new();
+        let mut written = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let lane = joined.map_err(|source| LakeError::Task { context: format!("a writer task of {EVENTS_TABLE} failed"), source })?;
-            adds.extend(lane?);
+            written.extend(lane?);
         }
-        Ok(adds)
+        Ok(written)
     }
 
     /// How the files of table `name` are written: `events` as ingest writes them, the others
@@ -502,6 +607,22 @@ pub async fn append(table: &DeltaTable, batches: Vec<RecordBatch>, shown: &str) 
         commit(&mut table, adds.into_iter().map(Action::Add).collect(), operation, None, shown).await?;
     }
     Ok(table)
+}
+
+/// [`append`], committed only on the version `table` holds (see [`commit_if_current`]):
+/// `Ok(None)` when another writer committed first, with nothing committed and the file
+/// deleted. `table` moves to the new version when committed.
+pub async fn append_if_current(table: &mut DeltaTable, batches: Vec<RecordBatch>, shown: &str) -> Result<Option<i64>> {
+    let adds = write_file(table, table_properties(), &[], futures::stream::iter(batches.into_iter().map(Ok))).await?;
+    if adds.is_empty() {
+        return Ok(table.version().map(|v| v as i64));
+    }
+    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+    let committed = commit_if_current(table, adds.iter().cloned().map(Action::Add).collect(), operation, None, shown).await?;
+    if committed.is_none() {
+        discard(table, &adds).await;
+    }
+    Ok(committed)
 }
 
 /// Where AWS-format files go (Insights, aggregated events): a folder or `s3://` URL given with
@@ -610,20 +731,79 @@ pub async fn add_columns(table: DeltaTable, schema: SchemaRef, defaults: &[(&str
 
 /// Commits `actions` to `table` as its next version and moves `table` to it; returns the
 /// version. `metadata` goes in the commit's `prism` field; `shown` names the table in errors.
+/// Another writer's commit in between is resolved by delta-rs's conflict checker.
 async fn commit(table: &mut DeltaTable, actions: Vec<Action>, operation: DeltaOperation, metadata: Option<serde_json::Value>, shown: &str) -> Result<i64> {
+    let committed = commit_at(table, actions, operation, metadata, shown, None).await?;
+    committed.ok_or_else(|| LakeError::Config { path: shown.to_owned(), reason: "commit refused with retries allowed".into() })
+}
+
+/// [`commit`] only as the version right after the one `table` holds: `Ok(None)` when another
+/// writer committed since, and nothing is committed. Appends that deduplicate use it, because
+/// delta-rs would put a blind append after any other (two writers holding the same event
+/// would both store it); the caller reconciles with what the other writer added
+/// ([`changes_since`]) and tries again.
+async fn commit_if_current(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    metadata: Option<serde_json::Value>,
+    shown: &str,
+) -> Result<Option<i64>> {
+    commit_at(table, actions, operation, metadata, shown, Some(0)).await
+}
+
+async fn commit_at(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    metadata: Option<serde_json::Value>,
+    shown: &str,
+    retries: Option<usize>,
+) -> Result<Option<i64>> {
     let snapshot = table.snapshot().map_err(delta(format!("reading {shown}")))?;
-    let props = match metadata {
+    let mut props = match metadata {
         Some(m) => CommitProperties::default().with_metadata([("prism".to_owned(), m)]),
         None => CommitProperties::default(),
     };
-    let finalized = CommitBuilder::from(props)
-        .with_actions(actions)
-        .build(Some(snapshot), table.log_store(), operation)
-        .await
-        .map_err(delta(format!("committing to {shown}")))?;
-    table.state = Some(finalized.snapshot());
-    Ok(finalized.version() as i64)
+    if let Some(n) = retries {
+        props = props.with_max_retries(n);
+    }
+    let finalized = CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), table.log_store(), operation).await;
+    match finalized {
+        Ok(f) => {
+            table.state = Some(f.snapshot());
+            Ok(Some(f.version() as i64))
+        }
+        Err(DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }) if retries == Some(0) => Ok(None),
+        Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(e) }) => {
+            Err(LakeError::Conflict { path: shown.to_owned(), reason: format!("another writer committed a conflicting change first ({e})") })
+        }
+        Err(source) => Err(LakeError::Delta { context: format!("committing to {shown}"), source }),
+    }
 }
+
+/// Moves `table` to its latest version and returns the data files added since the version it
+/// held (by other writers), as [`TableFile`]s.
+pub(crate) async fn changes_since(table: &mut DeltaTable, shown: &str) -> Result<Vec<TableFile>> {
+    let before: HashSet<String> = table_files(table).into_iter().map(|f| f.path).collect();
+    table.update_incremental(None).await.map_err(delta(format!("reading {shown}")))?;
+    Ok(table_files(table).into_iter().filter(|f| !before.contains(&f.path)).collect())
+}
+
+/// Deletes files written for a commit that was not made (best effort: `vacuum` removes any
+/// left behind).
+async fn discard(table: &DeltaTable, adds: &[deltalake::kernel::Add]) {
+    let store = table.log_store().object_store(None);
+    for add in adds {
+        if let Err(e) = store.delete(&ObjectPath::from(add.path.as_str())).await {
+            tracing::debug!(path = %add.path, error = %e, "an uncommitted file was left for vacuum");
+        }
+    }
+}
+
+/// Times an append is reconciled with other writers' commits before it gives up (each time,
+/// another writer made progress).
+pub(crate) const MAX_CONFLICTS: usize = 1000;
 
 /// Writes `batches` (rows of `table`, of one partition when it has any, with or without the
 /// partition columns) into one new Parquet file, not yet committed; returns its Add action.
@@ -658,9 +838,13 @@ pub async fn replace_files(table: &DeltaTable, removed: &[String], mut added: Ve
         }
     }
     if actions.len() != removed.len() {
-        return Err(LakeError::Config {
+        return Err(LakeError::Conflict {
             path: url,
-            reason: format!("{} of the {} files to replace are no longer in the table (another writer?)", removed.len() - actions.len(), removed.len()),
+            reason: format!(
+                "{} of the {} files to replace are no longer in the table (another writer replaced them)",
+                removed.len() - actions.len(),
+                removed.len()
+            ),
         });
     }
     for add in &mut added {
@@ -675,10 +859,33 @@ pub async fn replace_files(table: &DeltaTable, removed: &[String], mut added: Ve
 
 /// Column `name` of an `events` batch as strings.
 fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    string_column_of(batch, name, EVENTS_TABLE)
+}
+
+/// Column `name` of a batch of `table` as strings.
+fn string_column_of<'a>(batch: &'a RecordBatch, name: &str, table: &str) -> Result<&'a StringArray> {
     batch
         .column_by_name(name)
         .and_then(|a| a.as_string_opt::<i32>())
-        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {name} is not a string column") })
+        .ok_or_else(|| LakeError::Config { path: table.into(), reason: format!("column {name} is not a string column") })
+}
+
+/// The columns of an `events` batch that appending reads.
+struct EventColumns<'a> {
+    regions: &'a StringArray,
+    periods: &'a StringArray,
+    times: &'a arrow::array::TimestampMicrosecondArray,
+    ids: &'a StringArray,
+    sources: &'a StringArray,
+}
+
+fn event_columns(batch: &RecordBatch) -> Result<EventColumns<'_>> {
+    let times = batch
+        .column_by_name(EVENT_TIME)
+        .and_then(|a| a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
+        .ok_or_else(|| LakeError::Config { path: EVENTS_TABLE.into(), reason: format!("column {EVENT_TIME} is not a timestamp column") })?;
+    let [regions, periods, ids, sources] = [AWS_REGION, EVENT_PERIOD, EVENT_ID, SOURCE_FILE].map(|name| string_column(batch, name));
+    Ok(EventColumns { regions: regions?, periods: periods?, times, ids: ids?, sources: sources? })
 }
 
 /// Partition files written at once.
@@ -692,17 +899,14 @@ type PartitionRows = ((String, String), Vec<(usize, usize)>);
 /// buffer, large enough that per-batch costs do not show.
 const GATHER_ROWS: usize = 4096;
 
-/// The (region, period) of an Add action's partition values.
-fn partition_key(values: &HashMap<String, Option<String>>) -> Option<(String, String)> {
-    Some((values.get(AWS_REGION)?.clone()?, values.get(EVENT_PERIOD)?.clone()?))
-}
-
 /// What one [`Lake::append_events`] did.
 #[derive(Debug, Default)]
 pub struct AppendOutcome {
     pub written: u64,
     pub files: u64,
     pub version: Option<i64>,
+    /// Times another writer committed first and this append was reconciled with it.
+    pub conflicts: u64,
     /// Rows dropped as duplicates, by source file.
     pub duplicates_by_source: HashMap<String, u64>,
 }
@@ -752,11 +956,28 @@ impl EventIndex {
     /// Builds the partition → files map from the table's current snapshot. `max_ids` bounds
     /// the IDs kept in memory (16 bytes each plus overhead).
     pub fn new(table: &DeltaTable, max_ids: usize) -> Result<EventIndex> {
-        let mut files: HashMap<(String, String), Vec<String>> = HashMap::new();
-        for f in partition_files(table) {
-            files.entry((f.region, f.period)).or_default().push(f.path);
+        Ok(EventIndex { files: files_by_partition(table), cache: HashMap::new(), clock: 0, cached_ids: 0, max_ids })
+    }
+
+    /// Takes the partition → files map from `table` again (after other writers' commits).
+    fn reload_files(&mut self, table: &DeltaTable) {
+        self.files = files_by_partition(table);
+    }
+
+    /// Drops a partition's cached IDs: they are read from its files when next needed.
+    fn forget(&mut self, key: &(String, String)) {
+        if let Some((_, ids)) = self.cache.remove(key) {
+            self.cached_ids -= ids.len();
         }
-        Ok(EventIndex { files, cache: HashMap::new(), clock: 0, cached_ids: 0, max_ids })
+    }
+
+    /// Adds IDs another writer stored in a partition to its cached IDs, if cached.
+    fn learn(&mut self, key: &(String, String), ids: &foldhash::HashSet<u128>) {
+        if let Some((_, known)) = self.cache.get_mut(key) {
+            let before = known.len();
+            known.extend(ids.iter().copied());
+            self.cached_ids += known.len() - before;
+        }
     }
 
     /// The IDs of a partition, loading them from its files when not cached.
@@ -810,6 +1031,15 @@ impl EventIndex {
         self.cache.clear();
         self.cached_ids = 0;
     }
+}
+
+/// The data files of each partition of the events `table`.
+fn files_by_partition(table: &DeltaTable) -> HashMap<(String, String), Vec<String>> {
+    let mut files: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for f in partition_files(table) {
+        files.entry((f.region, f.period)).or_default().push(f.path);
+    }
+    files
 }
 
 /// One data file of the events table and its partition.
@@ -1017,6 +1247,60 @@ mod tests {
         assert_eq!((left, index.cached_ids), (vec!["c"], 40));
         index.evict(0); // within budget: nothing to do
         assert_eq!(index.cached_ids, 40);
+    }
+
+    /// Events of us-east-1 (id, time) as ingest builds them.
+    fn events(rows: &[(&str, &str)]) -> RecordBatch {
+        let mut b = schema::EventBatchBuilder::new(Granularity::Day);
+        for (id, time) in rows {
+            let raw = serde_json::json!({"eventVersion": "1.09", "eventTime": time, "eventSource": "s3.amazonaws.com", "eventName": "GetObject",
+                "awsRegion": "us-east-1", "eventID": id, "recipientAccountId": "111122223333", "userIdentity": {"type": "Root"}})
+            .to_string();
+            let mut event = schema::parse_record(raw.as_bytes()).unwrap();
+            let checked = schema::check_record(&event, raw.as_bytes()).unwrap();
+            b.append(&mut event, checked, "test.json.gz");
+        }
+        b.finish()
+    }
+
+    /// Two handles on one lake, as two processes: the second appends without having seen the
+    /// first's commit. Its rows the first stored are dropped (that partition's file rewritten,
+    /// the discarded one deleted), the rest committed, and it then knows the first's IDs.
+    #[tokio::test]
+    async fn an_append_beaten_by_another_writer_drops_what_that_writer_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let mut first = Lake::open_or_create(location, Some(Granularity::Day)).await.unwrap();
+        let mut second = Lake::open(location).await.unwrap();
+        let (mut index1, mut index2) = (EventIndex::new(first.events(), 1000).unwrap(), EventIndex::new(second.events(), 1000).unwrap());
+        let (d1, d2, d3) = ("2024-06-01T10:00:00Z", "2024-06-02T10:00:00Z", "2024-06-03T10:00:00Z");
+        let out = first.append_events(vec![events(&[("a", d1), ("b", d1), ("c", d2)])], &mut index1, serde_json::json!({})).await.unwrap();
+        assert_eq!((out.written, out.conflicts), (3, 0));
+
+        let out = second.append_events(vec![events(&[("b", d1), ("d", d1), ("e", d3)])], &mut index2, serde_json::json!({})).await.unwrap();
+        assert_eq!((out.written, out.duplicates(), out.conflicts), (2, 1, 1));
+        let out = second.append_events(vec![events(&[("a", d1), ("c", d2), ("f", d2)])], &mut index2, serde_json::json!({})).await.unwrap();
+        assert_eq!((out.written, out.duplicates(), out.conflicts), (1, 2, 0), "the first's IDs are known now");
+
+        let mut ids: Vec<String> = Vec::new();
+        for b in read_table_columns(second.events(), &[EVENT_ID], None).await.unwrap() {
+            ids.extend(b.column(0).as_string::<i32>().iter().flatten().map(str::to_owned));
+        }
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "f"]);
+        let on_disk = walk_parquet(&dir.path().join(EVENTS_TABLE));
+        assert_eq!(on_disk, table_files(second.events()).len(), "no uncommitted file is left behind");
+    }
+
+    fn walk_parquet(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() { walk_parquet(&p) } else { usize::from(p.extension().is_some_and(|x| x == "parquet")) }
+            })
+            .sum()
     }
 
     /// A table from before a column existed gets it, with the default in every old row, in

@@ -183,9 +183,18 @@ pub async fn tidy_rollups(rollups: &mut Rollups) -> Result<bool> {
     if lake::table_files(rollups.table()).len() < ROLLUPS_COMPACT_AT_FILES {
         return Ok(false);
     }
-    let table = compact_table(rollups.table().clone(), tables::ROLLUPS, DEFAULT_TARGET_BYTES).await?;
-    rollups.replace_table(table);
-    Ok(true)
+    match compact_table(rollups.table().clone(), tables::ROLLUPS, DEFAULT_TARGET_BYTES).await {
+        Ok(table) => {
+            rollups.replace_table(table);
+            Ok(true)
+        }
+        // Another writer of the lake tidied (or appended) first: leave it to the next run.
+        Err(MaintainError::Lake(LakeError::Conflict { reason, .. })) => {
+            tracing::debug!(%reason, "rollups left for the next tidy");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Who commits a compaction: `events` goes through the lake, whose rollups must have counted

@@ -117,22 +117,59 @@ impl Rollups {
             .buffer_unordered(8)
             .try_collect()
             .await?;
-            // Counts add up across files, so one commit writes each key once.
-            let mut rows = RowsBuilder::default();
-            let mut total = Counts::default();
-            for (path, counts) in &counted {
-                out.files += 1;
-                out.events += counts.events;
-                rows.push_file(path, counts.events);
-                total.merge(counts);
+            let mut counted = counted;
+            let shown = format!("{}{ROLLUPS_TABLE}", lake.url());
+            let mut conflicts = 0;
+            loop {
+                // Counts add up across files, so one commit writes each key once.
+                let mut rows = RowsBuilder::default();
+                let mut total = Counts::default();
+                for (path, counts) in &counted {
+                    rows.push_file(path, counts.events);
+                    total.merge(counts);
+                }
+                rows.push(&total);
+                let batch = sorted(rows.finish()?)?;
+                let n = batch.num_rows() as u64;
+                // Only on the version read: another writer may have counted some of these
+                // files meanwhile (it sees this run's events files once they are committed).
+                if lake::append_if_current(&mut self.table, vec![batch], &shown).await?.is_some() {
+                    out.rows += n;
+                    break;
+                }
+                conflicts += 1;
+                if conflicts > lake::MAX_CONFLICTS {
+                    return Err(LakeError::Config { path: shown, reason: "other writers committed first too many times in a row; run again".into() });
+                }
+                let theirs = self.counted_since(&shown).await?;
+                counted.retain(|(path, _)| !theirs.contains(path));
+                if counted.is_empty() {
+                    break;
+                }
             }
-            rows.push(&total);
-            out.rows += self.append(lake, rows).await?;
+            out.files += counted.len() as u64;
+            out.events += counted.iter().map(|(_, c)| c.events).sum::<u64>();
             if let Some(d) = self.counted.as_mut() {
                 d.extend(counted.into_iter().map(|(p, _)| p));
             }
         }
         Ok(out)
+    }
+
+    /// Takes the table at its latest version; returns the events files that the commits of
+    /// other writers since counted (which are added to `counted`).
+    async fn counted_since(&mut self, shown: &str) -> Result<HashSet<String>, LakeError> {
+        let added: Vec<String> = lake::changes_since(&mut self.table, shown).await?.into_iter().map(|f| f.path).collect();
+        let mut theirs = HashSet::new();
+        for b in lake::read_table_columns(&self.table, &["datafile"], Some(&added)).await? {
+            if let Some(col) = b.column(0).as_string_opt::<i32>() {
+                theirs.extend(col.iter().flatten().map(str::to_owned));
+            }
+        }
+        if let Some(d) = self.counted.as_mut() {
+            d.extend(theirs.iter().cloned());
+        }
+        Ok(theirs)
     }
 
     /// Records events files that hold rows already counted under other files (compaction's

@@ -162,6 +162,9 @@ pub fn print_summary(s: &IngestSummary) {
         }
     }
     let _ = writeln!(out, "  output:  {} Parquet files in {} commits", s.files_written, s.commits);
+    if s.commit_conflicts > 0 {
+        let _ = writeln!(out, "           {} commits reconciled with other writers' first", s.commit_conflicts);
+    }
     let _ = writeln!(
         out,
         "  time:    {:.2} s, {:.0} events/s, {:.1} MB/s of JSON",

@@ -373,6 +373,68 @@ fn kill_at_any_point_leaves_a_consistent_lake_and_the_rerun_completes_it() {
     });
 }
 
+/// Three `prism ingest` processes at once on one lake, with overlapping sources (all four
+/// days, the last two, the middle two) and records redelivered across files: every event is
+/// stored once, each reject journaled once, `kept` adds up to the events stored, and the
+/// rollups count each events file once, as after one writer.
+#[test]
+fn concurrent_ingests_of_overlapping_sources_store_each_event_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, lake, reference) = (tmp.path().join("src"), tmp.path().join("lake"), tmp.path().join("reference"));
+    let days = ["20240601", "20240602", "20240603", "20240604"];
+    let (mut expected, mut bad) = (HashSet::new(), 0);
+    for (d, day) in days.iter().enumerate() {
+        for f in 0..30 {
+            let file = d * 30 + f;
+            let mut recs = Vec::new();
+            for i in 0..300 {
+                // The first 10 records repeat the previous file's, as CloudTrail redelivers.
+                let n = if i < 10 && f > 0 { file * 300 + i - 300 } else { file * 300 + i };
+                let id = format!("e-{n}");
+                let t = format!("{}-{}-{}T{:02}:{:02}:{:02}Z", &day[..4], &day[4..6], &day[6..], (n / 300) % 24, (n / 5) % 60, n % 60);
+                recs.push(record(&id, &t, ["us-east-1", "eu-west-1"][n % 2]));
+                expected.insert(id);
+            }
+            recs.push(serde_json::json!({"awsRegion": "us-east-1", "eventID": format!("bad-{file}")}));
+            bad += 1;
+            write_gz(&log_path(&src, "111122223333", "us-east-1", day, &format!("F{f:03}")), &recs);
+        }
+    }
+    let day = |d: &str| src.join(format!("AWSLogs/111122223333/CloudTrail/us-east-1/2024/06/{d}"));
+    let run = |sources: Vec<std::path::PathBuf>, lake: &Path| {
+        let mut cmd = std::process::Command::new(prism_bin());
+        cmd.arg("ingest").args(sources).args(["--lake", lake.to_str().unwrap(), "--buffer-mb", "1", "--jobs", "1", "--json"]);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let writers = [vec![src.clone()], vec![day("03"), day("04")], vec![day("02"), day("03")]].map(|sources| run(sources, &lake));
+    let one = run(vec![src.clone()], &reference).wait_with_output().unwrap();
+    // Exit status 3: done, with rejects (the bad records).
+    assert_eq!(one.status.code(), Some(3), "{}", String::from_utf8_lossy(&one.stderr));
+    let mut conflicts = 0;
+    for w in writers {
+        let out = w.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "a writer failed: {}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        conflicts += summary["commit_conflicts"].as_u64().unwrap();
+    }
+    // The writers overlapped: without it this test would prove nothing.
+    assert!(conflicts > 0, "no commit of one writer met another's");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        assert_eq!(scalar(&lake, "SELECT count(*) FROM events").await as usize, expected.len());
+        assert_eq!(scalar(&lake, "SELECT count(DISTINCT eventid) FROM events").await as usize, expected.len());
+        assert_eq!(scalar(&lake, "SELECT count(*) FROM rejects").await, bad);
+        assert_eq!(scalar(&lake, "SELECT count(DISTINCT sourcefile) FROM ingested_files").await, 120);
+        assert_eq!(scalar(&lake, "SELECT sum(kept) FROM ingested_files").await as usize, expected.len());
+        // Each events file counted once: the rollups hold what one writer's do.
+        assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'file'").await as usize, expected.len());
+        for kind in ["minute", "hour"] {
+            let sum = format!("SELECT sum(calls) FROM rollups WHERE kind = '{kind}'");
+            assert_eq!(scalar(&lake, &sum).await, scalar(&reference, &sum).await, "{kind} rollups");
+        }
+    });
+}
+
 #[test]
 fn cli_help_and_errors() {
     let out = std::process::Command::new(prism_bin()).args(["ingest", "--help"]).output().unwrap();

@@ -380,12 +380,16 @@ struct Store {
     /// The root s3s-fs serves (canonical, as s3s-fs makes it): a bucket is a folder in it.
     root: PathBuf,
     listing: Listing,
+    /// Held by conditional PUTs: s3s-fs checks `If-None-Match` and then writes, so two racing
+    /// creates of one key could both succeed, where S3 lets exactly one win (Delta commits
+    /// from concurrent writers rely on it).
+    conditional: tokio::sync::Mutex<()>,
 }
 
 impl Store {
     fn new(root: &Path, listing: Listing) -> io::Result<Store> {
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
-        Ok(Store { fs, root: std::fs::canonicalize(root)?, listing })
+        Ok(Store { fs, root: std::fs::canonicalize(root)?, listing, conditional: tokio::sync::Mutex::new(()) })
     }
 }
 
@@ -421,10 +425,18 @@ impl_s3_delegating_to_s3s_fs! {
     head_object(HeadObjectInput) -> HeadObjectOutput;
     list_buckets(ListBucketsInput) -> ListBucketsOutput;
     list_parts(ListPartsInput) -> ListPartsOutput;
-    put_object(PutObjectInput) -> PutObjectOutput;
     upload_part(UploadPartInput) -> UploadPartOutput;
     upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
     {
+        /// PutObject, conditional ones one at a time (see [`Store::conditional`]).
+        async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+            if req.input.if_none_match.is_none() && req.input.if_match.is_none() {
+                return s3s::S3::put_object(&self.fs, req).await;
+            }
+            let _one = self.conditional.lock().await;
+            s3s::S3::put_object(&self.fs, req).await
+        }
+
         /// ListObjects (v1) through V2, converted as s3s-fs converts it.
         async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
             let v2 = s3s::S3::list_objects_v2(self, req.map_input(Into::into)).await?;
