@@ -10,6 +10,7 @@ mod cli;
 mod generate;
 mod ingest;
 mod insights;
+mod interop;
 mod maintain;
 mod queries;
 mod s3;
