@@ -625,6 +625,29 @@ pub async fn append_if_current(table: &mut DeltaTable, batches: Vec<RecordBatch>
     Ok(committed)
 }
 
+/// Appends the rows of `batch` in one commit, less those whose `key` column another writer
+/// stored since the version `table` holds (records with deterministic IDs, such as Insights:
+/// two runs at once find the same ones). Returns the rows committed.
+pub async fn append_new_keys(table: &mut DeltaTable, batch: RecordBatch, key: &str, shown: &str) -> Result<u64> {
+    let mut batch = batch;
+    for _ in 0..MAX_CONFLICTS {
+        if batch.num_rows() == 0 || append_if_current(table, vec![batch.clone()], shown).await?.is_some() {
+            return Ok(batch.num_rows() as u64);
+        }
+        let added: Vec<String> = changes_since(table, shown).await?.into_iter().map(|f| f.path).collect();
+        let mut theirs = HashSet::new();
+        for b in read_table_columns(table, &[key], Some(&added)).await? {
+            if let Some(col) = b.column(0).as_string_opt::<i32>() {
+                theirs.extend(col.iter().flatten().map(str::to_owned));
+            }
+        }
+        let ours = string_column_of(&batch, key, shown)?;
+        let keep: arrow::array::BooleanArray = ours.iter().map(|v| Some(v.is_none_or(|v| !theirs.contains(v)))).collect();
+        batch = arrow::compute::filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow { context: format!("rows for {shown}"), source })?;
+    }
+    Err(LakeError::Config { path: shown.to_owned(), reason: format!("other writers committed first {MAX_CONFLICTS} times in a row; run again") })
+}
+
 /// Where AWS-format files go (Insights, aggregated events): a folder or `s3://` URL given with
 /// `--out`, or the lake itself.
 pub struct OutputStore {

@@ -308,6 +308,9 @@ pub struct RunSummary {
     pub ends: u64,
     /// Records new to the lake (re-runs find the same records and add none).
     pub records_written: u64,
+    /// Records new when this run read the table, but stored by another run before it
+    /// committed (runs at once on one lake).
+    pub records_stored_meanwhile: u64,
     pub files_written: u64,
     /// Insights still open at the end of the analysed data (their End comes later).
     pub open: u64,
@@ -512,8 +515,8 @@ pub async fn run_with(opts: &RunOptions, progress: &InsightsProgress, kept: &mut
     // Files first, then the table, then the watermark: a crash at any point re-runs to the same
     // records (same IDs, same file names) and stores each once.
     summary.files_written = write_files(&out, &new_records).await?;
-    summary.records_written = new_records.len() as u64;
-    tables.append_records(&new_records, &run_id).await?;
+    summary.records_written = tables.append_records(&new_records, &run_id).await?;
+    summary.records_stored_meanwhile = new_records.len() as u64 - summary.records_written;
     tables.append_runs(&run_rows, started.elapsed().as_secs_f64()).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -717,11 +720,13 @@ impl Tables {
         Ok(rows.into_iter().map(|(pair, m)| (pair, m[0])).collect())
     }
 
-    async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<()> {
-        if !recs.is_empty() {
-            self.insights = crate::lake::append(&self.insights, vec![records::to_batch(recs, run_id)?], INSIGHTS_TABLE).await?;
+    /// Stores `recs` but those another run stored meanwhile (two runs at once find the same
+    /// records, with the same IDs); returns how many were stored.
+    async fn append_records(&mut self, recs: &[InsightRecord], run_id: &str) -> Result<u64> {
+        if recs.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        Ok(crate::lake::append_new_keys(&mut self.insights, records::to_batch(recs, run_id)?, "eventid", INSIGHTS_TABLE).await?)
     }
 
     async fn append_runs(&mut self, rows: &[records::RunRow], seconds: f64) -> Result<()> {

@@ -83,7 +83,8 @@ fn file_records(root: &Path) -> BTreeMap<String, (String, serde_json::Value)> {
             flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_string(&mut text).unwrap();
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             for r in v["Records"].as_array().unwrap() {
-                out.insert(r["eventID"].as_str().unwrap().to_owned(), (key.clone(), r.clone()));
+                let twice = out.insert(r["eventID"].as_str().unwrap().to_owned(), (key.clone(), r.clone()));
+                assert!(twice.is_none(), "{} is in two files", r["eventID"]);
             }
         }
     }
@@ -532,6 +533,80 @@ async fn a_killed_backfill_resumes_to_the_same_records() {
     let events = scalar(&lake, "SELECT count(*) FROM events").await;
     assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'minute'").await, events);
     assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'hour'").await, events);
+}
+
+/// Three backfills at once on one lake whose rollups are gone: they race to count the events
+/// and to store the same records, and the lake ends as after one backfill.
+#[tokio::test(flavor = "multi_thread")]
+async fn backfills_at_once_store_each_record_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = copy_lake(&tmp.path().join("clean"));
+    enable(&clean);
+    ok(&["insights", "backfill", "--lake", clean.to_str().unwrap(), "--quiet"]);
+    let expected = records(&clean).await;
+    assert!(expected.len() >= 4, "{expected:?}");
+
+    let lake = copy_lake(&tmp.path().join("racing"));
+    let l = lake.to_str().unwrap();
+    enable(&lake);
+    std::fs::remove_dir_all(lake.join("rollups")).unwrap();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(prism_bin()).args(["insights", "backfill", "--lake", l, "--json", "--quiet"]).stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let (mut written, mut meanwhile) = (0, 0);
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        written += s["records_written"].as_u64().unwrap();
+        meanwhile += s["records_stored_meanwhile"].as_u64().unwrap();
+    }
+    assert!(meanwhile > 0, "the runs did not meet: this test would prove nothing");
+    assert_eq!(written as usize, expected.len());
+    assert_consistent(&lake).await;
+    assert_eq!(records(&lake).await, expected);
+    // The AWS-format files: the same names and records as the clean run's.
+    let files = |root: &Path| file_records(root).into_iter().map(|(id, (key, _))| (id, key)).collect::<BTreeMap<_, _>>();
+    assert_eq!(files(&lake), files(&clean));
+    let events = scalar(&lake, "SELECT count(*) FROM events").await;
+    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'minute'").await, events);
+    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'file'").await, events);
+}
+
+/// The recipe for a large backfill (docs/lake.md#concurrency): writers split by date range,
+/// at once, without Insights, then one Insights pass; the lake equals one writer's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_split_across_writers_equals_one_backfill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = copy_lake(&tmp.path().join("clean"));
+    enable(&clean);
+    ok(&["insights", "backfill", "--lake", clean.to_str().unwrap(), "--quiet"]);
+
+    let lake = tmp.path().join("split");
+    let (archive, l) = (fixture().1.to_str().unwrap(), lake.to_str().unwrap());
+    // `--to` also reads the next day's folder (late deliveries): the ranges overlap by a day.
+    let writers: Vec<_> = [["--to", "2024-01-04"], ["--from", "2024-01-05"]]
+        .into_iter()
+        .map(|range| {
+            let mut cmd = Command::new(prism_bin());
+            cmd.args(["backfill", archive, "--lake", l, "--no-insights", "--json"]).args(range);
+            cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for w in writers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(s["ingest"]["records_written"].as_u64().unwrap() > 5_000, "each writer has its share: {s}");
+    }
+    enable(&lake);
+    ok(&["insights", "backfill", "--lake", l, "--quiet"]);
+    let count = "SELECT count(*) FROM events";
+    assert_eq!(scalar(&lake, count).await, scalar(&clean, count).await);
+    assert_eq!(scalar(&lake, "SELECT count(DISTINCT eventid) FROM events").await, scalar(&clean, count).await);
+    assert_eq!(records(&lake).await, records(&clean).await);
 }
 
 #[test]
