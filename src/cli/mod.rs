@@ -18,6 +18,7 @@ mod sql;
 mod trail;
 mod vacuum;
 mod watch;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -45,7 +46,16 @@ const IO_THREADS: usize = 16;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Run queries on these `prism worker`s too (comma-separated http://host:port): `sql`, the
+    /// REPL, `schedule` and `serve`. Needs a build with `--features distributed`.
+    #[arg(long, global = true, env = "PRISM_WORKERS", value_name = "URLS")]
+    workers: Option<String>,
 }
+
+/// What `--workers` and `prism worker` say in a build without them.
+#[cfg_attr(feature = "distributed", allow(dead_code))]
+const NOT_DISTRIBUTED: &str =
+    "this prism was built without distributed queries: build it with `cargo build --release --features distributed` (docs/distributed.md)";
 
 #[derive(Subcommand)]
 enum Command {
@@ -94,6 +104,9 @@ enum Command {
     /// Follow a trail: ingest logs as they land, find Insights, deliver alerts (webhook, ...).
     #[command(after_help = watch::HELP)]
     Watch(watch::WatchArgs),
+    /// Execute parts of other machines' queries (for `--workers`); needs `--features distributed`.
+    #[command(after_help = worker::HELP)]
+    Worker(worker::WorkerArgs),
 }
 
 impl Cli {
@@ -116,6 +129,12 @@ impl Cli {
 
     /// Runs the command. `matches` are the raw matches, for arguments whose order matters.
     pub async fn run(self, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+        if let Some(list) = self.workers.as_deref().filter(|w| !w.trim().is_empty()) {
+            #[cfg(feature = "distributed")]
+            prism::sql::use_workers(prism::sql::distributed::parse_workers(list).map_err(|e| anyhow::anyhow!("--workers: {e}"))?);
+            #[cfg(not(feature = "distributed"))]
+            anyhow::bail!("--workers {list}: {NOT_DISTRIBUTED}");
+        }
         match self.command {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Backfill(args) => backfill::run(args).await,
@@ -135,6 +154,7 @@ impl Cli {
             Command::Schedule(cmd) => schedule::run(cmd).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Watch(args) => watch::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
         }
     }
 }

@@ -3,12 +3,18 @@
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use url::Url;
 
 use crate::lake::{Lake, LakeError};
 
 pub mod catalog;
+#[cfg(feature = "distributed")]
+pub mod distributed;
 pub mod exec;
 pub mod output;
 pub mod repl;
@@ -53,7 +59,13 @@ pub enum SqlError {
 /// latest version whenever a query is planned), the `rejects` and `ingested_files` views, the
 /// JSON functions and the project's UDFs, with the time zone set to UTC.
 pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
-    let ctx = base_session()?;
+    session_on(lake, workers()).await
+}
+
+/// [`session`], with queries planned to run on `workers` when given (the `distributed`
+/// feature; see [`use_workers`]).
+pub async fn session_on(lake: &Lake, workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
+    let ctx = base_session(workers)?;
     let schema = LakeSchema::new(lake).await.map_err(|e| SqlError::Register { table: lake.url().to_string(), source: e.into() })?;
     let options = ctx.state().config_options().catalog.clone();
     let catalog = ctx.catalog(&options.default_catalog).ok_or_else(|| DataFusionError::Plan(format!("no catalog `{}`", options.default_catalog)))?;
@@ -65,22 +77,76 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, SqlError> {
 /// functions and settings as [`session`], plus files named in queries (`SELECT * FROM
 /// 'series.csv'`) and `CREATE EXTERNAL TABLE` over local CSV, Parquet and JSON files.
 pub fn local_session() -> Result<SessionContext, SqlError> {
-    Ok(base_session()?.enable_url_table())
+    Ok(base_session(workers())?.enable_url_table())
+}
+
+/// Workers every session of this process sends its queries to (`--workers`), set once at
+/// start-up.
+static WORKERS: std::sync::OnceLock<Vec<Url>> = std::sync::OnceLock::new();
+
+/// Makes every session this process builds from now on distributed over `workers` (`prism
+/// worker` processes): `prism sql`, the REPL, `schedule` and `serve` alike.
+#[cfg(feature = "distributed")]
+pub fn use_workers(workers: Vec<Url>) {
+    let _ = WORKERS.set(workers);
+}
+
+fn workers() -> Option<&'static [Url]> {
+    WORKERS.get().map(Vec::as_slice)
 }
 
 /// What every session has: the runtime, the configuration, the JSON functions and the UDFs.
-fn base_session() -> Result<SessionContext, SqlError> {
-    // No Parquet footer cache: offering a query's thousands of footers to it costs more than
-    // its hits save, unless every file of a lake fits and queries repeat (measured on 2,880
-    // files: the first query 40% slower, the next ones 25% faster; on 29,567 files it only
-    // evicts). `SET datafusion.runtime.metadata_cache_limit = '1G'` turns it on.
-    let runtime = RuntimeEnvBuilder::new().with_metadata_cache_limit(0).build_arc()?;
-    let mut ctx = SessionContext::new_with_config_rt(session_config(), runtime);
+fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
+    let builder = SessionStateBuilder::new().with_config(session_config()).with_runtime_env(runtime()?).with_default_features();
+    #[cfg(feature = "distributed")]
+    let builder = match workers {
+        Some(w) if !w.is_empty() => distributed::coordinate(builder, w),
+        _ => builder,
+    };
+    #[cfg(not(feature = "distributed"))]
+    let _ = workers;
+    let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.
     datafusion_functions_json::register_all(&mut ctx)?;
     // baseline(), deviation_score(), anomaly_probability(): the detector's own model.
     udf::register(&ctx);
     Ok(ctx)
+}
+
+/// The runtime of every session, and of a worker.
+fn runtime() -> Result<Arc<RuntimeEnv>, DataFusionError> {
+    // No Parquet footer cache: offering a query's thousands of footers to it costs more than
+    // its hits save, unless every file of a lake fits and queries repeat (measured on 2,880
+    // files: the first query 40% slower, the next ones 25% faster; on 29,567 files it only
+    // evicts). `SET datafusion.runtime.metadata_cache_limit = '1G'` turns it on.
+    RuntimeEnvBuilder::new().with_metadata_cache_limit(0).with_object_store_registry(Arc::new(LakeStores::default())).build_arc()
+}
+
+/// DataFusion's object-store registry, which also opens the store of a lake table that a scan
+/// names (`prism-table://…`, see [`scan`]) when none is registered: a worker executes scans
+/// that another process planned.
+#[derive(Debug, Default)]
+struct LakeStores(DefaultObjectStoreRegistry);
+
+impl ObjectStoreRegistry for LakeStores {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.0.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::common::Result<Arc<dyn ObjectStore>> {
+        self.0.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::common::Result<Arc<dyn ObjectStore>> {
+        self.0.get_store(url).or_else(|not_found| match scan::table_store(url) {
+            Some(store) => {
+                let store = store?;
+                self.0.register_store(url, store.clone());
+                Ok(store)
+            }
+            None => Err(not_found),
+        })
+    }
 }
 
 /// UTC, `information_schema`, and spans, so that planning errors (an unknown column or table)

@@ -49,6 +49,31 @@ use deltalake::table::state::DeltaTableState;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore};
 
+/// The object-store URL a table's scans name: `prism-table://<the table's URL in hex>/`. The
+/// session registers the table's store under it at planning; a process that only executes
+/// plans (a `prism worker`) opens the store from the URL itself ([`table_store`]).
+fn table_store_url(table_url: &str) -> DfResult<ObjectStoreUrl> {
+    let hex: String = table_url.bytes().map(|b| format!("{b:02x}")).collect();
+    ObjectStoreUrl::parse(format!("{TABLE_STORE_SCHEME}://{hex}/"))
+}
+
+pub(crate) const TABLE_STORE_SCHEME: &str = "prism-table";
+
+/// The store of the table a [`table_store_url`] names, rooted at the table, opened as the lake
+/// opens it (the S3 credential chain of this process). `None` for any other URL.
+pub(crate) fn table_store(url: &url::Url) -> Option<DfResult<Arc<dyn ObjectStore>>> {
+    if url.scheme() != TABLE_STORE_SCHEME {
+        return None;
+    }
+    let hex = url.host_str().unwrap_or("").as_bytes();
+    let decoded: Option<Vec<u8>> = hex.chunks(2).map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok())).collect();
+    let table = decoded.and_then(|b| String::from_utf8(b).ok()).and_then(|s| url::Url::parse(&s).ok());
+    Some(match table {
+        Some(table) => crate::source::store_for(&table).map_err(|e| DataFusionError::External(Box::new(e))),
+        None => Err(DataFusionError::Plan(format!("`{url}` names no lake table"))),
+    })
+}
+
 /// One lake table at one Delta version, scanned by DataFusion's Parquet reader.
 #[derive(Debug)]
 pub struct LakeTable {
@@ -113,7 +138,7 @@ impl LakeTable {
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| refuse("a column is neither in the files nor a partition".to_owned()))?;
         let scan_schema = TableSchema::builder(Arc::new(Schema::new(file_fields))).with_table_partition_cols(partition_fields).build();
-        let store_url = ObjectStoreUrl::parse(format!("prism-table://{:016x}/", xxhash_rust::xxh3::xxh3_64(url.as_bytes())))?;
+        let store_url = table_store_url(&url)?;
         Ok(LakeTable {
             url,
             store: table.log_store().object_store(None),

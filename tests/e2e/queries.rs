@@ -587,6 +587,11 @@ fn fill_window(sql: &str, (start, end): (&str, &str)) -> String {
 /// Runs a shipped query file through `prism sql -f` (with its window filled, when given) and
 /// returns its rows as JSON objects without their null values.
 fn run(file: &str, window: Option<(&str, &str)>) -> Vec<Value> {
+    run_on(file, window, &[])
+}
+
+/// [`run`], with `prism sql` given `before` ahead of the file (`--workers`, a `-c` setting).
+fn run_on(file: &str, window: Option<(&str, &str)>, before: &[&str]) -> Vec<Value> {
     let path = queries_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -602,7 +607,9 @@ fn run(file: &str, window: Option<(&str, &str)>) -> Vec<Value> {
         }
     };
     let out = std::process::Command::new(prism_bin())
-        .args(["sql", "--lake", fixture().lake.to_str().unwrap(), "--format", "json", "-f", sql_file.to_str().unwrap()])
+        .args(["sql", "--lake", fixture().lake.to_str().unwrap(), "--format", "json"])
+        .args(before)
+        .args(["-f", sql_file.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
@@ -1145,4 +1152,47 @@ fn windowed_queries_run_by_hand_as_the_readme_shows() {
     let csv = String::from_utf8(out.stdout).unwrap();
     let ids: Vec<&str> = csv.lines().skip(1).map(|l| l.rsplit(',').next().unwrap()).collect();
     assert_eq!(ids, ["root-console-mfa", "root-access-key", "root-console-failed", "root-console-nomfa"]);
+}
+
+/// Every shipped query gives the same rows on two `prism worker` processes as on one machine,
+/// with plans split whatever the lake's size (a fragment per 4 KB of files).
+#[cfg(feature = "distributed")]
+#[test]
+fn every_shipped_query_gives_the_same_rows_on_two_workers() {
+    let workers = [WorkerProcess::start(), WorkerProcess::start()];
+    let list = workers.iter().map(|w| w.url.as_str()).collect::<Vec<_>>().join(",");
+    let before = ["--workers", list.as_str(), "-c", "SET distributed.file_scan_config_bytes_per_partition = 4096"];
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(queries_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "sql")).collect();
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    // The plans do run on the workers: stages of tasks, the leaves reading the lake there.
+    let out = std::process::Command::new(prism_bin())
+        .args(["sql", "--lake", fixture().lake.to_str().unwrap(), "--format", "csv"])
+        .args(before)
+        .args(["-c", "EXPLAIN ANALYZE SELECT eventname, count(DISTINCT eventid) FROM events GROUP BY 1"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("Stage 1 ── tasks=2") && plan.contains("DistributedLeafExec"), "{plan}");
+    for path in files {
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let window = std::fs::read_to_string(&path).unwrap().contains("{start}").then_some(DAY);
+        let sorted = |mut rows: Vec<Value>| {
+            rows.sort_by_key(|r| r.to_string());
+            rows
+        };
+        assert_eq!(sorted(run_on(file, window, &before)), sorted(run(file, window)), "{file}");
+    }
+    // A worker that is down: one clear error naming it.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = format!("{},http://{gone}", workers[0].url);
+    let out = std::process::Command::new(prism_bin())
+        .args(["sql", "--lake", fixture().lake.to_str().unwrap(), "--workers", &down])
+        .args(["-c", "SET distributed.file_scan_config_bytes_per_partition = 4096", "-c", "SELECT count(DISTINCT eventid) FROM events"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("worker on 'http://{gone}/'")) && stderr.lines().count() <= 3, "{stderr}");
 }

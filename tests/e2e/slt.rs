@@ -179,6 +179,19 @@ fn slt_files() -> Vec<PathBuf> {
 
 #[test]
 fn slt() {
+    run_slt(false);
+}
+
+/// The same files on a session whose queries run on two workers (in this process, on
+/// loopback): distributed answers equal one machine's. Plans are split whatever the lake's
+/// size (a fragment per 4 KB of files), so every scan and aggregate crosses the network.
+#[cfg(feature = "distributed")]
+#[test]
+fn slt_on_two_workers() {
+    run_slt(true);
+}
+
+fn run_slt(distributed: bool) {
     // PRISM_SLT=a,b runs the files whose name contains a or b.
     let filters: Vec<String> = std::env::var("PRISM_SLT").unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect();
     let files: Vec<PathBuf> = slt_files()
@@ -190,7 +203,7 @@ fn slt() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = match std::env::var_os("PRISM_SLT_LAKE") {
             Some(keep) => {
-                let keep = PathBuf::from(keep);
+                let keep = PathBuf::from(keep).join(if distributed { "distributed" } else { "local" });
                 let _ = std::fs::remove_dir_all(&keep);
                 keep
             }
@@ -198,13 +211,17 @@ fn slt() {
         };
         let lake_path = build_lake(&dir).await;
         let lake = prism::Lake::open(lake_path.to_str().unwrap()).await.unwrap();
+        let workers = if distributed { Some(two_workers().await) } else { None };
         let mut failures = 0;
         for file in &files {
             let name = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(file).display().to_string();
             // A fresh session per file, so a file's SET or CREATE VIEW cannot leak into another.
-            let lake = &lake;
+            let (lake, workers) = (&lake, &workers);
             let mut runner = sqllogictest::Runner::new(|| async move {
-                let ctx = prism::sql::session(lake).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let ctx = prism::sql::session_on(lake, workers.as_deref()).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                if workers.is_some() {
+                    ctx.sql("SET distributed.file_scan_config_bytes_per_partition = 4096").await?.collect().await?;
+                }
                 Ok(Prism { ctx })
             });
             match runner.run_file_async(file).await {
@@ -219,4 +236,20 @@ fn slt() {
     });
     println!("\n{} .slt files, {} failed", files.len(), failures);
     assert_eq!(failures, 0, "{failures} .slt files failed (see above)");
+}
+
+/// Two workers serving on loopback in the current runtime.
+#[cfg(feature = "distributed")]
+async fn two_workers() -> Vec<url::Url> {
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let addr = prism::sql::distributed::spawn_worker("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        urls.push(url::Url::parse(&format!("http://{addr}")).unwrap());
+    }
+    urls
+}
+
+#[cfg(not(feature = "distributed"))]
+async fn two_workers() -> Vec<url::Url> {
+    unreachable!("only the distributed feature runs the slt files on workers")
 }

@@ -122,3 +122,33 @@ pub fn kill_after(mut command: std::process::Command, delay_ms: u64) -> bool {
     child.wait().unwrap();
     running
 }
+
+/// A `prism worker` process on a free loopback port, stopped when dropped.
+#[cfg(feature = "distributed")]
+pub struct WorkerProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, as the worker prints it.
+    pub url: String,
+}
+
+#[cfg(feature = "distributed")]
+impl WorkerProcess {
+    pub fn start() -> WorkerProcess {
+        use std::io::BufRead;
+        let mut child =
+            std::process::Command::new(prism_bin()).args(["worker", "--listen", "127.0.0.1:0"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "the worker said: {line}");
+        WorkerProcess { child, url }
+    }
+}
+
+#[cfg(feature = "distributed")]
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
