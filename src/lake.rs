@@ -395,7 +395,7 @@ impl Lake {
                 self.journaled_elsewhere.extend(files.map(|i| src.value(i).to_owned()));
             }
         }
-        Err(LakeError::Config { path: shown, reason: format!("other writers committed first {MAX_CONFLICTS} times in a row; run again") })
+        Err(outpaced(&shown))
     }
 
     /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
@@ -480,7 +480,7 @@ impl Lake {
             }
         }
         index.clear();
-        Err(LakeError::Config { path: shown, reason: format!("other writers committed first {MAX_CONFLICTS} times in a row; run again") })
+        Err(outpaced(&shown))
     }
 
     /// After another writer's commit beat this append's: takes the events table at its latest
@@ -645,7 +645,7 @@ pub async fn append_new_keys(table: &mut DeltaTable, batch: RecordBatch, key: &s
         let keep: arrow::array::BooleanArray = ours.iter().map(|v| Some(v.is_none_or(|v| !theirs.contains(v)))).collect();
         batch = arrow::compute::filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow { context: format!("rows for {shown}"), source })?;
     }
-    Err(LakeError::Config { path: shown.to_owned(), reason: format!("other writers committed first {MAX_CONFLICTS} times in a row; run again") })
+    Err(outpaced(shown))
 }
 
 /// Where AWS-format files go (Insights, aggregated events): a folder or `s3://` URL given with
@@ -827,6 +827,11 @@ async fn discard(table: &DeltaTable, adds: &[deltalake::kernel::Add]) {
 /// Times an append is reconciled with other writers' commits before it gives up (each time,
 /// another writer made progress).
 pub(crate) const MAX_CONFLICTS: usize = 1000;
+
+/// The error of an append that other writers beat [`MAX_CONFLICTS`] times in a row.
+pub(crate) fn outpaced(shown: &str) -> LakeError {
+    LakeError::Conflict { path: shown.to_owned(), reason: format!("other writers committed first {MAX_CONFLICTS} times in a row") }
+}
 
 /// Writes `batches` (rows of `table`, of one partition when it has any, with or without the
 /// partition columns) into one new Parquet file, not yet committed; returns its Add action.

@@ -139,7 +139,7 @@ impl Rollups {
                 }
                 conflicts += 1;
                 if conflicts > lake::MAX_CONFLICTS {
-                    return Err(LakeError::Config { path: shown, reason: "other writers committed first too many times in a row; run again".into() });
+                    return Err(lake::outpaced(&shown));
                 }
                 let theirs = self.counted_since(&shown).await?;
                 counted.retain(|(path, _)| !theirs.contains(path));

@@ -506,13 +506,28 @@ async fn assert_consistent(lake: &Path) {
     assert_eq!(scalar(lake, "SELECT count(*) - count(DISTINCT eventid) FROM insights").await, 0);
 }
 
+/// A copy of the fixture lake under `dir` with both Insights types backfilled: what the tests
+/// of interrupted or concurrent runs must end equal to.
+fn backfilled_copy(dir: &Path) -> PathBuf {
+    let clean = copy_lake(&dir.join("clean"));
+    enable(&clean);
+    ok(&["insights", "backfill", "--lake", clean.to_str().unwrap(), "--quiet"]);
+    clean
+}
+
+/// The rollups count every event of `lake` once, per minute and per hour.
+async fn assert_rollups_count_every_event(lake: &Path) {
+    let events = scalar(lake, "SELECT count(*) FROM events").await;
+    for kind in ["minute", "hour", "file"] {
+        assert_eq!(scalar(lake, &format!("SELECT sum(calls) FROM rollups WHERE kind = '{kind}'")).await, events, "{kind} rollups");
+    }
+}
+
 /// A backfill killed at any point, then re-run, ends with exactly the records of a clean run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_backfill_resumes_to_the_same_records() {
     let tmp = tempfile::tempdir().unwrap();
-    let clean = copy_lake(&tmp.path().join("clean"));
-    enable(&clean);
-    ok(&["insights", "backfill", "--lake", clean.to_str().unwrap(), "--quiet"]);
+    let clean = backfilled_copy(tmp.path());
     let expected = records(&clean).await;
 
     let lake = copy_lake(&tmp.path().join("killed"));
@@ -530,9 +545,7 @@ async fn a_killed_backfill_resumes_to_the_same_records() {
     }
     ok(&["insights", "backfill", "--lake", l, "--quiet"]);
     assert_eq!(records(&lake).await, expected);
-    let events = scalar(&lake, "SELECT count(*) FROM events").await;
-    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'minute'").await, events);
-    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'hour'").await, events);
+    assert_rollups_count_every_event(&lake).await;
 }
 
 /// Three backfills at once on one lake whose rollups are gone: they race to count the events
@@ -540,9 +553,7 @@ async fn a_killed_backfill_resumes_to_the_same_records() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backfills_at_once_store_each_record_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let clean = copy_lake(&tmp.path().join("clean"));
-    enable(&clean);
-    ok(&["insights", "backfill", "--lake", clean.to_str().unwrap(), "--quiet"]);
+    let clean = backfilled_copy(tmp.path());
     let expected = records(&clean).await;
     assert!(expected.len() >= 4, "{expected:?}");
 
@@ -570,9 +581,7 @@ async fn backfills_at_once_store_each_record_once() {
     // The AWS-format files: the same names and records as the clean run's.
     let files = |root: &Path| file_records(root).into_iter().map(|(id, (key, _))| (id, key)).collect::<BTreeMap<_, _>>();
     assert_eq!(files(&lake), files(&clean));
-    let events = scalar(&lake, "SELECT count(*) FROM events").await;
-    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'minute'").await, events);
-    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'file'").await, events);
+    assert_rollups_count_every_event(&lake).await;
 }
 
 /// The recipe for a large backfill (docs/lake.md#concurrency): writers split by date range,
@@ -580,9 +589,7 @@ async fn backfills_at_once_store_each_record_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_split_across_writers_equals_one_backfill() {
     let tmp = tempfile::tempdir().unwrap();
-    let clean = copy_lake(&tmp.path().join("clean"));
-    enable(&clean);
-    ok(&["insights", "backfill", "--lake", clean.to_str().unwrap(), "--quiet"]);
+    let clean = backfilled_copy(tmp.path());
 
     let lake = tmp.path().join("split");
     let (archive, l) = (fixture().1.to_str().unwrap(), lake.to_str().unwrap());
