@@ -152,7 +152,25 @@ fn concurrent_ingests_into_a_lake_in_s3_store_each_event_once() {
     assert_eq!(counted.lines().nth(1), Some(events.as_str()), "{counted}");
 }
 
-/// `prism backfill` with the archive in S3, as JSON summary and exit code./// `prism backfill` with the archive in S3, as JSON summary and exit code.
+/// Workers read a lake in S3 themselves, with their own credentials (here the test server's,
+/// in their environment): a query on two `prism worker` processes gives plain `prism sql`'s rows.
+#[cfg(feature = "distributed")]
+#[test]
+fn workers_read_a_lake_in_s3_with_their_own_credentials() {
+    let server = server_with_archive();
+    let (lake, source) = (server.url("lake"), server.url("trail/"));
+    ok(Some(&server), &["ingest", &source, "--lake", &lake, "--granularity", "day", "--quiet"]);
+    let workers = [crate::common::WorkerProcess::start_with(&server.env()), crate::common::WorkerProcess::start_with(&server.env())];
+    let list = format!("{},{}", workers[0].url, workers[1].url);
+    let split = "SET distributed.file_scan_config_bytes_per_partition = 4096";
+    let query = "SELECT eventname, count(*), count(DISTINCT eventid), max(eventtime) FROM events GROUP BY 1 ORDER BY 1";
+    let on_workers = |sql: &str| ok(Some(&server), &["sql", "--lake", &lake, "--format", "csv", "--workers", &list, "-c", split, "-c", sql]);
+    assert_eq!(on_workers(query), sql(Some(&server), &lake, query));
+    let plan = on_workers(&format!("EXPLAIN ANALYZE {query}"));
+    assert!(plan.contains("tasks=2") && plan.contains("DistributedLeafExec"), "{plan}");
+}
+
+/// `prism backfill` with the archive in S3, as JSON summary and exit code.
 fn backfill(server: &S3Server, lake: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
     backfill_with_env(server, lake, extra, &[])
 }

@@ -134,9 +134,18 @@ pub struct WorkerProcess {
 #[cfg(feature = "distributed")]
 impl WorkerProcess {
     pub fn start() -> WorkerProcess {
+        WorkerProcess::start_with(&[])
+    }
+
+    /// [`WorkerProcess::start`] with these environment variables (e.g. S3 credentials).
+    pub fn start_with(env: &[(String, String)]) -> WorkerProcess {
         use std::io::BufRead;
-        let mut child =
-            std::process::Command::new(prism_bin()).args(["worker", "--listen", "127.0.0.1:0"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = std::process::Command::new(prism_bin())
+            .args(["worker", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
