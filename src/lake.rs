@@ -857,32 +857,41 @@ pub async fn write_file(
 /// table at the new version.
 pub async fn replace_files(table: &DeltaTable, removed: &[String], mut added: Vec<deltalake::kernel::Add>, target_size: u64) -> Result<(DeltaTable, i64)> {
     let url = table.table_url().to_string();
-    let snapshot = table.snapshot().map_err(delta(format!("reading {url}")))?;
-    let wanted: HashSet<&str> = removed.iter().map(String::as_str).collect();
-    let mut actions: Vec<Action> = Vec::with_capacity(removed.len() + added.len());
-    for f in snapshot.log_data().iter() {
-        if wanted.contains(f.object_store_path().as_ref()) {
-            actions.push(Action::Remove(f.remove_action(false)));
-        }
-    }
-    if actions.len() != removed.len() {
-        return Err(LakeError::Conflict {
-            path: url,
-            reason: format!(
-                "{} of the {} files to replace are no longer in the table (another writer replaced them)",
-                removed.len() - actions.len(),
-                removed.len()
-            ),
-        });
-    }
     for add in &mut added {
         add.data_change = false; // the same rows, rearranged: readers of changes skip it
     }
-    actions.extend(added.into_iter().map(Action::Add));
-    let operation = DeltaOperation::Optimize { predicate: None, target_size: target_size as i64 };
+    let wanted: HashSet<&str> = removed.iter().map(String::as_str).collect();
     let mut table = table.clone();
-    let version = commit(&mut table, actions, operation, Some(serde_json::json!({"operation": "optimize"})), &url).await?;
-    Ok((table, version))
+    // Only on the version the files were read from, checked again after any other commit:
+    // delta-rs's conflict checker lets two compactions of the same files both commit (their
+    // rows would then be in the table twice).
+    for _ in 0..MAX_CONFLICTS {
+        let snapshot = table.snapshot().map_err(delta(format!("reading {url}")))?;
+        let mut actions: Vec<Action> = Vec::with_capacity(removed.len() + added.len());
+        for f in snapshot.log_data().iter() {
+            if wanted.contains(f.object_store_path().as_ref()) {
+                actions.push(Action::Remove(f.remove_action(false)));
+            }
+        }
+        if actions.len() != removed.len() {
+            discard(&table, &added).await;
+            return Err(LakeError::Conflict {
+                path: url,
+                reason: format!(
+                    "{} of the {} files to replace are no longer in the table (another writer replaced them)",
+                    removed.len() - actions.len(),
+                    removed.len()
+                ),
+            });
+        }
+        actions.extend(added.iter().cloned().map(Action::Add));
+        let operation = DeltaOperation::Optimize { predicate: None, target_size: target_size as i64 };
+        if let Some(version) = commit_if_current(&mut table, actions, operation, Some(serde_json::json!({"operation": "optimize"})), &url).await? {
+            return Ok((table, version));
+        }
+        table.update_incremental(None).await.map_err(delta(format!("reading {url}")))?;
+    }
+    Err(outpaced(&url))
 }
 
 /// Column `name` of an `events` batch as strings.

@@ -195,6 +195,41 @@ async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun
     assert_eq!(Some(ids.len().to_string()), before[0].as_ref().and_then(|s| s.split(' ').next()).map(str::to_owned));
 }
 
+/// Two `prism optimize` at once on one lake: where both pick the same files, one commits and
+/// the other refuses with a conflict and commits nothing; the rows and rollups stay exact, and
+/// a run after them finishes the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_optimizes_at_once_keep_every_row_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = lake_of_small_files(tmp.path(), 1, 4).await;
+    let before = fingerprint(&lake).await;
+    let l = lake.to_str().unwrap();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = std::process::Command::new(prism_bin());
+            cmd.args(["optimize", "--lake", l, "--quiet"]).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let mut committed = 0;
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => committed += 1,
+            Some(1) => assert!(stderr.contains("nothing was committed, run again") && stderr.lines().count() <= 3, "{stderr}"),
+            other => panic!("exit {other:?}: {stderr}"),
+        }
+    }
+    assert!(committed >= 1);
+    assert_eq!(fingerprint(&lake).await, before);
+    let out = std::process::Command::new(prism_bin()).args(["optimize", "--lake", l, "--quiet"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fingerprint(&lake).await, before);
+    assert!(files_are_time_sorted(&lake).await <= 6);
+    let events = scalar(&lake, "SELECT count(*) FROM events").await;
+    assert_eq!(scalar(&lake, "SELECT sum(calls) FROM rollups WHERE kind = 'minute'").await, events);
+}
+
 #[test]
 fn upkeep_commands_explain_bad_arguments_and_a_missing_lake() {
     let tmp = tempfile::tempdir().unwrap();
