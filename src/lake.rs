@@ -388,8 +388,7 @@ impl Lake {
             }
             // Commits of other writers since this one's last: a commit is only made on the
             // version it saw, so every one of them is seen here.
-            let added: Vec<String> = changes_since(&mut self.ingest_log, &shown).await?.into_iter().map(|f| f.path).collect();
-            for b in read_table_columns(&self.ingest_log, &["kind", "sourcefile"], Some(&added)).await? {
+            for b in columns_added_since(&mut self.ingest_log, &["kind", "sourcefile"], &shown).await? {
                 let (Some(kind), Some(src)) = (b.column(0).as_string_opt::<i32>(), b.column(1).as_string_opt::<i32>()) else { continue };
                 let files = (0..b.num_rows()).filter(|&i| kind.is_valid(i) && kind.value(i) == "file" && src.is_valid(i));
                 self.journaled_elsewhere.extend(files.map(|i| src.value(i).to_owned()));
@@ -634,9 +633,8 @@ pub async fn append_new_keys(table: &mut DeltaTable, batch: RecordBatch, key: &s
         if batch.num_rows() == 0 || append_if_current(table, vec![batch.clone()], shown).await?.is_some() {
             return Ok(batch.num_rows() as u64);
         }
-        let added: Vec<String> = changes_since(table, shown).await?.into_iter().map(|f| f.path).collect();
         let mut theirs = HashSet::new();
-        for b in read_table_columns(table, &[key], Some(&added)).await? {
+        for b in columns_added_since(table, &[key], shown).await? {
             if let Some(col) = b.column(0).as_string_opt::<i32>() {
                 theirs.extend(col.iter().flatten().map(str::to_owned));
             }
@@ -811,6 +809,13 @@ pub(crate) async fn changes_since(table: &mut DeltaTable, shown: &str) -> Result
     let before: HashSet<String> = table_files(table).into_iter().map(|f| f.path).collect();
     table.update_incremental(None).await.map_err(delta(format!("reading {shown}")))?;
     Ok(table_files(table).into_iter().filter(|f| !before.contains(&f.path)).collect())
+}
+
+/// [`changes_since`], then `columns` of the files other writers added: what the loser of a
+/// commit race reads to reconcile with the winners.
+pub(crate) async fn columns_added_since(table: &mut DeltaTable, columns: &[&str], shown: &str) -> Result<Vec<RecordBatch>> {
+    let added: Vec<String> = changes_since(table, shown).await?.into_iter().map(|f| f.path).collect();
+    read_table_columns(table, columns, Some(&added)).await
 }
 
 /// Deletes files written for a commit that was not made (best effort: `vacuum` removes any

@@ -159,9 +159,8 @@ impl Rollups {
     /// Takes the table at its latest version; returns the events files that the commits of
     /// other writers since counted (which are added to `counted`).
     async fn counted_since(&mut self, shown: &str) -> Result<HashSet<String>, LakeError> {
-        let added: Vec<String> = lake::changes_since(&mut self.table, shown).await?.into_iter().map(|f| f.path).collect();
         let mut theirs = HashSet::new();
-        for b in lake::read_table_columns(&self.table, &["datafile"], Some(&added)).await? {
+        for b in lake::columns_added_since(&mut self.table, &["datafile"], shown).await? {
             if let Some(col) = b.column(0).as_string_opt::<i32>() {
                 theirs.extend(col.iter().flatten().map(str::to_owned));
             }

@@ -53,8 +53,7 @@ use object_store::{ObjectMeta, ObjectStore};
 /// session registers the table's store under it at planning; a process that only executes
 /// plans (a `prism worker`) opens the store from the URL itself ([`table_store`]).
 fn table_store_url(table_url: &str) -> DfResult<ObjectStoreUrl> {
-    let hex: String = table_url.bytes().map(|b| format!("{b:02x}")).collect();
-    ObjectStoreUrl::parse(format!("{TABLE_STORE_SCHEME}://{hex}/"))
+    ObjectStoreUrl::parse(format!("{TABLE_STORE_SCHEME}://{}/", hex::encode(table_url)))
 }
 
 pub(crate) const TABLE_STORE_SCHEME: &str = "prism-table";
@@ -65,8 +64,7 @@ pub(crate) fn table_store(url: &url::Url) -> Option<DfResult<Arc<dyn ObjectStore
     if url.scheme() != TABLE_STORE_SCHEME {
         return None;
     }
-    let hex = url.host_str().unwrap_or("").as_bytes();
-    let decoded: Option<Vec<u8>> = hex.chunks(2).map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok())).collect();
+    let decoded = hex::decode(url.host_str().unwrap_or("")).ok();
     let table = decoded.and_then(|b| String::from_utf8(b).ok()).and_then(|s| url::Url::parse(&s).ok());
     Some(match table {
         Some(table) => crate::source::store_for(&table).map_err(|e| DataFusionError::External(Box::new(e))),
