@@ -11,7 +11,7 @@
 //! which events are data events, their account and their caller, once for every consumer.
 //!
 //! Runs are idempotent and incremental like Insights: record IDs derive from the record's key,
-//! so a re-run stores nothing twice; `aggregate run` goes on from the last window it emitted
+//! so a re-run, or runs at once, store nothing twice; `aggregate run` goes on from the last window it emitted
 //! per account and region, up to the newest data event less `--settle-minutes`. A window once
 //! emitted is never recomputed: a late event for it is not in any record (as AWS, which
 //! summarises what has been delivered).
@@ -174,6 +174,8 @@ pub struct AggregateSummary {
     pub records_written: u64,
     /// Records computed again and found stored (a re-run, or a crash's retry).
     pub records_existing: u64,
+    /// Records another run at once stored first (their files are the same).
+    pub records_stored_meanwhile: u64,
     pub files: u64,
     /// Accounts and regions whose names are not safe path segments, left out (their records
     /// would name folders).
@@ -335,8 +337,10 @@ pub async fn run(opts: &AggregateOptions) -> Result<AggregateSummary> {
         if !records.is_empty() {
             // Files first: a crash before the commit rewrites the same files at the retry.
             summary.files += write_files(&out, &records).await?;
-            table = crate::lake::append(&table, vec![to_batch(&records, &run_id)?], AGGREGATED_EVENTS).await?;
-            summary.records_written += records.len() as u64;
+            // Runs at once compute the same records: each is stored by one of them.
+            let stored = crate::lake::append_new_keys(&mut table, to_batch(&records, &run_id)?, "eventid", AGGREGATED_EVENTS).await?;
+            summary.records_written += stored;
+            summary.records_stored_meanwhile += records.len() as u64 - stored;
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();

@@ -26,6 +26,16 @@ pub fn report(e: &(dyn Error + 'static)) -> String {
     out
 }
 
+/// A value from a log, made safe for a terminal and a one-line message: control characters
+/// (escape sequences, newlines) become U+FFFD, and long values are cut at 200 characters.
+pub fn clean(s: &str) -> String {
+    let mut out: String = s.chars().take(200).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    if s.chars().nth(200).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! <lake>/prism.json     lake settings, written once when the lake is created
 //! <lake>/events/        Delta table of events, partitioned awsregion=…/eventperiod=…
 //! <lake>/ingest_log/    Delta table: one row per ingested file and one per rejected record
+//! <lake>/_prism/leases/ who runs the scheduler or the watch now (see [`lease`])
 //! ```
 //!
 //! Delta gives atomic commits: Parquet files are written first and become visible only when
@@ -17,7 +18,8 @@
 //!
 //! Many writers: appends that deduplicate (events, the journal's rejects, the rollups) commit
 //! only on the version they saw ([`commit_if_current`]); the loser of a race reconciles with
-//! the winner's files and tries again (docs/lake.md#concurrency).
+//! the winner's files and tries again (docs/lake.md#concurrency). Commands whose work is not
+//! an append hold a [`lease`] instead: one at a time per lake.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -42,6 +44,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::schema::{self, AWS_REGION, EVENT_ID, EVENT_PERIOD, EVENT_TIME, Granularity, SOURCE_FILE};
+
+pub mod lease;
 
 /// Errors of the lake layer, each naming the table or object concerned.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +100,11 @@ pub enum LakeError {
     /// same command run again starts from the new version.
     #[error("{path}: {reason}; nothing was committed, run again")]
     Conflict { path: String, reason: String },
+    /// A lease ([`lease`]) another process holds.
+    #[error("another process is doing this on the lake: {holder}. Run this when it is done, or pass --wait to take over then (the lease {lease})")]
+    Leased { lease: String, holder: String },
+    #[error("the lease {lease} was taken over by another process (this one did not renew it in time); stopped")]
+    LeaseLost { lease: String },
     #[error("`{location}` is not a usable output location")]
     Output {
         location: String,

@@ -98,6 +98,9 @@ fn print(s: &AggregateSummary) {
         _ => println!("  summarised: nothing new (no data events past the last window, less --settle-minutes)"),
     }
     println!("  written:    {} new records ({} stored before), {} files", s.records_written, s.records_existing, s.files);
+    if s.records_stored_meanwhile > 0 {
+        println!("  meanwhile:  {} records stored by another run at the same time (kept once)", s.records_stored_meanwhile);
+    }
     if !s.skipped_accounts.is_empty() {
         let names = prism::sql::output::for_terminal(&s.skipped_accounts.join(", ")).into_owned();
         println!("  skipped:    {} account/regions whose names cannot name a folder: {names}", s.skipped_accounts.len());

@@ -53,9 +53,13 @@ Examples:
 Crontab (every 5 minutes; each query runs on its own schedule, at most once per slot):
   */5 * * * * prism schedule run --lake /data/lake --queries /data/queries --out /srv/reports --once
 
+One scheduler runs on a lake at a time (a lease in the lake): while another `schedule run` or
+`schedule serve` holds it, this one fails saying which (or waits, with --wait).
+
 Exit status: 0 every due query succeeded (or none was due); 3 some query failed, a file has a
 bad header, or a stop signal left queries unrun (see the summary and query_runs); 1 the run
-failed as a whole (e.g. no lake, folder unreadable, history not writable); 2 bad arguments.")]
+failed as a whole (e.g. no lake, folder unreadable, history not writable, another scheduler
+running); 2 bad arguments.")]
     Run(ScheduleRunArgs),
     /// Keep running: each query at its slots, re-reading the folder so edits are picked up.
     #[command(after_help = "\
@@ -65,7 +69,14 @@ Example:
 Each loop re-reads the folder and the lake, runs what is due, and sleeps until the next slot of
 any query (at most --poll seconds, so added or edited files are seen). A run that failed is
 retried at the next slot, or as soon as its file is edited. Ctrl-C or SIGTERM stops after the
-running query (a second signal stops at once). Exit status: 0 stopped cleanly; 1 failed at start.")]
+running query (a second signal stops at once).
+
+One scheduler runs on a lake at a time (a lease in the lake, renewed every 20 s). A second
+`serve` fails saying which process holds it; with --wait it waits as a standby and takes over
+when the first stops, or within 60 s of its death (at once on the same machine).
+
+Exit status: 0 stopped cleanly; 1 failed at start (or another scheduler holds the lake), or the
+lease was taken over by another scheduler (this one had stalled).")]
     Serve(ScheduleServeArgs),
     /// Show each query: its schedule, window, whether it is due, its next slot and last run.
     #[command(after_help = "\
@@ -86,6 +97,22 @@ pub struct ScheduleCommon {
     /// Print JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// If another scheduler runs on this lake, wait for it to stop (or die) and take over,
+    /// instead of failing: a standby.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+impl ScheduleCommon {
+    fn run_options(&self) -> schedule::RunOptions {
+        let mut options = schedule::RunOptions::new(&self.out);
+        options.lease.wait = self.wait;
+        options
+    }
+}
+
+fn waiting(holder: &prism::lake::lease::Holder) {
+    eprintln!("waiting: another scheduler runs on this lake: {}", holder.describe(Utc::now()));
 }
 
 #[derive(Args)]
@@ -181,13 +208,13 @@ async fn run_once(args: ScheduleRunArgs) -> anyhow::Result<ExitCode> {
     let now = args.now.unwrap_or_else(Utc::now);
     let catalogue = schedule::load_queries(&args.common.queries)?;
     let lake = prism::Lake::open(&args.lake).await?;
-    let options = schedule::RunOptions { out_dir: args.common.out.clone() };
+    let options = args.common.run_options();
     let stop = stop_on_signals();
     let json = args.common.json;
-    let summary = schedule::run_due(&lake, &catalogue, now, &options, &stop, |r| {
-        if !json {
-            println!("{}", run_line(r));
-        }
+    let summary = schedule::run_due(&lake, &catalogue, now, &options, &stop, |event| match event {
+        schedule::ServeEvent::Run(r) if !json => println!("{}", run_line(r)),
+        schedule::ServeEvent::Waiting(holder) => waiting(holder),
+        _ => {}
     })
     .await
     .context("scheduled run failed")?;
@@ -224,12 +251,8 @@ async fn run_once(args: ScheduleRunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ScheduleServeArgs) -> anyhow::Result<ExitCode> {
-    let options = schedule::ServeOptions {
-        lake: args.lake,
-        queries: args.common.queries,
-        run: schedule::RunOptions { out_dir: args.common.out },
-        poll: Duration::from_secs(args.poll),
-    };
+    let options =
+        schedule::ServeOptions { lake: args.lake, run: args.common.run_options(), queries: args.common.queries, poll: Duration::from_secs(args.poll) };
     let json = args.common.json;
     eprintln!("serving the queries of {} (Ctrl-C stops after the running query)", options.queries.display());
     let stop = stop_on_signals();
@@ -247,6 +270,7 @@ async fn serve(args: ScheduleServeArgs) -> anyhow::Result<ExitCode> {
         }
         schedule::ServeEvent::PassFailed(e) => eprintln!("error: {} (trying again next loop)", prism::error::report(e)),
         schedule::ServeEvent::Sleeping(until) => tracing::debug!("sleeping until {until}"),
+        schedule::ServeEvent::Waiting(holder) => waiting(holder),
     })
     .await
     .context("serve failed")?;

@@ -46,9 +46,14 @@ added to an existing lake gets the Insights found from then on, not the history.
 Each poll prints one JSON line on stdout (objects, events, Insights, deliveries, lag); each
 delivery and failed attempt prints one too.
 
+One watch runs on a lake at a time (a lease in the lake, renewed every 20 s): a second fails
+saying which process holds it. With --wait it waits as a standby (logging a \"waiting\" line)
+and takes over when the first stops, or within 60 s of its death (at once on the same machine).
+
 Exit status: 0 stopped by Ctrl-C or SIGTERM (the current poll is finished first); 1 could not
-start (no lake, bad source, address in use); 2 bad arguments. A failing poll does not stop
-the watch: it is logged, counted, and retried at the next interval.";
+start (no lake, bad source, address in use, another watch running), or another watch took the
+lease over (this one had stalled); 2 bad arguments. A failing poll does not stop the watch: it
+is logged, counted, and retried at the next interval.";
 
 /// Options shared by `prism watch` and `prism serve --watch`.
 #[derive(Args, Clone)]
@@ -87,6 +92,10 @@ pub struct FollowArgs {
     /// files stay on disk until `prism vacuum`.
     #[arg(long, default_value = "60m", value_parser = parse_duration)]
     pub compact_every: Duration,
+    /// If another watch runs on this lake, wait for it to stop (or die) and take over, instead
+    /// of failing: a standby.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Args)]
@@ -130,6 +139,7 @@ pub async fn start(
     opts.public_url = args.public_url;
     opts.retry_max = args.retry_max.max(opts.retry_first);
     opts.compact_every = args.compact_every;
+    opts.lease.wait = args.wait;
     opts.sinks = args.alerts.iter().map(|a| Sink::parse(a)).collect::<Result<_, _>>()?;
     let stats = Arc::new(Stats::new(opts.sinks.iter().map(|s| (s.id.clone(), s.target.clone())).collect()));
     let metrics = match args.metrics {

@@ -13,6 +13,10 @@
 //! ([`history`]), queryable like any lake table. Outputs are written atomically by the shared
 //! result writer ([`crate::sql::output::write_file_atomic`]).
 //!
+//! **One scheduler per lake.** A pass and a `serve` loop hold the lake's `schedule` lease
+//! ([`crate::lake::lease`]): a second scheduler is refused with who runs it, or with
+//! `lease.wait` waits and takes over when the first stops or dies (a hot standby).
+//!
 //! Library functions take `now` as a parameter, so tests (and `--now`) can move time.
 
 use std::collections::HashMap;
@@ -25,6 +29,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use tokio_util::sync::CancellationToken;
 
+use crate::lake::lease::{Holder, Lease, LeaseOptions};
 use crate::lake::{Lake, LakeError};
 use crate::sql::SqlError;
 use crate::sql::output::{OutputError, write_file_atomic};
@@ -187,6 +192,28 @@ pub fn statuses(catalogue: &Catalogue, history: Option<&History>, now: DateTime<
 pub struct RunOptions {
     /// Relative output paths are relative to this folder (the CLI's `--out`, default `.`).
     pub out_dir: PathBuf,
+    /// Whether to wait for a scheduler already running on the lake, and the lease's time to live.
+    pub lease: LeaseOptions,
+}
+
+impl RunOptions {
+    pub fn new(out_dir: impl Into<PathBuf>) -> RunOptions {
+        RunOptions { out_dir: out_dir.into(), lease: LeaseOptions::default() }
+    }
+}
+
+/// The lake's scheduler lease, for `command`; None if `stop` came while waiting for it.
+async fn take_lease(
+    lake: &Lake,
+    command: &str,
+    options: &RunOptions,
+    stop: &CancellationToken,
+    on_event: &mut impl FnMut(ServeEvent<'_>),
+) -> Result<Option<Lease>, ScheduleError> {
+    tokio::select! {
+        lease = lake.lease("schedule", command, options.lease, |h| on_event(ServeEvent::Waiting(h))) => Ok(Some(lease?)),
+        () = stop.cancelled() => Ok(None),
+    }
 }
 
 /// A scheduled query that was not due.
@@ -227,26 +254,51 @@ impl RunSummary {
 /// Runs every query of `catalogue` that is due at `now`, one after another, recording each run
 /// in the history as soon as it ends. A failing query is recorded and the others still run.
 /// `stop` is checked between queries: the running query always finishes and is recorded.
-/// `on_run` sees each run as it is recorded.
+/// `on_event` sees each run as it is recorded ([`ServeEvent::Run`]), and the scheduler waited
+/// on, if another one holds the lake ([`ServeEvent::Waiting`]).
 pub async fn run_due(
     lake: &Lake,
     catalogue: &Catalogue,
     now: DateTime<Utc>,
     options: &RunOptions,
     stop: &CancellationToken,
-    on_run: impl FnMut(&QueryRun),
+    mut on_event: impl FnMut(ServeEvent<'_>),
 ) -> Result<RunSummary, ScheduleError> {
-    run_pass(lake, catalogue, now, options, stop, &|_, _| true, on_run).await
+    let Some(lease) = take_lease(lake, "prism schedule run", options, stop, &mut on_event).await? else {
+        let names = catalogue.queries.iter().map(|q| q.name.clone()).collect();
+        return Ok(RunSummary {
+            now,
+            run_id: String::new(),
+            runs: Vec::new(),
+            not_due: Vec::new(),
+            unscheduled: Vec::new(),
+            problems: Vec::new(),
+            not_run: names,
+        });
+    };
+    let summary = run_pass(lake, catalogue, now, options, &|| stop.is_cancelled() || lease.is_lost(), &|_, _| true, |r| on_event(ServeEvent::Run(r))).await;
+    end_lease(lease, summary).await
+}
+
+/// Releases `lease` after `result`; a lost lease is the error.
+async fn end_lease<T>(lease: Lease, result: Result<T, ScheduleError>) -> Result<T, ScheduleError> {
+    if lease.is_lost() {
+        return Err(lease.lost_error().into());
+    }
+    let released = lease.release().await;
+    let value = result?;
+    released?;
+    Ok(value)
 }
 
 /// [`run_due`], running only the due queries `wanted` accepts (serve uses it not to repeat a
-/// failed slot).
+/// failed slot), and none once `halted` (a stop, or the lease lost).
 async fn run_pass(
     lake: &Lake,
     catalogue: &Catalogue,
     now: DateTime<Utc>,
     options: &RunOptions,
-    stop: &CancellationToken,
+    halted: &dyn Fn() -> bool,
     wanted: &dyn Fn(&QueryFile, DateTime<Utc>) -> bool,
     mut on_run: impl FnMut(&QueryRun),
 ) -> Result<RunSummary, ScheduleError> {
@@ -274,7 +326,7 @@ async fn run_pass(
     }
     let ctx = crate::sql::session(lake).await?;
     for (q, slot) in due {
-        if stop.is_cancelled() {
+        if halted() {
             summary.not_run.push(q.name.clone());
             continue;
         }
@@ -350,6 +402,8 @@ pub enum ServeEvent<'a> {
     PassFailed(&'a ScheduleError),
     /// Nothing to do until this time (or the next poll, or a stop).
     Sleeping(DateTime<Utc>),
+    /// Another scheduler holds the lake; waiting for it to stop (with `lease.wait`).
+    Waiting(&'a Holder),
 }
 
 /// Totals of a `serve` session.
@@ -364,18 +418,33 @@ pub struct ServeSummary {
 /// any query (at most `poll`, so added or edited files are seen). A slot whose run failed is
 /// not tried again by this loop until the file changes or the next slot comes, so a broken query
 /// does not run on every poll. The first pass's errors are returned (a wrong lake or folder
-/// fails fast); later ones are reported and retried.
+/// fails fast); later ones are reported and retried. The lake's scheduler lease is held
+/// throughout; losing it ends the loop with an error.
 pub async fn serve(
     options: &ServeOptions,
     clock: impl Fn() -> DateTime<Utc>,
     stop: &CancellationToken,
     mut on_event: impl FnMut(ServeEvent<'_>),
 ) -> Result<ServeSummary, ScheduleError> {
+    let Some(lease) = take_lease(&Lake::open(&options.lake).await?, "prism schedule serve", &options.run, stop, &mut on_event).await? else {
+        return Ok(ServeSummary::default());
+    };
+    let totals = serve_leased(options, clock, stop, &lease, on_event).await;
+    end_lease(lease, totals).await
+}
+
+async fn serve_leased(
+    options: &ServeOptions,
+    clock: impl Fn() -> DateTime<Utc>,
+    stop: &CancellationToken,
+    lease: &Lease,
+    mut on_event: impl FnMut(ServeEvent<'_>),
+) -> Result<ServeSummary, ScheduleError> {
     let mut totals = ServeSummary::default();
     // The slot (and file text) of each query's last failed run in this loop.
     let mut failed: HashMap<String, (DateTime<Utc>, String)> = HashMap::new();
     let mut shown_problems: Option<Vec<HeaderProblem>> = None;
-    while !stop.is_cancelled() {
+    while !stop.is_cancelled() && !lease.is_lost() {
         let pass = async {
             let catalogue = load_queries(&options.queries)?;
             if shown_problems.as_ref() != Some(&catalogue.problems) {
@@ -384,7 +453,9 @@ pub async fn serve(
             }
             let lake = Lake::open(&options.lake).await?;
             let not_failed = |q: &QueryFile, slot| failed.get(&q.name) != Some(&(slot, q.sql.clone()));
-            let summary = run_pass(&lake, &catalogue, clock(), &options.run, stop, &not_failed, |r| on_event(ServeEvent::Run(r))).await?;
+            let summary =
+                run_pass(&lake, &catalogue, clock(), &options.run, &|| stop.is_cancelled() || lease.is_lost(), &not_failed, |r| on_event(ServeEvent::Run(r)))
+                    .await?;
             Ok::<_, ScheduleError>((catalogue, summary))
         }
         .await;
@@ -414,9 +485,11 @@ pub async fn serve(
         let wake = catalogue.queries.iter().filter_map(|q| q.schedule.as_ref()?.next_slot(now)).min().map_or(now + poll, |next| next.min(now + poll));
         on_event(ServeEvent::Sleeping(wake));
         let pause = (wake - now).to_std().unwrap_or_default();
+        let lost = lease.lost();
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = stop.cancelled() => {}
+            () = lost.cancelled() => {}
         }
     }
     Ok(totals)

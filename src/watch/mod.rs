@@ -10,6 +10,9 @@
 //! it retries with backoff and delivers in order when it is back. An acknowledgement is
 //! journaled in the `deliveries` table ([`journal`]) after the sink acknowledged, so a crash
 //! re-sends what was not journaled: at least once, never lost.
+//!
+//! One watch per lake: it holds the lake's `watch` lease ([`crate::lake::lease`]). A second is
+//! refused, or with `lease.wait` waits as a standby and takes over when the first stops or dies.
 
 pub mod alert;
 pub mod aws;
@@ -28,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ingest::{IngestError, IngestOptions, IngestProgress};
 use crate::insights::{self, InsightsError, InsightsProgress, Mode, RunOptions};
+use crate::lake::lease::LeaseOptions;
 use crate::lake::{Lake, LakeError};
 use crate::source::follow::Follower;
 use crate::source::{Location, SourceError};
@@ -71,6 +75,8 @@ pub struct WatchOptions {
     pub retry_max: Duration,
     /// How often the lake's small files are compacted (each poll adds some).
     pub compact_every: Duration,
+    /// Whether to wait for a watch already running on the lake (a standby).
+    pub lease: LeaseOptions,
 }
 
 impl WatchOptions {
@@ -86,6 +92,7 @@ impl WatchOptions {
             retry_first: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             compact_every: Duration::from_secs(3600),
+            lease: LeaseOptions::default(),
         }
     }
 }
@@ -144,9 +151,13 @@ fn now_text() -> String {
 
 /// Runs until `stop` completes (then finishes the current step, lets each sink finish the
 /// delivery it is making, journals, and returns). Errors of a step are logged and retried at
-/// the next poll; only a lake that cannot be opened or journaled ends the run with an error.
+/// the next poll; only a lake that cannot be opened or journaled, or a lost lease, ends the run
+/// with an error.
 pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), WatchError> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    // Stops the loop and the sinks: the caller's stop, or a lost lease.
+    let stop_forward = Arc::new(stop_tx);
+    let stop_tx = stop_forward.clone();
     tokio::spawn(async move {
         stop.await;
         let _ = stop_tx.send(true);
@@ -158,6 +169,12 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     let lake = Lake::open_or_create(&opts.ingest.lake, opts.ingest.granularity).await?;
     let enabled = enable_insights(lake).await?;
     let lake = Lake::open(&opts.ingest.lake).await?;
+    let waiting = |h: &crate::lake::lease::Holder| log(json!({"time": now_text(), "event": "waiting", "holder": h.describe(Utc::now())}));
+    let lease = tokio::select! {
+        lease = lake.lease("watch", "prism watch", opts.lease, waiting) => lease?,
+        _ = stop_rx.wait_for(|s| *s) => return Ok(()),
+    };
+    let lost = lease.lost();
     let mut journal = journal::Journal::open(&lake).await?;
     let mut handled = journal.handled().await?;
     register_sinks(&lake, &opts.sinks, &mut journal, &mut handled).await?;
@@ -235,13 +252,18 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
         }
         line.insert("seconds".into(), json!(seconds(began)));
         log(serde_json::Value::Object(line));
-        if *stop_rx.borrow() {
+        if *stop_rx.borrow() || lost.is_cancelled() {
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep(opts.interval) => {}
             _ = stop_rx.changed() => break,
+            () = lost.cancelled() => break,
         }
+    }
+    if lost.is_cancelled() {
+        // Another watch took over: the sinks stop after the delivery they are making.
+        let _ = stop_forward.send(true);
     }
     // Workers end after the delivery they are making; the writer journals what they acked.
     drop(queues);
@@ -250,7 +272,12 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     }
     let journaled = writer.await.unwrap_or(Ok(()));
     log(json!({"time": now_text(), "event": "stop", "backlog": stats.sinks.iter().map(|s| s.backlog.load(Ordering::Relaxed)).sum::<u64>()}));
-    journaled.map_err(WatchError::Lake)
+    if lease.is_lost() {
+        return Err(WatchError::Lake(lease.lost_error()));
+    }
+    let released = lease.release().await;
+    journaled?;
+    Ok(released?)
 }
 
 /// Compacts the tables a watch writes (`prism optimize`), but `deliveries`, which the journal

@@ -152,6 +152,42 @@ fn concurrent_ingests_into_a_lake_in_s3_store_each_event_once() {
     assert_eq!(counted.lines().nth(1), Some(events.as_str()), "{counted}");
 }
 
+/// The scheduler's lease on a lake in S3 (its files are create-only PUTs, as Delta commits):
+/// a second scheduler is refused while one serves, and goes ahead once it stopped.
+#[test]
+fn one_scheduler_at_a_time_on_a_lake_in_s3() {
+    let server = server_with_archive();
+    let (lake, source) = (server.url("lake"), server.url("trail/"));
+    ok(Some(&server), &["ingest", &source, "--lake", &lake, "--granularity", "day", "--quiet"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (queries, out) = (dir.path().join("queries"), dir.path().join("out"));
+    std::fs::create_dir_all(&queries).unwrap();
+    std::fs::write(queries.join("total.sql"), "-- schedule: 0 0 1 * *\n-- output: {name}.json\nSELECT count(*) AS n FROM events\n").unwrap();
+    let (q, o) = (queries.to_str().unwrap(), out.to_str().unwrap());
+    let mut serve = Command::new(prism_bin())
+        .args(["schedule", "serve", "--lake", &lake, "--queries", q, "--out", o, "--poll", "1"])
+        .envs(server.env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !out.join("total.json").exists() {
+        assert!(serve.try_wait().unwrap().is_none(), "serve ended early");
+        assert!(std::time::Instant::now() < deadline, "the query did not run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let second = prism(Some(&server), &["schedule", "run", "--lake", &lake, "--queries", q, "--out", o, "--once"]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("another process is doing this on the lake: `prism schedule serve` (pid {} on", serve.id())), "{err}");
+    Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap();
+    assert!(serve.wait().unwrap().success());
+    let third = prism(Some(&server), &["schedule", "run", "--lake", &lake, "--queries", q, "--out", o, "--once"]);
+    assert_eq!(third.status.code(), Some(0), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(String::from_utf8_lossy(&third.stdout).contains("not due total"));
+}
+
 /// Workers read a lake in S3 themselves, with their own credentials (here the test server's,
 /// in their environment): a query on two `prism worker` processes gives plain `prism sql`'s rows.
 #[cfg(feature = "distributed")]

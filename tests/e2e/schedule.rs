@@ -344,6 +344,59 @@ fn serve_does_not_repeat_a_failed_slot_but_retries_an_edited_file_and_stops_on_s
     );
 }
 
+/// The pid in the newest file of the lake's scheduler lease, unless it was released.
+fn lease_holder(lake: &Path) -> Option<u32> {
+    let folder = lake.join("_prism/leases/schedule");
+    let newest = std::fs::read_dir(folder).ok()?.flatten().map(|e| e.path()).max()?;
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(newest).ok()?).ok()?;
+    if v["released"] == true { None } else { v["pid"].as_u64().map(|p| p as u32) }
+}
+
+/// One scheduler per lake: a second is refused naming the first; a standby (`--wait`) takes
+/// over at once when the first is killed (on the same machine its death is seen), runs what
+/// the first had not, and releases the lake when stopped.
+#[test]
+fn a_second_scheduler_is_refused_and_a_standby_takes_over_from_a_killed_one() {
+    let t = setup(&[("total.sql", "-- schedule: 0 0 1 * *\n-- output: {name}.json\nSELECT count(*) AS n FROM events\n")]);
+    let mut first = serve(&t.lake, &t.queries, &t.out);
+    wait_for(&t.out.join("total.json"), &mut first);
+    assert_eq!(lease_holder(&t.lake), Some(first.id()));
+    let o = schedule("run", &t.lake, &t.queries, &["--once", "--out", t.out.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("another process is doing this on the lake: `prism schedule serve` (pid"), "{err}");
+    assert!(err.contains(&format!("pid {} on", first.id())) && err.contains("--wait"), "{err}");
+
+    let mut standby = schedule("serve", &t.lake, &t.queries, &["--poll", "1", "--out", t.out.to_str().unwrap(), "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lease_holder(&t.lake), Some(first.id()), "the standby waits");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&t.lake) != Some(standby.id()) {
+        assert!(Instant::now() < deadline, "the standby did not take over: {:?}", lease_holder(&t.lake));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It serves now: a new file runs; the first's query is not run again.
+    t.write("added.sql", "-- schedule: 0 0 1 1 *\n-- output: {name}.json\nSELECT 42 AS answer\n");
+    wait_for(&t.out.join("added.json"), &mut standby);
+    signal(&standby, "-TERM");
+    let (code, stdout, stderr) = finish(standby);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("waiting: another scheduler runs on this lake: `prism schedule serve`"), "{stderr}");
+    assert!(stdout.contains("ok      added") && !stdout.contains("total"), "{stdout}");
+    // Released: a run goes ahead at once.
+    assert_eq!(lease_holder(&t.lake), None);
+    let o = schedule("run", &t.lake, &t.queries, &["--once", "--out", t.out.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = sql(&t.lake, "SELECT query, count(*) AS runs FROM query_runs GROUP BY query ORDER BY query");
+    assert_eq!(rows, vec![serde_json::json!({"query": "added", "runs": 1}), serde_json::json!({"query": "total", "runs": 1})]);
+}
+
 #[test]
 fn usage_errors_and_a_missing_lake() {
     let dir = tempfile::tempdir().unwrap();

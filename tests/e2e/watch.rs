@@ -431,7 +431,20 @@ async fn a_failing_webhook_and_a_killed_watch_lose_no_alert() {
     assert_eq!(caught_up["new_objects"].as_u64(), Some(0), "{caught_up}");
     assert_eq!(caught_up["insights"].as_u64(), Some(0), "{caught_up}");
     watch.wait_for("the webhook's backlog delivered", |v| v.get("poll").is_some() && delivered(v).first() == Some(&total));
+    // One watch per lake: a second is refused, naming this one; with --wait it is a standby
+    // that takes over when this one stops.
+    let second = Command::new(prism_bin()).arg("watch").args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("another process is doing this on the lake: `prism watch` (pid {} on", watch.child.id())), "{err}");
+    let mut standby = Watch::start(&[&args[..], &["--wait"]].concat(), &[]);
+    standby.wait_for("the standby waiting", |v| v["event"] == "waiting" && v["holder"].as_str().is_some_and(|h| h.contains("`prism watch`")));
     let lines = watch.stop();
+    let started = standby.wait_for("the standby taking over", |v| v["event"] == "start");
+    assert_eq!(started["lake"], lake.to_str().unwrap());
+    let caught_up = standby.wait_for("its catch-up", |v| v.get("catch_up").is_some());
+    assert_eq!((caught_up["new_objects"].as_u64(), caught_up["insights"].as_u64()), (Some(0), Some(0)), "{caught_up}");
+    standby.stop();
     let refused =
         lines.iter().find(|l| l["event"] == "delivery_failed" && l["target"] == "webhook http://127.0.0.1/…").expect("the dead sink's failures are logged");
     assert!(lines.iter().all(|l| !l.to_string().contains("SECRETPATH")), "a webhook's path was logged: {refused}");
