@@ -984,8 +984,18 @@ fn writer_properties(granularity: Granularity) -> WriterProperties {
         Granularity::Minute => Compression::SNAPPY,
         Granularity::Hour | Granularity::Day => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
     };
-    WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(ROW_GROUP_ROWS)).set_data_page_row_count_limit(PAGE_ROWS).build()
+    let mut builder =
+        WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(ROW_GROUP_ROWS)).set_data_page_row_count_limit(PAGE_ROWS);
+    // Columns whose values are (nearly) all distinct: a dictionary would only cost the interning
+    // of every value before parquet-rs falls back to plain encoding.
+    for column in UNIQUE_COLUMNS {
+        builder = builder.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*column), false);
+    }
+    builder.build()
 }
+
+/// Events columns with a value per event that no other event has.
+const UNIQUE_COLUMNS: &[&str] = &[EVENT_ID, EVENT_TIME, "requestid"];
 
 /// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
 /// partition's IDs cost 16 bytes each in memory.

@@ -103,54 +103,41 @@ impl Rollups {
         // In chunks, each its own commit, so memory stays bounded on a lake never rolled up.
         let table = lake.events().clone();
         for chunk in pending.chunks(CHUNK_FILES) {
-            let counted: Vec<(String, Counts)> = futures::stream::iter(chunk.iter().cloned().map(|(path, region)| {
-                let table = table.clone();
-                async move {
-                    let batches = lake::read_files_columns(&table, std::slice::from_ref(&path), PROJECTION).await?;
-                    let mut counts = Counts::default();
-                    for b in &batches {
-                        counts.add(b, &region)?;
-                    }
-                    Ok::<_, LakeError>((path, counts))
-                }
-            }))
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
-            let mut counted = counted;
+            let mut files = chunk.to_vec();
             let shown = format!("{}{ROLLUPS_TABLE}", lake.url());
-            let mut conflicts = 0;
+            let (mut conflicts, mut counted_events) = (0, 0);
             loop {
                 // Counts add up across files, so one commit writes each key once.
+                let (counted, total) = count_files(&table, &files).await?;
                 let mut rows = RowsBuilder::default();
-                let mut total = Counts::default();
-                for (path, counts) in &counted {
-                    rows.push_file(path, counts.events);
-                    total.merge(counts);
+                for (path, events) in &counted {
+                    rows.push_file(path, *events);
                 }
                 rows.push(&total);
-                let batch = sorted(rows.finish()?)?;
+                let batch = rows.finish()?;
                 let n = batch.num_rows() as u64;
                 // Only on the version read: another writer may have counted some of these
                 // files meanwhile (it sees this run's events files once they are committed).
                 if lake::append_if_current(&mut self.table, vec![batch], &shown).await?.is_some() {
                     out.rows += n;
+                    counted_events = counted.iter().map(|(_, events)| events).sum::<u64>();
                     break;
                 }
                 conflicts += 1;
                 if conflicts > lake::MAX_CONFLICTS {
                     return Err(lake::outpaced(&shown));
                 }
+                // Counted again without the files the other writer counted (rare: a race).
                 let theirs = self.counted_since(&shown).await?;
-                counted.retain(|(path, _)| !theirs.contains(path));
-                if counted.is_empty() {
+                files.retain(|(path, _)| !theirs.contains(path));
+                if files.is_empty() {
                     break;
                 }
             }
-            out.files += counted.len() as u64;
-            out.events += counted.iter().map(|(_, c)| c.events).sum::<u64>();
+            out.files += files.len() as u64;
+            out.events += counted_events;
             if let Some(d) = self.counted.as_mut() {
-                d.extend(counted.into_iter().map(|(p, _)| p));
+                d.extend(files.into_iter().map(|(p, _)| p));
             }
         }
         Ok(out)
@@ -190,27 +177,32 @@ impl Rollups {
 
     /// Appends `rows` in one commit; returns how many.
     async fn append(&mut self, lake: &Lake, rows: RowsBuilder) -> Result<u64, LakeError> {
-        let batch = sorted(rows.finish()?)?;
+        let batch = rows.finish()?;
         let n = batch.num_rows() as u64;
         self.table = lake::append(&self.table, vec![batch], &format!("{}{ROLLUPS_TABLE}", lake.url())).await?;
         Ok(n)
     }
 }
 
-/// `batch` in [`SORT_COLUMNS`] order, as every rollups file is written, so that a read of one
-/// series skips the pages (and, once compacted, the row groups) of the others.
-fn sorted(batch: RecordBatch) -> Result<RecordBatch, LakeError> {
-    let arrow_err = |source| LakeError::Arrow { context: "sorting rollups".into(), source };
-    let columns = SORT_COLUMNS
-        .iter()
-        .map(|c| batch.column_by_name(c).map(|values| arrow::compute::SortColumn { values: values.clone(), options: None }))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| LakeError::Arrow {
-            context: "sorting rollups".into(),
-            source: arrow::error::ArrowError::SchemaError("a sort column is missing".into()),
-        })?;
-    let indices = arrow::compute::lexsort_to_indices(&columns, None).map_err(arrow_err)?;
-    arrow::compute::take_record_batch(&batch, &indices).map_err(arrow_err)
+/// Counts the events files `files` (path, region), 8 at a time: each file's event count, and
+/// the counts of all of them.
+async fn count_files(table: &DeltaTable, files: &[(String, String)]) -> Result<(Vec<(String, u64)>, Counts), LakeError> {
+    let mut per_file = Vec::with_capacity(files.len());
+    let mut total = Counts::default();
+    let mut counting = futures::stream::iter(files.iter().cloned().map(|(path, region)| async move {
+        let batches = lake::read_files_columns(table, std::slice::from_ref(&path), PROJECTION).await?;
+        let mut counts = Counts::default();
+        for b in &batches {
+            counts.add(b, &region)?;
+        }
+        Ok::<_, LakeError>((path, counts))
+    }))
+    .buffer_unordered(8);
+    while let Some((path, counts)) = counting.try_next().await? {
+        per_file.push((path, counts.events));
+        total.absorb(counts);
+    }
+    Ok((per_file, total))
 }
 
 /// The events columns a rollup reads (`awsregion` comes from the partition).
@@ -287,19 +279,25 @@ impl KeyRef<'_> {
 }
 
 impl Counts {
-    fn merge(&mut self, other: &Counts) {
-        for (k, n) in &other.minutes {
-            *self.minutes.entry(k.clone()).or_default() += n;
-        }
-        for (k, n) in &other.hours {
-            *self.hours.entry(k.clone()).or_default() += n;
+    /// Adds `other` in, moving its keys (the smaller map into the larger).
+    fn absorb(&mut self, mut other: Counts) {
+        for (mine, theirs) in [(&mut self.minutes, &mut other.minutes), (&mut self.hours, &mut other.hours)] {
+            if theirs.len() > mine.len() {
+                std::mem::swap(mine, theirs);
+            }
+            mine.reserve(theirs.len());
+            for (k, n) in theirs.drain() {
+                *mine.entry(k).or_default() += n;
+            }
         }
         self.events += other.events;
     }
 
     fn add(&mut self, b: &RecordBatch, region: &str) -> Result<(), LakeError> {
-        let mut minutes: HashMap<KeyRef, i64> = HashMap::default();
-        let mut hours: HashMap<KeyRef, i64> = HashMap::default();
+        // Sized for a batch's keys up front: growing rehashes every key (five strings each).
+        let keys = (b.num_rows() / 4).clamp(16, 4096);
+        let mut minutes: HashMap<KeyRef, i64> = HashMap::with_capacity_and_hasher(keys, Default::default());
+        let mut hours: HashMap<KeyRef, i64> = HashMap::with_capacity_and_hasher(keys, Default::default());
         visit(b, |e| {
             self.events += 1;
             if e.category.is_none() {
@@ -488,9 +486,16 @@ impl RowsBuilder {
         self.datafile.append_value(datafile);
     }
 
+    /// Appends the counts' rows in [`SORT_COLUMNS`] order (after any file markers: `file`
+    /// sorts before `hour` and `minute`), as every rollups file is written, so that a read of
+    /// one series skips the pages (and, once compacted, the row groups) of the others.
     fn push(&mut self, counts: &Counts) {
-        for (kind, map) in [(MINUTE, &counts.minutes), (HOUR, &counts.hours)] {
-            for (k, n) in map {
+        for (kind, map) in [(HOUR, &counts.hours), (MINUTE, &counts.minutes)] {
+            let mut rows: Vec<(&Key, &i64)> = map.iter().collect();
+            rows.sort_unstable_by(|(a, _), (b, _)| {
+                (&a.account, &a.region, &a.source, &a.name, a.period).cmp(&(&b.account, &b.region, &b.source, &b.name, b.period))
+            });
+            for (k, n) in rows {
                 self.kind.append_value(kind);
                 self.account.append_value(&k.account);
                 self.region.append_value(&k.region);
@@ -526,5 +531,59 @@ impl RowsBuilder {
         ];
         RecordBatch::try_new(crate::schema::tables::rollups_schema(), columns)
             .map_err(|source| LakeError::Arrow { context: "building rollup rows".into(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(account: &str, source: &str, name: &str, minute: i64) -> Key {
+        Key {
+            account: account.into(),
+            region: "us-east-1".into(),
+            period: minute * MICROS_PER_MINUTE,
+            source: source.into(),
+            name: name.into(),
+            error: None,
+            readonly: None,
+            management: true,
+            arn: None,
+            agent: None,
+        }
+    }
+
+    /// Rows come out in `SORT_COLUMNS` order without a sort of the batch: sorting it changes
+    /// none of those columns.
+    #[test]
+    fn rows_are_written_in_sort_column_order() {
+        let mut a = Counts::default();
+        let mut b = Counts::default();
+        for (i, (acct, src, name)) in
+            [("2", "s3", "Get"), ("1", "s3", "Put"), ("1", "ec2", "Run"), ("1", "s3", "Get"), ("10", "a", "b")].into_iter().enumerate()
+        {
+            for minute in [7, 3, 60] {
+                let target = if i % 2 == 0 { &mut a } else { &mut b };
+                *target.minutes.entry(key(acct, src, name, minute)).or_default() += 1;
+                *target.hours.entry(key(acct, src, name, minute / 60 * 60)).or_default() += 1;
+            }
+        }
+        *b.minutes.entry(key("2", "s3", "Get", 7)).or_default() += 5;
+        a.events = 9;
+        b.events = 10;
+        a.absorb(b);
+        assert_eq!((a.events, a.minutes[&key("2", "s3", "Get", 7)]), (19, 6));
+        let mut rows = RowsBuilder::default();
+        rows.push_file("f2.parquet", 3);
+        rows.push_file("f1.parquet", 4);
+        rows.push(&a);
+        let batch = rows.finish().unwrap();
+        let columns: Vec<_> =
+            SORT_COLUMNS.iter().map(|c| arrow::compute::SortColumn { values: batch.column_by_name(c).unwrap().clone(), options: None }).collect();
+        let order = arrow::compute::lexsort_to_indices(&columns, None).unwrap();
+        for c in &columns {
+            assert_eq!(&arrow::compute::take(&c.values, &order, None).unwrap(), &c.values);
+        }
+        assert_eq!(batch.num_rows(), 2 + a.minutes.len() + a.hours.len());
     }
 }

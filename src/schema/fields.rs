@@ -120,18 +120,24 @@ impl<'de> Deserialize<'de> for Text<'de> {
 /// (`userIdentity.newField`, `resources[2].tag`), with their raw JSON values.
 pub type Extras<'a> = Vec<(String, &'a RawValue)>;
 
-/// Recursion into nested objects to collect their unknown keys.
+/// Recursion into nested objects to collect their unknown keys. `path` is the value's JSON
+/// path, extended in place and restored on return: paths are built only for the keys found
+/// (nearly every record has none), not for every field of every record.
 pub trait CollectExtras<'a> {
-    fn collect_extras(&self, _prefix: &str, _out: &mut Extras<'a>) {}
+    fn collect_extras(&self, _path: &mut String, _out: &mut Extras<'a>) {}
 }
 impl<'a> CollectExtras<'a> for Str<'a> {}
 impl<'a> CollectExtras<'a> for Text<'a> {}
 impl<'a> CollectExtras<'a> for &'a RawValue {}
 impl<'a> CollectExtras<'a> for Flag {}
 impl<'a, T: CollectExtras<'a>> CollectExtras<'a> for Vec<T> {
-    fn collect_extras(&self, prefix: &str, out: &mut Extras<'a>) {
+    fn collect_extras(&self, path: &mut String, out: &mut Extras<'a>) {
+        let len = path.len();
         for (i, item) in self.iter().enumerate() {
-            item.collect_extras(&format!("{prefix}[{i}]"), out);
+            use std::fmt::Write as _;
+            let _ = write!(path, "[{i}]");
+            item.collect_extras(path, out);
+            path.truncate(len);
         }
     }
 }
@@ -263,6 +269,19 @@ macro_rules! value_ty {
     ($lt:lifetime, list $t:ident $b:ident) => { Vec<$t<$lt>> };
 }
 
+/// Whether a field kind can hold keys of its own (objects, lists of objects).
+macro_rules! nested {
+    (obj $t:ident $b:ident) => {
+        true
+    };
+    (list $t:ident $b:ident) => {
+        true
+    };
+    ($kind:ident) => {
+        false
+    };
+}
+
 /// Maps a field kind to its Arrow builder.
 macro_rules! builder_ty {
     (str) => { $crate::schema::fields::Utf8B };
@@ -302,15 +321,24 @@ macro_rules! cloudtrail_object {
         }
 
         impl<'a> $crate::schema::fields::CollectExtras<'a> for $name<'a> {
-            fn collect_extras(&self, prefix: &str, out: &mut $crate::schema::fields::Extras<'a>) {
+            fn collect_extras(&self, path: &mut String, out: &mut $crate::schema::fields::Extras<'a>) {
+                let len = path.len();
+                let push = |path: &mut String, key: &str| {
+                    if len > 0 {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                };
                 for (k, v) in &self.extra {
-                    let path = if prefix.is_empty() { k.as_str().to_owned() } else { format!("{prefix}.{}", k.as_str()) };
-                    out.push((path, *v));
+                    push(path, k.as_str());
+                    out.push((path.clone(), *v));
+                    path.truncate(len);
                 }
                 $(
-                    if let Some(v) = &self.$field {
-                        let path = if prefix.is_empty() { $json.to_owned() } else { format!("{prefix}.{}", $json) };
-                        $crate::schema::fields::CollectExtras::collect_extras(v, &path, out);
+                    if $crate::schema::fields::nested!($kind $($arg)*) && let Some(v) = &self.$field {
+                        push(path, $json);
+                        $crate::schema::fields::CollectExtras::collect_extras(v, path, out);
+                        path.truncate(len);
                     }
                 )*
             }
@@ -398,4 +426,4 @@ macro_rules! cloudtrail_object {
     };
 }
 
-pub(crate) use {builder_ty, cloudtrail_object, value_ty};
+pub(crate) use {builder_ty, cloudtrail_object, nested, value_ty};

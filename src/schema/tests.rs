@@ -145,6 +145,11 @@ fn rejections_name_the_reason() {
     let surrogate = reason(r#"{"eventTime":"2024-06-01T00:00:00Z","awsRegion":"us-east-1","userAgent":"\ud800x"}"#);
     assert_eq!(surrogate.reason, RecordRejection::InvalidJson);
     assert!(surrogate.message.contains("userAgent") && surrogate.message.contains("surrogate"), "{}", surrogate.message);
+    // Bytes that are not UTF-8 (here inside a string): invalid JSON, saying where.
+    let bytes = b"{\"eventTime\":\"2024-06-01T00:00:00Z\",\"awsRegion\":\"us-east-1\",\"userAgent\":\"x\xff\"}";
+    let latin = parse_record(bytes).unwrap_err();
+    assert_eq!(latin.reason, RecordRejection::InvalidJson);
+    assert_eq!(latin.message, "the record is not UTF-8: invalid byte at offset 74");
     // A log shipper's time field instead of eventTime: the message says so.
     let shipped = reason(r#"{"@timestamp":"2024-06-01T00:00:00Z","awsRegion":"us-east-1"}"#);
     assert_eq!(shipped.reason, RecordRejection::MissingEventTime);
