@@ -265,7 +265,7 @@ pub async fn run_due(
     mut on_event: impl FnMut(ServeEvent<'_>),
 ) -> Result<RunSummary, ScheduleError> {
     let Some(lease) = take_lease(lake, "prism schedule run", options, stop, &mut on_event).await? else {
-        let names = catalogue.queries.iter().map(|q| q.name.clone()).collect();
+        let names = catalogue.queries.iter().filter(|q| q.schedule.is_some()).map(|q| q.name.clone()).collect();
         return Ok(RunSummary {
             now,
             run_id: String::new(),

@@ -172,7 +172,10 @@ pub async fn run(opts: WatchOptions, stats: Arc<Stats>, stop: impl std::future::
     let waiting = |h: &crate::lake::lease::Holder| log(json!({"time": now_text(), "event": "waiting", "holder": h.describe(Utc::now())}));
     let lease = tokio::select! {
         lease = lake.lease("watch", "prism watch", opts.lease, waiting) => lease?,
-        _ = stop_rx.wait_for(|s| *s) => return Ok(()),
+        _ = stop_rx.wait_for(|s| *s) => {
+            log(json!({"time": now_text(), "event": "stop", "backlog": 0}));
+            return Ok(());
+        }
     };
     let lost = lease.lost();
     let mut journal = journal::Journal::open(&lake).await?;
