@@ -642,12 +642,7 @@ pub async fn append_new_keys(table: &mut DeltaTable, batch: RecordBatch, key: &s
         if batch.num_rows() == 0 || append_if_current(table, vec![batch.clone()], shown).await?.is_some() {
             return Ok(batch.num_rows() as u64);
         }
-        let mut theirs = HashSet::new();
-        for b in columns_added_since(table, &[key], shown).await? {
-            if let Some(col) = b.column(0).as_string_opt::<i32>() {
-                theirs.extend(col.iter().flatten().map(str::to_owned));
-            }
-        }
+        let theirs = string_set(&columns_added_since(table, &[key], shown).await?);
         let ours = string_column_of(&batch, key, shown)?;
         let keep: arrow::array::BooleanArray = ours.iter().map(|v| Some(v.is_none_or(|v| !theirs.contains(v)))).collect();
         batch = arrow::compute::filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow { context: format!("rows for {shown}"), source })?;
@@ -825,6 +820,17 @@ pub(crate) async fn changes_since(table: &mut DeltaTable, shown: &str) -> Result
 pub(crate) async fn columns_added_since(table: &mut DeltaTable, columns: &[&str], shown: &str) -> Result<Vec<RecordBatch>> {
     let added: Vec<String> = changes_since(table, shown).await?.into_iter().map(|f| f.path).collect();
     read_table_columns(table, columns, Some(&added)).await
+}
+
+/// The distinct values of the first column (strings) of `batches`.
+pub(crate) fn string_set(batches: &[RecordBatch]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for b in batches {
+        if let Some(col) = b.column(0).as_string_opt::<i32>() {
+            out.extend(col.iter().flatten().map(str::to_owned));
+        }
+    }
+    out
 }
 
 /// Deletes files written for a commit that was not made (best effort: `vacuum` removes any

@@ -82,13 +82,7 @@ impl Rollups {
     pub async fn catch_up(&mut self, lake: &Lake) -> Result<CatchUp, LakeError> {
         let mut out = CatchUp::default();
         if self.counted.is_none() {
-            let mut done = HashSet::new();
-            for b in lake::read_table_columns(&self.table, &["datafile"], None).await? {
-                if let Some(col) = b.column(0).as_string_opt::<i32>() {
-                    done.extend(col.iter().flatten().map(str::to_owned));
-                }
-            }
-            self.counted = Some(done);
+            self.counted = Some(lake::string_set(&lake::read_table_columns(&self.table, &["datafile"], None).await?));
         }
         let done = self.counted.as_ref().map(|d| d.len()).unwrap_or(0);
         let pending: Vec<(String, String)> = lake::partition_files(lake.events())
@@ -146,12 +140,7 @@ impl Rollups {
     /// Takes the table at its latest version; returns the events files that the commits of
     /// other writers since counted (which are added to `counted`).
     async fn counted_since(&mut self, shown: &str) -> Result<HashSet<String>, LakeError> {
-        let mut theirs = HashSet::new();
-        for b in lake::columns_added_since(&mut self.table, &["datafile"], shown).await? {
-            if let Some(col) = b.column(0).as_string_opt::<i32>() {
-                theirs.extend(col.iter().flatten().map(str::to_owned));
-            }
-        }
+        let theirs = lake::string_set(&lake::columns_added_since(&mut self.table, &["datafile"], shown).await?);
         if let Some(d) = self.counted.as_mut() {
             d.extend(theirs.iter().cloned());
         }
