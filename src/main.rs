@@ -69,7 +69,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run(&matches)) {
+    let result = runtime.block_on(cli.run(&matches));
+    // Work nobody awaits any more (a console query's parse that ran out of time) must not hold
+    // the exit up for long; everything a command awaited has ended by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(code) => code,
         Err(e) => {
             let text = prism::error::report(e.as_ref());

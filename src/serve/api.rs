@@ -133,7 +133,7 @@ async fn sql_post(State(st): State<Shared>, body: Bytes) -> ApiResult<Response> 
 /// Runs a read-only query: JSON by default (columns, rows as objects, whether rows were cut),
 /// or `format=csv|ndjson` as a download.
 async fn sql(st: &super::AppState, text: &str, format: Option<&str>) -> ApiResult<Response> {
-    let answer = super::query::run(&st.ctx, text, st.opts.query_timeout, st.opts.max_rows).await?;
+    let answer = super::query::run(st, text, st.opts.max_rows).await?;
     let format = match format.unwrap_or("json") {
         "json" => None,
         "csv" => Some(OutputFormat::Csv),

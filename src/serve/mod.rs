@@ -76,6 +76,12 @@ pub enum ServeError {
     NotFound(String),
     #[error("the query ran longer than the server's limit of {0:?} (--query-timeout)")]
     Timeout(Duration),
+    /// Every planner is still busy with earlier queries that ran out of time (see
+    /// [`query::planners`]): 503.
+    #[error(
+        "the server is still parsing earlier queries that ran out of time, and none finished within its limit of {0:?} (--query-timeout); try again shortly"
+    )]
+    Busy(Duration),
     /// The lake's data is not as the code expects.
     #[error("{0}")]
     Data(String),
@@ -95,6 +101,7 @@ impl ServeError {
             ServeError::BadRequest(_) | ServeError::Refused(_) => StatusCode::BAD_REQUEST,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Insights(e)
                 if matches!(**e, crate::insights::InsightsError::InvalidSelectors(_) | crate::insights::InsightsError::ManagementEventsOff(_)) =>
             {
@@ -111,6 +118,7 @@ impl ServeError {
             ServeError::Refused(_) => "Refused",
             ServeError::NotFound(_) => "NotFound",
             ServeError::Timeout(_) => "Timeout",
+            ServeError::Busy(_) => "Busy",
             ServeError::Insights(e) => match **e {
                 crate::insights::InsightsError::InvalidSelectors(_) => "InvalidInsightSelectorsException",
                 crate::insights::InsightsError::ManagementEventsOff(_) => "InvalidParameterException",
@@ -169,6 +177,8 @@ pub struct AppState {
     pub location: String,
     pub ctx: SessionContext,
     pub opts: ServeOptions,
+    /// Bounds the SQL page's parses and plans running at once ([`query::planners`]).
+    pub planners: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -198,7 +208,7 @@ pub async fn app(opts: ServeOptions) -> Result<Router> {
     // (`sql::session`), where it only costs.
     let cache = format!("SET datafusion.runtime.metadata_cache_limit = '{METADATA_CACHE}'");
     ctx.sql(&cache).await.map(drop).map_err(|source| ServeError::Query { context: "setting the footer cache".into(), source })?;
-    let state = Arc::new(AppState { location: lake.url().to_string(), ctx, opts });
+    let state = Arc::new(AppState { location: lake.url().to_string(), ctx, opts, planners: query::planners() });
     let router = Router::new().merge(pages::routes()).merge(api::routes()).layer(axum::middleware::from_fn_with_state(state.clone(), guard)).with_state(state);
     Ok(router)
 }

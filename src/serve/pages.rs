@@ -520,7 +520,7 @@ struct SqlPageQuery {
 async fn sql_page(State(st): State<Shared>, Query(q): Query<SqlPageQuery>) -> PageResult {
     let mut b = String::from("<div class=\"columns\"><aside><h2>Tables</h2><ul id=\"tables\">");
     let listing = "SELECT table_name FROM information_schema.tables WHERE table_schema <> 'information_schema' ORDER BY 1";
-    if let Ok(answer) = super::query::run(&st.ctx, listing, st.opts.query_timeout, 1000).await {
+    if let Ok(answer) = super::query::run(&st, listing, 1000).await {
         for batch in &answer.batches {
             let names = crate::insights::utf8(batch.column(0));
             for i in 0..batch.num_rows() {
@@ -538,7 +538,7 @@ async fn sql_page(State(st): State<Shared>, Query(q): Query<SqlPageQuery>) -> Pa
         st.opts.query_timeout.as_secs_f64()
     );
     if !q.q.trim().is_empty() {
-        match super::query::run(&st.ctx, &q.q, st.opts.query_timeout, st.opts.max_rows).await {
+        match super::query::run(&st, &q.q, st.opts.max_rows).await {
             Ok(answer) => result_table(&mut b, &answer, &q.q, q.page.unwrap_or(1).max(1)),
             Err(e) => {
                 let _ = write!(b, "<pre class=\"error\" id=\"error\">{}</pre>", escape(&crate::error::report(&e)));

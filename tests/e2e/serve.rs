@@ -296,6 +296,30 @@ async fn a_token_guards_every_request_off_loopback() {
     assert_eq!(status, 200);
 }
 
+/// A query sqlparser takes seconds to parse (found by fuzzing the console) times out at the
+/// server's limit like a slow one, other requests go on meanwhile, and while every planner is
+/// still busy with such parses a new query is answered "busy" at the limit instead of queueing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_slow_to_parse_times_out_without_stalling_the_console() {
+    let f = fixture();
+    let server = Server::start(&f.lake, &["--query-timeout", "500ms"]);
+    let u = &server.url;
+    let slow = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/slow-parse.sql")).unwrap();
+    let post = |sql: &str| client().post(format!("{u}/api/sql")).header("origin", u.as_str()).json_body(serde_json::json!({ "sql": sql }));
+    let (status, _, body) = send(post("SELECT 1 AS one")).await;
+    assert_eq!(status, 200, "{body}");
+    // One slow parse per planner; the server has one per core, as this machine counts them.
+    let planners = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for _ in 0..planners {
+        let (status, _, body) = send(post(&slow)).await;
+        assert_eq!((status, json(&body)["code"].as_str()), (408, Some("Timeout")), "{body}");
+        let (status, _) = get(&format!("{u}/api/insights")).await;
+        assert_eq!(status, 200, "pages answer while the parse runs on");
+    }
+    let (status, _, body) = send(post("SELECT 1 AS one")).await;
+    assert_eq!((status, json(&body)["code"].as_str()), (503, Some("Busy")), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_shows_insights_written_while_it_runs() {
     let f = fixture();
