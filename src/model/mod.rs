@@ -1,6 +1,7 @@
 //! The scoring model, shared by the detector and the SQL functions (one implementation).
 //! This file models counts (the lake's API calls); [`measurement`] models measured values and
-//! [`likelihood`] turns any score series into a comparable likelihood.
+//! [`likelihood`] turns any score series into a comparable likelihood; [`novelty`] scores a
+//! value by its distance from every earlier one.
 //!
 //! A series is a regularly sampled count (calls per minute of one API); steps with no data are
 //! zeros. For each step `t` the **baseline** is computed from the steps before it only:
@@ -27,9 +28,11 @@
 
 pub mod likelihood;
 pub mod measurement;
+pub mod novelty;
 
 pub use likelihood::likelihoods;
 pub use measurement::{Combine, MeasurementBaseline, MeasurementParams, measurement_baselines};
+pub use novelty::novelty;
 
 /// Parameters of the baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]

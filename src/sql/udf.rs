@@ -22,6 +22,8 @@
 //! - `anomaly_likelihood(score [, short [, long]])`, a window function over rows in time
 //!   order: how unusual the average of the last `short` scores (default 10) is against the
 //!   `long` rows before (default 8,640), log-scaled to [0, 1].
+//! - `novelty(value) OVER (ORDER BY time)`: each value's distance to the nearest earlier
+//!   value ([`model::novelty`]); divided by the series' range, a score comparable across series.
 
 use std::sync::Arc;
 
@@ -41,6 +43,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udwf(WindowUDF::from(BaselineUdwf::new()));
     ctx.register_udwf(WindowUDF::from(RobustBaselineUdwf { signature: Signature::variadic_any(Volatility::Immutable) }));
     ctx.register_udwf(WindowUDF::from(AnomalyLikelihoodUdwf { signature: Signature::variadic_any(Volatility::Immutable) }));
+    ctx.register_udwf(WindowUDF::from(NoveltyUdwf { signature: Signature::numeric(1, Volatility::Immutable) }));
     ctx.register_udf(ScalarUDF::from(DeviationScore::new()));
     ctx.register_udf(ScalarUDF::from(AnomalyProbability::new()));
 }
@@ -350,6 +353,47 @@ impl PartitionEvaluator for AnomalyLikelihoodEvaluator {
         let score = score.as_primitive::<arrow::datatypes::Float64Type>();
         let scores: Vec<Option<f64>> = (0..num_rows).map(|i| score.is_valid(i).then(|| score.value(i))).collect();
         Ok(Arc::new(Float64Array::from(model::likelihoods(&scores, short as usize, long as usize))))
+    }
+
+    fn uses_window_frame(&self) -> bool {
+        false
+    }
+}
+
+/// `novelty(value)`, over rows in time order: each value's distance to the nearest earlier
+/// value ([`model::novelty`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoveltyUdwf {
+    signature: Signature,
+}
+
+impl WindowUDFImpl for NoveltyUdwf {
+    fn name(&self) -> &str {
+        "novelty"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(NoveltyEvaluator))
+    }
+
+    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(args.name(), DataType::Float64, true)))
+    }
+}
+
+#[derive(Debug)]
+struct NoveltyEvaluator;
+
+impl PartitionEvaluator for NoveltyEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let value = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
+        let value = value.as_primitive::<arrow::datatypes::Float64Type>();
+        let values: Vec<Option<f64>> = (0..num_rows).map(|i| value.is_valid(i).then(|| value.value(i))).collect();
+        Ok(Arc::new(Float64Array::from(model::novelty(&values))))
     }
 
     fn uses_window_frame(&self) -> bool {
