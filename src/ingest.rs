@@ -465,33 +465,41 @@ async fn read_objects(
         })
     };
 
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_bytes = 0usize;
-    let mut finished: Vec<FileResult> = Vec::new();
+    // Double buffering: the rows of one buffer are committed while the parsers fill the next,
+    // so that parsing does not stop for a commit (it did: the parsers' queue is short). At most
+    // two buffers are held; a full one waits for the commit before it.
     let mut dups_by_source: HashMap<String, u64> = HashMap::new();
-    let mut last_commit = Instant::now();
-
+    let mut current = Buffer::new();
+    let mut ended = false;
     loop {
-        let msg = rx.recv().await;
-        let end = msg.is_none();
-        match msg {
-            Some(Msg::Batch { batch, done }) => {
-                pending_bytes += batch.get_array_memory_size();
-                pending.push(batch);
-                finished.extend(done);
+        let mut next = Buffer::new();
+        {
+            let flushing = async {
+                if current.pending.is_empty() && current.finished.is_empty() {
+                    return Ok(());
+                }
+                let Buffer { pending, finished, .. } = &mut current;
+                flush(lake, rollups, index, pending, &objects, finished, &mut dups_by_source, &run_id, &mut summary, &progress).await
+            };
+            tokio::pin!(flushing);
+            let mut flushed = false;
+            while !(flushed && (ended || next.due(opts))) {
+                tokio::select! {
+                    r = &mut flushing, if !flushed => {
+                        r?;
+                        flushed = true;
+                    }
+                    msg = rx.recv(), if !ended && !next.due(opts) => match msg {
+                        Some(msg) => next.push(msg),
+                        None => ended = true,
+                    },
+                }
             }
-            Some(Msg::Done(done)) => finished.extend(done),
-            None => {}
         }
-        let due = pending_bytes >= opts.buffer_bytes || (last_commit.elapsed().as_secs() >= 60 && !finished.is_empty());
-        if end || due {
-            flush(lake, rollups, index, &mut pending, &objects, &mut finished, &mut dups_by_source, &run_id, &mut summary, &progress).await?;
-            pending_bytes = 0;
-            last_commit = Instant::now();
-        }
-        if end {
+        if ended && next.pending.is_empty() && next.finished.is_empty() {
             break;
         }
+        current = next;
     }
     match producer.await {
         Ok(None) => {}
@@ -508,6 +516,36 @@ async fn read_objects(
     summary.seconds = started.elapsed().as_secs_f64();
     summary.events_per_second = if summary.seconds > 0.0 { summary.records_read as f64 / summary.seconds } else { 0.0 };
     Ok(summary)
+}
+
+/// Rows received from the parsers and not yet committed, with the files they complete.
+struct Buffer {
+    pending: Vec<RecordBatch>,
+    bytes: usize,
+    finished: Vec<FileResult>,
+    started: Instant,
+}
+
+impl Buffer {
+    fn new() -> Self {
+        Buffer { pending: Vec::new(), bytes: 0, finished: Vec::new(), started: Instant::now() }
+    }
+
+    fn push(&mut self, msg: Msg) {
+        match msg {
+            Msg::Batch { batch, done } => {
+                self.bytes += batch.get_array_memory_size();
+                self.pending.push(batch);
+                self.finished.extend(done);
+            }
+            Msg::Done(done) => self.finished.extend(done),
+        }
+    }
+
+    /// Full, or holding finished files for a minute (so that a slow trail is journaled).
+    fn due(&self, opts: &IngestOptions) -> bool {
+        self.bytes >= opts.buffer_bytes || (self.started.elapsed().as_secs() >= 60 && !self.finished.is_empty())
+    }
 }
 
 /// Commits buffered events, then journals the files that are complete.

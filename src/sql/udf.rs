@@ -342,17 +342,14 @@ impl WindowUDFImpl for AnomalyLikelihoodUdwf {
 struct AnomalyLikelihoodEvaluator;
 
 impl PartitionEvaluator for AnomalyLikelihoodEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+    fn evaluate_all(&mut self, values: &[ArrayRef], _num_rows: usize) -> Result<ArrayRef> {
         let name = "anomaly_likelihood";
         let short = constant(values, 1, name, "short")?.unwrap_or(model::likelihood::DEFAULT_SHORT as i64);
         let long = constant(values, 2, name, "long")?.unwrap_or(model::likelihood::DEFAULT_LONG as i64);
         if short < 1 || long <= short {
             return exec_err!("{name}: short must be at least 1 row and long more than short (short {short}, long {long})");
         }
-        let score = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
-        let score = score.as_primitive::<arrow::datatypes::Float64Type>();
-        let scores: Vec<Option<f64>> = (0..num_rows).map(|i| score.is_valid(i).then(|| score.value(i))).collect();
-        Ok(Arc::new(Float64Array::from(model::likelihoods(&scores, short as usize, long as usize))))
+        Ok(Arc::new(Float64Array::from(model::likelihoods(&floats(&values[0])?, short as usize, long as usize))))
     }
 
     fn uses_window_frame(&self) -> bool {
@@ -389,16 +386,19 @@ impl WindowUDFImpl for NoveltyUdwf {
 struct NoveltyEvaluator;
 
 impl PartitionEvaluator for NoveltyEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        let value = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
-        let value = value.as_primitive::<arrow::datatypes::Float64Type>();
-        let values: Vec<Option<f64>> = (0..num_rows).map(|i| value.is_valid(i).then(|| value.value(i))).collect();
-        Ok(Arc::new(Float64Array::from(model::novelty(&values))))
+    fn evaluate_all(&mut self, values: &[ArrayRef], _num_rows: usize) -> Result<ArrayRef> {
+        Ok(Arc::new(Float64Array::from(model::novelty(&floats(&values[0])?))))
     }
 
     fn uses_window_frame(&self) -> bool {
         false
     }
+}
+
+/// A window function's numeric argument as the model's input: one optional float a row.
+fn floats(values: &ArrayRef) -> Result<Vec<Option<f64>>> {
+    let values = datafusion::arrow::compute::cast(values, &DataType::Float64)?;
+    Ok(values.as_primitive::<arrow::datatypes::Float64Type>().iter().collect())
 }
 
 /// Applies `f` row by row to float arguments, scalars broadcast.
