@@ -42,8 +42,8 @@ use crate::model::{self, BaselineParams};
 pub fn register(ctx: &SessionContext) {
     ctx.register_udwf(WindowUDF::from(BaselineUdwf::new()));
     ctx.register_udwf(WindowUDF::from(RobustBaselineUdwf { signature: Signature::variadic_any(Volatility::Immutable) }));
-    ctx.register_udwf(WindowUDF::from(AnomalyLikelihoodUdwf { signature: Signature::variadic_any(Volatility::Immutable) }));
-    ctx.register_udwf(WindowUDF::from(NoveltyUdwf { signature: Signature::numeric(1, Volatility::Immutable) }));
+    ctx.register_udwf(WindowUDF::from(SeriesUdwf::anomaly_likelihood()));
+    ctx.register_udwf(WindowUDF::from(SeriesUdwf::novelty()));
     ctx.register_udf(ScalarUDF::from(DeviationScore::new()));
     ctx.register_udf(ScalarUDF::from(AnomalyProbability::new()));
 }
@@ -309,16 +309,70 @@ impl PartitionEvaluator for RobustBaselineEvaluator {
     }
 }
 
-/// `anomaly_likelihood(score [, short [, long]])`, over rows in time order: the log-scaled
-/// likelihood of each row's recent scores ([`model::likelihood`]).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct AnomalyLikelihoodUdwf {
+/// A window function over rows in time order that gives each row one float, computed over
+/// the whole partition at once: `anomaly_likelihood` and `novelty`.
+#[derive(Debug)]
+struct SeriesUdwf {
+    name: &'static str,
+    /// How it is called, for the error on a wrong number of arguments.
+    usage: &'static str,
+    arguments: std::ops::RangeInclusive<usize>,
     signature: Signature,
+    evaluate: fn(&[ArrayRef]) -> Result<ArrayRef>,
 }
 
-impl WindowUDFImpl for AnomalyLikelihoodUdwf {
+impl SeriesUdwf {
+    /// `anomaly_likelihood(score [, short [, long]])`: the log-scaled likelihood of each row's
+    /// recent scores ([`model::likelihood`]).
+    fn anomaly_likelihood() -> Self {
+        SeriesUdwf {
+            name: "anomaly_likelihood",
+            usage: "anomaly_likelihood(score [, short [, long]])",
+            arguments: 1..=3,
+            signature: Signature::variadic_any(Volatility::Immutable),
+            evaluate: |values| {
+                let name = "anomaly_likelihood";
+                let short = constant(values, 1, name, "short")?.unwrap_or(model::likelihood::DEFAULT_SHORT as i64);
+                let long = constant(values, 2, name, "long")?.unwrap_or(model::likelihood::DEFAULT_LONG as i64);
+                if short < 1 || long <= short {
+                    return exec_err!("{name}: short must be at least 1 row and long more than short (short {short}, long {long})");
+                }
+                Ok(Arc::new(Float64Array::from(model::likelihoods(&floats(&values[0])?, short as usize, long as usize))))
+            },
+        }
+    }
+
+    /// `novelty(value)`: each value's distance to the nearest earlier value ([`model::novelty`]).
+    fn novelty() -> Self {
+        SeriesUdwf {
+            name: "novelty",
+            usage: "novelty(value)",
+            arguments: 1..=1,
+            signature: Signature::numeric(1, Volatility::Immutable),
+            evaluate: |values| Ok(Arc::new(Float64Array::from(model::novelty(&floats(&values[0])?)))),
+        }
+    }
+}
+
+/// Equal by name: the name chooses the code (function pointers do not compare reliably).
+impl PartialEq for SeriesUdwf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.signature == other.signature
+    }
+}
+
+impl Eq for SeriesUdwf {}
+
+impl std::hash::Hash for SeriesUdwf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.signature.hash(state);
+    }
+}
+
+impl WindowUDFImpl for SeriesUdwf {
     fn name(&self) -> &str {
-        "anomaly_likelihood"
+        self.name
     }
 
     fn signature(&self) -> &Signature {
@@ -326,68 +380,26 @@ impl WindowUDFImpl for AnomalyLikelihoodUdwf {
     }
 
     fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(AnomalyLikelihoodEvaluator))
+        Ok(Box::new(SeriesEvaluator(self.evaluate)))
     }
 
     fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
         let n = args.input_fields().len();
-        if !(1..=3).contains(&n) {
-            return plan_err!("anomaly_likelihood(score [, short [, long]]) takes 1 to 3 arguments, got {n}");
+        if !self.arguments.contains(&n) {
+            let (low, high) = (self.arguments.start(), self.arguments.end());
+            let wanted = if low == high { format!("{low}") } else { format!("{low} to {high}") };
+            return plan_err!("{} takes {wanted} arguments, got {n}", self.usage);
         }
         Ok(Arc::new(Field::new(args.name(), DataType::Float64, true)))
     }
 }
 
 #[derive(Debug)]
-struct AnomalyLikelihoodEvaluator;
+struct SeriesEvaluator(fn(&[ArrayRef]) -> Result<ArrayRef>);
 
-impl PartitionEvaluator for AnomalyLikelihoodEvaluator {
+impl PartitionEvaluator for SeriesEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], _num_rows: usize) -> Result<ArrayRef> {
-        let name = "anomaly_likelihood";
-        let short = constant(values, 1, name, "short")?.unwrap_or(model::likelihood::DEFAULT_SHORT as i64);
-        let long = constant(values, 2, name, "long")?.unwrap_or(model::likelihood::DEFAULT_LONG as i64);
-        if short < 1 || long <= short {
-            return exec_err!("{name}: short must be at least 1 row and long more than short (short {short}, long {long})");
-        }
-        Ok(Arc::new(Float64Array::from(model::likelihoods(&floats(&values[0])?, short as usize, long as usize))))
-    }
-
-    fn uses_window_frame(&self) -> bool {
-        false
-    }
-}
-
-/// `novelty(value)`, over rows in time order: each value's distance to the nearest earlier
-/// value ([`model::novelty`]).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct NoveltyUdwf {
-    signature: Signature,
-}
-
-impl WindowUDFImpl for NoveltyUdwf {
-    fn name(&self) -> &str {
-        "novelty"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn partition_evaluator(&self, _args: PartitionEvaluatorArgs) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(NoveltyEvaluator))
-    }
-
-    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(args.name(), DataType::Float64, true)))
-    }
-}
-
-#[derive(Debug)]
-struct NoveltyEvaluator;
-
-impl PartitionEvaluator for NoveltyEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], _num_rows: usize) -> Result<ArrayRef> {
-        Ok(Arc::new(Float64Array::from(model::novelty(&floats(&values[0])?))))
+        (self.0)(values)
     }
 
     fn uses_window_frame(&self) -> bool {
