@@ -414,9 +414,9 @@ impl EventBatchBuilder {
     /// Finishes the rows appended so far into a batch and starts a new one.
     pub fn finish(&mut self) -> RecordBatch {
         let mut columns: Vec<ArrayRef> = self.columns.finish_columns();
-        columns.push(Arc::new(self.additional.finish()));
-        columns.push(Arc::new(self.source.finish()));
-        columns.push(Arc::new(self.period.finish()));
+        columns.push(Arc::new(fields::finish_strings(&mut self.additional)));
+        columns.push(Arc::new(fields::finish_strings(&mut self.source)));
+        columns.push(Arc::new(fields::finish_strings(&mut self.period)));
         self.rows = 0;
         // The builders produce exactly the declared schema; a mismatch is a programming error
         // caught by the unit tests below, never by input.
