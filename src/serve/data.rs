@@ -45,6 +45,9 @@ pub struct InsightFilter {
 
 pub const DEFAULT_PER_PAGE: usize = 50;
 const MAX_PER_PAGE: usize = 500;
+/// The most rows a page may skip: past the end of any real table, so a later page is simply
+/// empty. Page numbers come from URLs, and DataFusion's planner overflows on offsets near 2^63.
+const MAX_OFFSET: usize = 1 << 40;
 
 /// One Insight as the list shows it: its Start, and its End when it has one. Field names are
 /// the `insights` table's columns where one exists.
@@ -207,7 +210,7 @@ pub async fn list(ctx: &SessionContext, f: &InsightFilter, marks: &Marks) -> Res
     let (clause, params) = filter_clause(f)?;
     let per_page = f.per_page.unwrap_or(DEFAULT_PER_PAGE).clamp(1, MAX_PER_PAGE);
     let page = f.page.unwrap_or(1).max(1);
-    let offset = (page - 1).saturating_mul(per_page);
+    let offset = (page - 1).saturating_mul(per_page).min(MAX_OFFSET);
     let sql = format!("{JOINED} SELECT {SUMMARY_COLUMNS} FROM i {clause} ORDER BY starttime DESC, sharedeventid LIMIT {per_page} OFFSET {offset}");
     let batches = run(ctx, &sql, params.clone(), "reading the insights table").await?;
     let items = summaries(&batches, marks)?;
@@ -526,7 +529,7 @@ pub async fn events(ctx: &SessionContext, s: &InsightSummary, page: usize, per_p
         .map_err(err)?
         .sort(vec![col("eventtime").sort(false, false), col("eventid").sort(true, false)])
         .map_err(err)?
-        .limit((page - 1).saturating_mul(per_page), Some(per_page + 1))
+        .limit((page - 1).saturating_mul(per_page).min(MAX_OFFSET), Some(per_page + 1))
         .map_err(err)?;
     let batches = df.collect().await.map_err(err)?;
     let mut items = Vec::new();

@@ -211,6 +211,20 @@ async fn api_answers_with_the_insights_table_and_refuses_what_it_must() {
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/csv"));
     assert_eq!(csv.lines().count(), 10_001, "header and the default cap of 10,000 rows");
     assert_eq!(headers["x-prism-truncated-at"], "10000");
+    // Page numbers of any size are pages past the end, not an overflow (fuzzing found one at
+    // 4444444444444444441 on the SQL page).
+    let huge = [
+        "/sql?q=SELECT%201&page=4444444444444444441".to_owned(),
+        "/insights?page=18446744073709551615".into(),
+        "/insights?page=184467440737095517&perPage=100".into(),
+        "/api/insights?page=18446744073709551615".into(),
+        format!("/api/insights/{id}/events?page=18446744073709551615"),
+        format!("/insights/{id}?tab=events&page=18446744073709551615"),
+    ];
+    for path in huge {
+        let (status, _, page) = send(client().get(format!("{u}{path}"))).await;
+        assert_eq!(status, 200, "{path}: {page}");
+    }
 
     // Selectors: AWS's refusals, the same-origin rule, and `prism selectors get` reads it back.
     let put = |body: &str| client().put(format!("{u}/api/selectors")).header("origin", u.as_str()).body(body.to_owned());
