@@ -475,7 +475,7 @@ async fn read_objects(
         let mut next = Buffer::new();
         {
             let flushing = async {
-                if current.pending.is_empty() && current.finished.is_empty() {
+                if current.is_empty() {
                     return Ok(());
                 }
                 let Buffer { pending, finished, .. } = &mut current;
@@ -496,7 +496,7 @@ async fn read_objects(
                 }
             }
         }
-        if ended && next.pending.is_empty() && next.finished.is_empty() {
+        if ended && next.is_empty() {
             break;
         }
         current = next;
@@ -540,6 +540,11 @@ impl Buffer {
             }
             Msg::Done(done) => self.finished.extend(done),
         }
+    }
+
+    /// No rows and no finished files: nothing to commit or journal.
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.finished.is_empty()
     }
 
     /// Full, or holding finished files for a minute (so that a slow trail is journaled).
