@@ -121,6 +121,12 @@ impl Cli {
         parsers.unwrap_or_else(prism::ingest::default_parallelism).max(1) + IO_THREADS
     }
 
+    /// True for the commands whose main work is ingest, which want freed memory returned to
+    /// the OS at once (see `main.rs`); queries, the console and Insights keep the default.
+    pub fn ingests(&self) -> bool {
+        matches!(self.command, Command::Ingest(_) | Command::Backfill(_) | Command::Demo(_) | Command::Watch(_))
+    }
+
     /// True for the commands that write to other processes' pipes: `watch`'s command sink (run
     /// by the console's watch too), whose child may exit before reading everything.
     pub fn writes_to_pipes(&self) -> bool {

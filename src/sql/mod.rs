@@ -13,6 +13,7 @@ use url::Url;
 use crate::lake::{Lake, LakeError};
 
 pub mod catalog;
+pub mod distinct;
 #[cfg(feature = "distributed")]
 pub mod distributed;
 pub mod exec;
@@ -97,7 +98,13 @@ fn workers() -> Option<&'static [Url]> {
 
 /// What every session has: the runtime, the configuration, the JSON functions and the UDFs.
 fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
-    let builder = SessionStateBuilder::new().with_config(session_config()).with_runtime_env(runtime()?).with_default_features();
+    let builder = SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_runtime_env(runtime()?)
+        .with_default_features()
+        // count(DISTINCT a), count(DISTINCT b): one parallel group-by per column, not one set
+        // merged in one thread (see `distinct`).
+        .with_optimizer_rule(Arc::new(distinct::MultiDistinctToCrossJoin));
     #[cfg(feature = "distributed")]
     let builder = match workers {
         Some(w) if !w.is_empty() => distributed::coordinate(builder, w),

@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, TimestampNanosecondArray};
-use arrow::datatypes::{DataType, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
@@ -288,15 +288,15 @@ impl TableProvider for LakeTable {
     }
 }
 
-/// The strings of the lake's tables are read as views (`Utf8View`), as DataFusion reads Parquet.
+/// The top-level strings of the lake's tables are read as views (`Utf8View`), as DataFusion
+/// reads Parquet: its reader makes views of a column's strings without copying them. Strings
+/// inside structs and lists stay `Utf8`: the reader makes views only at the top level, so a
+/// nested view type would make every scan of `useridentity['arn']` copy the strings twice
+/// (read, then cast: top identities took 0.28 s instead of 0.21 s on 4.5M events).
 fn view_types(t: &DataType) -> DataType {
-    let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())));
     match t {
         DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
         DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect::<Fields>()),
-        DataType::List(f) => DataType::List(field(f)),
-        DataType::LargeList(f) => DataType::LargeList(field(f)),
         other => other.clone(),
     }
 }
@@ -397,14 +397,13 @@ mod tests {
     use arrow::datatypes::Field;
 
     #[test]
-    fn strings_become_views_at_every_depth() {
+    fn only_top_level_strings_become_views() {
+        assert_eq!(view_types(&DataType::Utf8), DataType::Utf8View);
+        assert_eq!(view_types(&DataType::LargeBinary), DataType::BinaryView);
         let inner = Field::new("arn", DataType::Utf8, true);
         let t = DataType::Struct(vec![inner, Field::new("n", DataType::Int64, true)].into());
         let list = DataType::List(Arc::new(Field::new("element", t.clone(), true)));
-        let DataType::List(f) = view_types(&list) else { panic!("a list stays a list") };
-        let DataType::Struct(fields) = f.data_type() else { panic!("a struct stays a struct") };
-        assert_eq!(fields[0].data_type(), &DataType::Utf8View);
-        assert_eq!(fields[1].data_type(), &DataType::Int64);
-        assert_eq!(f.name(), "element");
+        assert_eq!(view_types(&t), t);
+        assert_eq!(view_types(&list), list);
     }
 }
