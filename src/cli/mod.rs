@@ -121,10 +121,10 @@ impl Cli {
         parsers.unwrap_or_else(prism::ingest::default_parallelism).max(1) + IO_THREADS
     }
 
-    /// True for the commands whose main work is ingest, which want freed memory returned to
-    /// the OS at once (see `main.rs`); queries, the console and Insights keep the default.
-    pub fn ingests(&self) -> bool {
-        matches!(self.command, Command::Ingest(_) | Command::Backfill(_) | Command::Demo(_) | Command::Watch(_))
+    /// True for the commands whose work is queries (`sql`, `schedule`, the console), which keep
+    /// freed memory a moment for the next batch; the others give it back at once (`main.rs`).
+    pub fn runs_queries(&self) -> bool {
+        matches!(self.command, Command::Sql(_) | Command::Schedule(_) | Command::Serve(_))
     }
 
     /// True for the commands that write to other processes' pipes: `watch`'s command sink (run
