@@ -13,11 +13,12 @@
 //!       CROSS JOIN (SELECT max(c) FROM t)
 //! ```
 //!
-//! Each branch reads the table again, but only its own column. A grouped query with one
-//! distinct column beside counts is split into two group-bys instead ([`grouped_with_counts`]). The rule applies only where
-//! that is cheap and the same: the input is scans, filters and projections without volatile
-//! functions or row limits, and the distinct aggregates are `count`, `sum`, `avg`, `min` or
-//! `max` of one argument (which ignore the `NULL` group) without `FILTER` or `ORDER BY`.
+//! Each branch reads the table again, but only its own column, so this applies only where that
+//! is cheap and gives the same rows each time: the input is scans, filters and projections
+//! without volatile functions or row limits. The distinct aggregates must be `count`, `sum`,
+//! `avg`, `min` or `max` of one argument (which ignore the `NULL` group) without `FILTER` or
+//! `ORDER BY`. A grouped query with one distinct column beside counts is split into two
+//! group-bys instead ([`grouped_with_counts`]), which reads its input once.
 
 use std::sync::Arc;
 
@@ -94,7 +95,8 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     let input = &aggregate.input;
     let mut branches = Vec::with_capacity(distinct.len() + 1);
     for (arg, uses) in distinct {
-        let values = LogicalPlanBuilder::from(input.as_ref().clone()).aggregate(vec![arg.clone().alias("__prism_value")], Vec::<Expr>::new())?.build()?;
+        let values =
+            LogicalPlanBuilder::from(input.as_ref().clone()).aggregate(vec![arg.clone().unalias().alias("__prism_value")], Vec::<Expr>::new())?.build()?;
         let value = Expr::Column(Column::from_name("__prism_value"));
         let results = uses.into_iter().map(|(i, f)| {
             let p = &f.params;
@@ -156,8 +158,8 @@ fn grouped_with_counts(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     let group = |i: usize| format!("__prism_group_{i}");
     let partial = |i: usize| format!("__prism_partial_{i}");
     let column = |name: String| Expr::Column(Column::from_name(name));
-    let mut inner_groups: Vec<Expr> = aggregate.group_expr.iter().enumerate().map(|(i, g)| g.clone().alias(group(i))).collect();
-    inner_groups.push(value.clone().alias("__prism_value"));
+    let mut inner_groups: Vec<Expr> = aggregate.group_expr.iter().enumerate().map(|(i, g)| g.clone().unalias().alias(group(i))).collect();
+    inner_groups.push(value.clone().unalias().alias("__prism_value"));
     let mut inner = Vec::new();
     let mut outer = Vec::new();
     for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
