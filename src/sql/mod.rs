@@ -13,6 +13,7 @@ use url::Url;
 use crate::lake::{Lake, LakeError};
 
 pub mod catalog;
+pub mod date_trunc;
 pub mod distinct;
 #[cfg(feature = "distributed")]
 pub mod distributed;
@@ -117,6 +118,8 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
     datafusion_functions_json::register_all(&mut ctx)?;
     // baseline(), deviation_score(), anomaly_probability(): the detector's own model.
     udf::register(&ctx);
+    // date_trunc on UTC timestamps by arithmetic, not a calendar conversion per row.
+    ctx.register_udf(date_trunc::date_trunc());
     Ok(ctx)
 }
 
