@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
-use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{Aggregate, AggregateUDF, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
@@ -63,6 +63,42 @@ fn slot(i: usize) -> String {
     format!("__prism_aggregate_{i}")
 }
 
+/// The name of the distinct argument's values inside the rewritten plan.
+const VALUE: &str = "__prism_value";
+
+fn column(name: &str) -> Expr {
+    Expr::Column(Column::from_name(name))
+}
+
+/// One of the aggregate's expressions: an aggregate function, and the argument of its
+/// `DISTINCT` if it has one. `None` for what neither form rewrites: no aggregate function, or
+/// a distinct one other than a set aggregate of one argument without `FILTER` or `ORDER BY`.
+fn classify(expr: &Expr) -> Option<(&AggregateFunction, Option<&Expr>)> {
+    let Expr::AggregateFunction(f) = expr else { return None };
+    let p = &f.params;
+    if !p.distinct {
+        return Some((f, None));
+    }
+    let [arg] = p.args.as_slice() else { return None };
+    let plain_call = p.filter.is_none() && p.order_by.is_empty();
+    (plain_call && SET_AGGREGATES.contains(&f.func.name())).then_some((f, Some(arg)))
+}
+
+/// `func(args)` without `DISTINCT`, `FILTER` or `ORDER BY`, with `f`'s null treatment.
+fn call(f: &AggregateFunction, func: Arc<AggregateUDF>, args: Vec<Expr>) -> Expr {
+    Expr::AggregateFunction(AggregateFunction::new_udf(func, args, false, None, vec![], f.params.null_treatment))
+}
+
+/// `plan` with its columns `names` renamed to the aggregate's own names and qualifiers, so
+/// that the plan above reads the same columns.
+fn renamed(aggregate: &Aggregate, plan: LogicalPlanBuilder, names: impl Iterator<Item = String>) -> Result<LogicalPlan> {
+    let names = names.enumerate().map(|(i, name)| {
+        let (qualifier, field) = aggregate.schema.qualified_field(i);
+        column(&name).alias_qualified(qualifier.cloned(), field.name())
+    });
+    plan.project(names)?.build()
+}
+
 fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     if !aggregate.group_expr.is_empty() {
         return grouped_with_counts(aggregate);
@@ -74,19 +110,13 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     let mut distinct: Vec<(&Expr, Vec<(usize, &AggregateFunction)>)> = Vec::new();
     let mut plain: Vec<Expr> = Vec::new();
     for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
-        let Expr::AggregateFunction(f) = expr else { return Ok(None) };
-        let AggregateFunctionParams { distinct: is_distinct, args, filter, order_by, .. } = &f.params;
-        if !is_distinct {
-            plain.push(expr.clone().alias(slot(i)));
-            continue;
-        }
-        let [arg] = args.as_slice() else { return Ok(None) };
-        if filter.is_some() || !order_by.is_empty() || !SET_AGGREGATES.contains(&f.func.name()) {
-            return Ok(None);
-        }
-        match distinct.iter_mut().find(|(a, _)| *a == arg) {
-            Some((_, uses)) => uses.push((i, f)),
-            None => distinct.push((arg, vec![(i, f)])),
+        match classify(expr) {
+            None => return Ok(None),
+            Some((_, None)) => plain.push(expr.clone().alias(slot(i))),
+            Some((f, Some(arg))) => match distinct.iter_mut().find(|(a, _)| *a == arg) {
+                Some((_, uses)) => uses.push((i, f)),
+                None => distinct.push((arg, vec![(i, f)])),
+            },
         }
     }
     if distinct.len() < 2 {
@@ -95,14 +125,9 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     let input = &aggregate.input;
     let mut branches = Vec::with_capacity(distinct.len() + 1);
     for (arg, uses) in distinct {
-        let values =
-            LogicalPlanBuilder::from(input.as_ref().clone()).aggregate(vec![arg.clone().unalias().alias("__prism_value")], Vec::<Expr>::new())?.build()?;
-        let value = Expr::Column(Column::from_name("__prism_value"));
-        let results = uses.into_iter().map(|(i, f)| {
-            let p = &f.params;
-            Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&f.func), vec![value.clone()], false, None, vec![], p.null_treatment)).alias(slot(i))
-        });
-        branches.push(LogicalPlanBuilder::from(values).aggregate(Vec::<Expr>::new(), results.collect::<Vec<_>>())?.build()?);
+        let values = LogicalPlanBuilder::from(input.as_ref().clone()).aggregate(vec![arg.clone().unalias().alias(VALUE)], Vec::<Expr>::new())?;
+        let results: Vec<Expr> = uses.into_iter().map(|(i, f)| call(f, Arc::clone(&f.func), vec![column(VALUE)]).alias(slot(i))).collect();
+        branches.push(values.aggregate(Vec::<Expr>::new(), results)?.build()?);
     }
     if !plain.is_empty() {
         branches.push(LogicalPlanBuilder::from(input.as_ref().clone()).aggregate(Vec::<Expr>::new(), plain)?.build()?);
@@ -113,12 +138,7 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     for branch in branches {
         joined = joined.cross_join(branch)?;
     }
-    // The original names and qualifiers, so that the plan above reads the same columns.
-    let names = (0..aggregate.aggr_expr.len()).map(|i| {
-        let (qualifier, field) = aggregate.schema.qualified_field(i);
-        Expr::Column(Column::from_name(slot(i))).alias_qualified(qualifier.cloned(), field.name())
-    });
-    Ok(Some(joined.project(names)?.build()?))
+    Ok(Some(renamed(aggregate, joined, (0..aggregate.aggr_expr.len()).map(slot))?))
 }
 
 /// `SELECT g, count(*), count(DISTINCT x) FROM t GROUP BY g` as two group-bys, the first by
@@ -131,25 +151,20 @@ fn grouped_with_counts(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     if matches!(aggregate.group_expr.first(), Some(Expr::GroupingSet(_))) {
         return Ok(None);
     }
+    let Some(uses) = aggregate.aggr_expr.iter().map(classify).collect::<Option<Vec<_>>>() else { return Ok(None) };
     let mut value: Option<&Expr> = None;
     let mut any_count = false;
-    for expr in &aggregate.aggr_expr {
-        let Expr::AggregateFunction(f) = expr else { return Ok(None) };
-        let p = &f.params;
-        if p.filter.is_some() || !p.order_by.is_empty() {
-            return Ok(None);
-        }
-        let name = f.func.name();
-        if p.distinct {
-            let [arg] = p.args.as_slice() else { return Ok(None) };
-            if !SET_AGGREGATES.contains(&name) || value.is_some_and(|v| v != arg) {
-                return Ok(None);
+    for (f, distinct) in &uses {
+        match distinct {
+            Some(arg) if value.is_none_or(|v| v == *arg) => value = Some(arg),
+            Some(_) => return Ok(None),
+            None => {
+                let name = f.func.name();
+                if f.params.filter.is_some() || !f.params.order_by.is_empty() || !matches!(name, "count" | "sum" | "min" | "max") {
+                    return Ok(None);
+                }
+                any_count |= name == "count";
             }
-            value = Some(arg);
-        } else if matches!(name, "count" | "sum" | "min" | "max") {
-            any_count |= name == "count";
-        } else {
-            return Ok(None);
         }
     }
     // Without a plain count, DataFusion's own rule applies; without a distinct one, none is needed.
@@ -157,35 +172,25 @@ fn grouped_with_counts(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     let groups = aggregate.group_expr.len();
     let group = |i: usize| format!("__prism_group_{i}");
     let partial = |i: usize| format!("__prism_partial_{i}");
-    let column = |name: String| Expr::Column(Column::from_name(name));
     let mut inner_groups: Vec<Expr> = aggregate.group_expr.iter().enumerate().map(|(i, g)| g.clone().unalias().alias(group(i))).collect();
-    inner_groups.push(value.clone().unalias().alias("__prism_value"));
+    inner_groups.push(value.clone().unalias().alias(VALUE));
     let mut inner = Vec::new();
     let mut outer = Vec::new();
-    for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
-        let Expr::AggregateFunction(f) = expr else { return Ok(None) };
-        let p = &f.params;
-        let (func, arg) = if p.distinct {
-            (Arc::clone(&f.func), column("__prism_value".to_owned()))
+    for (i, (f, distinct)) in uses.into_iter().enumerate() {
+        let (func, arg) = if distinct.is_some() {
+            (Arc::clone(&f.func), column(VALUE))
         } else {
-            inner.push(
-                Expr::AggregateFunction(AggregateFunction::new_udf(Arc::clone(&f.func), p.args.clone(), false, None, vec![], p.null_treatment))
-                    .alias(partial(i)),
-            );
+            inner.push(call(f, Arc::clone(&f.func), f.params.args.clone()).alias(partial(i)));
             // Counts of the partial groups add up; sums, minima and maxima combine as themselves.
             let func = if f.func.name() == "count" { datafusion::functions_aggregate::sum::sum_udaf() } else { Arc::clone(&f.func) };
-            (func, column(partial(i)))
+            (func, column(&partial(i)))
         };
-        outer.push(Expr::AggregateFunction(AggregateFunction::new_udf(func, vec![arg], false, None, vec![], p.null_treatment)).alias(slot(i)));
+        outer.push(call(f, func, vec![arg]).alias(slot(i)));
     }
     let plan = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
         .aggregate(inner_groups, inner)?
-        .aggregate((0..groups).map(|i| column(group(i))).collect::<Vec<_>>(), outer)?;
-    let names = (0..groups).map(group).chain((0..aggregate.aggr_expr.len()).map(slot)).enumerate().map(|(i, name)| {
-        let (qualifier, field) = aggregate.schema.qualified_field(i);
-        column(name).alias_qualified(qualifier.cloned(), field.name())
-    });
-    Ok(Some(plan.project(names)?.build()?))
+        .aggregate((0..groups).map(|i| column(&group(i))).collect::<Vec<_>>(), outer)?;
+    Ok(Some(renamed(aggregate, plan, (0..groups).map(group).chain((0..aggregate.aggr_expr.len()).map(slot)))?))
 }
 
 /// Whether `plan` can be computed once per branch with the same rows each time, at the cost of
