@@ -36,6 +36,7 @@ import argparse
 import glob
 import json
 import re
+import shutil
 import os
 import subprocess
 import sys
@@ -164,12 +165,19 @@ class DuckDB:
                   "hive_types = {'awsregion': VARCHAR, 'eventperiod': VARCHAR})")
         if layout == "day":
             # DuckDB's best layout of the same rows: its own Parquet, by region and day, its
-            # default settings. Written once, not timed.
+            # default settings.
+            # Written once, not timed; the stamp names the lake files it was made from, so a copy
+            # of another lake (or of an older version of this one) is made again.
             out = os.path.join(work, "duckdb-day")
-            if not os.path.isdir(out):
+            stamp = os.path.join(work, "duckdb-day.source")
+            made_from = "\n".join(sorted(events))
+            if not os.path.isdir(out) or not os.path.exists(stamp) or open(stamp).read() != made_from:
+                shutil.rmtree(out, ignore_errors=True)
                 os.makedirs(work, exist_ok=True)
                 self.con.execute(f"COPY (SELECT *, strftime(eventtime, '%Y-%m-%d') AS day FROM {source}) "
                                  f"TO '{out}' (FORMAT parquet, PARTITION_BY (awsregion, day))")
+                with open(stamp, "w") as f:
+                    f.write(made_from)
             files = glob.glob(f"{out}/**/*.parquet", recursive=True)
             self.bytes = sum(os.path.getsize(f) for f in files)
             self.files = len(files)

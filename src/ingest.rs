@@ -578,7 +578,7 @@ async fn flush(
         }
         progress.written.fetch_add(outcome.written, Ordering::Relaxed);
         // Before the journal: a file is journaled only once its events are counted too.
-        rollups.catch_up(lake).await?;
+        rollups.catch_up_after(lake, outcome.stored.as_ref()).await?;
         for (src, n) in outcome.duplicates_by_source {
             summary.duplicates_dropped += n;
             *dups_by_source.entry(src).or_default() += n;

@@ -469,11 +469,15 @@ impl Lake {
             match commit_if_current(&mut self.events, actions, operation.clone(), Some(metadata.clone()), &shown).await {
                 Ok(Some(version)) => {
                     outcome.version = Some(version);
+                    let mut partitions = Vec::with_capacity(written.len());
                     for ((key, rows), adds) in written {
                         outcome.written += rows.len() as u64;
                         outcome.files += adds.len() as u64;
+                        let files = adds.iter().map(|a| log_path(&a.path)).collect();
                         index.add_files(&key, adds.into_iter().map(|a| a.path));
+                        partitions.push(StoredPartition { region: key.0, files, rows });
                     }
+                    outcome.stored = Some(Stored { batches, partitions });
                     return Ok(outcome);
                 }
                 Ok(None) => {
@@ -966,6 +970,32 @@ pub struct AppendOutcome {
     pub conflicts: u64,
     /// Rows dropped as duplicates, by source file.
     pub duplicates_by_source: HashMap<String, u64>,
+    /// The rows committed, still in memory (none when nothing was).
+    pub stored: Option<Stored>,
+}
+
+/// The rows an append committed, kept in memory after the commit so that the rollups count
+/// them from here instead of reading the new files back (a quarter of an ingest's CPU).
+#[derive(Debug)]
+pub struct Stored {
+    pub batches: Arc<Vec<RecordBatch>>,
+    pub partitions: Vec<StoredPartition>,
+}
+
+/// One partition's share of [`Stored`].
+#[derive(Debug)]
+pub struct StoredPartition {
+    pub region: String,
+    /// The files written, named as [`table_files`] names them.
+    pub files: Vec<String>,
+    /// The rows, as `(batch, row)` in [`Stored::batches`].
+    pub rows: Vec<(usize, usize)>,
+}
+
+/// A data file's path as the Delta log's readers name it (`object_store_path`): the path an
+/// add action holds, parsed as an object-store path.
+fn log_path(add_path: &str) -> String {
+    object_store::path::Path::parse(add_path).map(|p| p.to_string()).unwrap_or_else(|_| object_store::path::Path::from(add_path).to_string())
 }
 
 impl AppendOutcome {
@@ -1292,7 +1322,7 @@ pub async fn open_or_create_table(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
 
@@ -1318,11 +1348,21 @@ mod tests {
 
     /// Events of us-east-1 (id, time) as ingest builds them.
     fn events(rows: &[(&str, &str)]) -> RecordBatch {
+        let records: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(id, time)| {
+                serde_json::json!({"eventVersion": "1.09", "eventTime": time, "eventSource": "s3.amazonaws.com", "eventName": "GetObject",
+                    "awsRegion": "us-east-1", "eventID": id, "recipientAccountId": "111122223333", "userIdentity": {"type": "Root"}})
+            })
+            .collect();
+        event_batch(&records)
+    }
+
+    /// A batch of CloudTrail records as ingest builds it (day partitions).
+    pub(crate) fn event_batch(records: &[serde_json::Value]) -> RecordBatch {
         let mut b = schema::EventBatchBuilder::new(Granularity::Day);
-        for (id, time) in rows {
-            let raw = serde_json::json!({"eventVersion": "1.09", "eventTime": time, "eventSource": "s3.amazonaws.com", "eventName": "GetObject",
-                "awsRegion": "us-east-1", "eventID": id, "recipientAccountId": "111122223333", "userIdentity": {"type": "Root"}})
-            .to_string();
+        for record in records {
+            let raw = record.to_string();
             let mut event = schema::parse_record(raw.as_bytes()).unwrap();
             let checked = schema::check_record(&event, raw.as_bytes()).unwrap();
             b.append(&mut event, checked, "test.json.gz");

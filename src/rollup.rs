@@ -3,8 +3,9 @@
 //!
 //! The `rollups` table is *derived* from `events`: [`Rollups::catch_up`] counts every events file not
 //! yet counted, and writes the counts (summed over those files) with one `file` row per file
-//! counted, in one commit. Ingest calls it after each events commit; Insights call it before
-//! reading. A crash between the two commits therefore loses nothing (the next catch-up counts
+//! counted, in one commit. Ingest calls it after each events commit, handing over the rows it
+//! just committed, which are counted in memory rather than read back from the new files
+//! ([`Rollups::catch_up_after`]); Insights call it before reading. A crash between the two commits therefore loses nothing (the next catch-up counts
 //! the files the crash left out), and since counts and their file markers land together, no
 //! file is counted twice.
 //!
@@ -22,14 +23,14 @@ use foldhash::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, ListArray, RecordBatch, StringArray, StringBuilder, StructArray,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{self, Lake, LakeError};
+use crate::lake::{self, Lake, LakeError, PartitionFile, Stored};
 use crate::schema::tables::ROLLUPS as ROLLUPS_TABLE;
 
 pub const MINUTE: &str = "minute";
@@ -51,6 +52,8 @@ pub struct CatchUp {
     pub files: u64,
     pub events: u64,
     pub rows: u64,
+    /// Of `files`, those counted from an append's rows in memory rather than read back.
+    pub from_memory: u64,
 }
 
 /// The lake's `rollups` table, opened by its owner (as the scheduler's history is), with the
@@ -80,17 +83,27 @@ impl Rollups {
     /// Counts every events file of `lake` that the rollups do not cover yet, in commits of
     /// [`CHUNK_FILES`] files.
     pub async fn catch_up(&mut self, lake: &Lake) -> Result<CatchUp, LakeError> {
+        self.catch_up_after(lake, None).await
+    }
+
+    /// [`Rollups::catch_up`] right after an append: the files it wrote are counted from its
+    /// rows still in memory, in one commit, and only the others (a crashed run's) are read.
+    pub async fn catch_up_after(&mut self, lake: &Lake, stored: Option<&Stored>) -> Result<CatchUp, LakeError> {
         let mut out = CatchUp::default();
         if self.counted.is_none() {
             self.counted = Some(lake::string_set(&lake::read_table_columns(&self.table, &["datafile"], None).await?));
         }
         let done = self.counted.as_ref().map(|d| d.len()).unwrap_or(0);
-        let pending: Vec<(String, String)> = lake::partition_files(lake.events())
-            .into_iter()
-            .filter(|f| self.counted.as_ref().is_none_or(|d| !d.contains(&f.path)))
-            .map(|f| (f.path, f.region))
-            .collect();
+        let mut pending: Vec<PartitionFile> =
+            lake::partition_files(lake.events()).into_iter().filter(|f| self.counted.as_ref().is_none_or(|d| !d.contains(&f.path))).collect();
         tracing::debug!(done, pending = pending.len(), "rollup catch-up");
+        if let Some(stored) = stored
+            && let Some(counted) = self.count_stored(lake, stored, &pending).await?
+        {
+            pending.retain(|f| !self.counted.as_ref().is_some_and(|d| d.contains(&f.path)));
+            out = counted;
+        }
+        let pending: Vec<(String, String)> = pending.into_iter().map(|f| (f.path, f.region)).collect();
         if pending.is_empty() {
             return Ok(out);
         }
@@ -135,6 +148,52 @@ impl Rollups {
             }
         }
         Ok(out)
+    }
+
+    /// Counts the files of an append from its rows in memory, and commits the counts if the
+    /// table is still at the version read. None, having done nothing, when the read path must
+    /// do it: a file already counted or without a row count, rows that do not add up to the
+    /// files' (which would be a bug), or another writer's commit first.
+    async fn count_stored(&mut self, lake: &Lake, stored: &Stored, pending: &[PartitionFile]) -> Result<Option<CatchUp>, LakeError> {
+        let rows_of: HashMap<&str, Option<u64>> = pending.iter().map(|f| (f.path.as_str(), f.rows)).collect();
+        let mut files = Vec::new();
+        for path in stored.partitions.iter().flat_map(|p| &p.files) {
+            match rows_of.get(path.as_str()) {
+                Some(Some(n)) => files.push((path.as_str(), *n)),
+                _ => return Ok(None),
+            }
+        }
+        let projected = stored.batches.iter().map(project).collect::<Result<Vec<_>, _>>()?;
+        let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
+        let mut counts = RefCounts::for_rows(stored.partitions.iter().map(|p| p.rows.len()).sum());
+        for p in &stored.partitions {
+            for &(b, r) in &p.rows {
+                if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
+                    counts.add(&p.region, &e);
+                }
+            }
+        }
+        let in_files: u64 = files.iter().map(|(_, n)| n).sum();
+        if counts.events != in_files {
+            tracing::warn!(counted = counts.events, in_files, "rollups: an append's rows do not add up to its files; reading them back");
+            return Ok(None);
+        }
+        let mut rows = RowsBuilder::default();
+        for (path, n) in &files {
+            rows.push_file(path, *n);
+        }
+        rows.push_borrowed(&counts);
+        let batch = rows.finish()?;
+        let n = batch.num_rows() as u64;
+        let shown = format!("{}{ROLLUPS_TABLE}", lake.url());
+        if lake::append_if_current(&mut self.table, vec![batch], &shown).await?.is_none() {
+            return Ok(None);
+        }
+        if let Some(d) = self.counted.as_mut() {
+            d.extend(files.iter().map(|(p, _)| p.to_string()));
+        }
+        let files = files.len() as u64;
+        Ok(Some(CatchUp { files, events: in_files, rows: n, from_memory: files }))
     }
 
     /// Takes the table at its latest version; returns the events files that the commits of
@@ -194,6 +253,20 @@ async fn count_files(table: &DeltaTable, files: &[(String, String)]) -> Result<(
     Ok((per_file, total))
 }
 
+/// The columns of [`PROJECTION`] (top level) of a batch of every events column: [`Events`]
+/// reads `resources` and `sourceipaddress` when a batch holds them, which counting does not need.
+fn project(b: &RecordBatch) -> Result<RecordBatch, LakeError> {
+    let schema = b.schema();
+    let mut indices = Vec::new();
+    for name in PROJECTION.iter().filter_map(|c| c.split('.').next()) {
+        let i = schema.index_of(name).map_err(|source| LakeError::Arrow { context: "projecting events for the rollups".into(), source })?;
+        if !indices.contains(&i) {
+            indices.push(i);
+        }
+    }
+    b.project(&indices).map_err(|source| LakeError::Arrow { context: "projecting events for the rollups".into(), source })
+}
+
 /// The events columns a rollup reads (`awsregion` comes from the partition).
 pub(crate) const PROJECTION: &[&str] = &[
     "recipientaccountid",
@@ -210,7 +283,7 @@ pub(crate) const PROJECTION: &[&str] = &[
     "useridentity.accountid",
 ];
 
-fn get(a: &arrow::array::StringArray, i: usize) -> Option<&str> {
+fn get(a: &StringArray, i: usize) -> Option<&str> {
     a.is_valid(i).then(|| a.value(i))
 }
 
@@ -236,10 +309,11 @@ struct Counts {
     events: u64,
 }
 
-/// A key borrowing from one batch: counting a batch allocates per distinct key, not per event.
+/// A key borrowing from the batches counted: counting allocates per distinct key, not per event.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct KeyRef<'a> {
     account: &'a str,
+    region: &'a str,
     period: i64,
     source: &'a str,
     name: &'a str,
@@ -251,10 +325,10 @@ struct KeyRef<'a> {
 }
 
 impl KeyRef<'_> {
-    fn owned(&self, region: &str) -> Key {
+    fn owned(&self) -> Key {
         Key {
             account: self.account.to_owned(),
-            region: region.to_owned(),
+            region: self.region.to_owned(),
             period: self.period,
             source: self.source.to_owned(),
             name: self.name.to_owned(),
@@ -264,6 +338,67 @@ impl KeyRef<'_> {
             arn: self.arn.map(str::to_owned),
             agent: self.agent.map(str::to_owned),
         }
+    }
+}
+
+impl Key {
+    fn borrowed(&self) -> KeyRef<'_> {
+        KeyRef {
+            account: &self.account,
+            region: &self.region,
+            period: self.period,
+            source: &self.source,
+            name: &self.name,
+            error: self.error.as_deref(),
+            readonly: self.readonly,
+            management: self.management,
+            arn: self.arn.as_deref(),
+            agent: self.agent.as_deref(),
+        }
+    }
+}
+
+/// Counts keyed by strings borrowed from the batches counted.
+struct RefCounts<'a> {
+    minutes: HashMap<KeyRef<'a>, i64>,
+    hours: HashMap<KeyRef<'a>, i64>,
+    events: u64,
+}
+
+impl<'a> RefCounts<'a> {
+    /// Sized for `rows` events up front: growing rehashes every key (six strings each).
+    fn for_rows(rows: usize) -> Self {
+        let keys = (rows / 4).clamp(16, 1 << 20);
+        RefCounts {
+            minutes: HashMap::with_capacity_and_hasher(keys, Default::default()),
+            hours: HashMap::with_capacity_and_hasher(keys, Default::default()),
+            events: 0,
+        }
+    }
+
+    /// Counts one event of `region`: its minute, and its hour with its caller.
+    fn add(&mut self, region: &'a str, e: &EventView<'a>) {
+        self.events += 1;
+        if e.category.is_none() {
+            return;
+        }
+        let mut key = KeyRef {
+            account: e.account,
+            region,
+            period: e.time.div_euclid(MICROS_PER_MINUTE) * MICROS_PER_MINUTE,
+            source: e.source,
+            name: e.name,
+            error: e.error,
+            readonly: e.readonly,
+            management: e.management,
+            arn: None,
+            agent: None,
+        };
+        *self.minutes.entry(key).or_default() += 1;
+        key.period = e.time.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
+        key.arn = e.caller;
+        key.agent = e.agent;
+        *self.hours.entry(key).or_default() += 1;
     }
 }
 
@@ -283,38 +418,15 @@ impl Counts {
     }
 
     fn add(&mut self, b: &RecordBatch, region: &str) -> Result<(), LakeError> {
-        // Sized for a batch's keys up front: growing rehashes every key (five strings each).
-        let keys = (b.num_rows() / 4).clamp(16, 4096);
-        let mut minutes: HashMap<KeyRef, i64> = HashMap::with_capacity_and_hasher(keys, Default::default());
-        let mut hours: HashMap<KeyRef, i64> = HashMap::with_capacity_and_hasher(keys, Default::default());
-        visit(b, |e| {
-            self.events += 1;
-            if e.category.is_none() {
-                return;
-            }
-            let mut key = KeyRef {
-                account: e.account,
-                period: e.time.div_euclid(MICROS_PER_MINUTE) * MICROS_PER_MINUTE,
-                source: e.source,
-                name: e.name,
-                error: e.error,
-                readonly: e.readonly,
-                management: e.management,
-                arn: None,
-                agent: None,
-            };
-            *minutes.entry(key).or_default() += 1;
-            key.period = e.time.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
-            key.arn = e.caller;
-            key.agent = e.agent;
-            *hours.entry(key).or_default() += 1;
-        })?;
-        for (k, n) in minutes {
-            *self.minutes.entry(k.owned(region)).or_default() += n;
+        let mut counts = RefCounts::for_rows(b.num_rows().min(16 * 1024));
+        visit(b, |e| counts.add(region, e))?;
+        for (k, n) in counts.minutes {
+            *self.minutes.entry(k.owned()).or_default() += n;
         }
-        for (k, n) in hours {
-            *self.hours.entry(k.owned(region)).or_default() += n;
+        for (k, n) in counts.hours {
+            *self.hours.entry(k.owned()).or_default() += n;
         }
+        self.events += counts.events;
         Ok(())
     }
 }
@@ -371,73 +483,123 @@ pub(crate) struct EventView<'a> {
 }
 
 /// Calls `f` for each event of a batch read with [`PROJECTION`] (events without a time are
-/// skipped: ingest never writes them). The one place that decides an event's account, whether
-/// it is a management event, and who made it.
+/// skipped: ingest never writes them).
 pub(crate) fn visit<'b>(b: &'b RecordBatch, mut f: impl FnMut(&EventView<'b>)) -> Result<(), LakeError> {
-    let bad = |c: &str| LakeError::Config { path: "events".into(), reason: format!("column {c} has an unexpected type") };
-    let string = |name: &str| b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(name));
-    let boolean = |name: &str| b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>()).ok_or_else(|| bad(name));
-    let account = string("recipientaccountid")?;
-    let time = b.column_by_name("eventtime").and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>()).ok_or_else(|| bad("eventtime"))?;
-    let (source, name, error, agent, category) =
-        (string("eventsource")?, string("eventname")?, string("errorcode")?, string("useragent")?, string("eventcategory")?);
-    let (readonly, management) = (boolean("readonly")?, boolean("managementevent")?);
-    let identity = b.column_by_name("useridentity").and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(|| bad("useridentity"))?;
-    let id_field = |n: &str| identity.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(n));
-    let (arn, invoked_by, id_account) = (id_field("arn")?, id_field("invokedby")?, id_field("accountid")?);
-    // Read only by those who ask for them (aggregated events).
-    let ip = match b.column_by_name("sourceipaddress") {
-        Some(c) => Some(c.as_string_opt::<i32>().ok_or_else(|| bad("sourceipaddress"))?),
-        None => None,
-    };
-    let resources = match b.column_by_name("resources") {
-        Some(c) => {
-            let list = c.as_list_opt::<i32>().ok_or_else(|| bad("resources"))?;
-            let entries = list.values().as_struct_opt().ok_or_else(|| bad("resources"))?;
-            let field = |n: &str| entries.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(&format!("resources.{n}")));
-            Some((list, field("arn")?, field("type")?))
+    let events = Events::new(b)?;
+    for i in 0..b.num_rows() {
+        if let Some(e) = events.view(i) {
+            f(&e);
         }
-        None => None,
-    };
-    let resource = |i: usize| {
-        let (list, arn, kind) = resources?;
+    }
+    Ok(())
+}
+
+/// A batch's columns as [`EventView`]s read them: the one place that decides an event's
+/// account, whether it is a management event, and who made it.
+pub(crate) struct Events<'b> {
+    account: &'b StringArray,
+    time: &'b TimestampMicrosecondArray,
+    source: &'b StringArray,
+    name: &'b StringArray,
+    error: &'b StringArray,
+    agent: &'b StringArray,
+    category: &'b StringArray,
+    readonly: &'b BooleanArray,
+    management: &'b BooleanArray,
+    identity: &'b StructArray,
+    arn: &'b StringArray,
+    invoked_by: &'b StringArray,
+    id_account: &'b StringArray,
+    /// Read only by those who ask for them (aggregated events).
+    ip: Option<&'b StringArray>,
+    /// `resources`, its entries' `arn` and `type`.
+    resources: Option<(&'b ListArray, &'b StringArray, &'b StringArray)>,
+}
+
+impl<'b> Events<'b> {
+    /// The columns of `b`, which holds [`PROJECTION`]'s (and may hold `sourceipaddress` and
+    /// `resources`).
+    pub(crate) fn new(b: &'b RecordBatch) -> Result<Events<'b>, LakeError> {
+        let bad = |c: &str| LakeError::Config { path: "events".into(), reason: format!("column {c} has an unexpected type") };
+        let string = |name: &str| b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(name));
+        let boolean = |name: &str| b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>()).ok_or_else(|| bad(name));
+        let time = b.column_by_name("eventtime").and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>()).ok_or_else(|| bad("eventtime"))?;
+        let identity = b.column_by_name("useridentity").and_then(|c| c.as_any().downcast_ref::<StructArray>()).ok_or_else(|| bad("useridentity"))?;
+        let id_field = |n: &str| identity.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(n));
+        let ip = match b.column_by_name("sourceipaddress") {
+            Some(c) => Some(c.as_string_opt::<i32>().ok_or_else(|| bad("sourceipaddress"))?),
+            None => None,
+        };
+        let resources = match b.column_by_name("resources") {
+            Some(c) => {
+                let list = c.as_list_opt::<i32>().ok_or_else(|| bad("resources"))?;
+                let entries = list.values().as_struct_opt().ok_or_else(|| bad("resources"))?;
+                let field = |n: &str| entries.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(&format!("resources.{n}")));
+                Some((list, field("arn")?, field("type")?))
+            }
+            None => None,
+        };
+        Ok(Events {
+            account: string("recipientaccountid")?,
+            time,
+            source: string("eventsource")?,
+            name: string("eventname")?,
+            error: string("errorcode")?,
+            agent: string("useragent")?,
+            category: string("eventcategory")?,
+            readonly: boolean("readonly")?,
+            management: boolean("managementevent")?,
+            identity,
+            arn: id_field("arn")?,
+            invoked_by: id_field("invokedby")?,
+            id_account: id_field("accountid")?,
+            ip,
+            resources,
+        })
+    }
+
+    /// The resource called on (see [`EventView::resource`]).
+    fn resource(&self, i: usize) -> Option<&'b str> {
+        let (list, arn, kind) = self.resources?;
         if list.is_null(i) {
             return None;
         }
         let (start, end) = (list.value_offsets()[i] as usize, list.value_offsets()[i + 1] as usize);
         let at = if end - start >= 2 && get(kind, start) == Some("AWS::S3::Object") { start + 1 } else { start };
         if at < end { get(arn, at) } else { None }
-    };
-    for i in 0..b.num_rows() {
-        if time.is_null(i) {
-            continue;
+    }
+
+    /// Row `i`, or None when it has no time.
+    pub(crate) fn view(&self, i: usize) -> Option<EventView<'b>> {
+        if self.time.is_null(i) {
+            return None;
         }
         // Old records lack managementEvent: they are management events unless their category
         // says otherwise.
-        let management = if management.is_valid(i) { management.value(i) } else { get(category, i).is_none_or(|c| c == "Management") };
+        let management = if self.management.is_valid(i) { self.management.value(i) } else { get(self.category, i).is_none_or(|c| c == "Management") };
         // Data events before eventCategory existed had managementEvent false and no category.
-        let category = match (management, get(category, i)) {
+        let category = match (management, get(self.category, i)) {
             (true, _) => Some(Category::Management),
             (false, None | Some("Data")) => Some(Category::Data),
             (false, Some(_)) => None,
         };
-        f(&EventView {
-            time: time.value(i),
+        let identity = self.identity.is_valid(i);
+        Some(EventView {
+            time: self.time.value(i),
             // The account whose trail logged the call; older records may lack it.
-            account: get(account, i).or_else(|| get(id_account, i).filter(|_| identity.is_valid(i))).unwrap_or("unknown"),
-            source: get(source, i).unwrap_or(""),
-            name: get(name, i).unwrap_or(""),
-            error: get(error, i),
-            readonly: readonly.is_valid(i).then(|| readonly.value(i)),
+            account: get(self.account, i).or_else(|| get(self.id_account, i).filter(|_| identity)).unwrap_or("unknown"),
+            source: get(self.source, i).unwrap_or(""),
+            name: get(self.name, i).unwrap_or(""),
+            error: get(self.error, i),
+            readonly: self.readonly.is_valid(i).then(|| self.readonly.value(i)),
             management,
             category,
-            caller: get(arn, i).or_else(|| get(invoked_by, i)).filter(|_| identity.is_valid(i)),
-            agent: get(agent, i),
-            resource: resource(i),
-            ip: ip.and_then(|a| get(a, i)),
-        });
+            caller: get(self.arn, i).or_else(|| get(self.invoked_by, i)).filter(|_| identity),
+            agent: get(self.agent, i),
+            resource: self.resource(i),
+            ip: self.ip.and_then(|a| get(a, i)),
+        })
     }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -479,26 +641,32 @@ impl RowsBuilder {
     /// sorts before `hour` and `minute`), as every rollups file is written, so that a read of
     /// one series skips the pages (and, once compacted, the row groups) of the others.
     fn push(&mut self, counts: &Counts) {
-        for (kind, map) in [(HOUR, &counts.hours), (MINUTE, &counts.minutes)] {
-            let mut rows: Vec<(&Key, &i64)> = map.iter().collect();
-            rows.sort_unstable_by(|(a, _), (b, _)| {
-                (&a.account, &a.region, &a.source, &a.name, a.period).cmp(&(&b.account, &b.region, &b.source, &b.name, b.period))
-            });
-            for (k, n) in rows {
-                self.kind.append_value(kind);
-                self.account.append_value(&k.account);
-                self.region.append_value(&k.region);
-                self.period.append_value(k.period);
-                self.source.append_value(&k.source);
-                self.name.append_value(&k.name);
-                self.error.append_option(k.error.as_deref());
-                self.readonly.append_option(k.readonly);
-                self.management.append_value(k.management);
-                self.arn.append_option(k.arn.as_deref());
-                self.agent.append_option(k.agent.as_deref());
-                self.calls.append_value(*n);
-                self.datafile.append_null();
-            }
+        self.push_keys(HOUR, counts.hours.iter().map(|(k, n)| (k.borrowed(), *n)).collect());
+        self.push_keys(MINUTE, counts.minutes.iter().map(|(k, n)| (k.borrowed(), *n)).collect());
+    }
+
+    /// [`RowsBuilder::push`] for counts of borrowed keys.
+    fn push_borrowed(&mut self, counts: &RefCounts) {
+        self.push_keys(HOUR, counts.hours.iter().map(|(k, n)| (*k, *n)).collect());
+        self.push_keys(MINUTE, counts.minutes.iter().map(|(k, n)| (*k, *n)).collect());
+    }
+
+    fn push_keys(&mut self, kind: &str, mut rows: Vec<(KeyRef, i64)>) {
+        rows.sort_unstable_by(|(a, _), (b, _)| (a.account, a.region, a.source, a.name, a.period).cmp(&(b.account, b.region, b.source, b.name, b.period)));
+        for (k, n) in rows {
+            self.kind.append_value(kind);
+            self.account.append_value(k.account);
+            self.region.append_value(k.region);
+            self.period.append_value(k.period);
+            self.source.append_value(k.source);
+            self.name.append_value(k.name);
+            self.error.append_option(k.error);
+            self.readonly.append_option(k.readonly);
+            self.management.append_value(k.management);
+            self.arn.append_option(k.arn);
+            self.agent.append_option(k.agent);
+            self.calls.append_value(n);
+            self.datafile.append_null();
         }
     }
 
@@ -540,6 +708,65 @@ mod tests {
             arn: None,
             agent: None,
         }
+    }
+
+    /// An append's files counted from its rows in memory give the rows that reading the files
+    /// back gives: two lakes take the same events, one counted each way.
+    #[tokio::test]
+    async fn counting_an_append_in_memory_matches_reading_its_files() {
+        let mut records = Vec::new();
+        for i in 0..300u32 {
+            let (region, source, name) = [("us-east-1", "s3.amazonaws.com", "GetObject"), ("eu-west-1", "ec2.amazonaws.com", "RunInstances")][i as usize % 2];
+            let account = ["111122223333", "444455556666"][i as usize % 5 / 4];
+            let mut r = serde_json::json!({"eventVersion": "1.09", "eventTime": format!("2024-06-0{}T{:02}:{:02}:00Z", 1 + i % 3, i % 24, i % 7),
+                "eventSource": source, "eventName": name, "awsRegion": region, "eventID": format!("id-{i}"),
+                "recipientAccountId": account, "managementEvent": i % 11 != 0,
+                "eventCategory": if i % 11 == 0 { "Data" } else { "Management" }, "readOnly": i % 3 == 0, "userAgent": format!("agent-{}", i % 4),
+                "userIdentity": {"type": "AssumedRole", "arn": format!("arn:aws:sts::111122223333:assumed-role/r/{}", i % 5)}});
+            if i % 6 == 0 {
+                r["errorCode"] = "AccessDenied".into();
+            }
+            records.push(r);
+        }
+        // Several batches: a partition's rows come from more than one.
+        let batches: Vec<RecordBatch> = records.chunks(70).map(crate::lake::tests::event_batch).collect();
+        let mut rollups_of = Vec::new();
+        for in_memory in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut lake = Lake::open_or_create(dir.path().to_str().unwrap(), Some(crate::schema::Granularity::Day)).await.unwrap();
+            let mut index = crate::lake::EventIndex::new(lake.events(), 1000).unwrap();
+            let outcome = lake.append_events(batches.clone(), &mut index, serde_json::json!({})).await.unwrap();
+            let mut rollups = Rollups::open(&lake).await.unwrap();
+            let stored = outcome.stored.as_ref().filter(|_| in_memory);
+            let out = rollups.catch_up_after(&lake, stored).await.unwrap();
+            assert_eq!((out.files, out.events), (outcome.files, 300));
+            assert_eq!(out.from_memory, if in_memory { out.files } else { 0 });
+            let mut rows = Vec::new();
+            let columns = [
+                "kind",
+                "recipientaccountid",
+                "awsregion",
+                "period",
+                "eventsource",
+                "eventname",
+                "errorcode",
+                "readonly",
+                "management",
+                "useridentityarn",
+                "useragent",
+                "calls",
+            ];
+            for b in lake::read_table_columns(rollups.table(), &columns, None).await.unwrap() {
+                let shown: Vec<Vec<String>> = (0..b.num_columns())
+                    .map(|c| (0..b.num_rows()).map(|r| arrow::util::display::array_value_to_string(b.column(c), r).unwrap()).collect())
+                    .collect();
+                rows.extend((0..b.num_rows()).map(|r| shown.iter().map(|c| c[r].clone()).collect::<Vec<_>>()));
+            }
+            rows.sort();
+            assert!(rows.iter().any(|r| r[0] == HOUR) && rows.iter().any(|r| r[0] == MINUTE) && rows.iter().any(|r| r[6] == "AccessDenied"));
+            rollups_of.push(rows);
+        }
+        assert_eq!(rollups_of[0], rollups_of[1]);
     }
 
     /// Rows come out in `SORT_COLUMNS` order without a sort of the batch: sorting it changes
