@@ -19,6 +19,7 @@ pub mod distinct;
 pub mod distributed;
 pub mod exec;
 pub mod output;
+pub mod per_value;
 pub mod repl;
 pub mod scan;
 pub mod udf;
@@ -106,13 +107,15 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // count(DISTINCT a), count(DISTINCT b): one parallel group-by per column, not one set
         // merged in one thread (see `distinct`).
         .with_optimizer_rule(Arc::new(distinct::MultiDistinctToCrossJoin));
+    // LIKE and functions on strings with few distinct values: once per value of a batch
+    // (see `per_value`). Not on distributed sessions, whose plans travel as protobuf.
+    let local = workers.is_none_or(|w| w.is_empty());
+    let builder = if local { builder.with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue)) } else { builder };
     #[cfg(feature = "distributed")]
     let builder = match workers {
         Some(w) if !w.is_empty() => distributed::coordinate(builder, w),
         _ => builder,
     };
-    #[cfg(not(feature = "distributed"))]
-    let _ = workers;
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.
     datafusion_functions_json::register_all(&mut ctx)?;
