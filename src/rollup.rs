@@ -116,12 +116,7 @@ impl Rollups {
             loop {
                 // Counts add up across files, so one commit writes each key once.
                 let (counted, total) = count_files(&table, &files).await?;
-                let mut rows = RowsBuilder::default();
-                for (path, events) in &counted {
-                    rows.push_file(path, *events);
-                }
-                rows.push(&total);
-                let batch = rows.finish()?;
+                let batch = RowsBuilder::batch(counted.iter().map(|(path, events)| (path.as_str(), *events)), |rows| rows.push(&total))?;
                 let n = batch.num_rows() as u64;
                 // Only on the version read: another writer may have counted some of these
                 // files meanwhile (it sees this run's events files once they are committed).
@@ -178,12 +173,7 @@ impl Rollups {
             tracing::warn!(counted = counts.events, in_files, "rollups: an append's rows do not add up to its files; reading them back");
             return Ok(None);
         }
-        let mut rows = RowsBuilder::default();
-        for (path, n) in &files {
-            rows.push_file(path, *n);
-        }
-        rows.push_borrowed(&counts);
-        let batch = rows.finish()?;
+        let batch = RowsBuilder::batch(files.iter().copied(), |rows| rows.push_borrowed(&counts))?;
         let n = batch.num_rows() as u64;
         let shown = format!("{}{ROLLUPS_TABLE}", lake.url());
         if lake::append_if_current(&mut self.table, vec![batch], &shown).await?.is_none() {
@@ -620,6 +610,16 @@ struct RowsBuilder {
 }
 
 impl RowsBuilder {
+    /// A `file` row for each of `files` (path, events), then the counts `push` appends.
+    fn batch<'f>(files: impl IntoIterator<Item = (&'f str, u64)>, push: impl FnOnce(&mut RowsBuilder)) -> Result<RecordBatch, LakeError> {
+        let mut rows = RowsBuilder::default();
+        for (path, events) in files {
+            rows.push_file(path, events);
+        }
+        push(&mut rows);
+        rows.finish()
+    }
+
     /// The marker that an events file is counted (in the same commit as its counts; with 0
     /// events for a compacted file, whose rows the files it replaced were counted for).
     fn push_file(&mut self, datafile: &str, events: u64) {

@@ -71,6 +71,10 @@ impl PhysicalOptimizerRule for EvaluatePerValue {
 /// Wraps the largest subexpressions of `expr` that qualify (see the module doc).
 fn wrap(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
     expr.transform_down(|e| {
+        // Already wrapped (the rule run twice): not again, nor anything inside.
+        if e.downcast_ref::<PerValue>().is_some() {
+            return Ok(Transformed::new(e, false, TreeNodeRecursion::Jump));
+        }
         if qualifies(&e, schema)? {
             let wrapped: Arc<dyn PhysicalExpr> = Arc::new(PerValue::new(e)?);
             return Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump));
@@ -79,12 +83,8 @@ fn wrap(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Transformed<Arc<
     })
 }
 
-/// One string-view column, something costly per row on it ([`costly`]), nothing
-/// volatile, and not already wrapped.
+/// One string-view column, something costly per row on it ([`costly`]), nothing volatile.
 fn qualifies(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<bool> {
-    if e.downcast_ref::<PerValue>().is_some() {
-        return Ok(false);
-    }
     let columns = collect_columns(e);
     let [column] = columns.iter().collect::<Vec<_>>()[..] else { return Ok(false) };
     if schema.fields().get(column.index()).map(|f| f.data_type()) != Some(&DataType::Utf8View) {
@@ -262,7 +262,12 @@ mod tests {
     /// 1,000 rows.
     async fn plan_and_rows(sql: &str, rule: bool) -> (String, String) {
         let builder = datafusion::execution::SessionStateBuilder::new().with_default_features();
-        let builder = if rule { builder.with_physical_optimizer_rule(Arc::new(EvaluatePerValue)) } else { builder };
+        // Twice: a second run over a plan must not wrap anything again.
+        let builder = if rule {
+            builder.with_physical_optimizer_rule(Arc::new(EvaluatePerValue)).with_physical_optimizer_rule(Arc::new(EvaluatePerValue))
+        } else {
+            builder
+        };
         let ctx = SessionContext::new_with_state(builder.build());
         let t = table();
         let batches: Vec<RecordBatch> = (0..3).map(|i| t.slice(i * 1000, 1000)).collect();
@@ -275,6 +280,8 @@ mod tests {
 
     #[tokio::test]
     async fn string_predicates_give_the_same_answers_once_per_value() {
+        let (plan, _) = plan_and_rows("SELECT count(*) FROM t WHERE agent LIKE '%python%'", true).await;
+        assert_eq!(plan.matches("per_value(").count(), 1, "{plan}");
         for sql in [
             "SELECT agent, count(*) FROM t WHERE agent LIKE '%python%' OR agent ILIKE 'BOTO%' GROUP BY 1 ORDER BY 1",
             "SELECT count(*) FROM t WHERE regexp_like(agent, '^aws-cli/2\\.[0-9]+') AND agent NOT LIKE '%3.12%'",
