@@ -5,9 +5,9 @@
 //! dictionary: the rows of a batch with the same value have the same 16-byte view. DuckDB
 //! evaluates `useragent LIKE '%python%'` or a regular expression once per dictionary entry;
 //! DataFusion evaluates it once per row. [`EvaluatePerValue`] wraps each such expression of a
-//! filter (a LIKE or a function call over one string-view column, nothing volatile) in a
-//! [`PerValue`], which runs it on the batch's distinct views and spreads the answers back by
-//! position. Where the views are mostly distinct (no dictionary: request IDs, JSON text), it
+//! filter (a LIKE, a regular-expression match or a function call over one string-view column,
+//! nothing volatile) in a [`PerValue`], which runs it on the batch's distinct views and spreads
+//! the answers back by position. Where the views are mostly distinct (no dictionary: request IDs, JSON text), it
 //! stops trying and evaluates row by row, as before.
 //!
 //! Not used on distributed sessions: their plans travel to workers as protobuf, which knows
