@@ -107,14 +107,13 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // count(DISTINCT a), count(DISTINCT b): one parallel group-by per column, not one set
         // merged in one thread (see `distinct`).
         .with_optimizer_rule(Arc::new(distinct::MultiDistinctToCrossJoin));
-    // LIKE and functions on strings with few distinct values: once per value of a batch
-    // (see `per_value`). Not on distributed sessions, whose plans travel as protobuf.
-    let local = workers.is_none_or(|w| w.is_empty());
-    let builder = if local { builder.with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue)) } else { builder };
-    #[cfg(feature = "distributed")]
-    let builder = match workers {
-        Some(w) if !w.is_empty() => distributed::coordinate(builder, w),
-        _ => builder,
+    let builder = match workers.filter(|w| !w.is_empty()) {
+        #[cfg(feature = "distributed")]
+        Some(w) => distributed::coordinate(builder, w),
+        // LIKE and functions on strings with few distinct values: once per value of a batch
+        // (see `per_value`). Only here: distributed plans travel as protobuf, which knows only
+        // DataFusion's own expressions.
+        _ => builder.with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.
