@@ -15,10 +15,12 @@ use crate::lake::{Lake, LakeError};
 pub mod catalog;
 pub mod date_trunc;
 pub mod distinct;
+pub mod distinct_values;
 #[cfg(feature = "distributed")]
 pub mod distributed;
 pub mod exec;
 pub mod output;
+pub mod per_batch;
 pub mod per_value;
 pub mod repl;
 pub mod scan;
@@ -113,7 +115,12 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // LIKE and functions on strings with few distinct values: once per value of a batch
         // (see `per_value`). Only here: distributed plans travel as protobuf, which knows only
         // DataFusion's own expressions.
-        _ => builder.with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue)),
+        // Group-by counts: within each batch first, by the rows' views (see `per_batch`).
+        // DISTINCT on strings: by buckets that fit in the cache (see `distinct_values`).
+        _ => builder
+            .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
+            .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
+            .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.
