@@ -191,7 +191,6 @@ struct BatchCounter {
     ids: Vec<u128>,
     nulls: Vec<u64>,
     table: hashbrown::HashTable<u32>,
-    recent: Vec<(u128, u32)>,
 }
 
 impl BatchCounter {
@@ -209,11 +208,18 @@ impl BatchCounter {
             identities(key.as_ref(), c, width, &mut self.ids, &mut self.nulls)?;
         }
         let (ids, nulls) = (&self.ids, &self.nulls);
+        let (hasher, table) = (&self.hasher, &mut self.table);
         let grouped = match width {
             // One or two keys (most group-bys) without slices, which compare through memcmp.
-            1 => group_single(n, ids, nulls, &self.hasher, &mut self.table, &mut self.recent),
-            2 => group_rows(n, |row| (nulls[row], ids[2 * row], ids[2 * row + 1]), &self.hasher, &mut self.table),
-            _ => group_rows(n, |row| (nulls[row], &ids[row * width..(row + 1) * width]), &self.hasher, &mut self.table),
+            1 => group_rows(n, |row| (nulls[row], ids[row]), |&id| fold(id), hasher, table),
+            2 => group_rows(n, |row| (nulls[row], (ids[2 * row], ids[2 * row + 1])), |&(a, b)| fold(a) ^ fold(b).rotate_left(17), hasher, table),
+            _ => group_rows(
+                n,
+                |row| (nulls[row], &ids[row * width..(row + 1) * width]),
+                |ids: &&[u128]| ids.iter().fold(0, |h, &id| h.rotate_left(17) ^ fold(id)),
+                hasher,
+                table,
+            ),
         };
         let Some((firsts, groups)) = grouped else { return Ok(None) };
         let firsts = UInt32Array::from(firsts);
@@ -241,75 +247,40 @@ impl BatchCounter {
     }
 }
 
-/// Each row's group among `n` rows keyed by `key`, and each group's first row; None when more
-/// than a quarter of the first [`PROBE_ROWS`] rows are distinct.
-fn group_rows<K: Eq + std::hash::Hash>(
-    n: usize,
-    key: impl Fn(usize) -> K,
-    hasher: &foldhash::fast::RandomState,
-    table: &mut hashbrown::HashTable<u32>,
-) -> Option<(Vec<u32>, Vec<u32>)> {
-    table.clear();
-    let mut firsts: Vec<u32> = Vec::new();
-    let mut groups: Vec<u32> = Vec::with_capacity(n);
-    for row in 0..n {
-        if row == PROBE_ROWS && firsts.len() > PROBE_ROWS / 4 {
-            return None;
-        }
-        let k = key(row);
-        let hash = hasher.hash_one(&k);
-        let group = match table.find(hash, |&g| key(firsts[g as usize] as usize) == k) {
-            Some(&g) => g,
-            None => {
-                let g = firsts.len() as u32;
-                firsts.push(row as u32);
-                table.insert_unique(hash, g, |&g| hasher.hash_one(key(firsts[g as usize] as usize)));
-                g
-            }
-        };
-        groups.push(group);
-    }
-    Some((firsts, groups))
-}
-
-/// Slots of [`group_single`]'s cache of recent keys.
+/// Slots of [`group_rows`]'s cache of recent keys.
 const RECENT: usize = 1024;
 
-/// [`group_rows`] for one key, with a direct-mapped cache of recent keys in front of the hash
-/// table: a batch's few distinct views are found by one multiplication and one comparison.
-fn group_single(
+/// Each row's group among `n` rows keyed by `key` (a row's null bits and identities), and each
+/// group's first row; None when more than a quarter of the first [`PROBE_ROWS`] rows are
+/// distinct. A direct-mapped cache of recent keys, indexed by `fold` (the identities mixed into
+/// 64 bits) and one multiplication, sits in front of the hash table: a batch's few distinct
+/// views are found with one comparison. Rows with a null key always use the table.
+fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
     n: usize,
-    ids: &[u128],
-    nulls: &[u64],
+    key: impl Fn(usize) -> (u64, K),
+    fold: impl Fn(&K) -> u64,
     hasher: &foldhash::fast::RandomState,
     table: &mut hashbrown::HashTable<u32>,
-    recent: &mut Vec<(u128, u32)>,
 ) -> Option<(Vec<u32>, Vec<u32>)> {
-    // A slot holds (key, group + 1); 0 is empty. Nulls (a key of 0 with the null bit) go
-    // through the hash table.
     table.clear();
-    recent.clear();
-    recent.resize(RECENT, (0, 0));
-    let slot = |id: u128| {
-        let folded = (id as u64) ^ ((id >> 64) as u64).rotate_left(29);
-        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT.trailing_zeros())) as usize
-    };
+    // A slot holds (key, group + 1); 0 is empty.
+    let mut recent: Vec<(K, u32)> = vec![(K::default(), 0); RECENT];
+    let slot = |k: &K| (fold(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT.trailing_zeros())) as usize;
     let mut firsts: Vec<u32> = Vec::new();
     let mut groups: Vec<u32> = Vec::with_capacity(n);
     for row in 0..n {
         if row == PROBE_ROWS && firsts.len() > PROBE_ROWS / 4 {
             return None;
         }
-        let (id, null) = (ids[row], nulls[row]);
-        let s = slot(id);
+        let (null, k) = key(row);
+        let s = slot(&k);
         let (cached, group) = recent[s];
-        if null == 0 && group != 0 && cached == id {
+        if null == 0 && group != 0 && cached == k {
             groups.push(group - 1);
             continue;
         }
-        let key = |row: usize| (nulls[row], ids[row]);
-        let hash = hasher.hash_one((null, id));
-        let group = match table.find(hash, |&g| key(firsts[g as usize] as usize) == (null, id)) {
+        let hash = hasher.hash_one((null, k));
+        let group = match table.find(hash, |&g| key(firsts[g as usize] as usize) == (null, k)) {
             Some(&g) => g,
             None => {
                 let g = firsts.len() as u32;
@@ -319,11 +290,16 @@ fn group_single(
             }
         };
         if null == 0 {
-            recent[s] = (id, group + 1);
+            recent[s] = (k, group + 1);
         }
         groups.push(group);
     }
     Some((firsts, groups))
+}
+
+/// One identity in 64 bits, for [`group_rows`]'s cache.
+fn fold(id: u128) -> u64 {
+    (id as u64) ^ ((id >> 64) as u64).rotate_left(29)
 }
 
 impl DisplayAs for PerBatchCountExec {
@@ -373,7 +349,6 @@ impl ExecutionPlan for PerBatchCountExec {
             ids: Vec::new(),
             nulls: Vec::new(),
             table: hashbrown::HashTable::new(),
-            recent: Vec::new(),
         };
         Ok(Box::pin(CountStream {
             state: State::PerBatch(input),
@@ -585,6 +560,7 @@ mod tests {
             "SELECT arn, count(*) AS n FROM t GROUP BY 1 ORDER BY 1",
             "SELECT arn, region, count(*), count(code), count(arn) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
             "SELECT code, region, count(arn) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT arn, region, code, count(*), count(code) FROM t GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             "SELECT DISTINCT region, code FROM t ORDER BY 1, 2",
             "SELECT count(DISTINCT arn) FROM t",
             "SELECT substr(arn, 1, 12) AS p, count(*) FROM t WHERE code IS NOT NULL GROUP BY 1 ORDER BY 1",
@@ -622,7 +598,6 @@ mod tests {
             ids: Vec::new(),
             nulls: Vec::new(),
             table: hashbrown::HashTable::new(),
-            recent: Vec::new(),
         };
         let counts = counter.count(&t).unwrap().unwrap();
         assert_eq!(counts.num_rows(), 5, "four strings and null");
