@@ -255,7 +255,7 @@ const RECENT: usize = 1024;
 /// distinct. A direct-mapped cache of recent keys, indexed by `fold` (the identities mixed into
 /// 64 bits) and one multiplication, sits in front of the hash table: a batch's few distinct
 /// views are found with one comparison. Rows with a null key always use the table.
-fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
+pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
     n: usize,
     key: impl Fn(usize) -> (u64, K),
     fold: impl Fn(&K) -> u64,
@@ -298,7 +298,7 @@ fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
 }
 
 /// One identity in 64 bits, for [`group_rows`]'s cache.
-fn fold(id: u128) -> u64 {
+pub(super) fn fold(id: u128) -> u64 {
     (id as u64) ^ ((id >> 64) as u64).rotate_left(29)
 }
 

@@ -7,7 +7,8 @@
 //! DataFusion evaluates it once per row. [`EvaluatePerValue`] wraps each such expression of a
 //! filter (a LIKE, a regular-expression match or a function call over one string-view column,
 //! nothing volatile) in a [`PerValue`], which runs it on the batch's distinct views and spreads
-//! the answers back by position. Where the views are mostly distinct (no dictionary: request IDs, JSON text), it
+//! the answers back by position. The rows are grouped by view with [`super::per_batch`]'s
+//! grouping; where the views are mostly distinct (no dictionary: request IDs, JSON text), it
 //! stops trying and evaluates row by row, as before.
 //!
 //! Not used on distributed sessions: their plans travel to workers as protobuf, which knows
@@ -31,9 +32,6 @@ use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
-
-/// Rows of a batch looked at before deciding whether its values repeat enough.
-const PROBE_ROWS: usize = 1024;
 
 /// The physical optimizer rule: wraps the string predicates of every filter in [`PerValue`].
 #[derive(Debug, Default)]
@@ -146,21 +144,13 @@ impl PerValue {
     /// the row of each distinct view's first occurrence; None when they are mostly distinct.
     fn positions(views: &arrow::array::StringViewArray) -> Option<(UInt32Array, UInt32Array)> {
         let n = views.len();
-        let mut seen: foldhash::HashMap<u128, u32> = foldhash::HashMap::with_capacity_and_hasher(64, Default::default());
-        let mut null_at: Option<u32> = None;
-        let mut firsts: Vec<u32> = Vec::new();
-        let mut keys: Vec<u32> = Vec::with_capacity(n);
-        for (i, view) in views.views().iter().enumerate() {
-            if i == PROBE_ROWS && firsts.len() > PROBE_ROWS / 4 {
-                return None;
-            }
-            let next = firsts.len() as u32;
-            let key = if views.is_null(i) { *null_at.get_or_insert(next) } else { *seen.entry(*view).or_insert(next) };
-            if key == next {
-                firsts.push(i as u32);
-            }
-            keys.push(key);
-        }
+        let (ids, nulls) = (views.views(), views.nulls());
+        let key = |row: usize| match nulls {
+            Some(valid) if valid.is_null(row) => (1u64, 0u128),
+            _ => (0, ids[row]),
+        };
+        let hasher = foldhash::fast::RandomState::default();
+        let (firsts, keys) = super::per_batch::group_rows(n, key, |&id| super::per_batch::fold(id), &hasher, &mut hashbrown::HashTable::new())?;
         (firsts.len() < n / 2).then(|| (UInt32Array::from(keys), UInt32Array::from(firsts)))
     }
 }
