@@ -19,6 +19,7 @@ pub mod distinct_values;
 #[cfg(feature = "distributed")]
 pub mod distributed;
 pub mod exec;
+pub mod json_filter;
 pub mod output;
 pub mod per_batch;
 pub mod per_value;
@@ -108,7 +109,10 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         .with_default_features()
         // count(DISTINCT a), count(DISTINCT b): one parallel group-by per column, not one set
         // merged in one thread (see `distinct`).
-        .with_optimizer_rule(Arc::new(distinct::MultiDistinctToCrossJoin));
+        .with_optimizer_rule(Arc::new(distinct::MultiDistinctToCrossJoin))
+        // JSON functions are evaluated where the query put them, not for every row of the scan
+        // (see `json_filter`).
+        .with_analyzer_rule(Arc::new(json_filter::KeepJsonInPlace));
     let builder = match workers.filter(|w| !w.is_empty()) {
         #[cfg(feature = "distributed")]
         Some(w) => distributed::coordinate(builder, w),
@@ -117,7 +121,10 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // DataFusion's own expressions.
         // Group-by counts: within each batch first, by the rows' views (see `per_batch`).
         // DISTINCT on strings: by buckets that fit in the cache (see `distinct_values`).
+        // A JSON field equal to a string: parsed only where the text holds the string (see
+        // `json_filter`).
         _ => builder
+            .with_physical_optimizer_rule(Arc::new(json_filter::PrefilterJson))
             .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
             .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
             .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues)),

@@ -69,8 +69,9 @@ impl PhysicalOptimizerRule for EvaluatePerValue {
 /// Wraps the largest subexpressions of `expr` that qualify (see the module doc).
 fn wrap(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
     expr.transform_down(|e| {
-        // Already wrapped (the rule run twice): not again, nor anything inside.
-        if e.downcast_ref::<PerValue>().is_some() {
+        // Already wrapped (the rule run twice), or a JSON prefilter (its text is mostly
+        // distinct): not again, nor anything inside.
+        if e.downcast_ref::<PerValue>().is_some() || e.downcast_ref::<super::json_filter::JsonPrefilter>().is_some() {
             return Ok(Transformed::new(e, false, TreeNodeRecursion::Jump));
         }
         if qualifies(&e, schema)? {

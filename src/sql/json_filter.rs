@@ -1,0 +1,438 @@
+//! JSON fields in filters: parsed after the other conditions, and only where they can match.
+//!
+//! datafusion-functions-json marks its functions as cheap to move towards the scan
+//! (`ExpressionPlacement::MoveTowardsLeafNodes`), as a struct field is. DataFusion's optimizer
+//! then computes `requestparameters->>'userName'` in the scan, for every row, before any filter:
+//! `WHERE eventname = 'CreateUser' AND requestparameters->>'userName' = 'x'` parsed the JSON of
+//! all 4.5M events to keep 9 (0.24 s; 0.09 s with the JSON left in the filter). Unlike a struct
+//! field, a JSON path reads nothing less from Parquet, so [`KeepJsonInPlace`] marks every JSON
+//! function to stay where the query put it, and a filter's `AND` evaluates it only on the rows
+//! the other conditions kept.
+//!
+//! [`JsonPrefilter`] goes further for the commonest JSON condition, a field equal to a string:
+//! a JSON text without a backslash holds each string value verbatim, so where the text holds
+//! neither the string nor a backslash the field cannot equal it, and the JSON is not parsed.
+//! Only in a filter's top-level `AND`s and `OR`s, where a NULL and a false both drop the row, and
+//! only for strings whose JSON spelling is themselves and which no number, boolean, null, object
+//! or array prints as (`->>` prints those as text too).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::error::Result;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, Expr, ExpressionPlacement, LogicalPlan, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Literal};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
+
+/// The analyzer rule: every call of a JSON function (`json_*`, and `->`, `->>`, `?`, which are
+/// planned as such calls) stays where the query put it. Runs after DataFusion's own analyzer
+/// rules, so datafusion-functions-json's rewrites (a cast of `json_get` into a typed accessor)
+/// still see the crate's own functions.
+#[derive(Debug, Default)]
+pub struct KeepJsonInPlace;
+
+impl AnalyzerRule for KeepJsonInPlace {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            node.map_expressions(|e| {
+                e.transform_up(|e| match e {
+                    Expr::ScalarFunction(f) if f.func.name().starts_with("json_") && !f.func.inner().is::<InPlace>() => {
+                        let func = Arc::new(ScalarUDF::new_from_impl(InPlace { inner: f.func }));
+                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction { func, args: f.args })))
+                    }
+                    e => Ok(Transformed::no(e)),
+                })
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "keep_json_in_place"
+    }
+}
+
+/// A function exactly as `inner`, but never moved towards the scan. Same name, so plans print,
+/// and travel to workers, as before.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct InPlace {
+    inner: Arc<ScalarUDF>,
+}
+
+impl ScalarUDFImpl for InPlace {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.inner.is_strict()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        self.inner.invoke_with_args(args)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        self.inner.simplify(args, info)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner.output_ordering(inputs)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+
+    fn placement(&self, _args: &[ExpressionPlacement]) -> ExpressionPlacement {
+        ExpressionPlacement::KeepInPlace
+    }
+}
+
+/// The physical optimizer rule: puts a [`JsonPrefilter`] on each `json_as_text(c, path) =
+/// 'string'` (`c->>path = 'string'`) or `json_get_str` equality among a filter's top-level
+/// `AND`s and `OR`s.
+#[derive(Debug, Default)]
+pub struct PrefilterJson;
+
+impl PhysicalOptimizerRule for PrefilterJson {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(filter) = node.downcast_ref::<FilterExec>() else { return Ok(Transformed::no(node)) };
+            let schema = filter.input().schema();
+            let Some(predicate) = prefiltered(filter.predicate(), &schema)? else { return Ok(Transformed::no(node)) };
+            let rebuilt = FilterExecBuilder::new(predicate, Arc::clone(filter.input()))
+                .apply_projection_by_ref(filter.projection().as_ref())?
+                .with_default_selectivity(filter.default_selectivity())
+                .with_batch_size(filter.batch_size())
+                .with_fetch(filter.fetch())
+                .build()?;
+            Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "prefilter_json"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `predicate` with its qualifying equalities prefiltered, through `AND` and `OR` only; None
+/// when none qualifies.
+fn prefiltered(predicate: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let Some(binary) = predicate.downcast_ref::<BinaryExpr>() else { return in_list(predicate, schema) };
+    match binary.op() {
+        Operator::And | Operator::Or => {
+            let (left, right) = (prefiltered(binary.left(), schema)?, prefiltered(binary.right(), schema)?);
+            if left.is_none() && right.is_none() {
+                return Ok(None);
+            }
+            let left = left.unwrap_or_else(|| Arc::clone(binary.left()));
+            let right = right.unwrap_or_else(|| Arc::clone(binary.right()));
+            Ok(Some(Arc::new(BinaryExpr::new(left, *binary.op(), right))))
+        }
+        Operator::Eq => {
+            let sides = [(binary.left(), binary.right()), (binary.right(), binary.left())];
+            for (call, value) in sides {
+                let Some(needle) = text_literal(value) else { continue };
+                let Some(column) = json_text_of_column(call, schema) else { continue };
+                return Ok(Some(Arc::new(JsonPrefilter::new(column, Arc::clone(predicate), vec![needle])?)));
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `IN ('a', 'b')` on a JSON field, prefiltered.
+fn in_list(predicate: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let Some(list) = predicate.downcast_ref::<InListExpr>().filter(|l| !l.negated()) else { return Ok(None) };
+    let needles = list.list().iter().map(text_literal).collect::<Option<Vec<_>>>();
+    match (needles, json_text_of_column(list.expr(), schema)) {
+        (Some(needles), Some(column)) if !needles.is_empty() => Ok(Some(Arc::new(JsonPrefilter::new(column, Arc::clone(predicate), needles)?))),
+        _ => Ok(None),
+    }
+}
+
+/// The column `e` reads a JSON field of as text (`json_as_text` or `json_get_str` on a string
+/// column with constant paths).
+fn json_text_of_column(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Column> {
+    let call = e.downcast_ref::<ScalarFunctionExpr>()?;
+    if !matches!(call.name(), "json_as_text" | "json_get_str") {
+        return None;
+    }
+    let (first, paths) = call.args().split_first()?;
+    let column = first.downcast_ref::<Column>()?;
+    let text = matches!(schema.fields().get(column.index())?.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+    (text && paths.iter().all(|p| p.downcast_ref::<Literal>().is_some())).then(|| column.clone())
+}
+
+/// The string `e` is a literal of, if a JSON text can only hold it verbatim: not empty, nothing
+/// JSON escapes, and nothing a number, boolean, null, object or array is printed as.
+fn text_literal(e: &Arc<dyn PhysicalExpr>) -> Option<String> {
+    let value = match e.downcast_ref::<Literal>()?.value() {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
+        _ => return None,
+    };
+    let escaped = value.chars().any(|c| c == '"' || c == '\\' || c < ' ');
+    let printed = value.parse::<f64>().is_ok() || matches!(value.as_str(), "true" | "false" | "null") || value.starts_with(['{', '[']);
+    (!value.is_empty() && !escaped && !printed).then(|| value.clone())
+}
+
+/// `comparison` (a JSON field equal to one of `needles`), evaluated only on the rows whose JSON
+/// text holds one of them or a backslash; the others are NULL (see the module doc for why only where
+/// NULL and false mean the same).
+#[derive(Debug)]
+pub struct JsonPrefilter {
+    column: Arc<dyn PhysicalExpr>,
+    comparison: Arc<dyn PhysicalExpr>,
+    /// `comparison` over a batch of the column alone, at index 0.
+    alone: Arc<dyn PhysicalExpr>,
+    finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl JsonPrefilter {
+    fn new(column: Column, comparison: Arc<dyn PhysicalExpr>, needles: Vec<String>) -> Result<JsonPrefilter> {
+        let alone = Arc::clone(&comparison)
+            .transform(|e| match e.downcast_ref::<Column>() {
+                Some(c) => Ok(Transformed::yes(Arc::new(Column::new(c.name(), 0)) as Arc<dyn PhysicalExpr>)),
+                None => Ok(Transformed::no(e)),
+            })
+            .data()?;
+        let finders = needles.iter().map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned()).collect();
+        Ok(JsonPrefilter { column: Arc::new(column), comparison, alone, finders })
+    }
+
+    /// Whether the text can hold the field's value.
+    fn candidate(&self, text: &[u8]) -> bool {
+        self.finders.iter().any(|f| f.find(text).is_some()) || memchr::memchr(b'\\', text).is_some()
+    }
+
+    fn candidates(&self, texts: &ArrayRef) -> Option<BooleanArray> {
+        let valid = |i: usize| texts.is_valid(i);
+        let mask = match texts.data_type() {
+            DataType::Utf8View => {
+                let a = texts.as_string_view();
+                BooleanBuffer::collect_bool(a.len(), |i| valid(i) && self.candidate(a.value(i).as_bytes()))
+            }
+            DataType::Utf8 => {
+                let a = texts.as_string::<i32>();
+                BooleanBuffer::collect_bool(a.len(), |i| valid(i) && self.candidate(a.value(i).as_bytes()))
+            }
+            DataType::LargeUtf8 => {
+                let a = texts.as_string::<i64>();
+                BooleanBuffer::collect_bool(a.len(), |i| valid(i) && self.candidate(a.value(i).as_bytes()))
+            }
+            _ => return None,
+        };
+        Some(BooleanArray::new(mask, None))
+    }
+}
+
+impl PhysicalExpr for JsonPrefilter {
+    fn data_type(&self, input_schema: &Schema) -> Result<DataType> {
+        self.comparison.data_type(input_schema)
+    }
+
+    fn nullable(&self, _input_schema: &Schema) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
+        let texts = self.column.evaluate(batch)?.into_array(batch.num_rows())?;
+        let Some(mask) = self.candidates(&texts) else { return self.comparison.evaluate(batch) };
+        let kept = mask.true_count();
+        if kept == mask.len() {
+            return self.comparison.evaluate(batch);
+        }
+        if kept == 0 {
+            return Ok(ColumnarValue::Array(Arc::new(BooleanArray::new_null(mask.len()))));
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("json", texts.data_type().clone(), true)]));
+        let some = RecordBatch::try_new(schema, vec![arrow::compute::filter(&texts, &mask)?])?;
+        let answers = self.alone.evaluate(&some)?.into_array(kept)?;
+        Ok(ColumnarValue::Array(datafusion::physical_expr_common::utils::scatter(&mask, answers.as_ref())?))
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.comparison]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
+        let [comparison] = <[_; 1]>::try_from(children).map_err(|_| DataFusionError::Internal("a JSON prefilter takes one comparison".into()))?;
+        let columns = datafusion::physical_expr::utils::collect_columns(&comparison);
+        let [column] = <[Column; 1]>::try_from(columns.into_iter().collect::<Vec<_>>())
+            .map_err(|_| DataFusionError::Internal("a JSON prefilter's comparison reads one column".into()))?;
+        let needles = self.finders.iter().map(|f| String::from_utf8_lossy(f.needle()).into_owned()).collect();
+        Ok(Arc::new(JsonPrefilter::new(column, comparison, needles)?))
+    }
+
+    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.comparison.fmt_sql(f)
+    }
+}
+
+impl fmt::Display for JsonPrefilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "json_prefilter({})", self.comparison)
+    }
+}
+
+impl PartialEq for JsonPrefilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.comparison.as_ref() == other.comparison.as_ref()
+    }
+}
+
+impl Eq for JsonPrefilter {}
+
+impl Hash for JsonPrefilter {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.comparison.hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::StringViewArray;
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    /// JSON texts that test each reason to parse or not: the value verbatim, escaped, inside
+    /// another value, under another key, as a number, missing, invalid, NULL.
+    fn table() -> RecordBatch {
+        let texts = [
+            Some(r#"{"userName":"svc-user-7","n":1}"#),
+            Some(r#"{"userName":"svc\u002duser-7"}"#),
+            Some(r#"{"userName":"svc-user-77"}"#),
+            Some(r#"{"other":"svc-user-7","userName":"alice"}"#),
+            Some(r#"{"userName":7}"#),
+            Some(r#"{"policy":{"userName":"svc-user-7"}}"#),
+            Some(r#"{"bucketName":"b"}"#),
+            Some("not json svc-user-7"),
+            Some("not json"),
+            Some(r#"{"userName":"a\"b"}"#),
+            None,
+        ];
+        let rows: Vec<Option<&str>> = (0..3000).map(|i| texts[i % texts.len()]).collect();
+        let names: Vec<&str> = (0..3000).map(|i| if i % 3 == 0 { "CreateUser" } else { "GetObject" }).collect();
+        let schema = Schema::new(vec![Field::new("requestparameters", DataType::Utf8View, true), Field::new("eventname", DataType::Utf8View, false)]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(StringViewArray::from(rows)), Arc::new(StringViewArray::from(names))]).unwrap()
+    }
+
+    /// The physical plan and printed result of `sql`, with Prism's rules or DataFusion's alone.
+    async fn plan_and_rows(sql: &str, ours: bool) -> (String, String) {
+        let builder = datafusion::execution::SessionStateBuilder::new().with_default_features();
+        // The physical rule twice: a second run must not wrap anything again.
+        let builder = if ours {
+            builder
+                .with_analyzer_rule(Arc::new(KeepJsonInPlace))
+                .with_physical_optimizer_rule(Arc::new(PrefilterJson))
+                .with_physical_optimizer_rule(Arc::new(PrefilterJson))
+        } else {
+            builder
+        };
+        let mut ctx = SessionContext::new_with_state(builder.build());
+        datafusion_functions_json::register_all(&mut ctx).unwrap();
+        let batch = table();
+        let parts = (0..3).map(|i| vec![batch.slice(i * 1000, 1000)]).collect();
+        ctx.register_table("events", Arc::new(MemTable::try_new(batch.schema(), parts).unwrap())).unwrap();
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        let plan = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+        let rows = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap()).unwrap().to_string();
+        (plan, rows)
+    }
+
+    #[tokio::test]
+    async fn json_equalities_give_the_same_answers_parsing_only_candidates() {
+        let field = "(requestparameters->>'userName')";
+        let cases = [
+            (format!("SELECT count(*) FROM events WHERE {field} = 'svc-user-7'"), true),
+            (format!("SELECT count(*) FROM events WHERE 'svc-user-7' = {field}"), true),
+            ("SELECT count(*) FROM events WHERE json_get_str(requestparameters, 'userName') = 'svc-user-7'".to_string(), true),
+            (format!("SELECT count(*) FROM events WHERE eventname = 'CreateUser' AND {field} = 'svc-user-7'"), true),
+            // The same call twice is computed once below the filter (common subexpressions).
+            (format!("SELECT count(*) FROM events WHERE {field} = 'svc-user-7' OR {field} = 'alice'"), false),
+            (format!("SELECT count(*) FROM events WHERE {field} IN ('svc-user-7', 'alice', 'b')"), true),
+            (format!("SELECT count(*) FROM events WHERE {field} NOT IN ('svc-user-7', 'alice')"), false),
+            (format!("SELECT count(*) FROM events WHERE {field} IN ('svc-user-7', '7')"), false),
+            (format!("SELECT count(*) FROM events WHERE eventname = 'GetObject' OR {field} = 'alice'"), true),
+            ("SELECT count(*) FROM events WHERE (requestparameters->'policy'->>'userName') = 'svc-user-7'".to_string(), true),
+            // Where NULL and false differ, or the value may be printed otherwise: as DataFusion.
+            (format!("SELECT count(*) FROM events WHERE NOT ({field} = 'svc-user-7')"), false),
+            (format!("SELECT count(*) FROM events WHERE ({field} = 'svc-user-7') IS NOT TRUE"), false),
+            (format!("SELECT count(*) FROM events WHERE {field} = '7'"), false),
+            (format!("SELECT count(*) FROM events WHERE {field} = 'a\"b'"), false),
+            (format!("SELECT {field} = 'svc-user-7' AS hit, count(*) FROM events GROUP BY 1 ORDER BY 1"), false),
+        ];
+        for (sql, prefiltered) in cases {
+            let (plan, rows) = plan_and_rows(&sql, true).await;
+            assert_eq!(rows, plan_and_rows(&sql, false).await.1, "{sql}");
+            assert_eq!(plan.contains("json_prefilter("), prefiltered, "{sql}\n{plan}");
+        }
+        // The verbatim, the escaped and the nested value, each in 3000/11 rows.
+        let (_, rows) = plan_and_rows(&format!("SELECT count(*) FROM events WHERE {field} = 'svc-user-7'"), true).await;
+        assert!(rows.contains("| 546 "), "{rows}");
+    }
+
+    #[tokio::test]
+    async fn json_functions_stay_in_the_filter_not_in_the_scan() {
+        let sql = "SELECT count(*) FROM events WHERE eventname = 'CreateUser' AND (requestparameters->>'userName') = 'alice'";
+        let (plan, rows) = plan_and_rows(sql, true).await;
+        let (theirs, their_rows) = plan_and_rows(sql, false).await;
+        assert_eq!(rows, their_rows);
+        assert!(theirs.contains("__datafusion_extracted"), "{theirs}");
+        assert!(!plan.contains("__datafusion_extracted"), "{plan}");
+        assert!(plan.contains("FilterExec: eventname@1 = CreateUser AND json_prefilter("), "{plan}");
+        // A cast still becomes the typed accessor (the crate's rewrite runs first).
+        let (plan, _) = plan_and_rows("SELECT count(*) FROM events WHERE (requestparameters->'n')::int = 1", true).await;
+        assert!(plan.contains("json_get_int"), "{plan}");
+    }
+}
