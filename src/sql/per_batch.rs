@@ -198,8 +198,28 @@ impl BatchCounter {
     /// schema; None when the keys are mostly distinct.
     fn count(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
-        let width = self.keys.len();
         let keys = self.keys.iter().map(|k| k.evaluate(batch)?.into_array(n)).collect::<Result<Vec<ArrayRef>>>()?;
+        let (hasher, table) = (&self.hasher, &mut self.table);
+        let grouped = match &keys[..] {
+            // One string key (most group-bys): its views read in place, not copied first.
+            [key] if matches!(key.data_type(), DataType::Utf8View | DataType::BinaryView) => {
+                let views = match key.as_string_view_opt() {
+                    Some(s) => s.views(),
+                    None => key.as_binary_view().views(),
+                };
+                Ok(match key.nulls().filter(|v| v.null_count() > 0) {
+                    Some(valid) => group_rows(n, |row| if valid.is_valid(row) { (0, views[row]) } else { (1, 0) }, |&id| fold(id), hasher, table),
+                    None => group_rows(n, |row| (0, views[row]), |&id| fold(id), hasher, table),
+                })
+            }
+            _ => self.identities_grouped(&keys, n),
+        };
+        self.counted(batch, &keys, grouped)
+    }
+
+    /// Each row's group and each group's first row, by the keys' identities copied side by side.
+    fn identities_grouped(&mut self, keys: &[ArrayRef], n: usize) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
+        let width = keys.len();
         self.ids.clear();
         self.ids.resize(n * width, 0);
         self.nulls.clear();
@@ -221,7 +241,13 @@ impl BatchCounter {
                 table,
             ),
         };
-        let Some((firsts, groups)) = grouped else { return Ok(None) };
+        Ok(grouped)
+    }
+
+    /// The partial aggregate's batch: the first row of each group's keys, and its counts.
+    fn counted(&self, batch: &RecordBatch, keys: &[ArrayRef], grouped: Result<Option<(Vec<u32>, Vec<u32>)>>) -> Result<Option<RecordBatch>> {
+        let n = batch.num_rows();
+        let Some((firsts, groups)) = grouped? else { return Ok(None) };
         let firsts = UInt32Array::from(firsts);
         let mut columns = keys.iter().map(|k| arrow::compute::take(k.as_ref(), &firsts, None)).collect::<Result<Vec<_>, _>>()?;
         let mut rows: Option<Vec<i64>> = None;
@@ -254,7 +280,8 @@ const RECENT: usize = 1024;
 /// group's first row; None when more than a quarter of the first [`PROBE_ROWS`] rows are
 /// distinct. A direct-mapped cache of recent keys, indexed by `fold` (the identities mixed into
 /// 64 bits) and one multiplication, sits in front of the hash table: a batch's few distinct
-/// views are found with one comparison. Rows with a null key always use the table.
+/// views are found with one comparison; a null key (its null bits and zeroed identities) is
+/// cached like any other.
 pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
     n: usize,
     key: impl Fn(usize) -> (u64, K),
@@ -263,9 +290,9 @@ pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
     table: &mut hashbrown::HashTable<u32>,
 ) -> Option<(Vec<u32>, Vec<u32>)> {
     table.clear();
-    // A slot holds (key, group + 1); 0 is empty.
-    let mut recent: Vec<(K, u32)> = vec![(K::default(), 0); RECENT];
-    let slot = |k: &K| (fold(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT.trailing_zeros())) as usize;
+    // A slot holds (null bits, key, group + 1); 0 is empty.
+    let mut recent: Vec<(u64, K, u32)> = vec![(0, K::default(), 0); RECENT];
+    let slot = |null: u64, k: &K| ((fold(k) ^ null).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT.trailing_zeros())) as usize;
     let mut firsts: Vec<u32> = Vec::new();
     let mut groups: Vec<u32> = Vec::with_capacity(n);
     for row in 0..n {
@@ -273,9 +300,9 @@ pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
             return None;
         }
         let (null, k) = key(row);
-        let s = slot(&k);
-        let (cached, group) = recent[s];
-        if null == 0 && group != 0 && cached == k {
+        let s = slot(null, &k);
+        let (cached_null, cached, group) = recent[s];
+        if group != 0 && cached_null == null && cached == k {
             groups.push(group - 1);
             continue;
         }
@@ -289,9 +316,7 @@ pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
                 g
             }
         };
-        if null == 0 {
-            recent[s] = (k, group + 1);
-        }
+        recent[s] = (null, k, group + 1);
         groups.push(group);
     }
     Some((firsts, groups))
