@@ -38,7 +38,6 @@ use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Lit
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 
 /// The analyzer rule: every call of a JSON function (`json_*`, and `->`, `->>`, `?`, which are
 /// planned as such calls) stays where the query put it. Runs after DataFusion's own analyzer
@@ -137,19 +136,7 @@ pub struct PrefilterJson;
 
 impl PhysicalOptimizerRule for PrefilterJson {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(filter) = node.downcast_ref::<FilterExec>() else { return Ok(Transformed::no(node)) };
-            let schema = filter.input().schema();
-            let Some(predicate) = prefiltered(filter.predicate(), &schema)? else { return Ok(Transformed::no(node)) };
-            let rebuilt = FilterExecBuilder::new(predicate, Arc::clone(filter.input()))
-                .apply_projection_by_ref(filter.projection().as_ref())?
-                .with_default_selectivity(filter.default_selectivity())
-                .with_batch_size(filter.batch_size())
-                .with_fetch(filter.fetch())
-                .build()?;
-            Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>))
-        })
-        .data()
+        super::plan_rules::rewrite_filters(plan, prefiltered)
     }
 
     fn name(&self) -> &str {
@@ -205,14 +192,32 @@ fn in_list(predicate: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<
 /// The column `e` reads a JSON field of as text (`json_as_text` or `json_get_str` on a string
 /// column with constant paths).
 fn json_text_of_column(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Column> {
+    let column = json_call_column(e)?;
+    let text = matches!(schema.fields().get(column.index())?.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+    text.then_some(column)
+}
+
+/// The column `e` is `json_as_text` or `json_get_str` of, with constant paths.
+fn json_call_column(e: &Arc<dyn PhysicalExpr>) -> Option<Column> {
     let call = e.downcast_ref::<ScalarFunctionExpr>()?;
     if !matches!(call.name(), "json_as_text" | "json_get_str") {
         return None;
     }
     let (first, paths) = call.args().split_first()?;
     let column = first.downcast_ref::<Column>()?;
-    let text = matches!(schema.fields().get(column.index())?.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
-    (text && paths.iter().all(|p| p.downcast_ref::<Literal>().is_some())).then(|| column.clone())
+    paths.iter().all(|p| p.downcast_ref::<Literal>().is_some()).then(|| column.clone())
+}
+
+/// The column a prefiltered comparison reads its JSON from, if it still has the shape
+/// [`prefiltered`] gave it (a rewrite may have put an expression where the column was).
+fn compared_column(comparison: &Arc<dyn PhysicalExpr>) -> Option<Column> {
+    if let Some(list) = comparison.downcast_ref::<InListExpr>() {
+        return json_call_column(list.expr());
+    }
+    let binary = comparison.downcast_ref::<BinaryExpr>().filter(|b| *b.op() == Operator::Eq)?;
+    [(binary.left(), binary.right()), (binary.right(), binary.left())]
+        .into_iter()
+        .find_map(|(call, value)| value.downcast_ref::<Literal>().and(json_call_column(call)))
 }
 
 /// The string `e` is a literal of, if a JSON text can only hold it verbatim: not empty, nothing
@@ -241,12 +246,7 @@ pub struct JsonPrefilter {
 
 impl JsonPrefilter {
     fn new(column: Column, comparison: Arc<dyn PhysicalExpr>, needles: Vec<String>) -> Result<JsonPrefilter> {
-        let alone = Arc::clone(&comparison)
-            .transform(|e| match e.downcast_ref::<Column>() {
-                Some(c) => Ok(Transformed::yes(Arc::new(Column::new(c.name(), 0)) as Arc<dyn PhysicalExpr>)),
-                None => Ok(Transformed::no(e)),
-            })
-            .data()?;
+        let alone = super::plan_rules::over_its_column(&comparison)?;
         let finders = needles.iter().map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned()).collect();
         Ok(JsonPrefilter { column: Arc::new(column), comparison, alone, finders })
     }
@@ -308,9 +308,7 @@ impl PhysicalExpr for JsonPrefilter {
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
         let [comparison] = <[_; 1]>::try_from(children).map_err(|_| DataFusionError::Internal("a JSON prefilter takes one comparison".into()))?;
-        let columns = datafusion::physical_expr::utils::collect_columns(&comparison);
-        let [column] = <[Column; 1]>::try_from(columns.into_iter().collect::<Vec<_>>())
-            .map_err(|_| DataFusionError::Internal("a JSON prefilter's comparison reads one column".into()))?;
+        let Some(column) = compared_column(&comparison) else { return Ok(comparison) };
         let needles = self.finders.iter().map(|f| String::from_utf8_lossy(f.needle()).into_owned()).collect();
         Ok(Arc::new(JsonPrefilter::new(column, comparison, needles)?))
     }
@@ -343,7 +341,10 @@ impl Hash for JsonPrefilter {
 #[cfg(test)]
 mod tests {
     use arrow::array::StringViewArray;
+    use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::datasource::MemTable;
+    use datafusion::physical_expr::expressions::CastExpr;
+    use datafusion::physical_plan::filter::FilterExec;
     use datafusion::prelude::SessionContext;
 
     use super::*;
@@ -372,6 +373,13 @@ mod tests {
 
     /// The physical plan and printed result of `sql`, with Prism's rules or DataFusion's alone.
     async fn plan_and_rows(sql: &str, ours: bool) -> (String, String) {
+        let (df, plan) = planned(sql, ours).await;
+        let plan = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+        let rows = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap()).unwrap().to_string();
+        (plan, rows)
+    }
+
+    async fn planned(sql: &str, ours: bool) -> (datafusion::dataframe::DataFrame, Arc<dyn ExecutionPlan>) {
         let builder = datafusion::execution::SessionStateBuilder::new().with_default_features();
         // The physical rule twice: a second run must not wrap anything again.
         let builder = if ours {
@@ -389,9 +397,36 @@ mod tests {
         ctx.register_table("events", Arc::new(MemTable::try_new(batch.schema(), parts).unwrap())).unwrap();
         let df = ctx.sql(sql).await.unwrap();
         let plan = df.clone().create_physical_plan().await.unwrap();
-        let plan = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
-        let rows = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap()).unwrap().to_string();
-        (plan, rows)
+        (df, plan)
+    }
+
+    #[tokio::test]
+    async fn a_prefilter_whose_column_became_an_expression_is_dropped() {
+        let (_, plan) = planned("SELECT count(*) FROM events WHERE (requestparameters->>'userName') = 'alice'", true).await;
+        let mut prefilter = None;
+        plan.apply(|node| {
+            if let Some(filter) = node.downcast_ref::<FilterExec>() {
+                prefilter = Some(Arc::clone(filter.predicate()));
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        let prefilter = prefilter.expect("a filter");
+        assert!(prefilter.downcast_ref::<JsonPrefilter>().is_some(), "{prefilter}");
+        let comparison = Arc::clone(prefilter.children()[0]);
+        let same = Arc::clone(&prefilter).with_new_children(vec![Arc::clone(&comparison)]).unwrap();
+        assert!(same.downcast_ref::<JsonPrefilter>().is_some(), "{same}");
+        // The text searched must be the JSON's own: not a column an expression reads.
+        let cast = Arc::clone(&comparison)
+            .transform(|e| match e.downcast_ref::<Column>() {
+                Some(_) => Ok(Transformed::yes(Arc::new(CastExpr::new(e, DataType::Utf8, None)) as Arc<dyn PhysicalExpr>)),
+                None => Ok(Transformed::no(e)),
+            })
+            .data()
+            .unwrap();
+        let plain = prefilter.with_new_children(vec![cast]).unwrap();
+        assert!(plain.downcast_ref::<JsonPrefilter>().is_none(), "{plain}");
+        assert!(plain.to_string().contains("CAST("), "{plain}");
     }
 
     #[tokio::test]
@@ -422,7 +457,7 @@ mod tests {
             assert_eq!(rows, plan_and_rows(&sql, false).await.1, "{sql}");
             assert_eq!(plan.contains("json_prefilter("), prefiltered, "{sql}\n{plan}");
         }
-        // The verbatim, the escaped and the nested value, each in 3000/11 rows.
+        // The verbatim and the escaped value, each in 3000/11 rows.
         let (_, rows) = plan_and_rows(&format!("SELECT count(*) FROM events WHERE {field} = 'svc-user-7'"), true).await;
         assert!(rows.contains("| 546 "), "{rows}");
     }

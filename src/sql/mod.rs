@@ -23,6 +23,7 @@ pub mod json_filter;
 pub mod output;
 pub mod per_batch;
 pub mod per_value;
+mod plan_rules;
 pub mod repl;
 pub mod scan;
 pub mod udf;

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::logical_expr::Operator;
@@ -31,7 +31,6 @@ use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 
 /// The physical optimizer rule: wraps the string predicates of every filter in [`PerValue`].
 #[derive(Debug, Default)]
@@ -39,22 +38,10 @@ pub struct EvaluatePerValue;
 
 impl PhysicalOptimizerRule for EvaluatePerValue {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(filter) = node.downcast_ref::<FilterExec>() else { return Ok(Transformed::no(node)) };
-            let schema = filter.input().schema();
-            let predicate = wrap(Arc::clone(filter.predicate()), &schema)?;
-            if !predicate.transformed {
-                return Ok(Transformed::no(node));
-            }
-            let rebuilt = FilterExecBuilder::new(predicate.data, Arc::clone(filter.input()))
-                .apply_projection_by_ref(filter.projection().as_ref())?
-                .with_default_selectivity(filter.default_selectivity())
-                .with_batch_size(filter.batch_size())
-                .with_fetch(filter.fetch())
-                .build()?;
-            Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>))
+        super::plan_rules::rewrite_filters(plan, |predicate, schema| {
+            let wrapped = wrap(Arc::clone(predicate), schema)?;
+            Ok(wrapped.transformed.then_some(wrapped.data))
         })
-        .data()
     }
 
     fn name(&self) -> &str {
@@ -132,12 +119,7 @@ impl PerValue {
         let Some(column) = columns.into_iter().next() else {
             return Err(datafusion::error::DataFusionError::Internal("per-value evaluation of an expression without a column".into()));
         };
-        let alone = Arc::clone(&inner)
-            .transform(|e| match e.downcast_ref::<Column>() {
-                Some(c) => Ok(Transformed::yes(Arc::new(Column::new(c.name(), 0)) as Arc<dyn PhysicalExpr>)),
-                None => Ok(Transformed::no(e)),
-            })
-            .data()?;
+        let alone = super::plan_rules::over_its_column(&inner)?;
         Ok(PerValue { inner, column, alone, gave_up: AtomicBool::new(false) })
     }
 
