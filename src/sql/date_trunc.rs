@@ -11,10 +11,9 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, make_array};
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
-use datafusion::logical_expr::{ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl};
 
 /// DataFusion's `date_trunc` (and `datetrunc`), faster on UTC timestamp arrays.
 pub fn date_trunc() -> ScalarUDF {
@@ -32,25 +31,7 @@ fn retyped(array: &ArrayRef, to: DataType) -> Result<ArrayRef> {
 }
 
 impl ScalarUDFImpl for UtcDateTrunc {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
+    delegate_to_inner_udf!();
 
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let utc = match args.args.get(1) {
@@ -66,14 +47,6 @@ impl ScalarUDFImpl for UtcDateTrunc {
             ColumnarValue::Array(result) => Ok(ColumnarValue::Array(retyped(&result, DataType::Timestamp(unit, Some(tz)))?)),
             scalar => Ok(scalar),
         }
-    }
-
-    fn output_ordering(&self, input: &[ExprProperties]) -> Result<SortProperties> {
-        self.inner.output_ordering(input)
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
     }
 }
 

@@ -12,6 +12,44 @@ use url::Url;
 
 use crate::lake::{Lake, LakeError};
 
+/// The `ScalarUDFImpl` methods of a wrapper around `self.inner` (a `ScalarUDF`) that change
+/// nothing of what the function is: its name, signature, types, ordering and documentation.
+/// The wrapper writes the methods it changes (`date_trunc`, `json_filter`).
+macro_rules! delegate_to_inner_udf {
+    () => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+
+        fn aliases(&self) -> &[String] {
+            self.inner.aliases()
+        }
+
+        fn signature(&self) -> &datafusion::logical_expr::Signature {
+            self.inner.signature()
+        }
+
+        fn return_type(&self, arg_types: &[arrow::datatypes::DataType]) -> datafusion::error::Result<arrow::datatypes::DataType> {
+            self.inner.return_type(arg_types)
+        }
+
+        fn return_field_from_args(&self, args: datafusion::logical_expr::ReturnFieldArgs) -> datafusion::error::Result<arrow::datatypes::FieldRef> {
+            self.inner.return_field_from_args(args)
+        }
+
+        fn output_ordering(
+            &self,
+            inputs: &[datafusion::logical_expr::sort_properties::ExprProperties],
+        ) -> datafusion::error::Result<datafusion::logical_expr::sort_properties::SortProperties> {
+            self.inner.output_ordering(inputs)
+        }
+
+        fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+            self.inner.documentation()
+        }
+    };
+}
+
 pub mod catalog;
 pub mod date_trunc;
 pub mod distinct;

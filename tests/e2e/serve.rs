@@ -438,8 +438,16 @@ impl Browser {
         v.as_array().unwrap().iter().map(|e| e[ELEMENT].as_str().unwrap().to_owned()).collect()
     }
 
+    /// The first element matching `css`, waiting up to 10 s for it: a click that submits a form
+    /// can return before the next page is there, more so on a loaded machine.
     async fn find(&self, css: &str) -> String {
-        self.find_all(css).await.into_iter().next().unwrap_or_else(|| panic!("no element {css}"))
+        for _ in 0..100 {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no element {css} within 10 s")
     }
 
     async fn text(&self, element: &str) -> String {
