@@ -38,8 +38,6 @@ use datafusion::physical_plan::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::per_batch::Replay;
-
 /// Buckets a partition's rows are spread over, by bits 40 to 47 of their hash (the hash
 /// table inside a bucket uses the low bits for positions and the top seven as tags).
 const BUCKETS: usize = 256;
@@ -182,11 +180,7 @@ impl ExecutionPlan for DistinctValuesExec {
     }
 
     fn replace_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>, options: ReplaceChildrenOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        let aggregate = Arc::clone(&self.aggregate).replace_children(children, options)?;
-        let aggregate = aggregate.downcast_ref::<AggregateExec>().ok_or_else(|| DataFusionError::Internal("a final aggregate that is not one".into()))?;
-        let exec =
-            DistinctValuesExec::try_new(aggregate)?.ok_or_else(|| DataFusionError::Internal("a distinct over a new input that does not qualify".into()))?;
-        Ok(Arc::new(exec))
+        super::plan_rules::replaced_over(&self.aggregate, children, options, DistinctValuesExec::try_new)
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -243,9 +237,7 @@ impl Run {
             if self.reservation.try_resize(buckets.memory()).is_err() {
                 self.handed_over.add(1);
                 let held = futures::stream::iter(std::mem::take(&mut buckets.batches).into_iter().map(Ok));
-                let rest = Arc::new(Replay::new(held.chain(input), self.aggregate.input()));
-                let aggregate = Arc::clone(&self.aggregate).replace_children(vec![rest], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?;
-                return Ok(aggregate.execute(self.partition, Arc::clone(&self.context))?.boxed());
+                return Ok(super::plan_rules::aggregate_over(&self.aggregate, held.chain(input), self.partition, &self.context)?.boxed());
             }
         }
         let timer = self.baseline.elapsed_compute().timer();

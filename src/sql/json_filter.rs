@@ -20,7 +20,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayAccessor, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
@@ -122,50 +122,41 @@ impl PhysicalOptimizerRule for PrefilterJson {
 /// `predicate` with its qualifying equalities prefiltered, through `AND` and `OR` only; None
 /// when none qualifies.
 fn prefiltered(predicate: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
-    let Some(binary) = predicate.downcast_ref::<BinaryExpr>() else { return in_list(predicate, schema) };
-    match binary.op() {
-        Operator::And | Operator::Or => {
-            let (left, right) = (prefiltered(binary.left(), schema)?, prefiltered(binary.right(), schema)?);
-            if left.is_none() && right.is_none() {
-                return Ok(None);
-            }
-            let left = left.unwrap_or_else(|| Arc::clone(binary.left()));
-            let right = right.unwrap_or_else(|| Arc::clone(binary.right()));
-            Ok(Some(Arc::new(BinaryExpr::new(left, *binary.op(), right))))
+    if let Some(binary) = predicate.downcast_ref::<BinaryExpr>().filter(|b| matches!(b.op(), Operator::And | Operator::Or)) {
+        let (left, right) = (prefiltered(binary.left(), schema)?, prefiltered(binary.right(), schema)?);
+        if left.is_none() && right.is_none() {
+            return Ok(None);
         }
-        Operator::Eq => {
-            let sides = [(binary.left(), binary.right()), (binary.right(), binary.left())];
-            for (call, value) in sides {
-                let Some(needle) = text_literal(value) else { continue };
-                let Some(column) = json_text_of_column(call, schema) else { continue };
-                return Ok(Some(Arc::new(JsonPrefilter::new(column, Arc::clone(predicate), vec![needle])?)));
-            }
-            Ok(None)
-        }
-        _ => Ok(None),
+        let left = left.unwrap_or_else(|| Arc::clone(binary.left()));
+        let right = right.unwrap_or_else(|| Arc::clone(binary.right()));
+        return Ok(Some(Arc::new(BinaryExpr::new(left, *binary.op(), right))));
     }
+    let text = |c: &Column| matches!(schema.fields().get(c.index()).map(|f| f.data_type()), Some(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8));
+    Ok(prefilter(predicate, text)?.map(|p| Arc::new(p) as Arc<dyn PhysicalExpr>))
 }
 
 /// Strings of an `IN` list looked for in each text; a longer list is compared on every row, as
 /// one search per string would cost more than the parse.
 const MAX_NEEDLES: usize = 16;
 
-/// `IN ('a', 'b')` on a JSON field, prefiltered.
-fn in_list(predicate: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
-    let Some(list) = predicate.downcast_ref::<InListExpr>().filter(|l| !l.negated() && l.list().len() <= MAX_NEEDLES) else { return Ok(None) };
-    let needles = list.list().iter().map(text_literal).collect::<Option<Vec<_>>>();
-    match (needles, json_text_of_column(list.expr(), schema)) {
-        (Some(needles), Some(column)) if !needles.is_empty() => Ok(Some(Arc::new(JsonPrefilter::new(column, Arc::clone(predicate), needles)?))),
+/// `comparison` prefiltered, if it is a JSON field of a `text` column `=` a string, or `IN` a
+/// few strings, that a JSON text can only hold verbatim ([`text_literal`]).
+fn prefilter(comparison: &Arc<dyn PhysicalExpr>, text: impl Fn(&Column) -> bool) -> Result<Option<JsonPrefilter>> {
+    let (call, values) = if let Some(list) = comparison.downcast_ref::<InListExpr>().filter(|l| !l.negated()) {
+        (list.expr(), list.list().iter().collect::<Vec<_>>())
+    } else if let Some(equal) = comparison.downcast_ref::<BinaryExpr>().filter(|b| *b.op() == Operator::Eq) {
+        match equal.right().downcast_ref::<Literal>() {
+            Some(_) => (equal.left(), vec![equal.right()]),
+            None => (equal.right(), vec![equal.left()]),
+        }
+    } else {
+        return Ok(None);
+    };
+    let Some(column) = json_call_column(call).filter(|c| text(c)) else { return Ok(None) };
+    match values.into_iter().map(text_literal).collect::<Option<Vec<_>>>() {
+        Some(needles) if !needles.is_empty() && needles.len() <= MAX_NEEDLES => Ok(Some(JsonPrefilter::new(column, Arc::clone(comparison), needles)?)),
         _ => Ok(None),
     }
-}
-
-/// The column `e` reads a JSON field of as text (`json_as_text` or `json_get_str` on a string
-/// column with constant paths).
-fn json_text_of_column(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Column> {
-    let column = json_call_column(e)?;
-    let text = matches!(schema.fields().get(column.index())?.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
-    text.then_some(column)
 }
 
 /// The column `e` is `json_as_text` or `json_get_str` of, with constant paths.
@@ -177,18 +168,6 @@ fn json_call_column(e: &Arc<dyn PhysicalExpr>) -> Option<Column> {
     let (first, paths) = call.args().split_first()?;
     let column = first.downcast_ref::<Column>()?;
     paths.iter().all(|p| p.downcast_ref::<Literal>().is_some()).then(|| column.clone())
-}
-
-/// The column a prefiltered comparison reads its JSON from, if it still has the shape
-/// [`prefiltered`] gave it (a rewrite may have put an expression where the column was).
-fn compared_column(comparison: &Arc<dyn PhysicalExpr>) -> Option<Column> {
-    if let Some(list) = comparison.downcast_ref::<InListExpr>() {
-        return json_call_column(list.expr());
-    }
-    let binary = comparison.downcast_ref::<BinaryExpr>().filter(|b| *b.op() == Operator::Eq)?;
-    [(binary.left(), binary.right()), (binary.right(), binary.left())]
-        .into_iter()
-        .find_map(|(call, value)| value.downcast_ref::<Literal>().and(json_call_column(call)))
 }
 
 /// The string `e` is a literal of, if a JSON text can only hold it verbatim: not empty, nothing
@@ -227,24 +206,19 @@ impl JsonPrefilter {
         self.finders.iter().any(|f| f.find(text).is_some()) || memchr::memchr(b'\\', text).is_some()
     }
 
+    /// The rows whose text can hold the field's value; None for a column not of strings.
     fn candidates(&self, texts: &ArrayRef) -> Option<BooleanArray> {
-        let valid = |i: usize| texts.is_valid(i);
         let mask = match texts.data_type() {
-            DataType::Utf8View => {
-                let a = texts.as_string_view();
-                BooleanBuffer::collect_bool(a.len(), |i| valid(i) && self.candidate(a.value(i).as_bytes()))
-            }
-            DataType::Utf8 => {
-                let a = texts.as_string::<i32>();
-                BooleanBuffer::collect_bool(a.len(), |i| valid(i) && self.candidate(a.value(i).as_bytes()))
-            }
-            DataType::LargeUtf8 => {
-                let a = texts.as_string::<i64>();
-                BooleanBuffer::collect_bool(a.len(), |i| valid(i) && self.candidate(a.value(i).as_bytes()))
-            }
+            DataType::Utf8View => self.mask(texts.as_string_view()),
+            DataType::Utf8 => self.mask(texts.as_string::<i32>()),
+            DataType::LargeUtf8 => self.mask(texts.as_string::<i64>()),
             _ => return None,
         };
         Some(BooleanArray::new(mask, None))
+    }
+
+    fn mask<'a>(&self, texts: impl ArrayAccessor<Item = &'a str>) -> BooleanBuffer {
+        BooleanBuffer::collect_bool(texts.len(), |i| texts.is_valid(i) && self.candidate(texts.value(i).as_bytes()))
     }
 }
 
@@ -279,9 +253,12 @@ impl PhysicalExpr for JsonPrefilter {
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
         let [comparison] = <[_; 1]>::try_from(children).map_err(|_| DataFusionError::Internal("a JSON prefilter takes one comparison".into()))?;
-        let Some(column) = compared_column(&comparison) else { return Ok(comparison) };
-        let needles = self.finders.iter().map(|f| String::from_utf8_lossy(f.needle()).into_owned()).collect();
-        Ok(Arc::new(JsonPrefilter::new(column, comparison, needles)?))
+        // Still the shape the rule prefiltered, or the plain comparison: a rewrite may have put
+        // an expression where the JSON column was.
+        match prefilter(&comparison, |_| true)? {
+            Some(p) => Ok(Arc::new(p)),
+            None => Ok(comparison),
+        }
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
@@ -138,11 +138,7 @@ fn identities(array: &dyn Array, c: usize, width: usize, ids: &mut [u128], nulls
     }
     match array.data_type() {
         DataType::Utf8View | DataType::BinaryView => {
-            let views = match array.as_string_view_opt() {
-                Some(s) => s.views(),
-                None => array.as_binary_view().views(),
-            };
-            for (i, v) in views.iter().enumerate() {
+            for (i, v) in views(array).iter().enumerate() {
                 ids[i * width + c] = *v;
             }
         }
@@ -175,6 +171,14 @@ fn identities(array: &dyn Array, c: usize, width: usize, ids: &mut [u128], nulls
     Ok(())
 }
 
+/// The views of a string- or binary-view array.
+fn views(array: &dyn Array) -> &[u128] {
+    match array.as_string_view_opt() {
+        Some(s) => s.views(),
+        None => array.as_binary_view().views(),
+    }
+}
+
 /// One partition's per-batch counting, its buffers kept from batch to batch.
 struct BatchCounter {
     keys: Vec<Arc<dyn PhysicalExpr>>,
@@ -196,18 +200,16 @@ impl BatchCounter {
         let grouped = match &keys[..] {
             // One string key (most group-bys): its views read in place, not copied first.
             [key] if matches!(key.data_type(), DataType::Utf8View | DataType::BinaryView) => {
-                let views = match key.as_string_view_opt() {
-                    Some(s) => s.views(),
-                    None => key.as_binary_view().views(),
-                };
-                Ok(match key.nulls().filter(|v| v.null_count() > 0) {
+                let views = views(key.as_ref());
+                match key.nulls().filter(|v| v.null_count() > 0) {
                     Some(valid) => group_rows(n, |row| if valid.is_valid(row) { (0, views[row]) } else { (1, 0) }, |&id| fold(id), hasher, table),
                     None => group_rows(n, |row| (0, views[row]), |&id| fold(id), hasher, table),
-                })
+                }
             }
-            _ => self.identities_grouped(&keys, n),
+            _ => self.identities_grouped(&keys, n)?,
         };
-        self.counted(batch, &keys, grouped)
+        let Some((firsts, groups)) = grouped else { return Ok(None) };
+        self.counted(batch, &keys, firsts, &groups).map(Some)
     }
 
     /// Each row's group and each group's first row, by the keys' identities copied side by side.
@@ -238,9 +240,8 @@ impl BatchCounter {
     }
 
     /// The partial aggregate's batch: the first row of each group's keys, and its counts.
-    fn counted(&self, batch: &RecordBatch, keys: &[ArrayRef], grouped: Result<Option<(Vec<u32>, Vec<u32>)>>) -> Result<Option<RecordBatch>> {
+    fn counted(&self, batch: &RecordBatch, keys: &[ArrayRef], firsts: Vec<u32>, groups: &[u32]) -> Result<RecordBatch> {
         let n = batch.num_rows();
-        let Some((firsts, groups)) = grouped? else { return Ok(None) };
         let firsts = UInt32Array::from(firsts);
         let mut columns = keys.iter().map(|k| arrow::compute::take(k.as_ref(), &firsts, None)).collect::<Result<Vec<_>, _>>()?;
         let mut rows: Option<Vec<i64>> = None;
@@ -262,7 +263,7 @@ impl BatchCounter {
             }
             columns.push(Arc::new(Int64Array::from(counts)));
         }
-        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 
@@ -345,11 +346,7 @@ impl ExecutionPlan for PerBatchCountExec {
     }
 
     fn replace_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>, options: ReplaceChildrenOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        let aggregate = Arc::clone(&self.aggregate).replace_children(children, options)?;
-        let aggregate = aggregate.downcast_ref::<AggregateExec>().ok_or_else(|| DataFusionError::Internal("a partial aggregate that is not one".into()))?;
-        let exec = PerBatchCountExec::try_new(aggregate)?
-            .ok_or_else(|| DataFusionError::Internal("a per-batch count over a new input that does not qualify".into()))?;
-        Ok(Arc::new(exec))
+        super::plan_rules::replaced_over(&self.aggregate, children, options, PerBatchCountExec::try_new)
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -407,9 +404,7 @@ impl CountStream {
     /// The partial aggregate over `batch` and what is left of `input`.
     fn hand_over(&mut self, batch: RecordBatch, input: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
         self.handed_over.add(1);
-        let rest = Arc::new(Replay::new(futures::stream::once(async { Ok(batch) }).chain(input), self.aggregate.input()));
-        let aggregate = Arc::clone(&self.aggregate).replace_children(vec![rest], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?;
-        aggregate.execute(self.partition, Arc::clone(&self.context))
+        super::plan_rules::aggregate_over(&self.aggregate, futures::stream::once(async { Ok(batch) }).chain(input), self.partition, &self.context)
     }
 }
 
@@ -460,64 +455,6 @@ impl Stream for CountStream {
 impl RecordBatchStream for CountStream {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
-    }
-}
-
-/// A leaf that yields one stream already started: the input of an aggregate that takes over a
-/// partition midway.
-pub(super) struct Replay {
-    stream: Mutex<Option<SendableRecordBatchStream>>,
-    properties: Arc<PlanProperties>,
-}
-
-impl Replay {
-    /// `stream`, in the place of `like`.
-    pub(super) fn new(stream: impl Stream<Item = Result<RecordBatch>> + Send + 'static, like: &Arc<dyn ExecutionPlan>) -> Replay {
-        let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(like.schema(), stream);
-        Replay { stream: Mutex::new(Some(Box::pin(stream))), properties: Arc::clone(like.properties()) }
-    }
-}
-
-impl fmt::Debug for Replay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Replay")
-    }
-}
-
-impl DisplayAs for Replay {
-    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("Replay")
-    }
-}
-
-impl ExecutionPlan for Replay {
-    fn name(&self) -> &str {
-        "Replay"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>, _: ReplaceChildrenOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let taken = self.stream.lock().map_err(|_| DataFusionError::Internal("a replayed stream's lock is poisoned".into()))?.take();
-        taken.ok_or_else(|| DataFusionError::Internal("a replayed stream executed twice".into()))
     }
 }
 

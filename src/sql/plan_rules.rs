@@ -1,16 +1,23 @@
-//! What Prism's physical optimizer rules share: replacing aggregates, rewriting filters'
-//! predicates, and evaluating an expression over a batch of its one column.
+//! What Prism's physical optimizer rules share: replacing aggregates (and handing a partition
+//! back to the aggregate replaced), rewriting filters' predicates, and evaluating an
+//! expression over a batch of its one column.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::error::Result;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use futures::Stream;
 
 /// `plan` with each aggregate that `replace` gives a node for replaced by it.
 pub(super) fn replace_aggregates<E: ExecutionPlan + 'static>(
@@ -25,6 +32,33 @@ pub(super) fn replace_aggregates<E: ExecutionPlan + 'static>(
         }
     })
     .data()
+}
+
+/// A replacement of `aggregate` over new children: `aggregate` rebuilt over them, and
+/// replaced again by `replace`, which must still take it.
+pub(super) fn replaced_over<E: ExecutionPlan + 'static>(
+    aggregate: &Arc<AggregateExec>,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+    options: ReplaceChildrenOptions,
+    replace: impl Fn(&AggregateExec) -> Result<Option<E>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let rebuilt = Arc::clone(aggregate).replace_children(children, options)?;
+    let rebuilt = rebuilt.downcast_ref::<AggregateExec>().ok_or_else(|| DataFusionError::Internal("an aggregate rebuilt as something else".into()))?;
+    let exec = replace(rebuilt)?.ok_or_else(|| DataFusionError::Internal(format!("{} over a new input no longer qualifies", rebuilt.name())))?;
+    Ok(Arc::new(exec))
+}
+
+/// `aggregate`'s `partition` executed over `input`, a stream already started, instead of its
+/// own input: how a replacement hands a partition back to the aggregate it replaced midway.
+pub(super) fn aggregate_over(
+    aggregate: &Arc<AggregateExec>,
+    input: impl Stream<Item = Result<RecordBatch>> + Send + 'static,
+    partition: usize,
+    context: &Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    let rest = Arc::new(Replay::new(input, aggregate.input()));
+    let aggregate = Arc::clone(aggregate).replace_children(vec![rest], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?;
+    aggregate.execute(partition, Arc::clone(context))
 }
 
 /// `plan` with each filter's predicate replaced where `rewrite` (given the predicate and the
@@ -56,4 +90,62 @@ pub(super) fn over_its_column(expr: &Arc<dyn PhysicalExpr>) -> Result<Arc<dyn Ph
             None => Ok(Transformed::no(e)),
         })
         .data()
+}
+
+/// A leaf that yields one stream already started: the input of an aggregate that takes over a
+/// partition midway.
+struct Replay {
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl Replay {
+    /// `stream`, in the place of `like`.
+    fn new(stream: impl Stream<Item = Result<RecordBatch>> + Send + 'static, like: &Arc<dyn ExecutionPlan>) -> Replay {
+        let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(like.schema(), stream);
+        Replay { stream: Mutex::new(Some(Box::pin(stream))), properties: Arc::clone(like.properties()) }
+    }
+}
+
+impl fmt::Debug for Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Replay")
+    }
+}
+
+impl DisplayAs for Replay {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("Replay")
+    }
+}
+
+impl ExecutionPlan for Replay {
+    fn name(&self) -> &str {
+        "Replay"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>, _: ReplaceChildrenOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let taken = self.stream.lock().map_err(|_| DataFusionError::Internal("a replayed stream's lock is poisoned".into()))?.take();
+        taken.ok_or_else(|| DataFusionError::Internal("a replayed stream executed twice".into()))
+    }
 }

@@ -126,7 +126,7 @@ impl LakeTable {
                 };
                 Arc::new(f.as_ref().clone().with_data_type(t))
             } else {
-                let field = Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())));
+                let field = view_field(f);
                 file_fields.push(field.clone());
                 field
             };
@@ -310,15 +310,19 @@ impl TableProvider for LakeTable {
 /// bytes (`sql::per_value`). DataFusion asks the reader for views of top-level strings only;
 /// [`NestedViews`] asks for the rest, so a nested view type is read, not cast.
 fn view_types(t: &DataType) -> DataType {
-    let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())));
     match t {
         DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
         DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
-        DataType::List(item) => DataType::List(field(item)),
-        DataType::LargeList(item) => DataType::LargeList(field(item)),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(view_field).collect()),
+        DataType::List(item) => DataType::List(view_field(item)),
+        DataType::LargeList(item) => DataType::LargeList(view_field(item)),
         other => other.clone(),
     }
+}
+
+/// `f` with its strings as views ([`view_types`]).
+fn view_field(f: &FieldRef) -> FieldRef {
+    Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())))
 }
 
 /// Opens the lake's Parquet files so that their strings, at any depth, are read as views.
@@ -364,7 +368,7 @@ impl AsyncFileReader for NestedViewsReader {
 fn with_view_schema(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<Arc<ParquetMetaData>> {
     let file = metadata.file_metadata();
     let schema = parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())?;
-    let fields: Vec<FieldRef> = schema.fields().iter().map(|f| Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())))).collect();
+    let fields: Vec<FieldRef> = schema.fields().iter().map(view_field).collect();
     let viewed = Schema::new_with_metadata(fields, schema.metadata().clone());
     if viewed == schema {
         return Ok(metadata);
