@@ -40,6 +40,7 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -1014,24 +1015,51 @@ pub const ROW_GROUP_ROWS: usize = 16 * 1024;
 pub const PAGE_ROWS: usize = 2 * 1024;
 
 /// Minute partitions hold small files, where parquet-rs's per-column zstd context setup costs
-/// more than the whole file's encoding: they use Snappy. Larger files use zstd for size.
+/// more than the whole file's encoding: they use Snappy. Larger files use zstd for the columns
+/// where it pays ([`COMPRESSED_COLUMNS`]) and store the others uncompressed: a few-valued
+/// string's column chunk is a dictionary and bit-packed keys, which zstd shrinks by 10–25%,
+/// while every read of the chunk would create a zstd context pair (parquet-rs makes one per
+/// column chunk), which costs more than decoding the chunk.
 fn writer_properties(granularity: Granularity) -> WriterProperties {
-    let compression = match granularity {
-        Granularity::Minute => Compression::SNAPPY,
-        Granularity::Hour | Granularity::Day => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default());
+    let (default, compressed) = match granularity {
+        Granularity::Minute => (Compression::SNAPPY, Compression::SNAPPY),
+        Granularity::Hour | Granularity::Day => (Compression::UNCOMPRESSED, zstd),
     };
     let mut builder =
-        WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(ROW_GROUP_ROWS)).set_data_page_row_count_limit(PAGE_ROWS);
+        WriterProperties::builder().set_compression(default).set_max_row_group_row_count(Some(ROW_GROUP_ROWS)).set_data_page_row_count_limit(PAGE_ROWS);
+    for column in COMPRESSED_COLUMNS {
+        builder = builder.set_column_compression(ColumnPath::from(*column), compressed);
+    }
     // Columns whose values are (nearly) all distinct: a dictionary would only cost the interning
     // of every value before parquet-rs falls back to plain encoding.
     for column in UNIQUE_COLUMNS {
-        builder = builder.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*column), false);
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), false);
     }
     builder.build()
 }
 
 /// Events columns with a value per event that no other event has.
 const UNIQUE_COLUMNS: &[&str] = &[EVENT_ID, EVENT_TIME, "requestid"];
+
+/// Events columns that zstd shrinks 1.5–6× (unique IDs, times, JSON text, messages, paths,
+/// addresses): the bulk of a lake's bytes.
+const COMPRESSED_COLUMNS: &[&str] = &[
+    EVENT_ID,
+    EVENT_TIME,
+    "requestid",
+    "requestparameters",
+    "responseelements",
+    "additionaleventdata",
+    "serviceeventdetails",
+    "addendum",
+    "edgedevicedetails",
+    "insightdetails",
+    schema::ADDITIONAL_FIELDS,
+    "errormessage",
+    SOURCE_FILE,
+    "sourceipaddress",
+];
 
 /// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
 /// partition's IDs cost 16 bytes each in memory.

@@ -58,6 +58,7 @@ pub mod distinct_values;
 pub mod distributed;
 pub mod exec;
 pub mod json_filter;
+mod local_reads;
 pub mod output;
 pub mod per_batch;
 pub mod per_value;

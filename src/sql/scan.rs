@@ -48,6 +48,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use deltalake::DeltaTable;
+
+use super::local_reads::LocalReads;
 use deltalake::table::state::DeltaTableState;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -76,7 +78,7 @@ pub(crate) fn table_store(url: &url::Url) -> Option<DfResult<Arc<dyn ObjectStore
     let decoded = hex::decode(url.host_str().unwrap_or("")).ok();
     let table = decoded.and_then(|b| String::from_utf8(b).ok()).and_then(|s| url::Url::parse(&s).ok());
     Some(match table {
-        Some(table) => crate::source::store_for(&table).map_err(|e| DataFusionError::External(Box::new(e))),
+        Some(table) => crate::source::store_for(&table).map(|store| LocalReads::wrap(&table, store)).map_err(|e| DataFusionError::External(Box::new(e))),
         None => Err(DataFusionError::Plan(format!("`{url}` names no lake table"))),
     })
 }
@@ -148,7 +150,7 @@ impl LakeTable {
         let store_url = table_store_url(&url)?;
         Ok(LakeTable {
             url,
-            store: table.log_store().object_store(None),
+            store: LocalReads::wrap(table.table_url(), table.log_store().object_store(None)),
             state,
             schema: Arc::new(Schema::new(fields)),
             scan_schema,
@@ -367,14 +369,14 @@ impl AsyncFileReader for NestedViewsReader {
 /// `metadata` with its Arrow schema's strings as views; unchanged when it has none.
 fn with_view_schema(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<Arc<ParquetMetaData>> {
     let file = metadata.file_metadata();
-    let schema = parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())?;
-    let fields: Vec<FieldRef> = schema.fields().iter().map(view_field).collect();
-    let viewed = Schema::new_with_metadata(fields, schema.metadata().clone());
-    if viewed == schema {
-        return Ok(metadata);
-    }
+    let embedded = file.key_value_metadata().into_iter().flatten().find(|kv| kv.key == ARROW_SCHEMA_META_KEY).and_then(|kv| kv.value.clone());
+    let viewed = match &embedded {
+        Some(embedded) => VIEWED_SCHEMAS.get(embedded, || viewed_schema(file))?,
+        None => viewed_schema(file)?,
+    };
+    let Some(viewed) = viewed else { return Ok(metadata) };
     let mut key_values: Vec<KeyValue> = file.key_value_metadata().into_iter().flatten().filter(|kv| kv.key != ARROW_SCHEMA_META_KEY).cloned().collect();
-    key_values.push(KeyValue::new(ARROW_SCHEMA_META_KEY.to_owned(), encode_arrow_schema(&viewed)));
+    key_values.push(KeyValue::new(ARROW_SCHEMA_META_KEY.to_owned(), viewed));
     let file = FileMetaData::new(
         file.version(),
         file.num_rows(),
@@ -390,6 +392,41 @@ fn with_view_schema(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<A
         .set_offset_index(old.take_offset_index())
         .build();
     Ok(Arc::new(rebuilt))
+}
+
+/// The encoded Arrow schema of `file` with its strings as views, or `None` when it has none.
+fn viewed_schema(file: &FileMetaData) -> parquet::errors::Result<Option<String>> {
+    let schema = parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())?;
+    let fields: Vec<FieldRef> = schema.fields().iter().map(view_field).collect();
+    let viewed = Schema::new_with_metadata(fields, schema.metadata().clone());
+    Ok((viewed != schema).then(|| encode_arrow_schema(&viewed)))
+}
+
+/// The files of a table share a handful of schemas: each footer's embedded Arrow schema is
+/// decoded, turned into views and encoded once per process, not once per file (that was a
+/// twentieth of a one-column scan's time).
+static VIEWED_SCHEMAS: SchemaMemo = SchemaMemo(std::sync::Mutex::new(None));
+
+struct SchemaMemo(std::sync::Mutex<Option<std::collections::HashMap<String, Option<String>>>>);
+
+impl SchemaMemo {
+    /// Schemas remembered at most; a lake has one per schema change.
+    const LIMIT: usize = 64;
+
+    fn get(&self, embedded: &str, make: impl FnOnce() -> parquet::errors::Result<Option<String>>) -> parquet::errors::Result<Option<String>> {
+        if let Some(known) = self.0.lock().ok().and_then(|memo| memo.as_ref()?.get(embedded).cloned()) {
+            return Ok(known);
+        }
+        let made = make()?;
+        if let Ok(mut memo) = self.0.lock() {
+            let memo = memo.get_or_insert_with(Default::default);
+            if memo.len() >= Self::LIMIT {
+                memo.clear();
+            }
+            memo.insert(embedded.to_owned(), made.clone());
+        }
+        Ok(made)
+    }
 }
 
 /// The log's statistics, as DataFusion's pruning reads them: delta-rs's flattened list of
