@@ -1354,6 +1354,26 @@ pub(crate) mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
 
+    /// Day and hour files compress the bulky columns with zstd and store few-valued ones as
+    /// they are; minute files use Snappy throughout.
+    #[test]
+    fn bulky_columns_are_compressed_and_few_valued_ones_are_not() {
+        let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
+        let day = writer_properties(Granularity::Day);
+        for column in ["requestid", "requestparameters", "responseelements", EVENT_TIME, SOURCE_FILE] {
+            assert_eq!(day.compression(&ColumnPath::from(column)), zstd, "{column}");
+        }
+        for column in ["eventname", "eventsource", "useragent", "errorcode"] {
+            assert_eq!(day.compression(&ColumnPath::from(column)), Compression::UNCOMPRESSED, "{column}");
+        }
+        assert_eq!(day.compression(&ColumnPath::new(vec!["useridentity".into(), "arn".into()])), Compression::UNCOMPRESSED);
+        assert!(!day.dictionary_enabled(&ColumnPath::from("requestid")));
+        let minute = writer_properties(Granularity::Minute);
+        for column in ["requestid", "eventname"] {
+            assert_eq!(minute.compression(&ColumnPath::from(column)), Compression::SNAPPY, "{column}");
+        }
+    }
+
     #[test]
     fn eviction_keeps_the_partitions_of_the_append_under_way_even_over_budget() {
         let key = |p: &str| ("us-east-1".to_owned(), p.to_owned());

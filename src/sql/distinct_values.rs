@@ -5,8 +5,8 @@
 //! per partition: a table of a million 36-byte strings, where each insert misses the cache
 //! and the table is copied at each growth. That stage took 1 s of CPU. [`DistinctValues`]
 //! replaces such a final stage (one string-view key, nothing aggregated) with a
-//! [`DistinctValuesExec`]: it keeps the partition's batches, spreads each row's hash and
-//! position over 256 buckets by eight bits of the hash, then finds each bucket's distinct
+//! [`DistinctValuesExec`]: it keeps the partition's batches and each row's hash, sorts the
+//! rows' hashes and positions into 256 buckets by eight bits of the hash, then finds each bucket's distinct
 //! values with a table of a few thousand entries, and emits one row per distinct value (and
 //! one null, if any), as the final aggregate did. This is the radix-partitioned aggregation
 //! DuckDB uses.
@@ -19,7 +19,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryViewArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryViewArray, BooleanArray, BooleanBufferBuilder, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -90,23 +90,30 @@ impl DistinctValuesExec {
     }
 }
 
-/// One partition's rows, as they arrive: the batches, and each non-null row's hash and
-/// position in its bucket.
+/// One partition's rows, as they arrive: the batches, and each row's hash.
 struct Buckets {
     batches: Vec<RecordBatch>,
     /// Each batch's key, as bytes (a string view read as a binary view).
     keys: Vec<BinaryViewArray>,
     /// The originals, for the output.
     originals: Vec<ArrayRef>,
-    buckets: Vec<Vec<(u64, u32, u32)>>,
+    /// Each batch's rows' hashes (0 for a null row, which the key's nulls tell apart).
+    hashes: Vec<Vec<u64>>,
+    /// Non-null rows so far.
+    rows: usize,
     /// The first null key, if any: a group of its own.
     null: Option<(u32, u32)>,
     hasher: foldhash::fast::RandomState,
 }
 
+/// A row's bucket, by bits 40 to 47 of its hash.
+fn bucket_of(hash: u64) -> usize {
+    (hash >> 40) as usize % BUCKETS
+}
+
 impl Buckets {
     fn new() -> Buckets {
-        Buckets { batches: Vec::new(), keys: Vec::new(), originals: Vec::new(), buckets: vec![Vec::new(); BUCKETS], null: None, hasher: Default::default() }
+        Buckets { batches: Vec::new(), keys: Vec::new(), originals: Vec::new(), hashes: Vec::new(), rows: 0, null: None, hasher: Default::default() }
     }
 
     fn add(&mut self, batch: RecordBatch, key: ArrayRef) -> Result<()> {
@@ -115,26 +122,69 @@ impl Buckets {
             Some(s) => s.clone().to_binary_view(),
             None => key.as_binary_view_opt().cloned().ok_or_else(|| DataFusionError::Internal(format!("a distinct key of type {}", key.data_type())))?,
         };
-        for row in 0..bytes.len() {
-            if bytes.is_null(row) {
-                self.null.get_or_insert((b, row as u32));
-                continue;
-            }
-            let hash = self.hasher.hash_one(bytes.value(row));
-            self.buckets[(hash >> 40) as usize % BUCKETS].push((hash, b, row as u32));
+        let hashes: Vec<u64> = (0..bytes.len()).map(|row| if bytes.is_null(row) { 0 } else { self.hasher.hash_one(bytes.value(row)) }).collect();
+        if self.null.is_none()
+            && let Some(row) = (0..bytes.len()).find(|&row| bytes.is_null(row))
+        {
+            self.null = Some((b, row as u32));
         }
+        self.rows += bytes.len() - bytes.null_count();
+        self.hashes.push(hashes);
         self.keys.push(bytes);
         self.originals.push(key);
         self.batches.push(batch);
         Ok(())
     }
 
-    /// The (batch, row) of each distinct key's first occurrence.
-    fn distinct(&self) -> Vec<(usize, usize)> {
-        let mut firsts: Vec<(usize, usize)> = self.null.iter().map(|&(b, r)| (b as usize, r as usize)).collect();
+    /// Every non-null row as (hash, batch, row), grouped by bucket in one vector (a counting
+    /// sort: no bucket grows by copying), and where each bucket starts.
+    fn by_bucket(&self) -> (Vec<(u64, u32, u32)>, Vec<usize>) {
+        let mut starts = vec![0usize; BUCKETS + 1];
+        for (b, hashes) in self.hashes.iter().enumerate() {
+            let key = &self.keys[b];
+            for (r, &h) in hashes.iter().enumerate() {
+                if key.is_valid(r) {
+                    starts[bucket_of(h) + 1] += 1;
+                }
+            }
+        }
+        for i in 1..=BUCKETS {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut entries = vec![(0u64, 0u32, 0u32); self.rows];
+        for (b, hashes) in self.hashes.iter().enumerate() {
+            let key = &self.keys[b];
+            for (r, &h) in hashes.iter().enumerate() {
+                if key.is_valid(r) {
+                    let slot = &mut next[bucket_of(h)];
+                    entries[*slot] = (h, b as u32, r as u32);
+                    *slot += 1;
+                }
+            }
+        }
+        (entries, starts)
+    }
+
+    /// For each batch, which of its rows hold a distinct key's first occurrence.
+    fn distinct(&self) -> Vec<BooleanBufferBuilder> {
+        let mut firsts: Vec<BooleanBufferBuilder> = self
+            .keys
+            .iter()
+            .map(|k| {
+                let mut rows = BooleanBufferBuilder::new(k.len());
+                rows.append_n(k.len(), false);
+                rows
+            })
+            .collect();
+        if let Some((b, r)) = self.null {
+            firsts[b as usize].set_bit(r as usize, true);
+        }
+        let (entries, starts) = self.by_bucket();
         let mut table: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
         let value = |&(_, b, r): &(u64, u32, u32)| self.keys[b as usize].value(r as usize);
-        for bucket in &self.buckets {
+        for window in starts.windows(2) {
+            let bucket = &entries[window[0]..window[1]];
             table.clear();
             for (i, entry) in bucket.iter().enumerate() {
                 let seen = table.find(entry.0, |&j| {
@@ -143,15 +193,18 @@ impl Buckets {
                 });
                 if seen.is_none() {
                     table.insert_unique(entry.0, i as u32, |&j| bucket[j as usize].0);
-                    firsts.push((entry.1 as usize, entry.2 as usize));
+                    firsts[entry.1 as usize].set_bit(entry.2 as usize, true);
                 }
             }
         }
         firsts
     }
 
+    /// The batches, their hashes, and the (hash, batch, row) entries `distinct` will make.
     fn memory(&self) -> usize {
-        self.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() + self.buckets.iter().map(|b| b.capacity() * 16).sum::<usize>()
+        self.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
+            + self.hashes.iter().map(|h| h.capacity() * 8).sum::<usize>()
+            + self.rows * 16
     }
 }
 
@@ -241,12 +294,16 @@ impl Run {
             }
         }
         let timer = self.baseline.elapsed_compute().timer();
+        // Each batch's first occurrences, filtered in the batch's order: taking them in the
+        // buckets' order instead read the views at random (a sixth of the query's time).
         let firsts = buckets.distinct();
-        let originals: Vec<&dyn Array> = buckets.originals.iter().map(|a| a.as_ref()).collect();
         let mut out = Vec::new();
-        for chunk in firsts.chunks(self.context.session_config().batch_size().max(1)) {
-            let values = arrow::compute::interleave(&originals, chunk)?;
-            out.push(RecordBatch::try_new(self.schema.clone(), vec![values]));
+        for (original, mut rows) in buckets.originals.iter().zip(firsts) {
+            let rows = BooleanArray::new(rows.finish(), None);
+            if rows.true_count() > 0 {
+                let values = arrow::compute::filter(original, &rows)?;
+                out.push(RecordBatch::try_new(self.schema.clone(), vec![values]));
+            }
         }
         timer.done();
         let Run { baseline, reservation, .. } = self;
