@@ -57,6 +57,7 @@ pub mod distinct_values;
 #[cfg(feature = "distributed")]
 pub mod distributed;
 pub mod exec;
+pub mod join_windows;
 pub mod json_filter;
 mod local_reads;
 pub mod output;
@@ -167,7 +168,8 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
             .with_physical_optimizer_rule(Arc::new(json_filter::PrefilterJson))
             .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
             .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
-            .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues)),
+            .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues))
+            .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.
