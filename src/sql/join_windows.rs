@@ -143,13 +143,12 @@ fn bounds(filter: &Arc<dyn PhysicalExpr>, sides: &[datafusion::physical_plan::jo
     (lo_col == hi_col).then_some(Bounds { probe: lo_col, lower, upper })
 }
 
+/// A probe side rebuilt over its scan, and the dynamic filter pushed into that scan.
+type ScanWithFilter = (Arc<dyn ExecutionPlan>, Arc<DynamicFilterPhysicalExpr>);
+
 /// The probe side with a dynamic filter on column `index` pushed into its Parquet scan, and
 /// that filter; `None` if the column does not reach a scan as a plain column.
-fn scan_with_filter(
-    plan: &Arc<dyn ExecutionPlan>,
-    index: usize,
-    config: &ConfigOptions,
-) -> Result<Option<(Arc<dyn ExecutionPlan>, Arc<DynamicFilterPhysicalExpr>)>> {
+fn scan_with_filter(plan: &Arc<dyn ExecutionPlan>, index: usize, config: &ConfigOptions) -> Result<Option<ScanWithFilter>> {
     let child_index = if plan.downcast_ref::<RepartitionExec>().is_some() {
         Some(index)
     } else if let Some(filter) = plan.downcast_ref::<FilterExec>() {
@@ -253,7 +252,7 @@ impl ExecutionPlan for WindowsExec {
         };
         let finish = futures::stream::once(async move {
             let windows = std::mem::take(&mut *windows.lock().map_err(|_| datafusion::error::DataFusionError::Internal("windows lock poisoned".into()))?);
-            filter.update(union(&bounds, &filter.children()[0], windows))?;
+            filter.update(union(&bounds, filter.children()[0], windows))?;
             filter.mark_complete();
             Ok(None)
         });
@@ -350,7 +349,8 @@ mod tests {
         }
         ctx.register_parquet("e", path.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false), ts("t0", true), ts("t1", true)]));
-        let seconds = |f: fn(&(&str, Option<i64>, Option<i64>)) -> Option<i64>| {
+        type Window<'a> = (&'a str, Option<i64>, Option<i64>);
+        let seconds = |f: fn(&Window) -> Option<i64>| {
             Arc::new(TimestampMicrosecondArray::from_iter(windows.iter().map(|w| f(w).map(|s| s * SECOND))).with_timezone("UTC"))
         };
         let w = RecordBatch::try_new(
