@@ -1015,11 +1015,12 @@ pub const ROW_GROUP_ROWS: usize = 16 * 1024;
 pub const PAGE_ROWS: usize = 2 * 1024;
 
 /// Minute partitions hold small files, where parquet-rs's per-column zstd context setup costs
-/// more than the whole file's encoding: they use Snappy. Larger files use zstd for the columns
-/// where it pays ([`COMPRESSED_COLUMNS`]) and store the others uncompressed: a few-valued
-/// string's column chunk is a dictionary and bit-packed keys, which zstd shrinks by 10–25%,
-/// while every read of the chunk would create a zstd context pair (parquet-rs makes one per
-/// column chunk), which costs more than decoding the chunk.
+/// more than the whole file's encoding: they use Snappy. Larger files use zstd for the bulky
+/// top-level columns ([`COMPRESSED_COLUMNS`]) and store every other column uncompressed, the
+/// nested ones (`useridentity.*`, `resources.*`) included: those are few-valued strings, whose
+/// column chunk is a dictionary and bit-packed keys that zstd shrinks by 10–25%, while every
+/// read of a chunk would create a zstd context pair (parquet-rs makes one per column chunk),
+/// which costs more than decoding it.
 fn writer_properties(granularity: Granularity) -> WriterProperties {
     let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default());
     let (default, compressed) = match granularity {

@@ -298,12 +298,31 @@ impl Run {
         // buckets' order instead read the views at random (a sixth of the query's time).
         let firsts = buckets.distinct();
         let mut out = Vec::new();
+        // Batches of a few distinct values each are gathered up to the session's batch size.
+        let batch_size = self.context.session_config().batch_size().max(1);
+        let mut pending: Vec<ArrayRef> = Vec::new();
+        let mut pending_rows = 0;
+        let mut flush = |pending: &mut Vec<ArrayRef>, out: &mut Vec<_>| -> Result<()> {
+            let parts: Vec<&dyn Array> = pending.iter().map(|a| a.as_ref()).collect();
+            let values = if parts.len() == 1 { Arc::clone(&pending[0]) } else { arrow::compute::concat(&parts)? };
+            out.push(RecordBatch::try_new(self.schema.clone(), vec![values]));
+            pending.clear();
+            Ok(())
+        };
         for (original, mut rows) in buckets.originals.iter().zip(firsts) {
             let rows = BooleanArray::new(rows.finish(), None);
             if rows.true_count() > 0 {
                 let values = arrow::compute::filter(original, &rows)?;
-                out.push(RecordBatch::try_new(self.schema.clone(), vec![values]));
+                pending_rows += values.len();
+                pending.push(values);
+                if pending_rows >= batch_size {
+                    flush(&mut pending, &mut out)?;
+                    pending_rows = 0;
+                }
             }
+        }
+        if !pending.is_empty() {
+            flush(&mut pending, &mut out)?;
         }
         timer.done();
         let Run { baseline, reservation, .. } = self;

@@ -128,7 +128,8 @@ fn bounds(filter: &Arc<dyn PhysicalExpr>, sides: &[datafusion::physical_plan::jo
             (_, Some(c)) if side_of(binary.right()) == Some(JoinSide::Right) => (c, binary.op().swap()?, binary.left()),
             _ => continue,
         };
-        if side_of(build) != Some(JoinSide::Left) {
+        // A volatile bound (`random()`) would not be the value the join sees.
+        if side_of(build) != Some(JoinSide::Left) || build.exists(|n| Ok(n.is_volatile_node())).unwrap_or(true) {
             continue;
         }
         let probe = sides[probe.index()].index;
@@ -171,7 +172,8 @@ fn scan_with_filter(plan: &Arc<dyn ExecutionPlan>, index: usize, config: &Config
 }
 
 /// The build side of a join with windows: its rows pass through unchanged while both bounds
-/// are evaluated on them; at its end, the probe scan's filter becomes their union.
+/// are evaluated on them; at its end, the probe scan's filter becomes their union. The filter
+/// belongs to the plan: two runs of one plan at once (which Prism never starts) would share it.
 #[derive(Debug)]
 pub struct WindowsExec {
     input: Arc<dyn ExecutionPlan>,
@@ -233,42 +235,64 @@ impl ExecutionPlan for WindowsExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let schema: SchemaRef = self.input.schema();
-        let windows = Arc::new(Mutex::new(Vec::<(ScalarValue, ScalarValue)>::new()));
+        // The windows so far, merged whenever they reach four times the limit (so a build side
+        // of millions of rows holds a few hundred); `None` once a bound failed to evaluate.
+        let windows = Arc::new(Mutex::new(Some(Vec::<(ScalarValue, ScalarValue)>::new())));
         let (bounds, filter) = (Arc::clone(&self.bounds), Arc::clone(&self.filter));
         let observe = {
             let (bounds, windows) = (Arc::clone(&bounds), Arc::clone(&windows));
-            move |batch: Result<RecordBatch>| -> Result<RecordBatch> {
-                let batch = batch?;
-                let lower = bounds.lower.0.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let upper = bounds.upper.0.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let mut windows = windows.lock().map_err(|_| datafusion::error::DataFusionError::Internal("windows lock poisoned".into()))?;
-                for row in 0..batch.num_rows() {
-                    if lower.is_valid(row) && upper.is_valid(row) {
-                        windows.push((ScalarValue::try_from_array(&lower, row)?, ScalarValue::try_from_array(&upper, row)?));
-                    }
+            move |batch: &RecordBatch| {
+                let Ok(mut held) = windows.lock() else { return };
+                let Some(list) = held.as_mut() else { return };
+                // A bound the join would never evaluate (a build row no probe key matches) may
+                // fail, as an overflowing `t1 + INTERVAL`: then no windows, not a failed query.
+                if add_windows(&bounds, batch, list).is_err() {
+                    *held = None;
+                } else if list.len() >= 4 * MAX_WINDOWS {
+                    *list = merge(std::mem::take(list));
                 }
-                Ok(batch)
             }
         };
         let finish = futures::stream::once(async move {
-            let windows = std::mem::take(&mut *windows.lock().map_err(|_| datafusion::error::DataFusionError::Internal("windows lock poisoned".into()))?);
-            filter.update(union(&bounds, filter.children()[0], windows))?;
+            let held = windows.lock().ok().and_then(|mut w| w.take());
+            // The filter is `true` until here; without windows (a failed bound) it stays so.
+            if let Some(list) = held {
+                filter.update(union(&bounds, filter.children()[0], list))?;
+            }
             filter.mark_complete();
             Ok(None)
         });
         let stream = self
             .input
             .execute(partition, context)?
-            .map(move |b| observe(b).map(Some))
+            .map(move |b| {
+                if let Ok(batch) = &b {
+                    observe(batch);
+                }
+                b.map(Some)
+            })
             .chain(finish)
             .filter_map(|b: Result<Option<RecordBatch>>| async move { b.transpose() });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 
-/// `column` within any of `windows`: overlapping or touching windows merged, then the closest
-/// ones merged until at most [`MAX_WINDOWS`] are left; `false` when there are none.
-fn union(bounds: &Bounds, column: &PhysicalExprRef, mut windows: Vec<(ScalarValue, ScalarValue)>) -> PhysicalExprRef {
+/// Adds the windows of `batch`'s rows to `windows`; rows with a null bound have none (the join
+/// matches them with nothing).
+fn add_windows(bounds: &Bounds, batch: &RecordBatch, windows: &mut Vec<(ScalarValue, ScalarValue)>) -> Result<()> {
+    let lower = bounds.lower.0.evaluate(batch)?.into_array(batch.num_rows())?;
+    let upper = bounds.upper.0.evaluate(batch)?.into_array(batch.num_rows())?;
+    for row in 0..batch.num_rows() {
+        if lower.is_valid(row) && upper.is_valid(row) {
+            windows.push((ScalarValue::try_from_array(&lower, row)?, ScalarValue::try_from_array(&upper, row)?));
+        }
+    }
+    Ok(())
+}
+
+/// `windows` sorted, overlapping or touching ones merged, then merged across their smallest
+/// gaps until at most [`MAX_WINDOWS`] are left: each result covers the windows it replaced.
+fn merge(mut windows: Vec<(ScalarValue, ScalarValue)>) -> Vec<(ScalarValue, ScalarValue)> {
     windows.retain(|(lo, hi)| lo.partial_cmp(hi).is_some_and(|o| o.is_le()));
     windows.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     let mut merged: Vec<(ScalarValue, ScalarValue)> = Vec::new();
@@ -282,20 +306,36 @@ fn union(bounds: &Bounds, column: &PhysicalExprRef, mut windows: Vec<(ScalarValu
             _ => merged.push((lo, hi)),
         }
     }
-    while merged.len() > MAX_WINDOWS {
-        // Merge the pair with the smallest gap; gaps are compared by their distance where the
-        // type has one, else the first pair is merged.
-        let gap = |i: usize| as_i64(&merged[i + 1].0).zip(as_i64(&merged[i].1)).map_or(0, |(next, end)| next.saturating_sub(end));
-        let i = (0..merged.len() - 1).min_by_key(|&i| gap(i)).unwrap_or(0);
-        let (_, hi) = merged.remove(i + 1);
-        merged[i].1 = hi;
+    if merged.len() <= MAX_WINDOWS {
+        return merged;
     }
+    // Close the smallest gaps (measured where the type is a number or a time; else 0, which
+    // still yields covering windows).
+    let gaps: Vec<i64> = merged.windows(2).map(|w| as_i64(&w[1].0).zip(as_i64(&w[0].1)).map_or(0, |(next, end)| next.saturating_sub(end))).collect();
+    let mut order: Vec<usize> = (0..gaps.len()).collect();
+    order.sort_by_key(|&i| gaps[i]);
+    let mut close = vec![false; gaps.len()];
+    for &i in &order[..merged.len() - MAX_WINDOWS] {
+        close[i] = true;
+    }
+    let mut reduced: Vec<(ScalarValue, ScalarValue)> = Vec::with_capacity(MAX_WINDOWS);
+    for (i, (lo, hi)) in merged.into_iter().enumerate() {
+        match reduced.last_mut() {
+            Some(last) if i > 0 && close[i - 1] => last.1 = hi,
+            _ => reduced.push((lo, hi)),
+        }
+    }
+    reduced
+}
+
+/// `column` within any of `windows` ([`merge`]d); `false` when there are none.
+fn union(bounds: &Bounds, column: &PhysicalExprRef, windows: Vec<(ScalarValue, ScalarValue)>) -> PhysicalExprRef {
     let within = |(lo, hi): (ScalarValue, ScalarValue)| -> PhysicalExprRef {
         let lower = Arc::new(BinaryExpr::new(Arc::clone(column), if bounds.lower.1 { Operator::Gt } else { Operator::GtEq }, Arc::new(Literal::new(lo))));
         let upper = Arc::new(BinaryExpr::new(Arc::clone(column), if bounds.upper.1 { Operator::LtEq } else { Operator::Lt }, Arc::new(Literal::new(hi))));
         Arc::new(BinaryExpr::new(lower, Operator::And, upper))
     };
-    merged.into_iter().map(within).reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::Or, b))).unwrap_or_else(|| lit(false))
+    merge(windows).into_iter().map(within).reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::Or, b))).unwrap_or_else(|| lit(false))
 }
 
 /// A bound as a number (a timestamp's ticks), for measuring gaps.
@@ -408,6 +448,35 @@ mod tests {
         let (plan, rows) = run(&session(true, dir.path(), &windows).await, sql).await;
         assert!(!plan.contains("WindowsExec"), "{plan}");
         assert_eq!(rows, run(&session(false, dir.path(), &windows).await, sql).await.1);
+    }
+
+    /// A bound that fails to evaluate on a build row (which the join, matching no key, would
+    /// never evaluate) leaves the filter `true` and the rows flowing; good bounds set it.
+    #[tokio::test]
+    async fn a_failing_bound_leaves_the_filter_true() {
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::physical_expr::expressions::cast;
+        let schema = Arc::new(Schema::new(vec![ts("t0", true), Field::new("end", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(vec![Some(0), Some(SECOND)]).with_timezone("UTC")),
+                Arc::new(StringArray::from(vec![Some("1970-01-01T00:00:05Z"), Some("not a time")])),
+            ],
+        )
+        .unwrap();
+        let probe_type = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        for (rows, expect_true) in [(2, true), (1, false)] {
+            let input = MemorySourceConfig::try_new_exec(&[vec![batch.slice(0, rows)]], Arc::clone(&schema), None).unwrap();
+            let upper = cast(Arc::new(Column::new("end", 1)), &schema, probe_type.clone()).unwrap();
+            let bounds = Bounds { probe: 0, lower: (Arc::new(Column::new("t0", 0)), false), upper: (upper, false) };
+            let filter = Arc::new(DynamicFilterPhysicalExpr::new(vec![Arc::new(Column::new("ts", 0))], lit(true)));
+            let exec = Arc::new(WindowsExec::new(input, bounds, Arc::clone(&filter)));
+            let out = datafusion::physical_plan::collect(exec, Arc::new(TaskContext::default())).await.unwrap();
+            assert_eq!(out.iter().map(RecordBatch::num_rows).sum::<usize>(), rows);
+            let current = filter.current().unwrap().to_string();
+            assert_eq!(current == "true", expect_true, "{rows} rows: {current}");
+        }
     }
 
     /// Overlapping windows merge; more than [`MAX_WINDOWS`] merge across their smallest gaps,

@@ -6,7 +6,8 @@
 //! and scheduling than in decoding. A lake's files are read in ranges of a few hundred
 //! kilobytes from the page cache, which `pread` answers in microseconds, so [`LocalReads`]
 //! reads ranges where the scan asks for them and leaves everything else (listing, writing,
-//! whole-object reads) to the wrapped store.
+//! whole-object reads) to the wrapped store. A request of more than [`INLINE_BYTES`] also goes
+//! to the wrapped store: read from a cold disk, it could hold a runtime thread for long.
 
 use std::fmt;
 use std::fs::File;
@@ -23,6 +24,9 @@ use object_store::{
     PutResult, RenameOptions, Result,
 };
 use url::Url;
+
+/// Requests larger than this are left to the wrapped store's blocking pool.
+pub(crate) const INLINE_BYTES: u64 = 8 << 20;
 
 /// A store whose range reads go straight to the files under `root`.
 #[derive(Debug)]
@@ -46,9 +50,9 @@ impl LocalReads {
         Arc::new(LocalReads { inner: store, root })
     }
 
-    /// The file of `location`, found as `LocalFileSystem` finds it: the root URL extended by
-    /// the path's parts. An object-store path has no `.` or `..` part, so it stays under the
-    /// root.
+    /// The file of `location`: the root URL extended by the path's parts, as `LocalFileSystem`
+    /// maps a path under its root. An object-store path has no `.` or `..` part, so it stays
+    /// under the root.
     fn file(&self, location: &Path) -> Result<(File, std::path::PathBuf)> {
         let mut url = self.root.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
@@ -104,6 +108,9 @@ impl ObjectStore for LocalReads {
         let (file, path) = self.file(location)?;
         let meta = file.metadata().map_err(|e| generic(format!("{}: {e}", path.display())))?;
         let range = range.as_range(meta.len()).map_err(|e| generic(format!("{}: {e}", path.display())))?;
+        if range.end.saturating_sub(range.start) > INLINE_BYTES {
+            return self.inner.get_opts(location, options).await;
+        }
         let bytes = read_range(&file, &path, range.clone())?;
         let meta = ObjectMeta {
             location: location.clone(),
@@ -117,6 +124,9 @@ impl ObjectStore for LocalReads {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        if ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum::<u64>() > INLINE_BYTES {
+            return self.inner.get_ranges(location, ranges).await;
+        }
         let (file, path) = self.file(location)?;
         ranges.iter().map(|r| read_range(&file, &path, r.clone())).collect()
     }
@@ -173,6 +183,10 @@ mod tests {
             assert_eq!((ours.range.clone(), ours.meta.size), (theirs.range.clone(), theirs.meta.size), "{range:?}");
             assert_eq!(ours.bytes().await.unwrap(), theirs.bytes().await.unwrap(), "{range:?}");
         }
+        let big = INLINE_BYTES as usize + 10;
+        std::fs::write(dir.path().join("big"), vec![7u8; big]).unwrap();
+        let whole = [0..big as u64];
+        assert_eq!(wrapped.get_ranges(&Path::from("big"), &whole).await.unwrap()[0].len(), big, "a large read goes to the wrapped store");
         let ranges = [0..4, 100..1_000, 9_000..10_000];
         assert_eq!(wrapped.get_ranges(&path, &ranges).await.unwrap(), local.get_ranges(&path, &ranges).await.unwrap());
         assert!(wrapped.get_ranges(&path, &[9_000..10_001, 0..1]).await.is_err(), "a range past the end is an error, not short");
@@ -181,6 +195,7 @@ mod tests {
         // Whole-object reads and listing go to the wrapped store.
         assert_eq!(wrapped.get(&path).await.unwrap().bytes().await.unwrap(), Bytes::from(data));
         assert_eq!(wrapped.list_with_delimiter(None).await.unwrap().common_prefixes.len(), 1);
+        assert!(wrapped.get_range(&Path::from("big"), 0..big as u64).await.unwrap().iter().all(|&b| b == 7));
         // Other stores are not wrapped.
         let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         assert!(Arc::ptr_eq(&LocalReads::wrap(&Url::parse("s3://bucket/lake/events").unwrap(), memory.clone()), &memory));
