@@ -302,7 +302,7 @@ impl Run {
         let batch_size = self.context.session_config().batch_size().max(1);
         let mut pending: Vec<ArrayRef> = Vec::new();
         let mut pending_rows = 0;
-        let mut flush = |pending: &mut Vec<ArrayRef>, out: &mut Vec<_>| -> Result<()> {
+        let flush = |pending: &mut Vec<ArrayRef>, out: &mut Vec<_>| -> Result<()> {
             let parts: Vec<&dyn Array> = pending.iter().map(|a| a.as_ref()).collect();
             let values = if parts.len() == 1 { Arc::clone(&pending[0]) } else { arrow::compute::concat(&parts)? };
             out.push(RecordBatch::try_new(self.schema.clone(), vec![values]));
