@@ -371,7 +371,7 @@ fn with_view_schema(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<A
     let file = metadata.file_metadata();
     let embedded = file.key_value_metadata().into_iter().flatten().find(|kv| kv.key == ARROW_SCHEMA_META_KEY).and_then(|kv| kv.value.clone());
     let viewed = match &embedded {
-        Some(embedded) => VIEWED_SCHEMAS.get(embedded, || viewed_schema(file))?,
+        Some(embedded) => remembered_view_schema(embedded, file)?,
         None => viewed_schema(file)?,
     };
     let Some(viewed) = viewed else { return Ok(metadata) };
@@ -405,28 +405,24 @@ fn viewed_schema(file: &FileMetaData) -> parquet::errors::Result<Option<String>>
 /// The files of a table share a handful of schemas: each footer's embedded Arrow schema is
 /// decoded, turned into views and encoded once per process, not once per file (that was a
 /// twentieth of a one-column scan's time).
-static VIEWED_SCHEMAS: SchemaMemo = SchemaMemo(std::sync::Mutex::new(None));
+static VIEWED_SCHEMAS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>> = std::sync::LazyLock::new(Default::default);
 
-struct SchemaMemo(std::sync::Mutex<Option<std::collections::HashMap<String, Option<String>>>>);
+/// Schemas remembered at most; a lake has one per schema change.
+const VIEWED_SCHEMAS_KEPT: usize = 64;
 
-impl SchemaMemo {
-    /// Schemas remembered at most; a lake has one per schema change.
-    const LIMIT: usize = 64;
-
-    fn get(&self, embedded: &str, make: impl FnOnce() -> parquet::errors::Result<Option<String>>) -> parquet::errors::Result<Option<String>> {
-        if let Some(known) = self.0.lock().ok().and_then(|memo| memo.as_ref()?.get(embedded).cloned()) {
-            return Ok(known);
-        }
-        let made = make()?;
-        if let Ok(mut memo) = self.0.lock() {
-            let memo = memo.get_or_insert_with(Default::default);
-            if memo.len() >= Self::LIMIT {
-                memo.clear();
-            }
-            memo.insert(embedded.to_owned(), made.clone());
-        }
-        Ok(made)
+/// [`viewed_schema`] of a file whose embedded schema is `embedded`, from [`VIEWED_SCHEMAS`].
+fn remembered_view_schema(embedded: &str, file: &FileMetaData) -> parquet::errors::Result<Option<String>> {
+    if let Some(known) = VIEWED_SCHEMAS.lock().ok().and_then(|memo| memo.get(embedded).cloned()) {
+        return Ok(known);
     }
+    let made = viewed_schema(file)?;
+    if let Ok(mut memo) = VIEWED_SCHEMAS.lock() {
+        if memo.len() >= VIEWED_SCHEMAS_KEPT {
+            memo.clear();
+        }
+        memo.insert(embedded.to_owned(), made.clone());
+    }
+    Ok(made)
 }
 
 /// The log's statistics, as DataFusion's pruning reads them: delta-rs's flattened list of
