@@ -1006,9 +1006,13 @@ impl AppendOutcome {
 }
 
 /// Rows per row group of `events` files. Files are sorted by `eventtime`, so a row group
-/// covers a stretch of time and its min/max let a time filter skip the rest of a day's file:
-/// at this size a one-hour filter on a busy day reads a few row groups per region.
-pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+/// covers a stretch of time and its min/max let a time filter skip the rest of a day's file;
+/// the page index ([`PAGE_ROWS`]) narrows a short range further. Each row group costs every
+/// column read a reader, a dictionary and its pages' set-up: on 4.5M events, 64K rows instead
+/// of 16K made the query suite 10% faster (top identities 47 → 25 ms), and a one-hour filter
+/// still reads under 1% of the lake. A top-N by time reads the newest files and row groups
+/// first (`sql::sort_files`), so larger groups cost it nothing.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Rows per data page: with the page index (written by default), a filter on a few minutes
 /// reads a few pages of each column of the row groups it keeps.
@@ -1043,8 +1047,10 @@ fn writer_properties(granularity: Granularity) -> WriterProperties {
 /// Events columns with a value per event that no other event has.
 const UNIQUE_COLUMNS: &[&str] = &[EVENT_ID, EVENT_TIME, "requestid"];
 
-/// Events columns that zstd shrinks 1.5–6× (unique IDs, times, JSON text, messages, paths,
-/// addresses): the bulk of a lake's bytes.
+/// Events columns that zstd shrinks 1.5–6× (unique IDs, times, JSON text, messages): the bulk
+/// of a lake's bytes. Not `sourcefile` and `sourceipaddress`, which zstd shrinks 1.5–2.5× but
+/// which are dictionaries of a few thousand values per row group: uncompressed, a LIKE on the
+/// address or a join on the file reads 5–15% faster, for 2% more lake (measured on 4.5M events).
 const COMPRESSED_COLUMNS: &[&str] = &[
     EVENT_ID,
     EVENT_TIME,
@@ -1058,8 +1064,6 @@ const COMPRESSED_COLUMNS: &[&str] = &[
     "insightdetails",
     schema::ADDITIONAL_FIELDS,
     "errormessage",
-    SOURCE_FILE,
-    "sourceipaddress",
 ];
 
 /// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
@@ -1361,10 +1365,10 @@ pub(crate) mod tests {
     fn bulky_columns_are_compressed_and_few_valued_ones_are_not() {
         let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
         let day = writer_properties(Granularity::Day);
-        for column in ["requestid", "requestparameters", "responseelements", EVENT_TIME, SOURCE_FILE] {
+        for column in ["requestid", "requestparameters", "responseelements", EVENT_TIME] {
             assert_eq!(day.compression(&ColumnPath::from(column)), zstd, "{column}");
         }
-        for column in ["eventname", "eventsource", "useragent", "errorcode"] {
+        for column in ["eventname", "eventsource", "useragent", "errorcode", SOURCE_FILE, "sourceipaddress"] {
             assert_eq!(day.compression(&ColumnPath::from(column)), Compression::UNCOMPRESSED, "{column}");
         }
         assert_eq!(day.compression(&ColumnPath::new(vec!["useridentity".into(), "arn".into()])), Compression::UNCOMPRESSED);

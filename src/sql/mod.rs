@@ -63,9 +63,11 @@ mod local_reads;
 pub mod output;
 pub mod per_batch;
 pub mod per_value;
+pub mod prefix_like;
 mod plan_rules;
 pub mod repl;
 pub mod scan;
+pub mod sort_files;
 pub mod udf;
 pub mod window;
 
@@ -158,18 +160,20 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         #[cfg(feature = "distributed")]
         Some(w) => distributed::coordinate(builder, w),
         // LIKE and functions on strings with few distinct values: once per value of a batch
-        // (see `per_value`). Only here: distributed plans travel as protobuf, which knows only
+        // (see `per_value`); LIKE 'prefix%' on the views' own bytes (see `prefix_like`). Only here: distributed plans travel as protobuf, which knows only
         // DataFusion's own expressions.
         // Group-by counts: within each batch first, by the rows' views (see `per_batch`).
         // DISTINCT on strings: by buckets that fit in the cache (see `distinct_values`).
         // A JSON field equal to a string: parsed only where the text holds the string (see
         // `json_filter`).
+        // A top-N reads the files nearest its top first (see `sort_files`).
         _ => builder
             .with_physical_optimizer_rule(Arc::new(json_filter::PrefilterJson))
             .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
             .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
             .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues))
-            .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows)),
+            .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows))
+            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.

@@ -202,7 +202,7 @@ impl BatchCounter {
             [key] if matches!(key.data_type(), DataType::Utf8View | DataType::BinaryView) => {
                 let views = views(key.as_ref());
                 match key.nulls().filter(|v| v.null_count() > 0) {
-                    Some(valid) => group_rows(n, |row| if valid.is_valid(row) { (0, views[row]) } else { (1, 0) }, |&id| fold(id), hasher, table),
+                    Some(valid) => group_rows(n, view_or_null(views, valid.inner()), |&id| fold(id), hasher, table),
                     None => group_rows(n, |row| (0, views[row]), |&id| fold(id), hasher, table),
                 }
             }
@@ -252,19 +252,30 @@ impl BatchCounter {
                 Some(valid) if valid.null_count() > 0 => valid.inner().set_indices().for_each(|i| counts[groups[i] as usize] += 1),
                 _ => {
                     // count(*) and any count of a column without nulls: the group's rows.
-                    counts = rows
-                        .get_or_insert_with(|| {
-                            let mut rows = vec![0i64; firsts.len()];
-                            groups.iter().for_each(|g| rows[*g as usize] += 1);
-                            rows
-                        })
-                        .clone();
+                    counts = rows.get_or_insert_with(|| rows_per_group(groups, firsts.len())).clone();
                 }
             }
             columns.push(Arc::new(Int64Array::from(counts)));
         }
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
+
+/// How many of `groups` (each row's group) fall in each of `count` groups. Four counters per
+/// group, taken in turn: a few groups take most rows, and adding to one counter row after row
+/// waits on the previous addition's store (9% of the counting's samples before).
+fn rows_per_group(groups: &[u32], count: usize) -> Vec<i64> {
+    let mut lanes = vec![[0i64; 4]; count];
+    let mut chunks = groups.chunks_exact(4);
+    for chunk in &mut chunks {
+        for (lane, g) in chunk.iter().enumerate() {
+            lanes[*g as usize][lane] += 1;
+        }
+    }
+    for g in chunks.remainder() {
+        lanes[*g as usize][0] += 1;
+    }
+    lanes.iter().map(|l| l.iter().sum()).collect()
 }
 
 /// Slots of [`group_rows`]'s cache of recent keys.
@@ -314,6 +325,16 @@ pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
         groups.push(group);
     }
     Some((firsts, groups))
+}
+
+/// A row's key for [`group_rows`] from a view array with nulls: (0, its view), or (1, 0) for
+/// a null. Without a branch: nulls fall at random in a column like `useridentity.arn` (18% of
+/// events), and a branch on them mispredicted often enough to take a fifth of a group-by's time.
+pub(super) fn view_or_null<'a>(views: &'a [u128], valid: &'a arrow::buffer::BooleanBuffer) -> impl Fn(usize) -> (u64, u128) + 'a {
+    move |row| {
+        let valid = u64::from(valid.value(row));
+        (valid ^ 1, views[row] & 0u128.wrapping_sub(u128::from(valid)))
+    }
 }
 
 /// One identity in 64 bits, for [`group_rows`]'s cache.
@@ -466,6 +487,15 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
+
+    #[test]
+    fn rows_per_group_counts_every_row_once() {
+        let groups: Vec<u32> = (0..1003u32).map(|i| (i * i + i / 7) % 5).collect();
+        let mut expected = vec![0i64; 5];
+        groups.iter().for_each(|g| expected[*g as usize] += 1);
+        assert_eq!(rows_per_group(&groups, 5), expected);
+        assert_eq!(rows_per_group(&[2, 0, 2], 4), [1, 0, 2, 0]);
+    }
 
     /// 6,000 rows: a few strings (short and long, with nulls) sharing views as a dictionary's
     /// decoding gives them, a dictionary column, small numbers, and distinct timestamps.

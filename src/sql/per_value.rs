@@ -58,8 +58,15 @@ fn wrap(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Transformed<Arc<
     expr.transform_down(|e| {
         // Already wrapped (the rule run twice), or a JSON prefilter (its text is mostly
         // distinct): not again, nor anything inside.
-        if e.downcast_ref::<PerValue>().is_some() || e.downcast_ref::<super::json_filter::JsonPrefilter>().is_some() {
+        if e.downcast_ref::<PerValue>().is_some()
+            || e.downcast_ref::<super::prefix_like::PrefixMatch>().is_some()
+            || e.downcast_ref::<super::json_filter::JsonPrefilter>().is_some()
+        {
             return Ok(Transformed::new(e, false, TreeNodeRecursion::Jump));
+        }
+        // A prefix LIKE is cheaper still on the views themselves (see `prefix_like`).
+        if let Some(prefix) = super::prefix_like::rewrite(&e, schema)? {
+            return Ok(Transformed::new(prefix, true, TreeNodeRecursion::Jump));
         }
         if qualifies(&e, schema)? {
             let wrapped: Arc<dyn PhysicalExpr> = Arc::new(PerValue::new(e)?);
@@ -127,13 +134,13 @@ impl PerValue {
     /// the row of each distinct view's first occurrence; None when they are mostly distinct.
     fn positions(views: &arrow::array::StringViewArray) -> Option<(UInt32Array, UInt32Array)> {
         let n = views.len();
-        let (ids, nulls) = (views.views(), views.nulls());
-        let key = |row: usize| match nulls {
-            Some(valid) if valid.is_null(row) => (1u64, 0u128),
-            _ => (0, ids[row]),
-        };
+        let ids = views.views();
         let hasher = foldhash::fast::RandomState::default();
-        let (firsts, keys) = super::per_batch::group_rows(n, key, |&id| super::per_batch::fold(id), &hasher, &mut hashbrown::HashTable::new())?;
+        let (fold, table) = (|&id: &u128| super::per_batch::fold(id), &mut hashbrown::HashTable::new());
+        let (firsts, keys) = match views.nulls().filter(|v| v.null_count() > 0) {
+            Some(valid) => super::per_batch::group_rows(n, super::per_batch::view_or_null(ids, valid.inner()), fold, &hasher, table),
+            None => super::per_batch::group_rows(n, |row| (0, ids[row]), fold, &hasher, table),
+        }?;
         (firsts.len() < n / 2).then(|| (UInt32Array::from(keys), UInt32Array::from(firsts)))
     }
 }

@@ -201,6 +201,8 @@ impl LakeTable {
         let modified = modified.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
         let records = log.row_counts();
         let records = records.as_ref().and_then(|r| r.as_primitive_opt::<arrow::datatypes::UInt64Type>());
+        let file_schema = self.scan_schema.file_schema();
+        let bounds = FileBounds::new(log, file_schema);
         let mut files = Vec::new();
         let mut rows = Some(0usize);
         for i in 0..log.files.num_rows() {
@@ -225,7 +227,7 @@ impl LakeTable {
                 .collect::<DfResult<_>>()?;
             let count = records.filter(|r| r.is_valid(i)).map(|r| r.value(i) as usize);
             rows = rows.zip(count).map(|(a, b)| a + b);
-            files.push(file);
+            files.push(file.with_statistics(Arc::new(bounds.of_file(i, count, file_schema)?)));
         }
         Ok((files, rows))
     }
@@ -498,6 +500,50 @@ impl PruningStatistics for DeltaStats {
             out.append_value(values.iter().any(|x| scalar_eq(x, &v)));
         }
         Some(out.finish())
+    }
+}
+
+/// Each file's min/max/null counts from the log, as DataFusion's per-file statistics, for the
+/// columns the log has them for (Prism keeps them for the time, the API and the error code).
+/// With them, a dynamic filter (a top-N's threshold, a join's windows) skips a whole file when
+/// the scan opens it, and files can be read in time order (`sql::sort_files`). The minima and
+/// maxima are bounds, not the values: Delta truncates a timestamp's maximum to the millisecond
+/// ([`DeltaStats`] widens it).
+struct FileBounds {
+    /// Per column of the file schema: its minima, maxima and null counts, one row per file.
+    columns: Vec<Option<(ArrayRef, ArrayRef, Option<ArrayRef>)>>,
+}
+
+impl FileBounds {
+    fn new(log: &DeltaStats, file_schema: &Schema) -> FileBounds {
+        let columns = file_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = Column::new_unqualified(f.name());
+                let (min, max) = (log.stat("min", &column)?, log.stat("max", &column).and(log.max_values(&column))?);
+                // A bound of another type than the column's would not compare with its values.
+                (min.data_type() == f.data_type() && max.data_type() == f.data_type()).then(|| (min, max, log.null_counts(&column)))
+            })
+            .collect();
+        FileBounds { columns }
+    }
+
+    /// File `i`'s statistics (its `rows` if the log knows them).
+    fn of_file(&self, i: usize, rows: Option<usize>, file_schema: &Schema) -> DfResult<Statistics> {
+        let mut statistics = Statistics::new_unknown(file_schema);
+        statistics.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
+        for (column, bounds) in statistics.column_statistics.iter_mut().zip(&self.columns) {
+            let Some((min, max, nulls)) = bounds else { continue };
+            if min.is_valid(i) && max.is_valid(i) {
+                column.min_value = Precision::Inexact(ScalarValue::try_from_array(min, i)?);
+                column.max_value = Precision::Inexact(ScalarValue::try_from_array(max, i)?);
+            }
+            if let Some(nulls) = nulls.as_ref().and_then(|n| n.as_primitive_opt::<arrow::datatypes::UInt64Type>()).filter(|n| n.is_valid(i)) {
+                column.null_count = Precision::Exact(nulls.value(i) as usize);
+            }
+        }
+        Ok(statistics)
     }
 }
 
