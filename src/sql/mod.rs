@@ -68,6 +68,7 @@ mod plan_rules;
 pub mod repl;
 pub mod scan;
 pub mod sort_files;
+pub mod sparse_filter;
 pub mod udf;
 pub mod window;
 
@@ -167,13 +168,16 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // A JSON field equal to a string: parsed only where the text holds the string (see
         // `json_filter`).
         // A top-N reads the files nearest its top first (see `sort_files`).
+        // A filter on a mostly null column is applied as the files are read (see
+        // `sparse_filter`).
         _ => builder
             .with_physical_optimizer_rule(Arc::new(json_filter::PrefilterJson))
             .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
             .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
             .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues))
             .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows))
-            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles)),
+            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles))
+            .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.

@@ -178,7 +178,9 @@ mod tests {
         assert_eq!(answer, same);
         assert!(answer.contains("1970-01-01T05:49:57Z"), "{answer}");
         assert_eq!(after, r#"[["f5", "f3", "f1"], ["f4", "f2", "f0"]]"#, "before: {before}");
-        assert!(rows_after < rows_before, "{rows_after} rows read with the rule, {rows_before} without");
+        // How many rows each run reads depends on when the partitions' threshold tightens;
+        // with the newest files first, no more than the newest row group of each partition.
+        assert!(rows_after <= 200, "{rows_after} rows read with the rule, {rows_before} without");
         // Ascending: oldest first.
         let oldest = "SELECT ts, v FROM e ORDER BY ts, v + 1 LIMIT 5";
         let (_, _, answer) = run(dir.path(), oldest, false).await;
