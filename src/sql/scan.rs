@@ -510,9 +510,14 @@ impl PruningStatistics for DeltaStats {
 /// maxima are bounds, not the values: Delta truncates a timestamp's maximum to the millisecond
 /// ([`DeltaStats`] widens it).
 struct FileBounds {
-    /// Per column of the file schema: its minima and maxima, and its null counts, one row per
-    /// file.
-    columns: Vec<(Option<(ArrayRef, ArrayRef)>, Option<ArrayRef>)>,
+    /// Per column of the file schema, one row per file.
+    columns: Vec<ColumnBounds>,
+}
+
+/// One column's minima and maxima (when they have its type) and null counts, one row per file.
+struct ColumnBounds {
+    bounds: Option<(ArrayRef, ArrayRef)>,
+    nulls: Option<ArrayRef>,
 }
 
 impl FileBounds {
@@ -525,7 +530,7 @@ impl FileBounds {
                 let bounds = log.stat("min", &column).zip(log.stat("max", &column).and(log.max_values(&column)));
                 // A bound of another type than the column's would not compare with its values.
                 let bounds = bounds.filter(|(min, max)| min.data_type() == f.data_type() && max.data_type() == f.data_type());
-                (bounds, log.stat("null_count", &column).and(log.null_counts(&column)))
+                ColumnBounds { bounds, nulls: log.stat("null_count", &column).and(log.null_counts(&column)) }
             })
             .collect();
         FileBounds { columns }
@@ -535,7 +540,7 @@ impl FileBounds {
     fn of_file(&self, i: usize, rows: Option<usize>, file_schema: &Schema) -> DfResult<Statistics> {
         let mut statistics = Statistics::new_unknown(file_schema);
         statistics.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
-        for (column, (bounds, nulls)) in statistics.column_statistics.iter_mut().zip(&self.columns) {
+        for (column, ColumnBounds { bounds, nulls }) in statistics.column_statistics.iter_mut().zip(&self.columns) {
             if let Some((min, max)) = bounds.as_ref().filter(|(min, max)| min.is_valid(i) && max.is_valid(i)) {
                 column.min_value = Precision::Inexact(ScalarValue::try_from_array(min, i)?);
                 column.max_value = Precision::Inexact(ScalarValue::try_from_array(max, i)?);
