@@ -1010,8 +1010,8 @@ impl AppendOutcome {
 /// the page index ([`PAGE_ROWS`]) narrows a short range further. Each row group costs every
 /// column read a reader, a dictionary and its pages' set-up: on 4.5M events, 64K rows instead
 /// of 16K made the query suite 10% faster (top identities 47 → 25 ms), and a one-hour filter
-/// still reads under 1% of the lake. A top-N by time reads the newest files and row groups
-/// first (`sql::sort_files`), so larger groups cost it nothing.
+/// still reads under 1% of the lake. A top-N by time, which larger groups slowed, reads the
+/// newest files first (`sql::sort_files`).
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Rows per data page: with the page index (written by default), a filter on a few minutes

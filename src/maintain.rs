@@ -577,13 +577,14 @@ mod tests {
     async fn the_merge_orders_rows_across_files_stably_a_row_group_at_a_time() {
         // Three sorted files that overlap, with ties across them, longer than two row groups.
         let inputs = vec![
-            input(0, (0..30_000).map(|i| i / 3), 1000),
-            input(1, (0..9_000).map(|i| i + 500), 4096),
+            input(0, (0..120_000).map(|i| i / 3), 1000),
+            input(1, (0..30_000).map(|i| i + 500), 4096),
             input(2, std::iter::empty(), 10),
             input(3, (0..5).map(|_| 7), 2),
         ];
+        const { assert!(150_005 > 2 * lake::ROW_GROUP_ROWS) };
         let out = merged(inputs, &["k"]).await;
-        assert_eq!(out.len(), 30_000 + 9_000 + 5);
+        assert_eq!(out.len(), 120_000 + 30_000 + 5);
         assert!(out.windows(2).all(|w| w[0] <= w[1]), "keys in order, ties by file");
         // Without sort columns the files are concatenated, in order.
         let out = merged(vec![input(0, [5, 1].into_iter(), 1), input(1, [0].into_iter(), 1)], &[]).await;

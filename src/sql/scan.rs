@@ -202,7 +202,8 @@ impl LakeTable {
         let records = log.row_counts();
         let records = records.as_ref().and_then(|r| r.as_primitive_opt::<arrow::datatypes::UInt64Type>());
         let file_schema = self.scan_schema.file_schema();
-        let bounds = FileBounds::new(log, file_schema);
+        let kept = keep.map_or(log.files.num_rows(), |k| k.iter().filter(|k| **k).count());
+        let bounds = (kept <= MAX_FILE_STATISTICS).then(|| FileBounds::new(log, file_schema));
         let mut files = Vec::new();
         let mut rows = Some(0usize);
         for i in 0..log.files.num_rows() {
@@ -227,7 +228,10 @@ impl LakeTable {
                 .collect::<DfResult<_>>()?;
             let count = records.filter(|r| r.is_valid(i)).map(|r| r.value(i) as usize);
             rows = rows.zip(count).map(|(a, b)| a + b);
-            files.push(file.with_statistics(Arc::new(bounds.of_file(i, count, file_schema)?)));
+            files.push(match &bounds {
+                Some(bounds) => file.with_statistics(Arc::new(bounds.of_file(i, count, file_schema)?)),
+                None => file,
+            });
         }
         Ok((files, rows))
     }
@@ -504,11 +508,15 @@ impl PruningStatistics for DeltaStats {
 }
 
 /// Each file's min/max/null counts from the log, as DataFusion's per-file statistics, for the
-/// columns the log has them for (Prism keeps them for the time, the API and the error code).
-/// With them, a dynamic filter (a top-N's threshold, a join's windows) skips a whole file when
-/// the scan opens it, and files can be read in time order (`sql::sort_files`). The minima and
-/// maxima are bounds, not the values: Delta truncates a timestamp's maximum to the millisecond
-/// ([`DeltaStats`] widens it).
+/// columns the log has them for (Prism keeps them for the time, the API and the error code):
+/// a top-N reads the files nearest its top first by them (`sql::sort_files`), and a filter on a
+/// mostly null column is applied by the reader (`sql::sparse_filter`). The minima and maxima
+/// are bounds, not the values (Delta truncates a timestamp's maximum to the millisecond, and
+/// [`DeltaStats`] widens it), so they are `Inexact`, which DataFusion does not prune files by.
+/// A file's statistics take about 10 KB (a slot per column), so a scan of more than
+/// [`MAX_FILE_STATISTICS`] files goes without them.
+const MAX_FILE_STATISTICS: usize = 4096;
+
 struct FileBounds {
     /// Per column of the file schema, one row per file.
     columns: Vec<ColumnBounds>,

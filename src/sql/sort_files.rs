@@ -7,9 +7,11 @@
 //! has them (`ORDER BY eventtime DESC, eventid` does not: the log keeps none for `eventid`),
 //! and only within each partition. [`SortFiles`] orders them by the first key's bounds from
 //! the log (`sql::scan` gives each file its statistics): newest maximum first for a descending
-//! key, oldest minimum first for an ascending one. It deals them out to the partitions in
-//! turn, so each partition starts near the top. The order of files is all it changes: every
-//! file is still read or pruned as before, so answers do not depend on it.
+//! key, oldest minimum first for an ascending one. With DataFusion's file work stealing on (the
+//! default), the partitions take files from one queue, group after group, so the groups get
+//! consecutive runs of that order; without it, each partition reads its own group, so the files
+//! are dealt out in turn and each partition starts near the top. The order of files is all it
+//! changes: every file is still read or pruned as before, so answers do not depend on it.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -19,12 +21,14 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
-use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::source::{DataSource, DataSourceExec};
 use datafusion::error::Result;
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 
@@ -33,7 +37,8 @@ use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceCh
 pub struct SortFiles;
 
 impl PhysicalOptimizerRule for SortFiles {
-    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        let queue = config.execution.enable_file_stream_work_stealing;
         plan.transform_down(|node| {
             let Some(sort) = node.downcast_ref::<SortExec>() else { return Ok(Transformed::no(node)) };
             let first = sort.expr().first();
@@ -42,7 +47,8 @@ impl PhysicalOptimizerRule for SortFiles {
             if sort.fetch().is_none() {
                 return Ok(Transformed::no(node));
             }
-            match reordered(sort.input(), &column, descending)? {
+            let order: Vec<PhysicalSortExpr> = sort.expr().iter().cloned().collect();
+            match reordered(sort.input(), &column, descending, queue, &order)? {
                 Some(input) => Ok(Transformed::yes(Arc::clone(&node).replace_children(vec![input], recompute())?)),
                 None => Ok(Transformed::no(node)),
             }
@@ -59,24 +65,52 @@ impl PhysicalOptimizerRule for SortFiles {
     }
 }
 
+/// `sort` over a projection's input, where `projection` lists the input column of each output
+/// column; None if it names a column the projection does not have.
+fn over_input(sort: &PhysicalSortExpr, projection: &[usize]) -> Result<Option<PhysicalSortExpr>> {
+    let mut missing = false;
+    let expr = Arc::clone(&sort.expr)
+        .transform(|e| match e.downcast_ref::<Column>() {
+            Some(c) => match projection.get(c.index()) {
+                Some(&input) => Ok(Transformed::yes(Arc::new(Column::new(c.name(), input)) as Arc<dyn PhysicalExpr>)),
+                None => {
+                    missing = true;
+                    Ok(Transformed::no(e))
+                }
+            },
+            None => Ok(Transformed::no(e)),
+        })
+        .data()?;
+    Ok((!missing).then(|| PhysicalSortExpr { expr, options: sort.options }))
+}
+
 fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
-/// `plan` with the files of its scan in `column`'s order, through filters (without a
-/// projection) and repartitions, which keep the scan's columns; None where there is no such
-/// scan, the column has no statistics, or the scan's order is declared and must stay.
-fn reordered(plan: &Arc<dyn ExecutionPlan>, column: &str, descending: bool) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-    let passes = plan.downcast_ref::<FilterExec>().is_some_and(|f| f.projection().is_none()) || plan.downcast_ref::<RepartitionExec>().is_some();
-    if passes {
+/// `plan` with the files of its scan in `column`'s order, through filters and repartitions;
+/// None where there is no such scan, the column has no statistics, or the scan's order or
+/// partitioning is declared and must stay. `queue`: the partitions take files from one queue
+/// (work stealing), see the module doc. `order`: the sort, over `plan`'s columns.
+fn reordered(plan: &Arc<dyn ExecutionPlan>, column: &str, descending: bool, queue: bool, order: &[PhysicalSortExpr]) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let filter = plan.downcast_ref::<FilterExec>();
+    if filter.is_some() || plan.downcast_ref::<RepartitionExec>().is_some() {
         let [child] = &plan.children()[..] else { return Ok(None) };
-        return match reordered(child, column, descending)? {
+        // A filter's projection picks columns of its input: the sort's columns, over the input.
+        let order = match filter.and_then(|f| f.projection().as_ref()) {
+            Some(projection) => match order.iter().map(|s| over_input(s, projection)).collect::<Result<Option<Vec<_>>>>()? {
+                Some(order) => order,
+                None => return Ok(None),
+            },
+            None => order.to_vec(),
+        };
+        return match reordered(child, column, descending, queue, &order)? {
             Some(child) => Ok(Some(Arc::clone(plan).replace_children(vec![child], recompute())?)),
             None => Ok(None),
         };
     }
     let Some(config) = plan.downcast_ref::<DataSourceExec>().and_then(|d| d.data_source().downcast_ref::<FileScanConfig>()) else { return Ok(None) };
-    if !config.output_ordering.is_empty() || config.preserve_order {
+    if !config.output_ordering.is_empty() || config.preserve_order || config.output_partitioning.is_some() {
         return Ok(None);
     }
     let Ok(index) = config.file_source().table_schema().table_schema().index_of(column) else { return Ok(None) };
@@ -99,12 +133,19 @@ fn reordered(plan: &Arc<dyn ExecutionPlan>, column: &str, descending: bool) -> R
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
     });
-    let partitions = config.file_groups.len().max(1);
+    let (partitions, count) = (config.file_groups.len().max(1), files.len());
     let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
     for (i, (_, file)) in files.into_iter().enumerate() {
-        groups[i % partitions].push(file);
+        let group = if queue { i * partitions / count } else { i % partitions };
+        groups[group].push(file);
     }
-    let config = FileScanConfigBuilder::from(config.clone()).with_file_groups(groups.into_iter().map(FileGroup::new).collect()).build();
+    // Within each file, the row groups nearest the top first too: what DataFusion's own sort
+    // pushdown asks of the Parquet source, which it does not do through a filter.
+    let source = match config.file_source().try_pushdown_sort(order, &config.eq_properties())? {
+        SortOrderPushdownResult::Inexact { inner } => inner,
+        SortOrderPushdownResult::Exact { .. } | SortOrderPushdownResult::Unsupported => Arc::clone(config.file_source()),
+    };
+    let config = FileScanConfigBuilder::from(config.clone()).with_source(source).with_file_groups(groups.into_iter().map(FileGroup::new).collect()).build();
     Ok(Some(DataSourceExec::from_data_source(config)))
 }
 
@@ -142,9 +183,13 @@ mod tests {
         }
     }
 
-    /// The scan's file groups, the rows it read and the answer of `sql`, with or without the rule.
-    async fn run(dir: &std::path::Path, sql: &str, rule: bool) -> (String, usize, String) {
-        let builder = datafusion::execution::SessionStateBuilder::new().with_default_features().with_config(SessionConfig::new().with_target_partitions(2));
+    /// The scan's file groups, the rows it read and the answer of `sql`, with or without the
+    /// rule, with or without file work stealing; batches of a row group each, so that a
+    /// threshold can tighten between them.
+    async fn run(dir: &std::path::Path, sql: &str, rule: bool, queue: bool) -> (String, usize, String) {
+        let mut config = SessionConfig::new().with_target_partitions(2).with_batch_size(100);
+        config.options_mut().execution.enable_file_stream_work_stealing = queue;
+        let builder = datafusion::execution::SessionStateBuilder::new().with_default_features().with_config(config);
         let builder = if rule { builder.with_physical_optimizer_rule(Arc::new(SortFiles)) } else { builder };
         let ctx = SessionContext::new_with_state(builder.build());
         ctx.register_parquet("e", dir.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
@@ -170,27 +215,38 @@ mod tests {
     async fn a_top_n_reads_the_files_nearest_the_top_first() {
         let dir = tempfile::tempdir().unwrap();
         write_files(dir.path());
-        // Descending on a key with statistics, then one without (DataFusion would order the
-        // files itself were every key a column with statistics).
-        let newest = "SELECT ts, v FROM e ORDER BY ts DESC, v + 1 LIMIT 5";
-        let (before, rows_before, answer) = run(dir.path(), newest, false).await;
-        let (after, rows_after, same) = run(dir.path(), newest, true).await;
+        // A filter between the sort and the scan: DataFusion's own sort pushdown, which would
+        // order these files by their statistics, stops there (as it does for a sort key without
+        // statistics, such as `eventid` in the lake).
+        let newest = "SELECT ts, v FROM e WHERE v >= 0 ORDER BY ts DESC, v LIMIT 5";
+        for (queue, expected) in [(true, r#"[["f5", "f4", "f3"], ["f2", "f1", "f0"]]"#), (false, r#"[["f5", "f3", "f1"], ["f4", "f2", "f0"]]"#)] {
+            let (before, rows_before, answer) = run(dir.path(), newest, false, queue).await;
+            let (after, rows_after, same) = run(dir.path(), newest, true, queue).await;
+            assert_eq!(answer, same);
+            assert!(answer.contains("1970-01-01T05:49:57Z"), "{answer}");
+            assert_eq!(after, expected, "work stealing {queue}; before: {before}");
+            // Newest first, the newest file's rows set a threshold that skips the older files'
+            // row groups: about 1,000 rows read (1,500–4,200 without the rule, by timing).
+            assert!(rows_after <= 2_000, "work stealing {queue}: {rows_after} rows read with the rule, {rows_before} without");
+        }
+        // Through a filter that drops a column it tested: the sort's columns are mapped to the
+        // scan's.
+        let narrow = "SELECT ts FROM e WHERE v >= 3 ORDER BY ts DESC LIMIT 5";
+        let (_, _, answer) = run(dir.path(), narrow, false, true).await;
+        let (after, rows, same) = run(dir.path(), narrow, true, true).await;
         assert_eq!(answer, same);
-        assert!(answer.contains("1970-01-01T05:49:57Z"), "{answer}");
-        assert_eq!(after, r#"[["f5", "f3", "f1"], ["f4", "f2", "f0"]]"#, "before: {before}");
-        // How many rows each run reads depends on when the partitions' threshold tightens;
-        // with the newest files first, no more than the newest row group of each partition.
-        assert!(rows_after <= 200, "{rows_after} rows read with the rule, {rows_before} without");
+        assert_eq!(after, r#"[["f5", "f4", "f3"], ["f2", "f1", "f0"]]"#);
+        assert!(rows <= 2_000, "{rows}");
         // Ascending: oldest first.
-        let oldest = "SELECT ts, v FROM e ORDER BY ts, v + 1 LIMIT 5";
-        let (_, _, answer) = run(dir.path(), oldest, false).await;
-        let (after, _, same) = run(dir.path(), oldest, true).await;
+        let oldest = "SELECT ts, v FROM e WHERE v >= 0 ORDER BY ts, v LIMIT 5";
+        let (_, _, answer) = run(dir.path(), oldest, false, true).await;
+        let (after, _, same) = run(dir.path(), oldest, true, true).await;
         assert_eq!(answer, same);
-        assert_eq!(after, r#"[["f0", "f2", "f4"], ["f1", "f3", "f5"]]"#);
+        assert_eq!(after, r#"[["f0", "f1", "f2"], ["f3", "f4", "f5"]]"#);
         // No limit, or a first key that is not a column: the files stay as they are.
         for sql in ["SELECT ts, v FROM e ORDER BY ts DESC", "SELECT ts, v FROM e ORDER BY v + 1 DESC, ts LIMIT 5"] {
-            let (before, _, answer) = run(dir.path(), sql, false).await;
-            let (after, _, same) = run(dir.path(), sql, true).await;
+            let (before, _, answer) = run(dir.path(), sql, false, true).await;
+            let (after, _, same) = run(dir.path(), sql, true, true).await;
             assert_eq!((before, answer), (after, same), "{sql}");
         }
     }
