@@ -6,9 +6,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{log_path, prism_bin, record, run_ingest, write_gz};
+use crate::common::{log_path, prism_bin, record, run_ingest, text_column, write_gz};
 use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::physical_plan::ExecutionPlan;
 
 /// Records with a few API names, so that a GROUP BY has a known answer.
@@ -218,7 +219,7 @@ async fn lake_tables_are_parquet_scans_pruned_by_the_delta_log() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_eventtime_range_reads_only_the_files_of_that_range() {
+async fn time_ranges_top_n_and_sparse_filters_read_only_what_they_need() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
     let lake_dir = dir.path().join("lake");
@@ -273,6 +274,48 @@ async fn an_eventtime_range_reads_only_the_files_of_that_range() {
     assert!((1..=3).contains(&between), "one hour's partition: {between} files");
     let (_, tail) = run_measured(&ctx, "SELECT count(*) FROM events WHERE eventtime >= TIMESTAMP '2024-01-04T18:00:00Z'").await;
     assert!(tail < files.len() / 10, "the last hours: {tail} of {} files", files.len());
+
+    // A top-N by time reads the newest files first (src/sql/sort_files.rs, with the files'
+    // bounds from the log): the scan's first file is the newest hour's, few rows are read, and
+    // the answer is the head of the full sort.
+    let newest = files.iter().filter_map(|f| f.split("eventperiod=").nth(1)).map(|p| p.split('/').next().unwrap_or_default()).max().unwrap();
+    let top = "SELECT eventid FROM events ORDER BY eventtime DESC, eventid LIMIT 10";
+    let plan = ctx.sql(top).await.unwrap().create_physical_plan().await.unwrap();
+    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    let (first, read) = first_file_and_rows(&plan);
+    assert!(first.contains(&format!("eventperiod={newest}/")), "the first file read is {first}, the newest hour {newest}");
+    assert!(read < all as usize / 10, "{read} of {all} rows read");
+    let full = ctx.sql("SELECT eventid FROM events ORDER BY eventtime DESC, eventid").await.unwrap().collect().await.unwrap();
+    let ids = |b: &[RecordBatch]| b.iter().flat_map(|b| text_column(b, 0)).collect::<Vec<_>>();
+    assert_eq!(ids(&batches), ids(&full)[..10]);
+
+    // Errors are a few percent of the events: the log's null counts let the Parquet reader
+    // apply `errorcode IS NOT NULL` itself (src/sql/sparse_filter.rs), with the same count.
+    let errors = "SELECT count(*) FROM events WHERE errorcode IS NOT NULL";
+    let plan = ctx.sql(errors).await.unwrap().create_physical_plan().await.unwrap();
+    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    let n = arrow::compute::cast(batches[0].column(0), &DataType::Int64).unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    assert_eq!(n, count(&ctx, "SELECT count(errorcode) FROM events").await);
+    assert!(n > 0 && n < all / 10, "{n} errors of {all} events");
+    let mut dropped = 0;
+    plan.apply(|node| {
+        dropped += node.metrics().and_then(|m| m.sum_by_name("pushdown_rows_pruned")).map_or(0, |v| v.as_usize());
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    // Files, row groups and pages without an error are skipped before, by their null counts.
+    assert!(dropped > 0 && dropped as i64 <= all - n, "the reader dropped {dropped} rows of {all}");
+}
+
+/// The first file of an executed plan's Parquet scan, and the rows the scan produced.
+fn first_file_and_rows(plan: &Arc<dyn ExecutionPlan>) -> (String, usize) {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    if let Some(config) = plan.downcast_ref::<DataSourceExec>().and_then(|s| s.data_source().downcast_ref::<FileScanConfig>()) {
+        let first = config.file_groups.first().and_then(|g| g.iter().next()).map(|f| f.object_meta.location.to_string()).unwrap_or_default();
+        return (first, plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0));
+    }
+    plan.children().into_iter().map(first_file_and_rows).find(|(f, _)| !f.is_empty()).unwrap_or_default()
 }
 
 #[test]
