@@ -278,8 +278,10 @@ fn rows_per_group(groups: &[u32], count: usize) -> Vec<i64> {
     lanes.iter().map(|l| l.iter().sum()).collect()
 }
 
-/// Slots of [`group_rows`]'s cache of recent keys.
-const RECENT: usize = 1024;
+/// Slots of [`group_rows`]'s cache of recent keys: 8 KB, cleared for every batch. 1,024 slots
+/// measured 6–11% slower on group-bys and LIKE over few-valued columns, and no faster on an
+/// address column with thousands of values per batch; 64 slower again.
+const RECENT: usize = 256;
 
 /// Each row's group among `n` rows keyed by `key` (a row's null bits and identities), and each
 /// group's first row; None when more than a quarter of the first [`PROBE_ROWS`] rows are
