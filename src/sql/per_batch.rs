@@ -331,7 +331,8 @@ pub(super) fn group_rows<K: Copy + Default + Eq + std::hash::Hash>(
 
 /// A row's key for [`group_rows`] from a view array with nulls: (0, its view), or (1, 0) for
 /// a null. Without a branch: nulls fall at random in a column like `useridentity.arn` (18% of
-/// events), and a branch on them mispredicted often enough to take a fifth of a group-by's time.
+/// events), and a branch on them mispredicted: a fifth of the counting's samples, and the
+/// top-identities query 12% slower.
 pub(super) fn view_or_null<'a>(views: &'a [u128], valid: &'a arrow::buffer::BooleanBuffer) -> impl Fn(usize) -> (u64, u128) + 'a {
     move |row| {
         let valid = u64::from(valid.value(row));
