@@ -39,8 +39,8 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, ReplaceChildrenOptions,
-    SendableRecordBatchStream, apply_expression_roots,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+    apply_expression_roots,
 };
 use futures::StreamExt;
 
@@ -98,7 +98,7 @@ fn with_windows(node: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result
     }
     let Some((right, filter)) = scan_with_filter(join.right(), bounds.probe, config)? else { return Ok(None) };
     let left: Arc<dyn ExecutionPlan> = Arc::new(WindowsExec::new(Arc::clone(join.left()), bounds, filter));
-    Ok(Some(Arc::clone(node).replace_children(vec![left, right], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?))
+    Ok(Some(Arc::clone(node).replace_children(vec![left, right], super::plan_rules::recompute())?))
 }
 
 /// The bounds in a join filter's conjuncts, if one probe column has a lower and an upper one.
@@ -168,7 +168,7 @@ fn scan_with_filter(plan: &Arc<dyn ExecutionPlan>, index: usize, config: &Config
     let [child] = plan.children()[..] else { return Ok(None) };
     let Some(child_index) = child_index else { return Ok(None) };
     let Some((child, filter)) = scan_with_filter(child, child_index, config)? else { return Ok(None) };
-    Ok(Some((Arc::clone(plan).replace_children(vec![child], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?, filter)))
+    Ok(Some((Arc::clone(plan).replace_children(vec![child], super::plan_rules::recompute())?, filter)))
 }
 
 /// The build side of a join with windows: its rows pass through unchanged while both bounds
@@ -226,7 +226,7 @@ impl ExecutionPlan for WindowsExec {
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+        self.replace_children(children, super::plan_rules::recompute())
     }
 
     fn apply_expressions(&self, f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
@@ -148,4 +150,14 @@ impl ExecutionPlan for Replay {
         let taken = self.stream.lock().map_err(|_| DataFusionError::Internal("a replayed stream's lock is poisoned".into()))?.take();
         taken.ok_or_else(|| DataFusionError::Internal("a replayed stream executed twice".into()))
     }
+}
+
+/// Children's properties recomputed: how Prism's rules put a rewritten plan back together.
+pub(super) fn recompute() -> ReplaceChildrenOptions {
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+}
+
+/// The file scan of `plan`, if it is a `DataSourceExec` over files.
+pub(super) fn file_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
+    plan.downcast_ref::<DataSourceExec>().and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
 }

@@ -20,17 +20,17 @@ use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::source::{DataSource, DataSourceExec};
 use datafusion::error::Result;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 
 /// The physical optimizer rule (see the module doc).
 #[derive(Debug, Default)]
@@ -49,7 +49,7 @@ impl PhysicalOptimizerRule for SortFiles {
             }
             let order: Vec<PhysicalSortExpr> = sort.expr().iter().cloned().collect();
             match reordered(sort.input(), &column, descending, queue, &order)? {
-                Some(input) => Ok(Transformed::yes(Arc::clone(&node).replace_children(vec![input], recompute())?)),
+                Some(input) => Ok(Transformed::yes(Arc::clone(&node).replace_children(vec![input], super::plan_rules::recompute())?)),
                 None => Ok(Transformed::no(node)),
             }
         })
@@ -84,10 +84,6 @@ fn over_input(sort: &PhysicalSortExpr, projection: &[usize]) -> Result<Option<Ph
     Ok((!missing).then(|| PhysicalSortExpr { expr, options: sort.options }))
 }
 
-fn recompute() -> ReplaceChildrenOptions {
-    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
-}
-
 /// `plan` with the files of its scan in `column`'s order, through filters and repartitions;
 /// None where there is no such scan, the column has no statistics, or the scan's order or
 /// partitioning is declared and must stay. `queue`: the partitions take files from one queue
@@ -105,11 +101,11 @@ fn reordered(plan: &Arc<dyn ExecutionPlan>, column: &str, descending: bool, queu
             None => order.to_vec(),
         };
         return match reordered(child, column, descending, queue, &order)? {
-            Some(child) => Ok(Some(Arc::clone(plan).replace_children(vec![child], recompute())?)),
+            Some(child) => Ok(Some(Arc::clone(plan).replace_children(vec![child], super::plan_rules::recompute())?)),
             None => Ok(None),
         };
     }
-    let Some(config) = plan.downcast_ref::<DataSourceExec>().and_then(|d| d.data_source().downcast_ref::<FileScanConfig>()) else { return Ok(None) };
+    let Some(config) = super::plan_rules::file_scan(plan) else { return Ok(None) };
     if !config.output_ordering.is_empty() || config.preserve_order || config.output_partitioning.is_some() {
         return Ok(None);
     }
@@ -153,6 +149,7 @@ fn reordered(plan: &Arc<dyn ExecutionPlan>, column: &str, descending: bool, queu
 mod tests {
     use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::datasource::physical_plan::FileScanConfig;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;

@@ -38,7 +38,7 @@ pub struct SparseFilters;
 impl PhysicalOptimizerRule for SparseFilters {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            let Some(config) = node.downcast_ref::<DataSourceExec>().and_then(|d| d.data_source().downcast_ref::<FileScanConfig>()) else {
+            let Some(config) = super::plan_rules::file_scan(&node) else {
                 return Ok(Transformed::no(node));
             };
             let Some(source) = config.file_source().downcast_ref::<ParquetSource>() else { return Ok(Transformed::no(node)) };
