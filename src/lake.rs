@@ -1066,6 +1066,28 @@ const COMPRESSED_COLUMNS: &[&str] = &[
     "errormessage",
 ];
 
+/// Events strings with few distinct values per row group, which the writer stores as a
+/// dictionary and keys (neither unique nor compressed): a scan that only filters them, or
+/// counts rows by one of them, reads them as Arrow dictionaries (`sql::dictionary`) and works
+/// on each row group's few values and the rows' keys. Dotted paths name struct fields.
+pub const FEW_VALUED_COLUMNS: &[&str] = &[
+    "eventversion",
+    "eventsource",
+    "eventname",
+    "sourceipaddress",
+    "useragent",
+    "errorcode",
+    "eventtype",
+    "eventcategory",
+    "recipientaccountid",
+    "vpcendpointid",
+    "useridentity.type",
+    "useridentity.arn",
+    "useridentity.accountid",
+    "useridentity.username",
+    "useridentity.invokedby",
+];
+
 /// 128-bit hash of an event ID: collisions are negligible (2^-64 at billions of events) and a
 /// partition's IDs cost 16 bytes each in memory.
 pub fn id_hash(id: &str) -> u128 {
@@ -1373,6 +1395,20 @@ pub(crate) mod tests {
         }
         assert_eq!(day.compression(&ColumnPath::new(vec!["useridentity".into(), "arn".into()])), Compression::UNCOMPRESSED);
         assert!(!day.dictionary_enabled(&ColumnPath::from("requestid")));
+        // The columns read as dictionaries are stored as dictionaries, uncompressed, and exist.
+        let events = crate::schema::events_schema();
+        for column in FEW_VALUED_COLUMNS {
+            let path = ColumnPath::new(column.split('.').map(str::to_owned).collect());
+            assert!(day.dictionary_enabled(&path), "{column}");
+            assert_eq!(day.compression(&path), Compression::UNCOMPRESSED, "{column}");
+            let (top, leaf) = column.split_once('.').map_or((*column, None), |(t, l)| (t, Some(l)));
+            let field = events.field_with_name(top).unwrap();
+            let t = match (leaf, field.data_type()) {
+                (Some(leaf), DataType::Struct(fields)) => fields.find(leaf).unwrap().1.data_type().clone(),
+                (_, t) => t.clone(),
+            };
+            assert_eq!(t, DataType::Utf8, "{column}");
+        }
         let minute = writer_properties(Granularity::Minute);
         for column in ["requestid", "eventname"] {
             assert_eq!(minute.compression(&ColumnPath::from(column)), Compression::SNAPPY, "{column}");

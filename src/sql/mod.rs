@@ -52,6 +52,7 @@ macro_rules! delegate_to_inner_udf {
 
 pub mod catalog;
 pub mod date_trunc;
+pub mod dictionary;
 pub mod distinct;
 pub mod distinct_values;
 #[cfg(feature = "distributed")]
@@ -167,17 +168,21 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // DISTINCT on strings: by buckets that fit in the cache (see `distinct_values`).
         // A JSON field equal to a string: parsed only where the text holds the string (see
         // `json_filter`).
-        // A top-N reads the files nearest its top first (see `sort_files`).
         // A filter on a mostly null column is applied as the files are read (see
         // `sparse_filter`).
+        // Few-valued strings only filtered or counted by are read as dictionaries (see
+        // `dictionary`); after the rules whose nodes it reads, and before `sort_files`, which
+        // asks the scan it finds for its newest row groups first.
+        // A top-N reads the files nearest its top first (see `sort_files`).
         _ => builder
             .with_physical_optimizer_rule(Arc::new(json_filter::PrefilterJson))
             .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
             .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
             .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues))
             .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows))
-            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles))
-            .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters)),
+            .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters))
+            .with_physical_optimizer_rule(Arc::new(dictionary::ReadDictionaries))
+            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.

@@ -26,12 +26,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
@@ -40,6 +41,8 @@ use datafusion::physical_plan::{
     apply_expression_roots,
 };
 use futures::{Stream, StreamExt};
+
+use super::dictionary::{DictionaryCastExec, cast_back};
 
 /// Rows of a batch looked at before deciding whether its keys repeat enough: more than a
 /// quarter of them distinct, and the partition's partial aggregate takes over.
@@ -114,6 +117,30 @@ impl PerBatchCountExec {
         }
         let keys = group_by.expr().iter().map(|(e, _)| Arc::clone(e)).collect();
         Ok(Some(PerBatchCountExec { aggregate: Arc::new(aggregate.clone()), keys, counted, metrics: ExecutionPlanMetricsSet::new() }))
+    }
+}
+
+impl PerBatchCountExec {
+    /// The grouping keys, over the input.
+    pub(super) fn keys(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.keys
+    }
+
+    /// The input counted.
+    pub(super) fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        self.aggregate.input()
+    }
+
+    /// The input to read: below a [`DictionaryCastExec`], when the keys and counts are
+    /// columns (or constants) that read the same there, with the schema to cast a batch back
+    /// to for the aggregate that may take over.
+    fn read(&self) -> (&Arc<dyn ExecutionPlan>, Option<SchemaRef>) {
+        let input = self.aggregate.input();
+        let plain = |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<Column>().is_some() || e.downcast_ref::<Literal>().is_some();
+        match input.downcast_ref::<DictionaryCastExec>() {
+            Some(cast) if self.keys.iter().chain(&self.counted).all(plain) => (cast.input(), Some(input.schema())),
+            _ => (input, None),
+        }
     }
 }
 
@@ -196,6 +223,12 @@ impl BatchCounter {
     fn count(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
         let keys = self.keys.iter().map(|k| k.evaluate(batch)?.into_array(n)).collect::<Result<Vec<ArrayRef>>>()?;
+        if let [key] = &keys[..]
+            && let Some(dictionary) = key.as_dictionary_opt::<Int32Type>()
+            && let Some(counted) = self.counted_by_key()
+        {
+            return self.key_counted(dictionary, &counted).map(Some);
+        }
         let (hasher, table) = (&self.hasher, &mut self.table);
         let grouped = match &keys[..] {
             // One string key (most group-bys): its views read in place, not copied first.
@@ -206,10 +239,71 @@ impl BatchCounter {
                     None => group_rows(n, |row| (0, views[row]), |&id| fold(id), hasher, table),
                 }
             }
+            // One dictionary key (`sql::dictionary`): the keys are the groups.
+            [key] if key.as_dictionary_opt::<Int32Type>().is_some() => {
+                key.as_dictionary_opt::<Int32Type>().and_then(|d| key_groups(d.keys(), d.values().len()))
+            }
             _ => self.identities_grouped(&keys, n)?,
         };
         let Some((firsts, groups)) = grouped else { return Ok(None) };
         self.counted(batch, &keys, firsts, &groups).map(Some)
+    }
+
+    /// For each count, whether it counts the key's non-null rows (`count(key)`) rather than
+    /// every row (`count(*)`, `count(1)`); None when a count reads another column.
+    fn counted_by_key(&self) -> Option<Vec<Option<bool>>> {
+        let key = self.keys.first()?.downcast_ref::<Column>()?;
+        let kind = |e: &Arc<dyn PhysicalExpr>| match (e.downcast_ref::<Literal>(), e.downcast_ref::<Column>()) {
+            // A count of a null constant counts nothing.
+            (Some(l), _) => Some((!l.value().is_null()).then_some(false)),
+            (_, Some(c)) if c.index() == key.index() => Some(Some(true)),
+            _ => None,
+        };
+        self.counted.iter().map(kind).collect()
+    }
+
+    /// The partial aggregate's batch for one dictionary key: its rows counted per key (a
+    /// four-lane histogram, no row's group written down), one row per key present, each
+    /// `counted` as [`Self::counted_by_key`] says (None: a count of nothing).
+    fn key_counted(&self, dictionary: &arrow::array::DictionaryArray<Int32Type>, counted: &[Option<bool>]) -> Result<RecordBatch> {
+        let values = dictionary.values().len();
+        let keys = dictionary.keys();
+        let raw = keys.values();
+        let mut lanes = vec![[0i64; 4]; values + 1];
+        match keys.nulls().filter(|v| v.null_count() > 0) {
+            Some(valid) => {
+                // A null row counts in the last bin, whatever key its slot holds; chosen by a
+                // mask, not a branch (nulls fall at random: a branch mispredicts).
+                for (rows, word) in raw.chunks(64).zip(valid.inner().bit_chunks().iter_padded()) {
+                    for (b, k) in rows.iter().enumerate() {
+                        let valid = 0usize.wrapping_sub(((word >> b) & 1) as usize);
+                        let bin = ((*k as usize).min(values) & valid) | (values & !valid);
+                        lanes[bin][b & 3] += 1;
+                    }
+                }
+            }
+            None => {
+                for (i, k) in raw.iter().enumerate() {
+                    lanes[(*k as usize).min(values)][i & 3] += 1;
+                }
+            }
+        }
+        let totals: Vec<i64> = lanes.iter().map(|l| l.iter().sum()).collect();
+        let present: Vec<usize> = (0..=values).filter(|b| totals[*b] > 0).collect();
+        let picks = UInt32Array::from_iter(present.iter().map(|&b| (b < values).then_some(b as u32)));
+        let key = arrow::compute::take(dictionary.values().as_ref(), &picks, None)?;
+        let wanted = self.schema.field(0).data_type();
+        let key = if key.data_type() == wanted { key } else { arrow::compute::cast(&key, wanted)? };
+        let mut columns = vec![key];
+        for count in counted {
+            let n = present.iter().map(|&b| match count {
+                None => 0,
+                Some(true) if b == values => 0,
+                Some(_) => totals[b],
+            });
+            columns.push(Arc::new(Int64Array::from_iter_values(n)));
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
     /// Each row's group and each group's first row, by the keys' identities copied side by side.
@@ -243,7 +337,15 @@ impl BatchCounter {
     fn counted(&self, batch: &RecordBatch, keys: &[ArrayRef], firsts: Vec<u32>, groups: &[u32]) -> Result<RecordBatch> {
         let n = batch.num_rows();
         let firsts = UInt32Array::from(firsts);
-        let mut columns = keys.iter().map(|k| arrow::compute::take(k.as_ref(), &firsts, None)).collect::<Result<Vec<_>, _>>()?;
+        // A key read as a dictionary is output as the type planned (a view).
+        let mut columns = keys
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(k, f)| {
+                let taken = arrow::compute::take(k.as_ref(), &firsts, None)?;
+                if taken.data_type() == f.data_type() { Ok(taken) } else { arrow::compute::cast(&taken, f.data_type()) }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut rows: Option<Vec<i64>> = None;
         for argument in &self.counted {
             let counted = argument.evaluate(batch)?.into_array(n)?;
@@ -259,6 +361,36 @@ impl BatchCounter {
         }
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
+
+/// Each row's group and each group's first row, for rows grouped by their dictionary `keys`
+/// into `values` values (a null is one more group); None, as [`group_rows`], when more than a
+/// quarter of the first [`PROBE_ROWS`] rows are distinct.
+fn key_groups(keys: &arrow::array::Int32Array, values: usize) -> Option<(Vec<u32>, Vec<u32>)> {
+    let n = keys.len();
+    let mut group_of = vec![u32::MAX; values + 1];
+    let mut firsts: Vec<u32> = Vec::new();
+    let mut groups: Vec<u32> = Vec::with_capacity(n);
+    let mut place = |row: usize, key: usize| {
+        // A key past the values (not in a valid array) counts with the nulls, never out of bounds.
+        let slot = &mut group_of[key.min(values)];
+        if *slot == u32::MAX {
+            *slot = firsts.len() as u32;
+            firsts.push(row as u32);
+        }
+        groups.push(*slot);
+    };
+    let raw = keys.values();
+    match keys.nulls().filter(|v| v.null_count() > 0) {
+        Some(valid) => {
+            for row in 0..n {
+                let key = if valid.is_valid(row) { raw[row] as usize } else { values };
+                place(row, key);
+            }
+        }
+        None => raw.iter().enumerate().for_each(|(row, k)| place(row, *k as usize)),
+    }
+    (n <= PROBE_ROWS || firsts.len() <= n / 4).then_some((firsts, groups))
 }
 
 /// How many of `groups` (each row's group) fall in each of `count` groups. Four counters per
@@ -378,7 +510,8 @@ impl ExecutionPlan for PerBatchCountExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let input = self.aggregate.input().execute(partition, Arc::clone(&context))?;
+        let (input, cast) = self.read();
+        let input = input.execute(partition, Arc::clone(&context))?;
         let schema = self.schema();
         let counter = BatchCounter {
             keys: self.keys.clone(),
@@ -398,6 +531,7 @@ impl ExecutionPlan for PerBatchCountExec {
             schema,
             baseline: BaselineMetrics::new(&self.metrics, partition),
             handed_over: MetricBuilder::new(&self.metrics).counter("partitions_handed_over", partition),
+            cast,
         }))
     }
 
@@ -422,13 +556,22 @@ struct CountStream {
     schema: SchemaRef,
     baseline: BaselineMetrics,
     handed_over: Count,
+    /// The schema the aggregate's input has, when the batches read hold dictionaries instead.
+    cast: Option<SchemaRef>,
 }
 
 impl CountStream {
     /// The partial aggregate over `batch` and what is left of `input`.
     fn hand_over(&mut self, batch: RecordBatch, input: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
         self.handed_over.add(1);
-        super::plan_rules::aggregate_over(&self.aggregate, futures::stream::once(async { Ok(batch) }).chain(input), self.partition, &self.context)
+        let rest = futures::stream::once(async { Ok(batch) }).chain(input);
+        match self.cast.clone() {
+            Some(schema) => {
+                let rest = rest.map(move |b| b.and_then(|b| cast_back(b, &schema)));
+                super::plan_rules::aggregate_over(&self.aggregate, rest, self.partition, &self.context)
+            }
+            None => super::plan_rules::aggregate_over(&self.aggregate, rest, self.partition, &self.context),
+        }
     }
 }
 

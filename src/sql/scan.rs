@@ -128,7 +128,7 @@ impl LakeTable {
                 };
                 Arc::new(f.as_ref().clone().with_data_type(t))
             } else {
-                let field = view_field(f);
+                let field = viewed(f);
                 file_fields.push(field.clone());
                 field
             };
@@ -301,7 +301,7 @@ impl TableProvider for LakeTable {
                 Arc::new(CachedParquetFileReaderFactory::new(self.store.clone(), cache.get_file_metadata_cache()))
             }
         };
-        let source = source.with_parquet_file_reader_factory(Arc::new(NestedViews(footers)));
+        let source = source.with_parquet_file_reader_factory(Arc::new(NestedViews::new(footers, Vec::new())));
         let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
             .with_file_groups(groups)
             .with_statistics(statistics)
@@ -316,24 +316,43 @@ impl TableProvider for LakeTable {
 /// makes a view of each string without copying it, and a dictionary-encoded column's equal
 /// strings share one view into the dictionary, which later operators hash or compare as 16
 /// bytes (`sql::per_value`). DataFusion asks the reader for views of top-level strings only;
-/// [`NestedViews`] asks for the rest, so a nested view type is read, not cast.
-fn view_types(t: &DataType) -> DataType {
+/// [`NestedViews`] asks for the rest, so a nested view type is read, not cast. The strings at
+/// `dictionaries` (dotted paths, `useridentity.arn`) are read as `Dictionary(Int32, Utf8)`
+/// instead: Parquet's dictionary and each row's key, as stored (`sql::dictionary`).
+fn view_types(t: &DataType, path: &str, dictionaries: &[String]) -> DataType {
+    let nested = |f: &FieldRef| view_field(f, &format!("{path}.{}", f.name()), dictionaries);
     match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View if dictionaries.iter().any(|d| d == path) => {
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+        }
         DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
         DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(view_field).collect()),
-        DataType::List(item) => DataType::List(view_field(item)),
-        DataType::LargeList(item) => DataType::LargeList(view_field(item)),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(nested).collect()),
+        DataType::List(item) => DataType::List(nested(item)),
+        DataType::LargeList(item) => DataType::LargeList(nested(item)),
         other => other.clone(),
     }
 }
 
-/// `f` with its strings as views ([`view_types`]).
-fn view_field(f: &FieldRef) -> FieldRef {
-    Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type())))
+/// `f`, found at `path`, with its strings as views or dictionaries ([`view_types`]).
+fn view_field(f: &FieldRef, path: &str, dictionaries: &[String]) -> FieldRef {
+    Arc::new(f.as_ref().clone().with_data_type(view_types(f.data_type(), path, dictionaries)))
 }
 
-/// Opens the lake's Parquet files so that their strings, at any depth, are read as views.
+/// A top-level field with its strings as views ([`view_types`]).
+fn viewed(f: &FieldRef) -> FieldRef {
+    view_field(f, f.name(), &[])
+}
+
+/// `schema` with the strings at `dictionaries` (dotted paths) as `Dictionary(Int32, Utf8)`:
+/// the table schema of a scan that reads them so (`sql::dictionary`).
+pub(crate) fn with_dictionaries(schema: &Schema, dictionaries: &[String]) -> Schema {
+    let fields: Vec<FieldRef> = schema.fields().iter().map(|f| view_field(f, f.name(), dictionaries)).collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// Opens the lake's Parquet files so that their strings, at any depth, are read as views, and
+/// those at `dictionaries` as dictionaries.
 ///
 /// The reader takes its Arrow types from the schema a file carries in its footer
 /// (`ARROW:schema`), where the writer recorded `Utf8`. This factory's readers hand the opener
@@ -342,7 +361,18 @@ fn view_field(f: &FieldRef) -> FieldRef {
 /// being copied into `Utf8` and cast. Each file's own schema is rewritten, so files written
 /// before a column was added to a struct read as well as the others.
 #[derive(Debug)]
-struct NestedViews(Arc<dyn ParquetFileReaderFactory>);
+pub(crate) struct NestedViews {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    dictionaries: Arc<[String]>,
+}
+
+impl NestedViews {
+    /// Readers of `inner`'s files whose strings at `dictionaries` are read as dictionaries.
+    /// `inner` may be a [`NestedViews`] itself: its views become dictionaries where asked.
+    pub(crate) fn new(inner: Arc<dyn ParquetFileReaderFactory>, dictionaries: Vec<String>) -> NestedViews {
+        NestedViews { inner, dictionaries: dictionaries.into() }
+    }
+}
 
 impl ParquetFileReaderFactory for NestedViews {
     fn create_reader(
@@ -352,33 +382,38 @@ impl ParquetFileReaderFactory for NestedViews {
         size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
-        Ok(Box::new(NestedViewsReader(self.0.create_reader(partition, file, size_hint, metrics)?)))
+        let inner = self.inner.create_reader(partition, file, size_hint, metrics)?;
+        Ok(Box::new(NestedViewsReader { inner, dictionaries: self.dictionaries.clone() }))
     }
 }
 
-struct NestedViewsReader(Box<dyn AsyncFileReader + Send>);
+struct NestedViewsReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    dictionaries: Arc<[String]>,
+}
 
 impl AsyncFileReader for NestedViewsReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        self.0.get_bytes(range)
+        self.inner.get_bytes(range)
     }
 
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        self.0.get_byte_ranges(ranges)
+        self.inner.get_byte_ranges(ranges)
     }
 
     fn get_metadata<'a>(&'a mut self, options: Option<&'a ArrowReaderOptions>) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        async move { with_view_schema(self.0.get_metadata(options).await?) }.boxed()
+        async move { with_view_schema(self.inner.get_metadata(options).await?, &self.dictionaries) }.boxed()
     }
 }
 
-/// `metadata` with its Arrow schema's strings as views; unchanged when it has none.
-fn with_view_schema(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<Arc<ParquetMetaData>> {
+/// `metadata` with its Arrow schema's strings as views (dictionaries at `dictionaries`);
+/// unchanged when there is nothing to change.
+fn with_view_schema(metadata: Arc<ParquetMetaData>, dictionaries: &Arc<[String]>) -> parquet::errors::Result<Arc<ParquetMetaData>> {
     let file = metadata.file_metadata();
     let embedded = file.key_value_metadata().into_iter().flatten().find(|kv| kv.key == ARROW_SCHEMA_META_KEY).and_then(|kv| kv.value.clone());
     let viewed = match &embedded {
-        Some(embedded) => remembered_view_schema(embedded, file)?,
-        None => viewed_schema(file)?,
+        Some(embedded) => remembered_view_schema(embedded, file, dictionaries)?,
+        None => viewed_schema(file, dictionaries)?,
     };
     let Some(viewed) = viewed else { return Ok(metadata) };
     let mut key_values: Vec<KeyValue> = file.key_value_metadata().into_iter().flatten().filter(|kv| kv.key != ARROW_SCHEMA_META_KEY).cloned().collect();
@@ -400,33 +435,37 @@ fn with_view_schema(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<A
     Ok(Arc::new(rebuilt))
 }
 
-/// The encoded Arrow schema of `file` with its strings as views, or `None` when it has none.
-fn viewed_schema(file: &FileMetaData) -> parquet::errors::Result<Option<String>> {
+/// The encoded Arrow schema of `file` with its strings as views (dictionaries at
+/// `dictionaries`), or `None` when that changes nothing.
+fn viewed_schema(file: &FileMetaData, dictionaries: &[String]) -> parquet::errors::Result<Option<String>> {
     let schema = parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())?;
-    let fields: Vec<FieldRef> = schema.fields().iter().map(view_field).collect();
-    let viewed = Schema::new_with_metadata(fields, schema.metadata().clone());
+    let viewed = with_dictionaries(&schema, dictionaries);
     Ok((viewed != schema).then(|| encode_arrow_schema(&viewed)))
 }
 
+/// A file's embedded Arrow schema and the paths read as dictionaries, to the schema they make.
+type ViewedSchemas = std::collections::HashMap<String, Vec<(Arc<[String]>, Option<String>)>>;
+
 /// The files of a table share a handful of schemas: each footer's embedded Arrow schema is
-/// decoded, turned into views and encoded once per process, not once per file (that was a
-/// twentieth of a one-column scan's time).
-static VIEWED_SCHEMAS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>> = std::sync::LazyLock::new(Default::default);
+/// decoded, turned into views and encoded once per process (and set of dictionaries), not once
+/// per file (that was a twentieth of a one-column scan's time).
+static VIEWED_SCHEMAS: std::sync::LazyLock<std::sync::Mutex<ViewedSchemas>> = std::sync::LazyLock::new(Default::default);
 
 /// Schemas remembered at most; a lake has one per schema change.
 const VIEWED_SCHEMAS_KEPT: usize = 64;
 
 /// [`viewed_schema`] of a file whose embedded schema is `embedded`, from [`VIEWED_SCHEMAS`].
-fn remembered_view_schema(embedded: &str, file: &FileMetaData) -> parquet::errors::Result<Option<String>> {
-    if let Some(known) = VIEWED_SCHEMAS.lock().ok().and_then(|memo| memo.get(embedded).cloned()) {
+fn remembered_view_schema(embedded: &str, file: &FileMetaData, dictionaries: &Arc<[String]>) -> parquet::errors::Result<Option<String>> {
+    let known = |memo: &ViewedSchemas| memo.get(embedded)?.iter().find(|(d, _)| d == dictionaries).map(|(_, s)| s.clone());
+    if let Some(known) = VIEWED_SCHEMAS.lock().ok().and_then(|memo| known(&memo)) {
         return Ok(known);
     }
-    let made = viewed_schema(file)?;
+    let made = viewed_schema(file, dictionaries)?;
     if let Ok(mut memo) = VIEWED_SCHEMAS.lock() {
         if memo.len() >= VIEWED_SCHEMAS_KEPT {
             memo.clear();
         }
-        memo.insert(embedded.to_owned(), made.clone());
+        memo.entry(embedded.to_owned()).or_default().push((dictionaries.clone(), made.clone()));
     }
     Ok(made)
 }
@@ -582,13 +621,22 @@ mod tests {
 
     #[test]
     fn strings_become_views_at_every_depth() {
-        assert_eq!(view_types(&DataType::Utf8), DataType::Utf8View);
-        assert_eq!(view_types(&DataType::LargeBinary), DataType::BinaryView);
+        assert_eq!(view_types(&DataType::Utf8, "a", &[]), DataType::Utf8View);
+        assert_eq!(view_types(&DataType::LargeBinary, "a", &[]), DataType::BinaryView);
         let t = DataType::Struct(vec![Field::new("arn", DataType::Utf8, true), Field::new("n", DataType::Int64, true)].into());
         let list = DataType::List(Arc::new(Field::new("element", t.clone(), true)));
         let viewed = DataType::Struct(vec![Field::new("arn", DataType::Utf8View, true), Field::new("n", DataType::Int64, true)].into());
-        assert_eq!(view_types(&t), viewed);
-        assert_eq!(view_types(&list), DataType::List(Arc::new(Field::new("element", viewed, true))));
+        assert_eq!(view_types(&t, "u", &[]), viewed);
+        assert_eq!(view_types(&list, "l", &[]), DataType::List(Arc::new(Field::new("element", viewed.clone(), true))));
+        // Asked for as dictionaries, by path: the nested string, from a string or a view.
+        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let keyed = DataType::Struct(vec![Field::new("arn", dictionary.clone(), true), Field::new("n", DataType::Int64, true)].into());
+        let paths = ["u.arn".to_owned()];
+        assert_eq!(view_types(&t, "u", &paths), keyed);
+        assert_eq!(view_types(&viewed, "u", &paths), keyed);
+        assert_eq!(view_types(&t, "v", &paths), viewed);
+        assert_eq!(view_types(&DataType::Utf8View, "u.arn", &paths), dictionary);
+        assert_eq!(view_types(&DataType::Int64, "u.arn", &paths), DataType::Int64);
     }
 
     /// A file whose struct holds a string, with or without the Arrow schema in its footer, is
@@ -615,19 +663,27 @@ mod tests {
             writer.close().unwrap();
             let file = bytes::Bytes::from(file);
             let metadata = Arc::new(ParquetMetaDataReader::new().parse_and_finish(&file).unwrap());
-            let viewed = with_view_schema(metadata.clone()).unwrap();
+            let viewed = with_view_schema(metadata.clone(), &Arc::from(Vec::new())).unwrap();
             assert_eq!(viewed.file_metadata().num_rows(), 3);
             assert_eq!(viewed.row_groups().len(), metadata.row_groups().len());
             let reader = ArrowReaderMetadata::try_new(viewed, Default::default()).unwrap();
             let DataType::Struct(fields) = reader.schema().field(0).data_type().clone() else { panic!("{:?}", reader.schema()) };
             assert_eq!(fields[0].data_type(), &DataType::Utf8View, "embedded: {embedded}");
             let read: Vec<RecordBatch> =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, reader.clone()).build().unwrap().collect::<Result<_, _>>().unwrap();
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), reader.clone()).build().unwrap().collect::<Result<_, _>>().unwrap();
             let arns = read[0].column(0).as_struct().column(0).clone();
             let arns = arns.as_string_view();
             assert_eq!(arns.iter().collect::<Vec<_>>(), vec![Some("arn:aws:iam::123456789012:user/alice"), None, Some("short")]);
             // Read again: the rewritten schema is already all views.
-            assert!(Arc::ptr_eq(&with_view_schema(reader.metadata().clone()).unwrap(), reader.metadata()));
+            assert!(Arc::ptr_eq(&with_view_schema(reader.metadata().clone(), &Arc::from(Vec::new())).unwrap(), reader.metadata()));
+            // Asked for as a dictionary, over the views: the same values, as keys.
+            let keyed = with_view_schema(reader.metadata().clone(), &Arc::from(vec!["useridentity.arn".to_owned()])).unwrap();
+            let reader = ArrowReaderMetadata::try_new(keyed, Default::default()).unwrap();
+            let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::new_with_metadata(file, reader).build().unwrap().collect::<Result<_, _>>().unwrap();
+            let arns = read[0].column(0).as_struct().column(0).clone();
+            let arns = arns.as_dictionary::<arrow::datatypes::Int32Type>();
+            let arns: Vec<Option<&str>> = arns.downcast_dict::<arrow::array::StringArray>().unwrap().into_iter().collect();
+            assert_eq!(arns, vec![Some("arn:aws:iam::123456789012:user/alice"), None, Some("short")], "embedded: {embedded}");
         }
     }
 }

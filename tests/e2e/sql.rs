@@ -305,6 +305,37 @@ async fn time_ranges_top_n_and_sparse_filters_read_only_what_they_need() {
     .unwrap();
     // Files, row groups and pages without an error are skipped before, by their null counts.
     assert!(dropped > 0 && dropped as i64 <= all - n, "the reader dropped {dropped} rows of {all}");
+
+    // Counts by a few-valued string, and filters on them, read the column as Parquet's
+    // dictionary and keys (src/sql/dictionary.rs): the same answers as the rows themselves,
+    // read as strings (passed on whole, which the rule leaves alone) and counted here.
+    let rows = ctx.sql("SELECT useridentity['arn'], useragent, sourceipaddress FROM events").await.unwrap().collect().await.unwrap();
+    let mut by_arn: std::collections::BTreeMap<Option<String>, i64> = Default::default();
+    let mut matching = 0i64;
+    for b in &rows {
+        let (arns, agents, addresses) = (text_column(b, 0), text_column(b, 1), text_column(b, 2));
+        for i in 0..b.num_rows() {
+            *by_arn.entry(arns[i].clone()).or_default() += 1;
+            let python = agents[i].as_deref().is_some_and(|a| a.contains("python"));
+            matching += i64::from(python || addresses[i].as_deref().is_some_and(|a| a.starts_with("10.")));
+        }
+    }
+    let top = "SELECT useridentity['arn'] AS arn, count(*) AS n FROM events GROUP BY 1 ORDER BY n DESC, arn NULLS FIRST";
+    assert!(physical_plan(&ctx, top).await.contains("DictionaryCastExec"), "{}", physical_plan(&ctx, top).await);
+    let counted = ctx.sql(top).await.unwrap().collect().await.unwrap();
+    let mut got: std::collections::BTreeMap<Option<String>, i64> = Default::default();
+    for b in &counted {
+        let (arns, ns) = (text_column(b, 0), text_column(b, 1));
+        for i in 0..b.num_rows() {
+            got.insert(arns[i].clone(), ns[i].as_deref().unwrap().parse().unwrap());
+        }
+    }
+    assert!(by_arn.len() > 3 && by_arn.contains_key(&None), "{by_arn:?}");
+    assert_eq!(got, by_arn);
+    let like = "SELECT count(*) FROM events WHERE useragent LIKE '%python%' OR sourceipaddress LIKE '10.%'";
+    assert!(physical_plan(&ctx, like).await.contains("on_values("), "{}", physical_plan(&ctx, like).await);
+    assert_eq!(count(&ctx, like).await, matching);
+    assert!(matching > 0 && matching < all, "{matching} of {all}");
 }
 
 /// The first file of an executed plan's Parquet scan, and the rows the scan produced.
