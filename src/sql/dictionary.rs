@@ -125,7 +125,10 @@ fn rewrite(top: &Arc<dyn ExecutionPlan>, counted_by: Option<usize>, options: &Ar
             refused.insert(*j);
         }
     }
-    chosen.retain(|j, _| !refused.contains(j));
+    // A path also read by an output not chosen (the same field filtered and passed on, as two
+    // outputs) keeps its type for both.
+    let kept_as_views: HashSet<String> = refused.iter().filter_map(|j| chosen.get(j).cloned()).collect();
+    chosen.retain(|j, path| !refused.contains(j) && !kept_as_views.contains(path));
     if chosen.is_empty() {
         return Ok(None);
     }

@@ -336,6 +336,11 @@ async fn time_ranges_top_n_and_sparse_filters_read_only_what_they_need() {
     assert!(physical_plan(&ctx, like).await.contains("on_values("), "{}", physical_plan(&ctx, like).await);
     assert_eq!(count(&ctx, like).await, matching);
     assert!(matching > 0 && matching < all, "{matching} of {all}");
+    // A field both filtered and passed on (two outputs of the scan read it): left as views.
+    let both = "SELECT count(*), count(t) FROM (SELECT useridentity['type'] AS t FROM events WHERE useridentity['type'] IN ('AssumedRole', 'IAMUser') AND eventname <> 'x')";
+    let typed = count(&ctx, "SELECT count(*) FROM events WHERE useridentity['type'] = 'AssumedRole' OR useridentity['type'] = 'IAMUser'").await;
+    assert_eq!(count(&ctx, both).await, typed);
+    assert!(typed > 0, "{}", physical_plan(&ctx, both).await);
 }
 
 /// The first file of an executed plan's Parquet scan, and the rows the scan produced.
