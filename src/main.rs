@@ -17,7 +17,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// commit's buffers on one thread while parsers allocate on others; with the default, an ingest
 /// of 10,370 small files peaked at 955 MiB, with 0 (at once) at 610 MiB, no slower
 /// (docs/performance.md), and an Insights backfill over 4.5M events at 1.07 GB instead of 1.28
-/// (though 15% slower). Commands that run queries ([`cli::Cli::runs_queries`]) keep the default:
+/// (though 15% slower). Since transparent huge pages are off (below), `ingest` measured faster
+/// with 50 ms at a peak still far under 1 GiB ([`cli::Cli::purge_delay_ms`]). Commands that run
+/// queries keep the default:
 /// a query reads each batch into fresh buffers, and pages given back at once fault in again
 /// (the query suite took 2.94 s with the default, 3.36 s with 0).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
@@ -46,9 +48,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if !cli.runs_queries() && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    if let Some(delay) = cli.purge_delay_ms().filter(|_| std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()) {
         // SAFETY: sets a documented option of the allocator this binary links; no memory is touched.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay as std::ffi::c_long) };
     }
     // A reader that closes stdout early (`prism sql … | head`) ends the process quietly, as it
     // does any Unix tool, instead of a panic at the next print (Rust ignores SIGPIPE, so a
