@@ -410,8 +410,8 @@ impl Lake {
     /// Writes `batches` (the `events` schema) to the events table in one commit, dropping
     /// rows whose eventID is already stored or repeated within them.
     ///
-    /// The batches are not copied whole: peak memory is the input, its sort order (about 70
-    /// bytes a row) and the writers' few thousand rows each.
+    /// The batches are not copied whole: peak memory is the input, its sort order (24 bytes a
+    /// row, and an ID hash of 16 in the index) and the writers' few thousand rows each.
     ///
     /// Safe beside other writers of the lake: the commit is made only on the version the
     /// deduplication saw. When another writer committed first, the rows it stored too are
@@ -431,17 +431,42 @@ impl Lake {
         let mut parts: Vec<PartitionRows> = Vec::new();
         let since = index.clock; // partitions used after this are this append's: kept by `evict`
         {
-            let mut keys: Vec<(&str, &str, i64, usize, usize)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+            // Each row's partition as its rank among the partitions' names, so that the sort
+            // compares numbers rather than two strings (a third of the ingest's `memcmp`), and
+            // a row's key takes 24 bytes instead of 56.
+            let mut named: foldhash::HashMap<(&str, &str), u32> = Default::default();
+            let mut keys: Vec<(u32, i64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
             for (b, c) in columns.iter().enumerate() {
-                keys.extend((0..c.times.len()).map(|r| (c.regions.value(r), c.periods.value(r), c.times.value(r), b, r)));
+                let mut last: Option<((&str, &str), u32)> = None;
+                for r in 0..c.times.len() {
+                    let name = (c.regions.value(r), c.periods.value(r));
+                    let id = match last {
+                        Some((n, id)) if n == name => id,
+                        _ => {
+                            let fresh = named.len() as u32;
+                            *named.entry(name).or_insert(fresh)
+                        }
+                    };
+                    last = Some((name, id));
+                    keys.push((id, c.times.value(r), b as u32, r as u32));
+                }
             }
+            let mut names: Vec<((&str, &str), u32)> = named.into_iter().collect();
+            names.sort_unstable();
+            let mut rank = vec![0u32; names.len()];
+            for (i, (_, id)) in names.iter().enumerate() {
+                rank[*id as usize] = i as u32;
+            }
+            keys.iter_mut().for_each(|k| k.0 = rank[k.0 as usize]);
             keys.sort_unstable();
             // Deduplicate partition by partition (sequential: it owns the index).
-            for run in keys.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-                let key = (run[0].0.to_owned(), run[0].1.to_owned());
+            for run in keys.chunk_by(|a, b| a.0 == b.0) {
+                let (region, period) = names[run[0].0 as usize].0;
+                let key = (region.to_owned(), period.to_owned());
                 let known = index.partition(&self.events, &key).await?;
                 let mut rows = Vec::with_capacity(run.len());
-                for &(_, _, _, b, r) in run {
+                for &(_, _, b, r) in run {
+                    let (b, r) = (b as usize, r as usize);
                     if known.insert(id_hash(columns[b].ids.value(r))) {
                         rows.push((b, r));
                     } else {
