@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     };
     if let Some(delay) = cli.purge_delay_ms().filter(|_| std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()) {
         // SAFETY: sets a documented option of the allocator this binary links; no memory is touched.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay as std::ffi::c_long) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay) };
     }
     // A reader that closes stdout early (`prism sql … | head`) ends the process quietly, as it
     // does any Unix tool, instead of a panic at the next print (Rust ignores SIGPIPE, so a

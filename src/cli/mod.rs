@@ -126,7 +126,7 @@ impl Cli {
     /// (`sql`, `schedule`, the console), which reuse it for the next batch; 50 ms for `ingest`,
     /// whose parsers reuse what a commit frees (4.5M events: 19.4 → 17.1 s, 456 → 582 MB
     /// peak); at once for the others, which hold big buffers (an Insights backfill).
-    pub fn purge_delay_ms(&self) -> Option<i64> {
+    pub fn purge_delay_ms(&self) -> Option<std::ffi::c_long> {
         match self.command {
             Command::Sql(_) | Command::Schedule(_) | Command::Serve(_) => None,
             Command::Ingest(_) => Some(50),

@@ -32,7 +32,7 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::ColumnarValue;
-use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::expressions::{CastExpr, Column, Literal};
 use datafusion::physical_expr::projection::{ProjectionExpr, ProjectionExprs};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
@@ -139,12 +139,22 @@ fn rewrite(top: &Arc<dyn ExecutionPlan>, counted_by: Option<usize>, options: &Ar
     let keyed_schema = Arc::new(with_dictionaries(file_schema, &paths));
     let keyed_table = TableSchema::builder(Arc::clone(&keyed_schema))
         .with_table_partition_cols(table.table_partition_cols().iter().cloned().collect::<Vec<FieldRef>>())
+        .with_virtual_columns(table.virtual_columns().clone())
         .build();
+    let options_read = source.table_parquet_options().clone();
+    let hint = options_read.global.metadata_size_hint;
     let mut keyed = ParquetSource::new(keyed_table.clone())
-        .with_table_parquet_options(source.table_parquet_options().clone())
+        .with_table_parquet_options(options_read)
         .with_parquet_file_reader_factory(Arc::new(NestedViews::new(Arc::clone(factory), paths)));
+    if let Some(hint) = hint {
+        keyed = keyed.with_metadata_size_hint(hint);
+    }
+    // The scan's own predicate (statistics pruning, DataFusion's dynamic filters) compares the
+    // column as the plan typed it: it reads the chosen ones through a cast back to views,
+    // which the pruning follows to the column's statistics.
     if let Some(predicate) = FileSource::filter(source) {
-        keyed = keyed.with_predicate(predicate);
+        let retyped: Vec<&Arc<dyn PhysicalExpr>> = chosen.keys().map(|j| &exprs[*j].expr).collect();
+        keyed = keyed.with_predicate(read_as_views(predicate, &retyped)?);
     }
     let mut projected = Vec::with_capacity(exprs.len());
     for (j, p) in exprs.iter().enumerate() {
@@ -161,7 +171,8 @@ fn rewrite(top: &Arc<dyn ExecutionPlan>, counted_by: Option<usize>, options: &Ar
 
     let rewritten: Arc<dyn ExecutionPlan> = match filter {
         Some(f) => {
-            let predicate = on_values(f.predicate(), &chosen, &scan.schema())?;
+            let kept = 2 * options.execution.target_partitions.max(1);
+            let predicate = on_values(f.predicate(), &chosen, &scan.schema(), kept)?;
             Arc::new(
                 FilterExecBuilder::new(predicate, scanned)
                     .apply_projection_by_ref(f.projection().as_ref())?
@@ -198,6 +209,20 @@ fn few_valued(expr: &Arc<dyn PhysicalExpr>, files: &Schema) -> Option<String> {
     (t == DataType::Utf8View && crate::lake::FEW_VALUED_COLUMNS.contains(&path.as_str())).then_some(path)
 }
 
+/// `predicate` with each of `retyped` (the chosen outputs' expressions: a column, or a field
+/// of a struct column) in it cast to a view, as it was typed.
+fn read_as_views(predicate: Arc<dyn PhysicalExpr>, retyped: &[&Arc<dyn PhysicalExpr>]) -> Result<Arc<dyn PhysicalExpr>> {
+    predicate
+        .transform_down(|e| {
+            if retyped.iter().any(|r| r.as_ref() == e.as_ref()) {
+                let cast: Arc<dyn PhysicalExpr> = Arc::new(CastExpr::new(e, DataType::Utf8View, None));
+                return Ok(Transformed::new(cast, true, TreeNodeRecursion::Jump));
+            }
+            Ok(Transformed::no(e))
+        })
+        .data()
+}
+
 /// `expr` (a chosen column or field) over the scan's table schema with dictionaries: its
 /// declared type follows.
 fn retyped(expr: &Arc<dyn PhysicalExpr>, schema: &Schema, options: &Arc<ConfigOptions>) -> Result<Arc<dyn PhysicalExpr>> {
@@ -231,11 +256,11 @@ fn refuse_bare(predicate: &Arc<dyn PhysicalExpr>, chosen: &BTreeMap<usize, Strin
 }
 
 /// `predicate` with its largest conditions on one chosen column wrapped in [`OnValues`].
-fn on_values(predicate: &Arc<dyn PhysicalExpr>, chosen: &BTreeMap<usize, String>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+fn on_values(predicate: &Arc<dyn PhysicalExpr>, chosen: &BTreeMap<usize, String>, schema: &Schema, kept: usize) -> Result<Arc<dyn PhysicalExpr>> {
     Arc::clone(predicate)
         .transform_down(|e| {
             if on_one_value(&e, chosen)? {
-                let wrapped: Arc<dyn PhysicalExpr> = Arc::new(OnValues::new(e, schema)?);
+                let wrapped: Arc<dyn PhysicalExpr> = Arc::new(OnValues::new(e, schema, kept)?);
                 return Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump));
             }
             Ok(Transformed::no(e))
@@ -245,7 +270,6 @@ fn on_values(predicate: &Arc<dyn PhysicalExpr>, chosen: &BTreeMap<usize, String>
 
 /// An expression of one string column, planned over views, evaluated over a dictionary's
 /// values (and a null) and spread to the rows by their keys.
-#[derive(Debug)]
 pub struct OnValues {
     inner: Arc<dyn PhysicalExpr>,
     /// The column, in the input batch.
@@ -256,20 +280,20 @@ pub struct OnValues {
     returns: FieldRef,
     /// The answers for the last dictionaries seen ([`OnValues::answers`]).
     kept: Mutex<Vec<(ArrayRef, ArrayRef)>>,
+    /// How many: two for each partition read at once (`target_partitions`), which share this
+    /// expression.
+    keep: usize,
 }
 
-/// Dictionaries whose answers an [`OnValues`] keeps: one per partition read at once, and some.
-const KEPT_DICTIONARIES: usize = 8;
-
 impl OnValues {
-    fn new(inner: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<OnValues> {
+    fn new(inner: Arc<dyn PhysicalExpr>, schema: &Schema, keep: usize) -> Result<OnValues> {
         let column = collect_columns(&inner)
             .into_iter()
             .next()
             .ok_or_else(|| DataFusionError::Internal("evaluating over dictionary values an expression without a column".into()))?;
         let alone = super::plan_rules::over_its_column(&inner)?;
         let returns = inner.return_field(schema)?;
-        Ok(OnValues { inner, column, alone, returns, kept: Mutex::default() })
+        Ok(OnValues { inner, column, alone, returns, kept: Mutex::default(), keep })
     }
 
     /// `alone`'s answer for each of a dictionary's `values` and, after them, for a null. The
@@ -284,7 +308,7 @@ impl OnValues {
         let with_null = arrow::compute::concat(&[values.as_ref(), new_null_array(values.data_type(), 1).as_ref()])?;
         let answers = self.over(&with_null)?;
         if let Ok(mut kept) = self.kept.lock() {
-            if kept.len() >= KEPT_DICTIONARIES {
+            if kept.len() >= self.keep {
                 kept.remove(0);
             }
             kept.push((Arc::clone(values), Arc::clone(&answers)));
@@ -382,8 +406,12 @@ impl PhysicalExpr for OnValues {
         match <[_; 1]>::try_from(children) {
             Ok([inner]) => {
                 let alone = super::plan_rules::over_its_column(&inner)?;
-                let column = collect_columns(&inner).into_iter().next().unwrap_or_else(|| self.column.clone());
-                Ok(Arc::new(OnValues { inner, column, alone, returns: Arc::clone(&self.returns), kept: Mutex::default() }))
+                let column = collect_columns(&inner)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| DataFusionError::Internal("evaluating over dictionary values an expression without a column".into()))?;
+                let (returns, keep) = (Arc::clone(&self.returns), self.keep);
+                Ok(Arc::new(OnValues { inner, column, alone, returns, kept: Mutex::default(), keep }))
             }
             Err(_) => Err(DataFusionError::Internal("evaluation over dictionary values takes one expression".into())),
         }
@@ -391,6 +419,12 @@ impl PhysicalExpr for OnValues {
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt_sql(f)
+    }
+}
+
+impl fmt::Debug for OnValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnValues").field("inner", &self.inner).field("column", &self.column).finish_non_exhaustive()
     }
 }
 
@@ -415,7 +449,9 @@ impl Hash for OnValues {
 }
 
 /// Its input's batches with the columns read as dictionaries turned back into the types the
-/// plan above expects. A [`PerBatchCountExec`] directly above reads the dictionaries instead.
+/// plan above expects. A [`PerBatchCountExec`] directly above (the one place the rule puts it)
+/// reads the dictionaries instead, so `EXPLAIN ANALYZE` shows this node without metrics. Its
+/// properties keep the input's partitioning only: nothing above it asks for an order.
 #[derive(Debug)]
 pub struct DictionaryCastExec {
     input: Arc<dyn ExecutionPlan>,
@@ -584,6 +620,8 @@ mod tests {
             // A count of another column, over keys nearly all distinct: the partition goes to
             // DataFusion's aggregate, the addresses turned back into views.
             ("SELECT count(*), sum(n) FROM (SELECT sourceipaddress, count(v) AS n FROM t GROUP BY 1)", "DictionaryCastExec: [sourceipaddress]"),
+            // The same by the histogram of keys (`count(*)`).
+            ("SELECT count(*), sum(n) FROM (SELECT sourceipaddress, count(*) AS n FROM t GROUP BY 1)", "DictionaryCastExec: [sourceipaddress]"),
         ];
         for (sql, shown) in cases {
             let (plain, answer) = run(dir.path(), sql, false).await;
@@ -592,8 +630,16 @@ mod tests {
             assert_eq!(answer, same, "{sql}: {plan}");
             assert!(plan.contains(shown), "{sql}: {plan}");
             // (Which partitions read the two files depends on work stealing: one, or both.)
-            assert_eq!(plan.contains("PerBatchCountExec") && !plan.contains("partitions_handed_over=0"), sql.contains("count(v)"), "{sql}: {plan}");
+            let handed_over = plan.contains("PerBatchCountExec") && !plan.contains("partitions_handed_over=0");
+            assert_eq!(handed_over, sql.contains("SELECT sourceipaddress, count("), "{sql}: {plan}");
         }
+        // The scan's own predicate still prunes row groups by the other columns' statistics
+        // (and by the chosen one's, through a cast): one row group of four is read.
+        let pruned = "SELECT count(*) FROM t WHERE useragent = 'Boto3/1.34' AND v >= 7500";
+        let (plan, same) = run(dir.path(), pruned, true).await;
+        assert_eq!(same, run(dir.path(), pruned, false).await.1);
+        let scan = plan.lines().find(|l| l.contains("DataSourceExec")).unwrap_or_default();
+        assert!(plan.contains("on_values(") && scan.contains("output_rows=2.50 K"), "{plan}");
         // Read another way too (passed on, compared with another column), or not few-valued:
         // left as views.
         for sql in [

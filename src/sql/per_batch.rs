@@ -225,9 +225,10 @@ impl BatchCounter {
         let keys = self.keys.iter().map(|k| k.evaluate(batch)?.into_array(n)).collect::<Result<Vec<ArrayRef>>>()?;
         if let [key] = &keys[..]
             && let Some(dictionary) = key.as_dictionary_opt::<Int32Type>()
+            && dictionary.values().null_count() == 0
             && let Some(counted) = self.counted_by_key()
         {
-            return self.key_counted(dictionary, &counted).map(Some);
+            return self.key_counted(dictionary, &counted);
         }
         let (hasher, table) = (&self.hasher, &mut self.table);
         let grouped = match &keys[..] {
@@ -265,7 +266,7 @@ impl BatchCounter {
     /// The partial aggregate's batch for one dictionary key: its rows counted per key (a
     /// four-lane histogram, no row's group written down), one row per key present, each
     /// `counted` as [`Self::counted_by_key`] says (None: a count of nothing).
-    fn key_counted(&self, dictionary: &arrow::array::DictionaryArray<Int32Type>, counted: &[Option<bool>]) -> Result<RecordBatch> {
+    fn key_counted(&self, dictionary: &arrow::array::DictionaryArray<Int32Type>, counted: &[Option<bool>]) -> Result<Option<RecordBatch>> {
         let values = dictionary.values().len();
         let keys = dictionary.keys();
         let raw = keys.values();
@@ -290,6 +291,11 @@ impl BatchCounter {
         }
         let totals: Vec<i64> = lanes.iter().map(|l| l.iter().sum()).collect();
         let present: Vec<usize> = (0..=values).filter(|b| totals[*b] > 0).collect();
+        // Keys mostly distinct (a dictionary of nearly every row's value): the partition goes
+        // to DataFusion's aggregate, as [`group_rows`] decides.
+        if raw.len() > PROBE_ROWS && present.len() > raw.len() / 4 {
+            return Ok(None);
+        }
         let picks = UInt32Array::from_iter(present.iter().map(|&b| (b < values).then_some(b as u32)));
         let key = arrow::compute::take(dictionary.values().as_ref(), &picks, None)?;
         let wanted = self.schema.field(0).data_type();
@@ -303,7 +309,7 @@ impl BatchCounter {
             });
             columns.push(Arc::new(Int64Array::from_iter_values(n)));
         }
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
     }
 
     /// Each row's group and each group's first row, by the keys' identities copied side by side.

@@ -451,7 +451,7 @@ type ViewedSchemas = std::collections::HashMap<String, Vec<(Arc<[String]>, Optio
 /// per file (that was a twentieth of a one-column scan's time).
 static VIEWED_SCHEMAS: std::sync::LazyLock<std::sync::Mutex<ViewedSchemas>> = std::sync::LazyLock::new(Default::default);
 
-/// Schemas remembered at most; a lake has one per schema change.
+/// Schemas remembered at most; a lake has one per schema change (and set of dictionaries read).
 const VIEWED_SCHEMAS_KEPT: usize = 64;
 
 /// [`viewed_schema`] of a file whose embedded schema is `embedded`, from [`VIEWED_SCHEMAS`].
@@ -462,7 +462,7 @@ fn remembered_view_schema(embedded: &str, file: &FileMetaData, dictionaries: &Ar
     }
     let made = viewed_schema(file, dictionaries)?;
     if let Ok(mut memo) = VIEWED_SCHEMAS.lock() {
-        if memo.len() >= VIEWED_SCHEMAS_KEPT {
+        if memo.values().map(Vec::len).sum::<usize>() >= VIEWED_SCHEMAS_KEPT {
             memo.clear();
         }
         memo.entry(embedded.to_owned()).or_default().push((dictionaries.clone(), made.clone()));
