@@ -260,6 +260,9 @@ fn on_values(predicate: &Arc<dyn PhysicalExpr>, chosen: &BTreeMap<usize, String>
     Arc::clone(predicate)
         .transform_down(|e| {
             if on_one_value(&e, chosen)? {
+                // Over a dictionary's values, which are distinct, `per_value`'s grouping of a
+                // batch's values would only be done again.
+                let e = e.downcast_ref::<super::per_value::PerValue>().map_or_else(|| Arc::clone(&e), |p| Arc::clone(p.inner()));
                 let wrapped: Arc<dyn PhysicalExpr> = Arc::new(OnValues::new(e, schema, kept)?);
                 return Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump));
             }

@@ -215,6 +215,8 @@ struct BatchCounter {
     ids: Vec<u128>,
     nulls: Vec<u64>,
     table: hashbrown::HashTable<u32>,
+    /// [`counted_by_key`] of the keys and counts, worked out once.
+    by_key: Option<Vec<Option<bool>>>,
 }
 
 impl BatchCounter {
@@ -226,9 +228,9 @@ impl BatchCounter {
         if let [key] = &keys[..]
             && let Some(dictionary) = key.as_dictionary_opt::<Int32Type>()
             && dictionary.values().null_count() == 0
-            && let Some(counted) = self.counted_by_key()
+            && let Some(counted) = &self.by_key
         {
-            return self.key_counted(dictionary, &counted);
+            return self.key_counted(dictionary, counted);
         }
         let (hasher, table) = (&self.hasher, &mut self.table);
         let grouped = match &keys[..] {
@@ -250,22 +252,9 @@ impl BatchCounter {
         self.counted(batch, &keys, firsts, &groups).map(Some)
     }
 
-    /// For each count, whether it counts the key's non-null rows (`count(key)`) rather than
-    /// every row (`count(*)`, `count(1)`); None when a count reads another column.
-    fn counted_by_key(&self) -> Option<Vec<Option<bool>>> {
-        let key = self.keys.first()?.downcast_ref::<Column>()?;
-        let kind = |e: &Arc<dyn PhysicalExpr>| match (e.downcast_ref::<Literal>(), e.downcast_ref::<Column>()) {
-            // A count of a null constant counts nothing.
-            (Some(l), _) => Some((!l.value().is_null()).then_some(false)),
-            (_, Some(c)) if c.index() == key.index() => Some(Some(true)),
-            _ => None,
-        };
-        self.counted.iter().map(kind).collect()
-    }
-
     /// The partial aggregate's batch for one dictionary key: its rows counted per key (a
     /// four-lane histogram, no row's group written down), one row per key present, each
-    /// `counted` as [`Self::counted_by_key`] says (None: a count of nothing).
+    /// `counted` as [`counted_by_key`] says (None: a count of nothing).
     fn key_counted(&self, dictionary: &arrow::array::DictionaryArray<Int32Type>, counted: &[Option<bool>]) -> Result<Option<RecordBatch>> {
         let values = dictionary.values().len();
         let keys = dictionary.keys();
@@ -399,6 +388,19 @@ fn key_groups(keys: &arrow::array::Int32Array, values: usize) -> Option<(Vec<u32
     (n <= PROBE_ROWS || firsts.len() <= n / 4).then_some((firsts, groups))
 }
 
+/// For each count, whether it counts the key's non-null rows (`count(key)`) rather than
+/// every row (`count(*)`, `count(1)`); None when a count reads another column.
+fn counted_by_key(keys: &[Arc<dyn PhysicalExpr>], counted: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<Option<bool>>> {
+    let key = keys.first()?.downcast_ref::<Column>()?;
+    let kind = |e: &Arc<dyn PhysicalExpr>| match (e.downcast_ref::<Literal>(), e.downcast_ref::<Column>()) {
+        // A count of a null constant counts nothing.
+        (Some(l), _) => Some((!l.value().is_null()).then_some(false)),
+        (_, Some(c)) if c.index() == key.index() => Some(Some(true)),
+        _ => None,
+    };
+    counted.iter().map(kind).collect()
+}
+
 /// How many of `groups` (each row's group) fall in each of `count` groups. Four counters per
 /// group, taken in turn: a few groups take most rows, and adding to one counter row after row
 /// waits on the previous addition's store (9% of the counting's samples before).
@@ -527,6 +529,7 @@ impl ExecutionPlan for PerBatchCountExec {
             ids: Vec::new(),
             nulls: Vec::new(),
             table: hashbrown::HashTable::new(),
+            by_key: counted_by_key(&self.keys, &self.counted),
         };
         Ok(Box::pin(CountStream {
             state: State::PerBatch(input),
@@ -735,6 +738,7 @@ mod tests {
             ids: Vec::new(),
             nulls: Vec::new(),
             table: hashbrown::HashTable::new(),
+            by_key: None,
         };
         let counts = counter.count(&t).unwrap().unwrap();
         assert_eq!(counts.num_rows(), 5, "four strings and null");

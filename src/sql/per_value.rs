@@ -122,6 +122,11 @@ pub struct PerValue {
 }
 
 impl PerValue {
+    /// The expression wrapped.
+    pub(super) fn inner(&self) -> &Arc<dyn PhysicalExpr> {
+        &self.inner
+    }
+
     fn new(inner: Arc<dyn PhysicalExpr>) -> Result<PerValue> {
         let columns = collect_columns(&inner);
         let Some(column) = columns.into_iter().next() else {
