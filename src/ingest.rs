@@ -213,17 +213,9 @@ struct Scratch {
     done: Vec<FileResult>,
 }
 
-/// Idle scratches; at most one per parser is ever made.
-type ScratchPool = Arc<std::sync::Mutex<Vec<Scratch>>>;
-
 impl Scratch {
-    fn take(pool: &ScratchPool, granularity: Granularity) -> Scratch {
-        let idle = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        idle.unwrap_or_else(|| Scratch { builder: EventBatchBuilder::new(granularity), buffer: Vec::new(), done: Vec::new() })
-    }
-
-    fn put(self, pool: &ScratchPool) {
-        pool.lock().unwrap_or_else(|e| e.into_inner()).push(self);
+    fn new(granularity: Granularity) -> Scratch {
+        Scratch { builder: EventBatchBuilder::new(granularity), buffer: Vec::new(), done: Vec::new() }
     }
 
     /// Notes a file as read to its end; it is reported at once when the builder holds no rows
@@ -409,17 +401,28 @@ async fn read_objects(
     let producer = {
         let objects = objects.clone();
         let progress = progress.clone();
-        let pool: ScratchPool = Arc::default();
         // Set once the store refuses the credentials: nothing more is downloaded or parsed.
         let halt = Arc::new(AtomicBool::new(false));
         let (parallelism, downloads) = (opts.parallelism.max(1), opts.downloads.max(1));
         tokio::spawn(async move {
             use futures::StreamExt;
+            // One long-lived parser per CPU, each taking the next file from a short queue: a
+            // task spawned per file left a core idle a third of the time between small files
+            // (measured: 1.3–1.5 cores busy of 2 while only parsing).
+            let (work_tx, work_rx) = mpsc::channel::<Work>(parallelism * 2);
+            let work_rx = Arc::new(std::sync::Mutex::new(work_rx));
+            let parsers: Vec<_> = (0..parallelism)
+                .map(|_| {
+                    let (objects, tx, progress, halt, work_rx) = (objects.clone(), tx.clone(), progress.clone(), halt.clone(), work_rx.clone());
+                    tokio::task::spawn_blocking(move || parse_files(&objects, &work_rx, granularity, &tx, &progress, &halt))
+                })
+                .collect();
+            drop(tx);
             // Remote objects are downloaded ahead of the parsers, `downloads` at once and at
             // most PREFETCH_BYTES held, so that no parser waits for a response. The budget is
             // taken in list order: the object the parsers need next always holds its share.
             let budget = Arc::new(tokio::sync::Semaphore::new(PREFETCH_BYTES as usize));
-            let results = futures::stream::iter(0..objects.len())
+            let work = futures::stream::iter(0..objects.len())
                 .then(|i| {
                     let (budget, objects) = (budget.clone(), objects.clone());
                     async move {
@@ -430,38 +433,23 @@ async fn read_objects(
                 .map(|(i, permit)| {
                     let (objects, halted) = (objects.clone(), halt.clone());
                     let download = tokio::spawn(async move { if halted.load(Ordering::Relaxed) { None } else { objects[i].prefetch().await } });
-                    async move { (i, permit, download.await) }
+                    async move { Work { file: i, permit, download: download.await } }
                 })
-                .buffered(downloads)
-                .map(|(i, permit, download)| {
-                    let (objects, tx, progress, pool, halt) = (objects.clone(), tx.clone(), progress.clone(), pool.clone(), halt.clone());
-                    tokio::task::spawn_blocking(move || {
-                        if halt.load(Ordering::Relaxed) {
-                            return; // not journaled: the next run reads it
-                        }
-                        let fetched = download.unwrap_or_else(|e| Some(Err(objects[i].open_error(format!("the download stopped: {e}").into()))));
-                        let mut scratch = Scratch::take(&pool, granularity);
-                        if parse_file(i, &objects[i], fetched, &mut scratch, &tx, &progress) {
-                            halt.store(true, Ordering::Relaxed);
-                        }
-                        scratch.put(&pool);
-                        drop(permit); // the body is parsed and dropped: its budget is free again
-                    })
-                })
-                .buffer_unordered(parallelism)
-                .collect::<Vec<_>>()
-                .await;
-            // The rows (and files) the parsers still hold.
-            let idle = std::mem::take(&mut *pool.lock().unwrap_or_else(|e| e.into_inner()));
-            let last = tokio::task::spawn_blocking(move || {
-                for mut scratch in idle {
-                    if !scratch.send(&tx, &progress) {
-                        break;
-                    }
+                .buffered(downloads);
+            let mut work = std::pin::pin!(work);
+            while let Some(item) = work.next().await {
+                if work_tx.send(item).await.is_err() {
+                    break; // every parser stopped: the run is stopping
                 }
-            })
-            .await;
-            results.into_iter().chain(std::iter::once(last)).find_map(|r| r.err()).map(|e| crate::error::report(&e))
+            }
+            drop(work_tx);
+            let mut failed = None;
+            for parser in parsers {
+                if let Err(e) = parser.await {
+                    failed.get_or_insert_with(|| crate::error::report(&e));
+                }
+            }
+            failed
         })
     };
 
@@ -740,6 +728,46 @@ fn walk_records(
         }
     }
     (records.into_buffer(), std::ops::ControlFlow::Continue(()))
+}
+
+/// A file for a parser: its index in the list, its share of the download budget, and its
+/// body when downloaded ahead (see [`SourceObject::prefetch`]).
+struct Work {
+    file: usize,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    download: Result<Option<Result<bytes::Bytes, SourceError>>, tokio::task::JoinError>,
+}
+
+/// One parser: parses the files `work` hands it until the list ends or the run stops, then
+/// sends the rows it still holds.
+fn parse_files(
+    objects: &[SourceObject],
+    work: &std::sync::Mutex<mpsc::Receiver<Work>>,
+    granularity: Granularity,
+    tx: &mpsc::Sender<Msg>,
+    progress: &IngestProgress,
+    halt: &AtomicBool,
+) {
+    let mut scratch = Scratch::new(granularity);
+    loop {
+        let next = work.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+        let Some(Work { file, permit, download }) = next else { break };
+        if halt.load(Ordering::Relaxed) {
+            continue; // not journaled: the next run reads it
+        }
+        let fetched = download.unwrap_or_else(|e| Some(Err(objects[file].open_error(format!("the download stopped: {e}").into()))));
+        if parse_file(file, &objects[file], fetched, &mut scratch, tx, progress) {
+            halt.store(true, Ordering::Relaxed);
+        }
+        drop(permit); // the body is parsed and dropped: its budget is free again
+        if tx.is_closed() {
+            return; // the run is stopping
+        }
+    }
+    // The rows (and files) this parser still holds.
+    if !scratch.builder.is_empty() || !scratch.done.is_empty() {
+        scratch.send(tx, progress);
+    }
 }
 
 /// Reads one file to the end into `scratch`'s builder, sending a batch whenever it is full.
