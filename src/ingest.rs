@@ -688,14 +688,17 @@ impl ReadBytes {
 /// Opens `obj` (or the body `fetched` ahead) and walks its records, the one loop of every
 /// kind of file: `each` gets each record's index and bytes, and may stop the walk (the run is
 /// stopping); a line that is no JSON object and a broken stream are noted in `result`.
-/// Returns the read buffer, for reuse, and whether the walk was stopped.
+/// `each` is first offered the bytes from a record's start to the end of those read (`whole`
+/// false): it may take one record from their front and return its length, or return None to
+/// be given the record alone (`whole` true: then it always returns Some). Returns the read
+/// buffer, for reuse, and whether the walk was stopped.
 fn walk_records(
     obj: &SourceObject,
     fetched: Option<Result<bytes::Bytes, SourceError>>,
     buffer: Vec<u8>,
     (raw, json): (Arc<AtomicU64>, Arc<AtomicU64>),
     result: &mut FileResult,
-    mut each: impl FnMut(usize, &[u8], &mut FileResult) -> std::ops::ControlFlow<()>,
+    mut each: impl FnMut(usize, &[u8], bool, &mut FileResult) -> Option<(usize, std::ops::ControlFlow<()>)>,
 ) -> (Vec<u8>, std::ops::ControlFlow<()>) {
     let reader = match fetched.transpose().and_then(|body| obj.open(body, raw, json)) {
         Ok(r) => r,
@@ -707,15 +710,27 @@ fn walk_records(
     };
     let mut records = RecordReader::with_buffer(reader, buffer);
     loop {
-        match records.next_item() {
+        let mut flow = std::ops::ControlFlow::Continue(());
+        let item = records.next_item_with(|index, front| {
+            let (len, f) = each(index, front, false, result)?;
+            flow = f;
+            Some(len)
+        });
+        match item {
             Ok(None) => break,
+            Ok(Some(Item::Taken { .. })) => {
+                result.records += 1;
+                if flow.is_break() {
+                    return (records.into_buffer(), flow);
+                }
+            }
             Ok(Some(Item::BadLine { index, message })) => {
                 result.records += 1;
                 result.rejects.push(rejection(obj, Some(index as u64), "invalid_json", message, None));
             }
             Ok(Some(Item::Record { index, bytes })) => {
                 result.records += 1;
-                if each(index, bytes, result).is_break() {
+                if each(index, bytes, true, result).is_some_and(|(_, flow)| flow.is_break()) {
                     return (records.into_buffer(), std::ops::ControlFlow::Break(()));
                 }
             }
@@ -783,8 +798,14 @@ fn parse_file(
     let mut result = FileResult::new(file);
     let mut bytes_read = ReadBytes::default();
     let buffer = std::mem::take(&mut scratch.buffer);
-    let (buffer, flow) = walk_records(obj, fetched, buffer, bytes_read.counters(), &mut result, |index, bytes, result| {
-        let checked = schema::parse_record(bytes).and_then(|mut ev| {
+    let (buffer, flow) = walk_records(obj, fetched, buffer, bytes_read.counters(), &mut result, |index, bytes, whole, result| {
+        let (parsed, bytes) = if whole {
+            (schema::parse_record(bytes), bytes)
+        } else {
+            let (ev, len) = schema::parse_front(bytes)?;
+            (Ok(ev), &bytes[..len])
+        };
+        let checked = parsed.and_then(|mut ev| {
             let c = schema::check_record(&ev, bytes)?;
             result.zoneless += u64::from(c.zoneless_time);
             scratch.builder.append(&mut ev, c, &obj.location);
@@ -796,10 +817,10 @@ fn parse_file(
         if scratch.builder.len() >= ROWS_PER_BATCH {
             bytes_read.report(progress);
             if !scratch.send(tx, progress) {
-                return std::ops::ControlFlow::Break(()); // the run is stopping
+                return Some((bytes.len(), std::ops::ControlFlow::Break(()))); // the run is stopping
             }
         }
-        std::ops::ControlFlow::Continue(())
+        Some((bytes.len(), std::ops::ControlFlow::Continue(())))
     });
     scratch.buffer = buffer;
     if flow.is_break() {

@@ -92,12 +92,15 @@ fn read_file(file: usize, obj: &SourceObject, progress: &IngestProgress) -> (Fil
     let mut rows = Vec::new();
     let mut bytes_read = ReadBytes::default();
     // Never stopped early: the files are few and small.
-    let _ = walk_records(obj, None, Vec::new(), bytes_read.counters(), &mut result, |index, bytes, result| {
+    let _ = walk_records(obj, None, Vec::new(), bytes_read.counters(), &mut result, |index, bytes, whole, result| {
+        if !whole {
+            return None; // few records: found by the scan, then parsed
+        }
         match parse(bytes) {
             Ok(row) => rows.push((row, file)),
             Err((reason, message)) => result.rejects.push(rejection(obj, Some(index as u64), reason, message, Some(bytes))),
         }
-        std::ops::ControlFlow::Continue(())
+        Some((bytes.len(), std::ops::ControlFlow::Continue(())))
     });
     bytes_read.report(progress);
     progress.files_done.fetch_add(1, Ordering::Relaxed);

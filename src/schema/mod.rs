@@ -210,6 +210,22 @@ pub fn is_safe_name(s: &str) -> bool {
     !b.is_empty() && b.len() <= 64 && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
+/// Parses the record at the front of `bytes` (which may go on with more records, or end
+/// inside this one) and returns it with its length; None when it is not a whole, valid
+/// record, which [`parse_record`] then reads once its end is found, with the error to report.
+/// A record this accepts, `parse_record` accepts as the same event: the same parser, on text
+/// whose UTF-8 is checked first (all of it that is valid, as the record may end before a bad
+/// or cut character).
+pub fn parse_front(bytes: &[u8]) -> Option<(Event<'_>, usize)> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()?,
+    };
+    let mut events = serde_json::Deserializer::from_str(text).into_iter::<Event>();
+    let event = events.next()?.ok()?;
+    Some((event, events.byte_offset()))
+}
+
 /// Parses one record's JSON. The record's UTF-8 is checked once, whole, and parsed as text:
 /// serde_json's byte reader would check every string again (3% of an ingest's time).
 pub fn parse_record(bytes: &[u8]) -> Result<Event<'_>, RecordError> {

@@ -203,3 +203,31 @@ fn escaped_strings_are_decoded() {
     let batch = build(&[r#"{"eventTime":"2024-06-01T00:00:00Z","awsRegion":"us-east-1","eventID":"x","userAgent":"a \"quoted\" \u00e9 agent"}"#]);
     assert_eq!(batch.column_by_name("useragent").unwrap().as_string::<i32>().value(0), "a \"quoted\" é agent");
 }
+
+/// A record parsed from the front of the bytes read is the event `parse_record` makes of it
+/// alone; what it cannot take whole (cut, bad UTF-8, bad JSON, wrong types) it leaves.
+#[test]
+fn parsing_from_the_front_agrees_with_parsing_the_record() {
+    let records: [&[u8]; 4] = [
+        br#"{"eventVersion":"1.08","eventTime":"2024-01-01T00:00:00Z","eventName":"Get\u00e9\"x","awsRegion":"us-east-1","eventID":"a","requestParameters":{"k":[1,"\u2028"]},"newKey":{"n":null}}"#,
+        "{\"eventName\":\"Caf\u{e9} \u{1F600}\",\"awsRegion\":\"eu-west-1\"}".as_bytes(),
+        br#"{"eventName":"x"}"#,
+        br#"{}"#,
+    ];
+    for record in records {
+        let whole = format!("{:?}", super::parse_record(record).unwrap());
+        for tail in [&b""[..], b",{\"next\":1}]}", b"  \n{\"eventName\":\"\xff\"}"] {
+            let bytes = [record, tail].concat();
+            let (event, len) = super::parse_front(&bytes).unwrap();
+            assert_eq!((format!("{event:?}"), len), (whole.clone(), record.len()));
+        }
+        // Cut anywhere inside, the record is left to the scan.
+        for cut in 1..record.len() {
+            assert!(super::parse_front(&record[..cut]).is_none(), "{cut}");
+        }
+    }
+    for bad in [&b"{\"eventName\":\"\xff\"}"[..], b"{\"eventName\":7}", b"{\"a\":}", b"[1]"] {
+        assert!(super::parse_front(bad).is_none());
+        assert!(super::parse_record(bad).is_err());
+    }
+}

@@ -47,6 +47,8 @@ impl StreamErrorKind {
 /// CloudTrail caps a record well below this (requestParameters are omitted above 100 KB).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const CHUNK: usize = 256 << 10;
+/// The fewest bytes offered to [`RecordReader::next_item_with`]'s parser.
+const MIN_FRONT: usize = 4 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -65,6 +67,9 @@ pub enum Item<'a> {
     Record { index: usize, bytes: &'a [u8] },
     /// NDJSON only: a line that does not start a JSON object; the reader skipped to the next line.
     BadLine { index: usize, message: String },
+    /// Record `index`, taken whole by the caller's parser from the front of the bytes read
+    /// ([`RecordReader::next_item_with`]).
+    Taken { index: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +96,8 @@ pub struct RecordReader<R> {
     layout: Option<Layout>,
     state: State,
     index: usize,
+    /// The length of the last record read.
+    last_len: usize,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -103,7 +110,7 @@ impl<R: Read> RecordReader<R> {
     /// parser, not one per file.
     pub fn with_buffer(inner: R, mut buf: Vec<u8>) -> Self {
         buf.resize(CHUNK, 0);
-        RecordReader { inner, buf, pos: 0, end: 0, eof: false, base: 0, layout: None, state: State::Start, index: 0 }
+        RecordReader { inner, buf, pos: 0, end: 0, eof: false, base: 0, layout: None, state: State::Start, index: 0, last_len: 0 }
     }
 
     /// The buffer, for the next reader; one grown for a huge record shrinks back.
@@ -299,7 +306,17 @@ impl<R: Read> RecordReader<R> {
     /// Returns the next record, `Ok(None)` at the clean end of the file, or the error that
     /// ended it. After an error or the end, every later call returns `Ok(None)`.
     pub fn next_item(&mut self) -> Result<Option<Item<'_>>, StreamError> {
-        let r = self.advance();
+        self.next_item_with(|_, _| None)
+    }
+
+    /// [`RecordReader::next_item`], offering the bytes read from the next record's start on
+    /// to `take` first (with the record's index): a parser that reads one whole value from
+    /// their front and returns its length saves the scan for the record's end, a second pass
+    /// over every byte (6% of an ingest's time). When it returns None (the record goes on past
+    /// the bytes read, or is no valid JSON), the record is scanned for and returned as
+    /// [`Item::Record`], as `next_item` returns it.
+    pub fn next_item_with(&mut self, take: impl FnOnce(usize, &[u8]) -> Option<usize>) -> Result<Option<Item<'_>>, StreamError> {
+        let r = self.advance(Some(take));
         if r.is_err() {
             self.state = State::Done;
         }
@@ -315,10 +332,15 @@ impl<R: Read> RecordReader<R> {
                 self.index += 1;
                 Ok(Some(Item::BadLine { index, message }))
             }
+            Some(Advance::Taken) => {
+                let index = self.index;
+                self.index += 1;
+                Ok(Some(Item::Taken { index }))
+            }
         }
     }
 
-    fn advance(&mut self) -> Result<Option<Advance>, StreamError> {
+    fn advance(&mut self, mut take: Option<impl FnOnce(usize, &[u8]) -> Option<usize>>) -> Result<Option<Advance>, StreamError> {
         loop {
             match self.state {
                 State::Done => return Ok(None),
@@ -351,7 +373,18 @@ impl<R: Read> RecordReader<R> {
                         self.skip_line()?;
                         return Ok(Some(Advance::BadLine(message)));
                     }
+                    // At most about twice the last record's length: the parser checks the
+                    // UTF-8 of what it is offered.
+                    let front = (2 * self.last_len).max(MIN_FRONT);
+                    let rest = &self.buf[self.pos..self.end.min(self.pos + front)];
+                    if let Some(len) = take.take().and_then(|take| take(self.index, rest)).filter(|&n| n > 0 && n <= rest.len()) {
+                        self.pos += len;
+                        self.last_len = len;
+                        self.state = State::AfterRecord;
+                        return Ok(Some(Advance::Taken));
+                    }
                     let len = self.scan_value()?;
+                    self.last_len = len;
                     let start = self.pos;
                     self.pos += len;
                     self.state = State::AfterRecord;
@@ -451,6 +484,7 @@ impl<R: Read> RecordReader<R> {
 enum Advance {
     Record(usize, usize),
     BadLine(String),
+    Taken,
 }
 
 #[cfg(test)]
@@ -474,10 +508,39 @@ mod tests {
             match r.next_item() {
                 Ok(Some(Item::Record { bytes, .. })) => recs.push(String::from_utf8(bytes.to_vec()).unwrap()),
                 Ok(Some(Item::BadLine { index, .. })) => bad.push(index),
+                Ok(Some(Item::Taken { .. })) => unreachable!("no parser offered"),
                 Ok(None) => return (recs, bad, None, r.layout()),
                 Err(e) => return (recs, bad, Some(e), r.layout()),
             }
         }
+    }
+
+    /// Records a parser takes from the front come back as `Taken` and the walk goes on after
+    /// them; one it declines (too long for the bytes offered, or refused) is scanned for and
+    /// returned whole, as without a parser.
+    #[test]
+    fn a_parser_takes_records_from_the_front_or_leaves_them_to_the_scan() {
+        let long = format!(r#"{{"big":"{}"}}"#, "x".repeat(3 * MIN_FRONT));
+        let input = format!(r#"{{"Records":[{{"a":1}}, {long} ,{{"refuse":true}},{{"b":"]}}"}}]}}"#);
+        let mut r = RecordReader::new(input.as_bytes());
+        let mut got = Vec::new();
+        loop {
+            let mut offered = 0;
+            let item = r.next_item_with(|_, front| {
+                offered = front.len();
+                let mut values = serde_json::Deserializer::from_slice(front).into_iter::<serde_json::Value>();
+                let v = values.next()?.ok()?;
+                (v.get("refuse").is_none()).then(|| values.byte_offset())
+            });
+            match item.unwrap() {
+                None => break,
+                Some(Item::Taken { index }) => got.push(format!("taken {index}")),
+                Some(Item::Record { index, bytes }) => got.push(format!("scanned {index} {}", bytes.len())),
+                Some(Item::BadLine { .. }) => unreachable!(),
+            }
+            assert!(offered <= (2 * r.last_len).max(MIN_FRONT).max(long.len() * 2), "{offered}");
+        }
+        assert_eq!(got, ["taken 0".to_string(), format!("scanned 1 {}", long.len()), "scanned 2 15".into(), "taken 3".into()]);
     }
 
     #[test]
