@@ -78,7 +78,7 @@ impl IngestOptions {
             lake: lake.into(),
             range: DateRange::default(),
             granularity: None,
-            buffer_bytes: 256 << 20,
+            buffer_bytes: 128 << 20,
             parallelism: default_parallelism(),
             downloads: DEFAULT_DOWNLOADS,
             dry_run: false,
