@@ -1,10 +1,11 @@
 //! Splits a stream of (decompressed) bytes into the raw JSON text of each record.
 //!
 //! One scanner serves every layout seen in the wild: the `{"Records":[…]}` envelope CloudTrail
-//! delivers, a bare JSON array, and newline-delimited JSON. It only finds where each record
-//! starts and ends (string- and escape-aware bracket matching), so memory stays bounded by the
-//! largest record rather than the file, and a record with bad JSON inside is rejected alone
-//! while the records around it are kept. A break in the structure itself (an unclosed brace, a
+//! delivers, a bare JSON array, and newline-delimited JSON. It finds where each record starts;
+//! the caller's parser may then read the record from there ([`RecordReader::next_item_with`]),
+//! else the reader finds where it ends (string- and escape-aware bracket matching). Memory stays
+//! bounded by the largest record rather than the file, and a record with bad JSON inside is
+//! rejected alone while the records around it are kept. A break in the structure itself (an unclosed brace, a
 //! truncated stream) ends the file with an error naming the record where it happened; every
 //! record before it has already been returned.
 
