@@ -417,7 +417,9 @@ async fn read_objects(
                     tokio::task::spawn_blocking(move || parse_files(&objects, &work_rx, granularity, &tx, &progress, &halt))
                 })
                 .collect();
-            drop(tx);
+            // Only the parsers hold the queue's receiver: when the last one stops (the run is
+            // stopping, or they all failed), sending fails and this loop ends instead of waiting.
+            drop((tx, work_rx));
             // Remote objects are downloaded ahead of the parsers, `downloads` at once and at
             // most PREFETCH_BYTES held, so that no parser waits for a response. The budget is
             // taken in list order: the object the parsers need next always holds its share.

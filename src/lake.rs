@@ -1072,12 +1072,9 @@ fn writer_properties(granularity: Granularity) -> WriterProperties {
         WriterProperties::builder().set_compression(default).set_max_row_group_row_count(Some(ROW_GROUP_ROWS)).set_data_page_row_count_limit(PAGE_ROWS);
     for column in COMPRESSED_COLUMNS {
         builder = builder.set_column_compression(ColumnPath::from(*column), compressed);
-        // Min/max of unique IDs and JSON text prune nothing (an ID filter's value falls in
-        // every row group's range; LIKE uses none), and computing them compared every value
-        // twice as it was written: 2–3% of an ingest's CPU. The time's are what prunes.
-        if *column != EVENT_TIME {
-            builder = builder.set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None);
-        }
+    }
+    for column in UNPRUNED_COLUMNS {
+        builder = builder.set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None);
     }
     // Columns whose values are (nearly) all distinct: a dictionary would only cost the interning
     // of every value before parquet-rs falls back to plain encoding.
@@ -1086,6 +1083,13 @@ fn writer_properties(granularity: Granularity) -> WriterProperties {
     }
     builder.build()
 }
+
+/// Events columns written without statistics: unique IDs and JSON text held by most events.
+/// Their min/max prune nothing (an ID filter's value falls in every row group's range; LIKE
+/// uses none), and computing them compared every value twice as it was written (1–2% of an
+/// ingest's CPU). Mostly-null columns keep theirs: few values to compare, and their null counts
+/// let `IS NOT NULL` skip row groups.
+const UNPRUNED_COLUMNS: &[&str] = &[EVENT_ID, "requestid", "requestparameters", "responseelements", "additionaleventdata"];
 
 /// Events columns with a value per event that no other event has.
 const UNIQUE_COLUMNS: &[&str] = &[EVENT_ID, EVENT_TIME, "requestid"];
@@ -1439,10 +1443,10 @@ pub(crate) mod tests {
         assert_eq!(day.compression(&ColumnPath::new(vec!["useridentity".into(), "arn".into()])), Compression::UNCOMPRESSED);
         assert!(!day.dictionary_enabled(&ColumnPath::from("requestid")));
         // Statistics where they prune (time, few-valued strings), not on IDs and JSON text.
-        for column in [EVENT_ID, "requestid", "requestparameters", "errormessage"] {
+        for column in [EVENT_ID, "requestid", "requestparameters", "responseelements"] {
             assert_eq!(day.statistics_enabled(&ColumnPath::from(column)), EnabledStatistics::None, "{column}");
         }
-        for column in [EVENT_TIME, "eventname", "errorcode", SOURCE_FILE] {
+        for column in [EVENT_TIME, "eventname", "errorcode", SOURCE_FILE, "errormessage", "insightdetails", "serviceeventdetails"] {
             assert_eq!(day.statistics_enabled(&ColumnPath::from(column)), EnabledStatistics::Page, "{column}");
         }
         // The columns read as dictionaries are stored as dictionaries, uncompressed, and exist.

@@ -378,7 +378,9 @@ impl<R: Read> RecordReader<R> {
                     // UTF-8 of what it is offered.
                     let front = (2 * self.last_len).max(MIN_FRONT);
                     let rest = &self.buf[self.pos..self.end.min(self.pos + front)];
-                    if let Some(len) = take.take().and_then(|take| take(self.index, rest)).filter(|&n| n > 0 && n <= rest.len()) {
+                    if let Some(len) = take.take().and_then(|take| take(self.index, rest)) {
+                        // The caller has used the record: a wrong length is its bug, never the input's.
+                        assert!(len > 0 && len <= rest.len(), "a parser took {len} bytes of the {} offered", rest.len());
                         self.pos += len;
                         self.last_len = len;
                         self.state = State::AfterRecord;
