@@ -19,7 +19,7 @@ use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecon
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::lake::{EventIndex, Lake, LakeError};
+use crate::lake::{Close, EventIndex, Lake, LakeError, OpenFiles};
 use crate::rollup::Rollups;
 use crate::schema::{self, EventBatchBuilder, Granularity};
 use crate::source::{DateRange, Item, Location, RecordReader, SourceError, SourceObject, StreamErrorKind};
@@ -257,9 +257,10 @@ impl FileResult {
 }
 
 /// Lists every source (skips counted in `summary`), each object once, leaving out what the
-/// lake's journal says earlier runs completed. The rest is in delivery order across accounts
-/// and regions, so each commit covers a stretch of time: a partition then gets one file per
-/// commit that reaches it, not one per account.
+/// lake's journal says earlier runs completed. The rest is sorted by region, day, then
+/// delivery time across accounts ([`SourceObject::delivery_order_key`]), so the parsers fill
+/// one partition after another: each gets one file (`lake::OpenFiles`), not one per commit,
+/// account or region.
 async fn list_sources(opts: &IngestOptions, lake: Option<&Lake>, summary: &mut IngestSummary) -> Result<Vec<SourceObject>, IngestError> {
     let started = Instant::now();
     let mut objects: Vec<SourceObject> = Vec::new();
@@ -455,21 +456,27 @@ async fn read_objects(
         })
     };
 
-    // Double buffering: the rows of one buffer are committed while the parsers fill the next,
+    // Double buffering: the rows of one buffer are written while the parsers fill the next,
     // so that parsing does not stop for a commit (it did: the parsers' queue is short). At most
-    // two buffers are held; a full one waits for the commit before it.
+    // two buffers are held; a full one waits for the write before it. A partition's file stays
+    // open across buffers while the listing is still in its stretch (`lake::Close::Idle`), and
+    // the sources with rows in an open file wait in `finished` for their journal entry.
     let mut dups_by_source: HashMap<String, u64> = HashMap::new();
+    let mut open = OpenFiles::default();
+    let mut frontier = Frontier::new(objects.len());
     let mut current = Buffer::new();
     let mut ended = false;
     loop {
         let mut next = Buffer::new();
         {
+            // A buffer flushed before it is full is due by time: its sources are journaled now.
+            let close = if ended || current.bytes < opts.buffer_bytes { Close::All } else { Close::Idle { before: current.before } };
             let flushing = async {
-                if current.is_empty() {
+                if current.is_empty() && open.is_empty() {
                     return Ok(());
                 }
                 let Buffer { pending, finished, .. } = &mut current;
-                flush(lake, rollups, index, pending, &objects, finished, &mut dups_by_source, &run_id, &mut summary, &progress).await
+                flush(lake, rollups, index, &mut open, close, pending, &objects, finished, &mut dups_by_source, &run_id, &mut summary, &progress).await
             };
             tokio::pin!(flushing);
             let mut flushed = false;
@@ -486,7 +493,11 @@ async fn read_objects(
                 }
             }
         }
-        if ended && next.is_empty() {
+        frontier.mark(next.finished.iter().map(|f| f.file));
+        next.before = frontier.before(&objects);
+        // Sources whose rows are in files still open: journaled with a later commit.
+        next.finished.append(&mut current.finished);
+        if ended && next.pending.is_empty() && open.is_empty() && next.finished.is_empty() {
             break;
         }
         current = next;
@@ -514,11 +525,14 @@ struct Buffer {
     bytes: usize,
     finished: Vec<FileResult>,
     started: Instant,
+    /// When it was filled, the event time from which rows of later buffers may start
+    /// ([`Frontier::before`]).
+    before: i64,
 }
 
 impl Buffer {
     fn new() -> Self {
-        Buffer { pending: Vec::new(), bytes: 0, finished: Vec::new(), started: Instant::now() }
+        Buffer { pending: Vec::new(), bytes: 0, finished: Vec::new(), started: Instant::now(), before: i64::MIN }
     }
 
     fn push(&mut self, msg: Msg) {
@@ -543,12 +557,52 @@ impl Buffer {
     }
 }
 
-/// Commits buffered events, then journals the files that are complete.
+/// How long before its delivery stamp a CloudTrail file's events may be: AWS delivers within
+/// about 15 minutes, and an hour leaves room. A later event starts a new file.
+const DELIVERY_DELAY_MICROS: i64 = 3_600_000_000;
+
+/// The first file, in listing order, whose rows have not all arrived (the parsers each
+/// gather several files' rows before sending them: on the a14 archive two hours of a region's
+/// events). Rows still to come are from it or later files, so (but for events delivered very
+/// late) no older than its delivery stamp less [`DELIVERY_DELAY_MICROS`].
+struct Frontier {
+    done: Vec<bool>,
+    first: usize,
+}
+
+impl Frontier {
+    fn new(files: usize) -> Frontier {
+        Frontier { done: vec![false; files], first: 0 }
+    }
+
+    fn mark(&mut self, files: impl Iterator<Item = usize>) {
+        for f in files {
+            if let Some(d) = self.done.get_mut(f) {
+                *d = true;
+            }
+        }
+        while self.done.get(self.first).is_some_and(|d| *d) {
+            self.first += 1;
+        }
+    }
+
+    /// The event time (µs) from which rows may still come; `i64::MAX` when none will or the
+    /// next file's name has no delivery stamp (nothing is held back then: a file's rows out
+    /// of order only start a new file).
+    fn before(&self, objects: &[SourceObject]) -> i64 {
+        objects.get(self.first).and_then(SourceObject::delivered_at).map_or(i64::MAX, |t| t.saturating_sub(DELIVERY_DELAY_MICROS))
+    }
+}
+
+/// Writes buffered events to their partitions' files and commits those `close` finishes, then
+/// journals the files whose rows are all committed.
 #[allow(clippy::too_many_arguments)]
 async fn flush(
     lake: &mut Lake,
     rollups: &mut Rollups,
     index: &mut EventIndex,
+    open: &mut OpenFiles,
+    close: Close,
     pending: &mut Vec<RecordBatch>,
     objects: &[SourceObject],
     finished: &mut Vec<FileResult>,
@@ -557,9 +611,9 @@ async fn flush(
     summary: &mut IngestSummary,
     progress: &IngestProgress,
 ) -> Result<(), IngestError> {
-    if !pending.is_empty() {
+    if !pending.is_empty() || !open.is_empty() {
         let metadata = serde_json::json!({"operation": "ingest", "run": run_id});
-        let outcome = lake.append_events(std::mem::take(pending), index, metadata).await?;
+        let outcome = lake.append_events(std::mem::take(pending), index, open, close, metadata).await?;
         summary.records_written += outcome.written;
         summary.files_written += outcome.files;
         summary.commit_conflicts += outcome.conflicts;
@@ -568,13 +622,15 @@ async fn flush(
         }
         progress.written.fetch_add(outcome.written, Ordering::Relaxed);
         // Before the journal: a file is journaled only once its events are counted too.
-        rollups.catch_up_after(lake, outcome.stored.as_ref()).await?;
+        rollups.catch_up_after(lake, Some(&outcome)).await?;
         for (src, n) in outcome.duplicates_by_source {
             summary.duplicates_dropped += n;
             *dups_by_source.entry(src).or_default() += n;
         }
     }
-    journal(lake, objects, finished, dups_by_source, run_id, summary, false).await
+    let (mut ready, waiting): (Vec<FileResult>, Vec<FileResult>) = finished.drain(..).partition(|f| !open.holds(&objects[f.file].location));
+    *finished = waiting;
+    journal(lake, objects, &mut ready, dups_by_source, run_id, summary, false).await
 }
 
 /// Journals the files in `finished` (whose rows are committed) with their rejects, in one

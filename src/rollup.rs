@@ -30,7 +30,7 @@ use arrow::array::{
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{self, Lake, LakeError, PartitionFile, Stored};
+use crate::lake::{self, AppendOutcome, Lake, LakeError, PartitionFile};
 use crate::schema::tables::ROLLUPS as ROLLUPS_TABLE;
 
 pub const MINUTE: &str = "minute";
@@ -62,13 +62,23 @@ pub struct Rollups {
     table: DeltaTable,
     /// Events files the rollups already count, loaded on first use.
     counted: Option<HashSet<String>>,
+    /// Counts of the rows ingest wrote to events files still open ([`lake::OpenFiles`]), by
+    /// file: committed with the counts of the append that commits the file.
+    held: HashMap<u64, Held>,
+}
+
+/// Counts held for a partition's open file.
+#[derive(Default)]
+struct Held {
+    events: u64,
+    batches: Vec<RecordBatch>,
 }
 
 impl Rollups {
     /// Opens the lake's rollups (creating the table on a lake older than it).
     pub async fn open(lake: &Lake) -> Result<Rollups, LakeError> {
         let table = lake.table(ROLLUPS_TABLE, crate::schema::tables::rollups_schema(), &[]).await?;
-        Ok(Rollups { table, counted: None })
+        Ok(Rollups { table, counted: None, held: HashMap::default() })
     }
 
     pub fn table(&self) -> &DeltaTable {
@@ -86,9 +96,12 @@ impl Rollups {
         self.catch_up_after(lake, None).await
     }
 
-    /// [`Rollups::catch_up`] right after an append: the files it wrote are counted from its
-    /// rows still in memory, in one commit, and only the others (a crashed run's) are read.
-    pub async fn catch_up_after(&mut self, lake: &Lake, stored: Option<&Stored>) -> Result<CatchUp, LakeError> {
+    /// [`Rollups::catch_up`] right after an append: its rows are counted in memory rather
+    /// than read back from its files. Those of files it committed are committed with the
+    /// counts held for the same files' rows from earlier appends, in one commit; those of
+    /// files still open are held until an append commits them. Only the other files (a
+    /// crashed run's) are read.
+    pub async fn catch_up_after(&mut self, lake: &Lake, appended: Option<&AppendOutcome>) -> Result<CatchUp, LakeError> {
         let mut out = CatchUp::default();
         if self.counted.is_none() {
             self.counted = Some(lake::string_set(&lake::read_table_columns(&self.table, &["datafile"], None).await?));
@@ -97,11 +110,12 @@ impl Rollups {
         let mut pending: Vec<PartitionFile> =
             lake::partition_files(lake.events()).into_iter().filter(|f| self.counted.as_ref().is_none_or(|d| !d.contains(&f.path))).collect();
         tracing::debug!(done, pending = pending.len(), "rollup catch-up");
-        if let Some(stored) = stored
-            && let Some(counted) = self.count_stored(lake, stored, &pending).await?
-        {
-            pending.retain(|f| !self.counted.as_ref().is_some_and(|d| d.contains(&f.path)));
-            out = counted;
+        if let Some(appended) = appended {
+            self.hold(appended)?;
+            if let Some(counted) = self.count_committed(lake, appended, &pending).await? {
+                pending.retain(|f| !self.counted.as_ref().is_some_and(|d| d.contains(&f.path)));
+                out = counted;
+            }
         }
         let pending: Vec<(String, String)> = pending.into_iter().map(|f| (f.path, f.region)).collect();
         if pending.is_empty() {
@@ -145,23 +159,62 @@ impl Rollups {
         Ok(out)
     }
 
-    /// Counts the files of an append from its rows in memory, and commits the counts if the
-    /// table is still at the version read. None, having done nothing, when the read path must
-    /// do it: a file already counted or without a row count, rows that do not add up to the
-    /// files' (which would be a bug), or another writer's commit first.
-    async fn count_stored(&mut self, lake: &Lake, stored: &Stored, pending: &[PartitionFile]) -> Result<Option<CatchUp>, LakeError> {
-        let rows_of: HashMap<&str, Option<u64>> = pending.iter().map(|f| (f.path.as_str(), f.rows)).collect();
-        let mut files = Vec::new();
-        for path in stored.partitions.iter().flat_map(|p| &p.files) {
-            match rows_of.get(path.as_str()) {
-                Some(Some(n)) => files.push((path.as_str(), *n)),
-                _ => return Ok(None),
-            }
+    /// Counts the rows an append wrote to files it left open, and holds the counts.
+    fn hold(&mut self, appended: &AppendOutcome) -> Result<(), LakeError> {
+        let Some(stored) = &appended.stored else { return Ok(()) };
+        let committed = |p: &lake::StoredPartition| appended.committed.iter().any(|c| c.file == p.file);
+        if stored.partitions.iter().all(committed) {
+            return Ok(());
         }
         let projected = stored.batches.iter().map(project).collect::<Result<Vec<_>, _>>()?;
         let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
+        for p in stored.partitions.iter().filter(|p| !committed(p)) {
+            let mut counts = RefCounts::new();
+            for &(b, r) in &p.rows {
+                if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
+                    counts.add(&p.region, &e);
+                }
+            }
+            let n = counts.events;
+            let batch = RowsBuilder::batch(std::iter::empty(), |rows| rows.push_borrowed(counts))?;
+            let held = self.held.entry(p.file).or_default();
+            held.events += n;
+            held.batches.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Counts the files an append committed from their rows in memory (this append's, and
+    /// the counts held from earlier ones), and commits the counts if the table is still at
+    /// the version read. None, having done nothing, when the read path must do it: a file
+    /// already counted or without a row count, a file rewritten without another writer's
+    /// rows, rows that do not add up to the files' (which would be a bug), or another
+    /// writer's commit first.
+    async fn count_committed(&mut self, lake: &Lake, appended: &AppendOutcome, pending: &[PartitionFile]) -> Result<Option<CatchUp>, LakeError> {
+        if appended.committed.is_empty() {
+            return Ok(None);
+        }
+        let rows_of: HashMap<&str, Option<u64>> = pending.iter().map(|f| (f.path.as_str(), f.rows)).collect();
+        let (mut files, mut batches, mut held_events, mut readable) = (Vec::new(), Vec::new(), 0u64, true);
+        for c in &appended.committed {
+            let held = self.held.remove(&c.file);
+            readable &= !c.rewritten;
+            for path in &c.files {
+                match rows_of.get(path.as_str()) {
+                    Some(Some(n)) => files.push((path.as_str(), *n)),
+                    _ => readable = false,
+                }
+            }
+            if let Some(held) = held {
+                held_events += held.events;
+                batches.extend(held.batches);
+            }
+        }
+        let Some(stored) = appended.stored.as_ref().filter(|_| readable) else { return Ok(None) };
+        let projected = stored.batches.iter().map(project).collect::<Result<Vec<_>, _>>()?;
+        let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
         let mut counts = RefCounts::new();
-        for p in &stored.partitions {
+        for p in stored.partitions.iter().filter(|p| appended.committed.iter().any(|c| c.file == p.file)) {
             for &(b, r) in &p.rows {
                 if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
                     counts.add(&p.region, &e);
@@ -169,11 +222,12 @@ impl Rollups {
             }
         }
         let in_files: u64 = files.iter().map(|(_, n)| n).sum();
-        if counts.events != in_files {
-            tracing::warn!(counted = counts.events, in_files, "rollups: an append's rows do not add up to its files; reading them back");
+        if counts.events + held_events != in_files {
+            tracing::warn!(counted = counts.events + held_events, in_files, "rollups: an append's rows do not add up to its files; reading them back");
             return Ok(None);
         }
-        let batch = RowsBuilder::batch(files.iter().copied(), |rows| rows.push_borrowed(counts))?;
+        batches.insert(0, RowsBuilder::batch(files.iter().copied(), |rows| rows.push_borrowed(counts))?);
+        let batch = in_sort_order(batches)?;
         let n = batch.num_rows() as u64;
         let shown = format!("{}{ROLLUPS_TABLE}", lake.url());
         if lake::append_if_current(&mut self.table, vec![batch], &shown).await?.is_none() {
@@ -220,6 +274,23 @@ impl Rollups {
         self.table = lake::append(&self.table, vec![batch], &format!("{}{ROLLUPS_TABLE}", lake.url())).await?;
         Ok(n)
     }
+}
+
+/// Rows of several [`RowsBuilder`] batches (each in [`SORT_COLUMNS`] order) as one batch in
+/// that order, as every rollups file is written: compaction merges files on that order.
+fn in_sort_order(mut batches: Vec<RecordBatch>) -> Result<RecordBatch, LakeError> {
+    let failed = |source| LakeError::Arrow { context: "sorting rollup rows".into(), source };
+    if batches.len() == 1 {
+        return Ok(batches.remove(0));
+    }
+    let batch = arrow::compute::concat_batches(&crate::schema::tables::rollups_schema(), &batches).map_err(failed)?;
+    let columns = SORT_COLUMNS.iter().map(|c| batch.column_by_name(c).cloned()).collect::<Option<Vec<_>>>();
+    let Some(columns) = columns else { return Ok(batch) };
+    let fields = columns.iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
+    let rows = arrow::row::RowConverter::new(fields).and_then(|c| c.convert_columns(&columns)).map_err(failed)?;
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(order)).map_err(failed)
 }
 
 /// Counts the events files `files` (path, region), 8 at a time: each file's event count, and
@@ -733,6 +804,7 @@ impl RowsBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::Close;
 
     fn key(account: &str, source: &str, name: &str, minute: i64) -> Key {
         Key {
@@ -770,16 +842,45 @@ mod tests {
         // Several batches: a partition's rows come from more than one.
         let batches: Vec<RecordBatch> = records.chunks(70).map(crate::lake::tests::event_batch).collect();
         let mut rollups_of = Vec::new();
-        for in_memory in [true, false] {
+        // Counted from memory in one append, from memory over appends that leave files open
+        // (counts held, then committed with the files), and read back from the files.
+        // And in time order, as ingest's sorted listing gives them: files stay open, their last
+        // hour held back from one append to the next.
+        let mut sorted = records.clone();
+        sorted.sort_by_key(|r| r["eventTime"].as_str().unwrap().to_owned());
+        let in_time_order: Vec<RecordBatch> = sorted.chunks(70).map(crate::lake::tests::event_batch).collect();
+        let first_time = |b: &RecordBatch| b.column_by_name("eventtime").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(0);
+        for mode in ["one append", "open files", "open files, time-ordered", "read back"] {
             let dir = tempfile::tempdir().unwrap();
             let mut lake = Lake::open_or_create(dir.path().to_str().unwrap(), Some(crate::schema::Granularity::Day)).await.unwrap();
             let mut index = crate::lake::EventIndex::new(lake.events(), 1000).unwrap();
-            let outcome = lake.append_events(batches.clone(), &mut index, serde_json::json!({})).await.unwrap();
+            let mut open = crate::lake::OpenFiles::default();
             let mut rollups = Rollups::open(&lake).await.unwrap();
-            let stored = outcome.stored.as_ref().filter(|_| in_memory);
-            let out = rollups.catch_up_after(&lake, stored).await.unwrap();
-            assert_eq!((out.files, out.events), (outcome.files, 300));
-            assert_eq!(out.from_memory, if in_memory { out.files } else { 0 });
+            let appends: Vec<(Vec<RecordBatch>, Close)> = match mode {
+                "open files" => batches.iter().map(|b| (vec![b.clone()], Close::Idle { before: i64::MAX })).chain([(Vec::new(), Close::All)]).collect(),
+                // Each append's rows up to an hour before the next's first are written; the
+                // rest is held back.
+                "open files, time-ordered" => in_time_order
+                    .iter()
+                    .zip(in_time_order.iter().skip(1).map(|b| first_time(b) - 3_600_000_000).chain([i64::MAX]))
+                    .map(|(b, before)| (vec![b.clone()], Close::Idle { before }))
+                    .chain([(Vec::new(), Close::All)])
+                    .collect(),
+                _ => vec![(batches.clone(), Close::All)],
+            };
+            let (mut out, mut files) = (CatchUp::default(), 0);
+            for (batches, close) in appends {
+                let outcome = lake.append_events(batches, &mut index, &mut open, close, serde_json::json!({})).await.unwrap();
+                files += outcome.files;
+                let o = rollups.catch_up_after(&lake, Some(&outcome).filter(|_| mode != "read back")).await.unwrap();
+                (out.files, out.events, out.from_memory) = (out.files + o.files, out.events + o.events, out.from_memory + o.from_memory);
+            }
+            assert_eq!((out.files, out.events), (files, 300), "{mode}");
+            if mode == "open files, time-ordered" {
+                assert_eq!(files, 6, "one file per partition");
+            }
+            assert_eq!(out.from_memory, if mode == "read back" { 0 } else { out.files }, "{mode}");
+            assert!(rollups.held.is_empty(), "{mode}: nothing held once every file is committed");
             let mut rows = Vec::new();
             let columns = [
                 "kind",
@@ -801,11 +902,18 @@ mod tests {
                     .collect();
                 rows.extend((0..b.num_rows()).map(|r| shown.iter().map(|c| c[r].clone()).collect::<Vec<_>>()));
             }
-            rows.sort();
             assert!(rows.iter().any(|r| r[0] == HOUR) && rows.iter().any(|r| r[0] == MINUTE) && rows.iter().any(|r| r[6] == "AccessDenied"));
-            rollups_of.push(rows);
+            // Readers sum a key's rows (appends may write a key more than once).
+            let mut summed: std::collections::BTreeMap<Vec<String>, i64> = std::collections::BTreeMap::new();
+            for mut r in rows {
+                let calls: i64 = r.pop().unwrap().parse().unwrap();
+                *summed.entry(r).or_default() += calls;
+            }
+            rollups_of.push(summed);
         }
-        assert_eq!(rollups_of[0], rollups_of[1]);
+        for (i, mode) in ["one append", "open files", "open files, time-ordered"].iter().enumerate() {
+            assert_eq!(rollups_of[i], rollups_of[3], "{mode}");
+        }
     }
 
     /// Counting by period windows gives each key once with its count, whether the events come

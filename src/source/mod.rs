@@ -584,13 +584,26 @@ impl<R: Read> Read for Counting<R> {
 }
 
 impl SourceObject {
-    /// Sorts objects by delivery time: the date folder, then the `YYYYMMDDTHHmmZ` stamp of
-    /// CloudTrail file names, then the location. Objects outside the AWS layout sort first.
-    pub fn delivery_order_key(&self) -> (Option<NaiveDate>, &str, &str) {
+    /// Sorts objects by the lake partition their events mostly land in, then by delivery
+    /// time: the region, the date folder, then the `YYYYMMDDTHHmmZ` stamp of CloudTrail file
+    /// names (accounts interleaved), then the location. Objects outside the AWS layout sort
+    /// first. Ingest then fills one region's days one after the other, each in one file
+    /// kept open across commits (`lake::OpenFiles`), with the last events of a day (which
+    /// arrive in the next day's first deliveries) shortly after the rest; in plain delivery
+    /// order every commit got a piece of every region's day (a14: 107 files instead of 31).
+    pub fn delivery_order_key(&self) -> (Option<&str>, Option<NaiveDate>, &str, &str) {
         let name = self.location.rsplit(['/', '\\']).next().unwrap_or(&self.location);
         // `<account>_CloudTrail_<region>_<stamp>_<random>.json.gz`: the stamp is the 4th field.
         let stamp = name.split('_').nth(3).unwrap_or("");
-        (self.key.date, stamp, &self.location)
+        (self.key.region.as_deref(), self.key.date, stamp, &self.location)
+    }
+
+    /// The delivery time in a CloudTrail file's name (`…_20240601T0005Z_…`), in µs since the
+    /// epoch.
+    pub fn delivered_at(&self) -> Option<i64> {
+        let name = self.location.rsplit(['/', '\\']).next().unwrap_or(&self.location);
+        let stamp = name.split('_').nth(3)?;
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%MZ").ok().map(|t| t.and_utc().timestamp_micros())
     }
 
     /// Whether [`SourceObject::prefetch`] downloads this object whole: remote, and no larger
@@ -795,17 +808,25 @@ mod tests {
     }
 
     #[test]
-    fn delivery_order_interleaves_accounts_and_regions_by_time() {
+    fn delivery_order_is_by_region_then_day_with_accounts_interleaved() {
         let obj = |loc: &str| SourceObject { location: loc.to_owned(), size: 0, key: classify(loc).unwrap(), object: ObjectRef::Local(PathBuf::from(loc)) };
         let mut objs = [
             obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/02/1_CloudTrail_us-east-1_20240602T0000Z_a.json.gz"),
             obj("AWSLogs/1/CloudTrail/us-east-1/2024/06/01/1_CloudTrail_us-east-1_20240601T0005Z_b.json.gz"),
-            obj("AWSLogs/2/CloudTrail/eu-west-1/2024/06/01/2_CloudTrail_eu-west-1_20240601T0000Z_c.json.gz"),
+            obj("AWSLogs/2/CloudTrail/us-east-1/2024/06/01/2_CloudTrail_us-east-1_20240601T0000Z_d.json.gz"),
+            obj("AWSLogs/2/CloudTrail/us-east-1/2024/06/01/2_CloudTrail_us-east-1_20240601T0010Z_e.json.gz"),
+            obj("AWSLogs/2/CloudTrail/eu-west-1/2024/06/02/2_CloudTrail_eu-west-1_20240602T2300Z_c.json.gz"),
             obj("exports/plain.json"),
         ];
         objs.sort_by(|a, b| a.delivery_order_key().cmp(&b.delivery_order_key()));
         let names: Vec<_> = objs.iter().map(|o| o.location.rsplit('_').next().unwrap().to_owned()).collect();
-        assert_eq!(names, ["exports/plain.json", "c.json.gz", "b.json.gz", "a.json.gz"]);
+        assert_eq!(
+            names,
+            ["exports/plain.json", "c.json.gz", "d.json.gz", "b.json.gz", "e.json.gz", "a.json.gz"],
+            "eu-west-1 first, then us-east-1 day by day"
+        );
+        assert_eq!(objs[0].delivered_at(), None);
+        assert_eq!(objs[3].delivered_at(), Some(chrono::DateTime::parse_from_rfc3339("2024-06-01T00:05:00Z").unwrap().timestamp_micros()));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! filters to a few row groups, `prism optimize` compacts small files without changing a row
 //! (even when killed at any point), and `prism vacuum` deletes only what no version needs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +16,8 @@ use prism::ingest::{IngestOptions, IngestProgress};
 /// `buffer_mb` MiB of events (small: many commits, so many small files per partition).
 async fn lake_of_small_files(tmp: &Path, buffer_mb: usize, runs: u64) -> std::path::PathBuf {
     let lake = tmp.join("lake");
-    // One ingest per archive: each commits at least one file per partition it reaches.
+    // One ingest per archive: each commits one file per partition it reaches (more when a
+    // partition outgrows a file).
     for run in 0..runs {
         let archive = tmp.join(format!("archive{run}"));
         for (region, seed) in [("us-east-1", 1 + 2 * run), ("eu-west-1", 2 + 2 * run)] {
@@ -29,6 +30,41 @@ async fn lake_of_small_files(tmp: &Path, buffer_mb: usize, runs: u64) -> std::pa
         assert!(s.is_clean() && s.records_written > 40_000 / runs, "{s:?}");
     }
     lake
+}
+
+/// An ingest over many commit buffers keeps each partition's file open while the listing is in
+/// its stretch: one file per partition, each in time order (the rows of one buffer that the next
+/// may precede wait for it), every source journaled once its rows are committed, the rollups
+/// counting every file.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ingest_writes_one_time_sorted_file_per_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = lake_of_small_files(tmp.path(), 1, 1).await;
+    let opened = prism::Lake::open(lake.to_str().unwrap()).await.unwrap();
+    let partitions: HashSet<Vec<(String, String)>> = prism::lake::table_files(opened.events()).into_iter().map(|f| f.partition).collect();
+    let files = files_are_time_sorted(&lake).await;
+    // us-east-1's partitions also get the global services' events that other regions' files
+    // hold (read before us-east-1's own, in listing order): those start a file of their own.
+    let mut per_partition: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    for f in prism::lake::table_files(opened.events()) {
+        *per_partition.entry(f.partition).or_default() += 1;
+    }
+    for (partition, n) in &per_partition {
+        let global = partition.iter().any(|(c, v)| c == "awsregion" && v == "us-east-1");
+        assert!(*n == 1 || (global && *n <= 3), "{n} files in {partition:?}");
+    }
+    assert!(files < 2 * partitions.len(), "{files} files for {} partitions", partitions.len());
+    let counts = strings(
+        &lake,
+        "SELECT concat_ws(' ', (SELECT count(*) FROM events), (SELECT sum(kept) FROM ingested_files), \
+         (SELECT count(*) FROM ingested_files WHERE status = 'complete'), (SELECT sum(calls) FROM rollups WHERE kind = 'file'))",
+    )
+    .await;
+    let parts: Vec<u64> = counts[0].as_deref().unwrap().split(' ').map(|n| n.parse().unwrap()).collect();
+    assert!(parts[0] > 40_000 && parts[1] == parts[0] && parts[3] == parts[0], "{parts:?}");
+    assert_eq!(parts[2] as usize, files_under(&tmp.path().join("archive0")).iter().filter(|p| p.to_string_lossy().ends_with(".json.gz")).count());
+    let mut rollups = prism::rollup::Rollups::open(&opened).await.unwrap();
+    assert_eq!(rollups.catch_up(&opened).await.unwrap().files, 0, "every file counted as it was committed");
 }
 
 /// Data files of `events` on disk (committed or not).
@@ -137,7 +173,8 @@ fn parse_size(s: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun() {
     let tmp = tempfile::tempdir().unwrap();
-    let lake = lake_of_small_files(tmp.path(), 1, 4).await;
+    // Eight runs: a run writes one file per partition (`lake::OpenFiles`).
+    let lake = lake_of_small_files(tmp.path(), 1, 8).await;
     let before = fingerprint(&lake).await;
     let files_before = files_are_time_sorted(&lake).await;
     assert!(files_before > 20, "{files_before} files: the test needs many small ones");
