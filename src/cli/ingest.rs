@@ -47,11 +47,10 @@ pub struct IngestArgs {
     /// minute: slower, larger). Fixed once the lake exists.
     #[arg(long, value_parser = clap::value_parser!(Granularity))]
     pub granularity: Option<Granularity>,
-    /// Memory for events buffered between commits, in MiB. Each commit adds a file to each
-    /// partition it reaches, and the next buffer fills while one is committed, so peak memory
-    /// grows by twice what this adds. 256 gives a day partition of 320,000 events 2–3 files
-    /// instead of 4 (a group by over them 20–30% faster) for 645 MB of peak RSS instead of
-    /// 420, but a small archive's ingest is 10% slower (its last commit runs alone).
+    /// Memory for events buffered before they are written, in MiB. The next buffer fills while
+    /// one is written, so peak memory grows by twice what this adds. A partition's file stays
+    /// open from one buffer to the next, so the buffer's size hardly changes how many files
+    /// the lake gets.
     #[arg(long, default_value_t = 128, value_name = "MIB")]
     pub buffer_mb: usize,
     /// Files parsed at once (default: the number of CPUs).
