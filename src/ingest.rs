@@ -55,7 +55,9 @@ pub struct IngestOptions {
     pub range: DateRange,
     /// For a new lake only; an existing lake keeps its own.
     pub granularity: Option<Granularity>,
-    /// Memory for buffered events between commits. Larger means fewer, larger files per commit.
+    /// Memory for events buffered before they are written (two buffers are held: one filling,
+    /// one being written). It hardly changes the files: a partition's file stays open across
+    /// buffers (`lake::OpenFiles`).
     pub buffer_bytes: usize,
     /// Files parsed at once.
     pub parallelism: usize,

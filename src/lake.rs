@@ -415,7 +415,8 @@ impl Lake {
     /// fill is one file, not one per buffer (a14: 91 files → 31, and a query suite a third
     /// faster). The files `close` finishes are committed together; the others stay uncommitted
     /// and their sources unjournaled ([`OpenFiles::holds`]), so a crash leaves their rows to
-    /// the next run and the files to `vacuum`.
+    /// the next run, and their unfinished uploads to `vacuum` (a local staging file) or to the
+    /// bucket's lifecycle rule (an S3 multipart upload).
     ///
     /// The batches are not copied whole: peak memory is the input, its sort order (24 bytes a
     /// row, and an ID hash of 16 in the index) and the open files' encoded row groups.
@@ -507,6 +508,16 @@ impl Lake {
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         // Each file notes the sources of every batch that gave it rows (a batch holds a few
         // files' rows): more than its own sources at worst, which only delays their journal.
+        let batch_sources: Vec<Vec<&str>> = columns
+            .iter()
+            .map(|c| {
+                let mut v: Vec<&str> = (0..c.sources.len()).map(|i| c.sources.value(i)).collect();
+                v.dedup();
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
         let mut jobs = Vec::with_capacity(parts.len() + open.files.len());
         for (key, mut rows) in parts {
             let first = columns[rows[0].0].times.value(rows[0].1);
@@ -515,21 +526,17 @@ impl Lake {
                 // is finished, and they start a new one, so that every file is in time order.
                 Some(file) if file.newest > first => {
                     jobs.push((key.clone(), Vec::new(), file, true));
-                    open.new_file(&self.events, self.config.granularity)?
+                    open.new_file()
                 }
                 Some(file) => file,
-                None => open.new_file(&self.events, self.config.granularity)?,
+                None => open.new_file(),
             };
-            let mut seen = vec![false; batches.len()];
-            for &(b, _) in &rows {
-                if !std::mem::replace(&mut seen[b], true) {
-                    let sources = columns[b].sources;
-                    for i in 0..sources.len() {
-                        let s = sources.value(i);
-                        if (i == 0 || s != sources.value(i - 1)) && !file.sources.contains(s) {
-                            file.sources.insert(s.to_owned());
-                        }
-                    }
+            let mut seen: Vec<usize> = rows.iter().map(|&(b, _)| b).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for s in seen.into_iter().flat_map(|b| &batch_sources[b]) {
+                if !file.sources.contains(*s) {
+                    file.sources.insert((*s).to_owned());
                 }
             }
             let closing = !keep.contains(&key);
@@ -587,6 +594,9 @@ impl Lake {
         for _ in 0..MAX_CONFLICTS {
             let actions: Vec<Action> = closed.iter().flat_map(|c| c.adds.iter().cloned().map(Action::Add)).collect();
             if actions.is_empty() {
+                // Every row of the files closed was another writer's: nothing to commit, but
+                // what was held for the files is dropped (`Committed::rewritten`).
+                outcome.committed.extend(closed.into_iter().map(|c| Committed { file: c.id, key: c.key, files: Vec::new(), rows: 0, rewritten: true }));
                 return Ok(outcome);
             }
             match commit_if_current(&mut self.events, actions, operation.clone(), Some(metadata.clone()), &shown).await {
@@ -636,8 +646,9 @@ impl Lake {
         }
         index.reload_files(&self.events);
         for (key, paths) in &added {
-            let closing = closed.iter_mut().find(|c| &c.key == key);
-            if closing.is_none() && !open.files.contains_key(key) {
+            // Both a file a late row finished and the one it started may be closing.
+            let closing: Vec<&mut ClosedFile> = closed.iter_mut().filter(|c| &c.key == key).collect();
+            if closing.is_empty() && !open.files.contains_key(key) {
                 index.forget(key); // another writer's rows there: read them again when needed
                 continue;
             }
@@ -651,8 +662,8 @@ impl Lake {
             if let Some(file) = open.files.get_mut(key) {
                 file.theirs.extend(theirs.iter().copied());
             }
-            if let Some(c) = closing {
-                c.theirs.extend(theirs);
+            for c in closing {
+                c.theirs.extend(theirs.iter().copied());
             }
         }
         for c in &mut closed {
@@ -714,7 +725,7 @@ impl Lake {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for group in groups {
-            let (batches, url) = (batches.clone(), self.events.table_url().to_string());
+            let (batches, url, table, granularity) = (batches.clone(), self.events.table_url().to_string(), self.events.clone(), self.config.granularity);
             tasks.spawn(async move {
                 let refs: Vec<&RecordBatch> = batches.iter().collect();
                 let mut done = Vec::with_capacity(group.len());
@@ -727,11 +738,22 @@ impl Lake {
                     for chunk in rows.chunks(GATHER_ROWS) {
                         let batch = arrow::compute::interleave_record_batch(&refs, chunk)
                             .map_err(|source| LakeError::Arrow { context: "gathering events to write".into(), source })?;
-                        file.writer.write_partition(batch, &values, deltalake::writer::WriteMode::Default).await.map_err(failed())?;
+                        let writer = match &mut file.writer {
+                            Some(writer) => writer,
+                            None => file.writer.insert(
+                                RecordBatchWriter::for_table(&table)
+                                    .map_err(delta(format!("preparing a writer of {url}")))?
+                                    .with_writer_properties(writer_properties(granularity)),
+                            ),
+                        };
+                        writer.write_partition(batch, &values, deltalake::writer::WriteMode::Default).await.map_err(failed())?;
                     }
                     file.rows += rows.len() as u64;
                     let written = if closing {
-                        let adds = file.writer.flush().await.map_err(failed())?;
+                        let adds = match &mut file.writer {
+                            Some(writer) => writer.flush().await.map_err(failed())?,
+                            None => Vec::new(),
+                        };
                         Written::Closed(ClosedFile { id: file.id, key: key.clone(), adds, rows: file.rows, theirs: file.theirs, rewritten: false })
                     } else {
                         Written::Open(Box::new(file))
@@ -1149,8 +1171,8 @@ pub struct Stored {
 pub struct StoredPartition {
     pub region: String,
     pub period: String,
-    /// The file they went to, numbered in the order the run opened its files: a partition
-    /// can have one file committed and the next open.
+    /// The file they went to, by a number unique in the process: a partition can have one
+    /// file committed and the next open.
     pub file: u64,
     /// The rows, as `(batch, row)` in [`Stored::batches`].
     pub rows: Vec<(usize, usize)>,
@@ -1159,7 +1181,7 @@ pub struct StoredPartition {
 /// A partition's file an append committed.
 #[derive(Debug)]
 pub struct Committed {
-    /// Which file of the run (see [`StoredPartition::file`]).
+    /// Which file (see [`StoredPartition::file`]).
     pub file: u64,
     /// (region, period).
     pub key: (String, String),
@@ -1199,13 +1221,15 @@ pub const MAX_FILE_ROWS: u64 = 16 * ROW_GROUP_ROWS as u64;
 #[derive(Default)]
 pub struct OpenFiles {
     files: HashMap<(String, String), OpenFile>,
-    opened: u64,
 }
 
 impl OpenFiles {
-    fn new_file(&mut self, table: &DeltaTable, granularity: Granularity) -> Result<OpenFile> {
-        self.opened += 1;
-        OpenFile::new(self.opened, table, granularity)
+    fn new_file(&mut self) -> OpenFile {
+        // Unique in the process, not only in this run: `prism watch` keeps its rollups (and
+        // what they hold by file) from one poll to the next.
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        OpenFile { id, writer: None, rows: 0, sources: HashSet::new(), theirs: foldhash::HashSet::default(), carry: Vec::new(), newest: i64::MIN }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1233,9 +1257,11 @@ impl OpenFiles {
 
 /// One partition's file being written.
 struct OpenFile {
-    /// Which file of the run (see [`StoredPartition::file`]).
+    /// Which file (see [`StoredPartition::file`]).
     id: u64,
-    writer: RecordBatchWriter,
+    /// Made by the writer lane at the first rows (preparing one reads the table's schema: on
+    /// a minute lake's thousands of partitions, too slow to do in turn).
+    writer: Option<RecordBatchWriter>,
     rows: u64,
     sources: HashSet<String>,
     /// IDs other writers stored in the partition since the file was opened: dropped from it
@@ -1245,15 +1271,6 @@ struct OpenFile {
     carry: Vec<RecordBatch>,
     /// The newest `eventtime` written.
     newest: i64,
-}
-
-impl OpenFile {
-    fn new(id: u64, table: &DeltaTable, granularity: Granularity) -> Result<OpenFile> {
-        let writer = RecordBatchWriter::for_table(table)
-            .map_err(delta(format!("preparing a writer of {}", table.table_url())))?
-            .with_writer_properties(writer_properties(granularity));
-        Ok(OpenFile { id, writer, rows: 0, sources: HashSet::new(), theirs: foldhash::HashSet::default(), carry: Vec::new(), newest: i64::MIN })
-    }
 }
 
 /// A file finished and about to be committed.
@@ -1841,12 +1858,21 @@ pub(crate) mod tests {
         assert_eq!((out.written, out.files, out.conflicts), (1, 1, 0));
         assert!(open2.is_empty() && !open2.holds("test.json.gz"));
 
+        // A late row finishes the open file and starts another, and both close while the
+        // other writer has stored rows of each: both are cleaned of them.
+        let late = "2024-06-02T09:00:00Z";
+        second.append_events(vec![events(&[("k", d2)])], &mut index2, &mut open2, Close::Idle { before: i64::MAX }, serde_json::json!({})).await.unwrap();
+        first.append_events(vec![events(&[("k", d2), ("l", late)])], &mut index1, &mut open1, Close::All, serde_json::json!({})).await.unwrap();
+        let out = second.append_events(vec![events(&[("l", late)])], &mut index2, &mut open2, Close::All, serde_json::json!({})).await.unwrap();
+        assert_eq!((out.written, out.duplicates(), out.conflicts, out.committed.len()), (0, 2, 1, 2));
+        assert!(out.committed.iter().all(|c| c.rewritten && c.files.is_empty()));
+
         let mut ids: Vec<String> = Vec::new();
         for b in read_table_columns(second.events(), &[EVENT_ID], None).await.unwrap() {
             ids.extend(b.column(0).as_string::<i32>().iter().flatten().map(str::to_owned));
         }
         ids.sort();
-        assert_eq!(ids, ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]);
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"]);
         let on_disk = walk_parquet(&dir.path().join(EVENTS_TABLE));
         assert_eq!(on_disk, table_files(second.events()).len(), "no uncommitted file is left behind");
     }

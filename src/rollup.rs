@@ -162,7 +162,8 @@ impl Rollups {
     /// Counts the rows an append wrote to files it left open, and holds the counts.
     fn hold(&mut self, appended: &AppendOutcome) -> Result<(), LakeError> {
         let Some(stored) = &appended.stored else { return Ok(()) };
-        let committed = |p: &lake::StoredPartition| appended.committed.iter().any(|c| c.file == p.file);
+        let files: HashSet<u64> = appended.committed.iter().map(|c| c.file).collect();
+        let committed = |p: &lake::StoredPartition| files.contains(&p.file);
         if stored.partitions.iter().all(committed) {
             return Ok(());
         }
@@ -214,7 +215,8 @@ impl Rollups {
         let projected = stored.batches.iter().map(project).collect::<Result<Vec<_>, _>>()?;
         let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
         let mut counts = RefCounts::new();
-        for p in stored.partitions.iter().filter(|p| appended.committed.iter().any(|c| c.file == p.file)) {
+        let committed: HashSet<u64> = appended.committed.iter().map(|c| c.file).collect();
+        for p in stored.partitions.iter().filter(|p| committed.contains(&p.file)) {
             for &(b, r) in &p.rows {
                 if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
                     counts.add(&p.region, &e);
