@@ -79,6 +79,11 @@ fn file_records(root: &Path) -> BTreeMap<String, (String, serde_json::Value)> {
                 continue;
             }
             let key = p.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+            // A run killed while writing a file leaves object_store's staging file (`….json.gz#1`)
+            // beside the final name, which it never created: not a delivered file.
+            if !key.ends_with(".json.gz") {
+                continue;
+            }
             let mut text = String::new();
             flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_string(&mut text).unwrap();
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
