@@ -71,7 +71,10 @@ pub struct Rollups {
 #[derive(Default)]
 struct Held {
     events: u64,
-    batches: Vec<RecordBatch>,
+    /// Keys owned (the rows they were counted from are gone), merged into the counts of the
+    /// committing append's rows, so that its rollups file is written in one sorted run.
+    hours: Vec<(Key, i64)>,
+    minutes: Vec<(Key, i64)>,
 }
 
 impl Rollups {
@@ -176,11 +179,10 @@ impl Rollups {
                     counts.add(&p.region, &e);
                 }
             }
-            let n = counts.events;
-            let batch = RowsBuilder::batch(std::iter::empty(), |rows| rows.push_borrowed(counts))?;
             let held = self.held.entry(p.file).or_default();
-            held.events += n;
-            held.batches.push(batch);
+            held.events += counts.events;
+            held.hours.extend(counts.hours.into_rows().into_iter().map(|(k, n)| (k.owned(), n)));
+            held.minutes.extend(counts.minutes.into_rows().into_iter().map(|(k, n)| (k.owned(), n)));
         }
         Ok(())
     }
@@ -196,7 +198,7 @@ impl Rollups {
             return Ok(None);
         }
         let rows_of: HashMap<&str, Option<u64>> = pending.iter().map(|f| (f.path.as_str(), f.rows)).collect();
-        let (mut files, mut batches, mut held_events, mut readable) = (Vec::new(), Vec::new(), 0u64, true);
+        let (mut files, mut helds, mut held_events, mut readable) = (Vec::new(), Vec::new(), 0u64, true);
         for c in &appended.committed {
             let held = self.held.remove(&c.file);
             readable &= !c.rewritten;
@@ -208,7 +210,7 @@ impl Rollups {
             }
             if let Some(held) = held {
                 held_events += held.events;
-                batches.extend(held.batches);
+                helds.push(held);
             }
         }
         let Some(stored) = appended.stored.as_ref().filter(|_| readable) else { return Ok(None) };
@@ -228,8 +230,7 @@ impl Rollups {
             tracing::warn!(counted = counts.events + held_events, in_files, "rollups: an append's rows do not add up to its files; reading them back");
             return Ok(None);
         }
-        batches.insert(0, RowsBuilder::batch(files.iter().copied(), |rows| rows.push_borrowed(counts))?);
-        let batch = in_sort_order(batches)?;
+        let batch = RowsBuilder::batch(files.iter().copied(), |rows| rows.push_with_held(counts, &helds))?;
         let n = batch.num_rows() as u64;
         let shown = format!("{}{ROLLUPS_TABLE}", lake.url());
         if lake::append_if_current(&mut self.table, vec![batch], &shown).await?.is_none() {
@@ -276,23 +277,6 @@ impl Rollups {
         self.table = lake::append(&self.table, vec![batch], &format!("{}{ROLLUPS_TABLE}", lake.url())).await?;
         Ok(n)
     }
-}
-
-/// Rows of several [`RowsBuilder`] batches (each in [`SORT_COLUMNS`] order) as one batch in
-/// that order, as every rollups file is written: compaction merges files on that order.
-fn in_sort_order(mut batches: Vec<RecordBatch>) -> Result<RecordBatch, LakeError> {
-    let failed = |source| LakeError::Arrow { context: "sorting rollup rows".into(), source };
-    if batches.len() == 1 {
-        return Ok(batches.remove(0));
-    }
-    let batch = arrow::compute::concat_batches(&crate::schema::tables::rollups_schema(), &batches).map_err(failed)?;
-    let columns = SORT_COLUMNS.iter().map(|c| batch.column_by_name(c).cloned()).collect::<Option<Vec<_>>>();
-    let Some(columns) = columns else { return Ok(batch) };
-    let fields = columns.iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
-    let rows = arrow::row::RowConverter::new(fields).and_then(|c| c.convert_columns(&columns)).map_err(failed)?;
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-    arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(order)).map_err(failed)
 }
 
 /// Counts the events files `files` (path, region), 8 at a time: each file's event count, and
@@ -753,10 +737,17 @@ impl RowsBuilder {
         self.push_keys(MINUTE, counts.minutes.iter().map(|(k, n)| (k.borrowed(), *n)).collect());
     }
 
-    /// [`RowsBuilder::push`] for counts of borrowed keys.
-    fn push_borrowed(&mut self, counts: RefCounts) {
-        self.push_keys(HOUR, counts.hours.into_rows());
-        self.push_keys(MINUTE, counts.minutes.into_rows());
+    /// [`RowsBuilder::push`] for counts of borrowed keys, with counts held from earlier appends:
+    /// a key in both is written twice (readers sum a key's rows), all in one sorted run.
+    fn push_with_held(&mut self, counts: RefCounts, held: &[Held]) {
+        let mut hours = counts.hours.into_rows();
+        let mut minutes = counts.minutes.into_rows();
+        for h in held {
+            hours.extend(h.hours.iter().map(|(k, n)| (k.borrowed(), *n)));
+            minutes.extend(h.minutes.iter().map(|(k, n)| (k.borrowed(), *n)));
+        }
+        self.push_keys(HOUR, hours);
+        self.push_keys(MINUTE, minutes);
     }
 
     fn push_keys(&mut self, kind: &str, rows: Vec<(KeyRef, i64)>) {

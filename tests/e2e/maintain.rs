@@ -65,6 +65,7 @@ async fn an_ingest_writes_one_time_sorted_file_per_partition() {
     assert_eq!(parts[2] as usize, files_under(&tmp.path().join("archive0")).iter().filter(|p| p.to_string_lossy().ends_with(".json.gz")).count());
     let mut rollups = prism::rollup::Rollups::open(&opened).await.unwrap();
     assert_eq!(rollups.catch_up(&opened).await.unwrap().files, 0, "every file counted as it was committed");
+    rollups_are_sorted_by_series(&lake).await;
 }
 
 /// Data files of `events` on disk (committed or not).
