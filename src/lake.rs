@@ -412,8 +412,8 @@ impl Lake {
     ///
     /// Rows go to their partition's file in `open`, which stays open from one append to the
     /// next while its partition keeps receiving rows: a partition that several commit buffers
-    /// fill is one file, not one per buffer (a14: 91 files → 31, and a query suite a third
-    /// faster). The files `close` finishes are committed together; the others stay uncommitted
+    /// fill is one file, not one per buffer (a14: 28 files instead of 107; the query suite
+    /// 0.66× DuckDB's time instead of 0.85×). The files `close` finishes are committed together; the others stay uncommitted
     /// and their sources unjournaled ([`OpenFiles::holds`]), so a crash leaves their rows to
     /// the next run, and their unfinished uploads to `vacuum` (a local staging file) or to the
     /// bucket's lifecycle rule (an S3 multipart upload).
@@ -522,8 +522,9 @@ impl Lake {
         for (key, mut rows) in parts {
             let first = columns[rows[0].0].times.value(rows[0].1);
             let mut file = match open.files.remove(&key) {
-                // Rows older than the file's newest (an event delivered hours late): the file
-                // is finished, and they start a new one, so that every file is in time order.
+                // Rows older than the file's newest (an event delivered late, or a global
+                // service's event in another region's file): the file is finished, and they
+                // start a new one, so that every file is in time order.
                 Some(file) if file.newest > first => {
                     jobs.push((key.clone(), Vec::new(), file, true));
                     open.new_file()
