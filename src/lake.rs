@@ -732,20 +732,13 @@ impl Lake {
                 let mut done = Vec::with_capacity(group.len());
                 for (key, rows, mut file, closing) in group {
                     let failed = || delta(format!("writing partition {} of {url}", partition_path(&key)));
-                    let values: indexmap::IndexMap<String, delta_kernel::expressions::Scalar> = [(AWS_REGION, &key.0), (EVENT_PERIOD, &key.1)]
-                        .into_iter()
-                        .map(|(c, v)| (c.to_owned(), delta_kernel::expressions::Scalar::String(v.clone())))
-                        .collect();
+                    let values = partition_values([(AWS_REGION, key.0.as_str()), (EVENT_PERIOD, key.1.as_str())].into_iter());
                     for chunk in rows.chunks(GATHER_ROWS) {
                         let batch = arrow::compute::interleave_record_batch(&refs, chunk)
                             .map_err(|source| LakeError::Arrow { context: "gathering events to write".into(), source })?;
                         let writer = match &mut file.writer {
                             Some(writer) => writer,
-                            None => file.writer.insert(
-                                RecordBatchWriter::for_table(&table)
-                                    .map_err(delta(format!("preparing a writer of {url}")))?
-                                    .with_writer_properties(writer_properties(granularity)),
-                            ),
+                            None => file.writer.insert(table_writer(&table, writer_properties(granularity))?),
                         };
                         writer.write_partition(batch, &values, deltalake::writer::WriteMode::Default).await.map_err(failed())?;
                     }
@@ -1048,14 +1041,23 @@ pub async fn write_file(
     batches: impl futures::Stream<Item = Result<RecordBatch>>,
 ) -> Result<Vec<deltalake::kernel::Add>> {
     let shown = || partition.iter().map(|(c, v)| format!("{c}={v}")).collect::<Vec<_>>().join("/");
-    let mut writer = RecordBatchWriter::for_table(table).map_err(delta(format!("preparing a writer of {}", table.table_url())))?.with_writer_properties(props);
-    let values: indexmap::IndexMap<String, delta_kernel::expressions::Scalar> =
-        partition.iter().map(|(c, v)| (c.clone(), delta_kernel::expressions::Scalar::String(v.clone()))).collect();
+    let mut writer = table_writer(table, props)?;
+    let values = partition_values(partition.iter().map(|(c, v)| (c.as_str(), v.as_str())));
     let mut batches = std::pin::pin!(batches);
     while let Some(batch) = batches.try_next().await? {
         writer.write_partition(batch, &values, deltalake::writer::WriteMode::Default).await.map_err(delta(format!("writing partition {}", shown())))?;
     }
     writer.flush().await.map_err(delta(format!("writing partition {} of {}", shown(), table.table_url())))
+}
+
+/// A writer of new files of `table`, not yet committed.
+fn table_writer(table: &DeltaTable, props: WriterProperties) -> Result<RecordBatchWriter> {
+    Ok(RecordBatchWriter::for_table(table).map_err(delta(format!("preparing a writer of {}", table.table_url())))?.with_writer_properties(props))
+}
+
+/// A partition's (column, value) pairs as the writer takes them.
+fn partition_values<'a>(partition: impl Iterator<Item = (&'a str, &'a str)>) -> indexmap::IndexMap<String, delta_kernel::expressions::Scalar> {
+    partition.map(|(c, v)| (c.to_owned(), delta_kernel::expressions::Scalar::String(v.to_owned()))).collect()
 }
 
 /// Replaces files of `table` with files holding the same rows (compaction), in one commit:
@@ -1214,8 +1216,8 @@ pub enum Close {
 /// and the same at a region's change.
 pub const KEEP_OPEN: usize = 4;
 
-/// Rows after which an open file is finished: 16 row groups, about 70 MB of a busy account's
-/// events, a size at which more files cost a query nothing measurable.
+/// Rows after which an open file is finished: 16 row groups, about 60 MB of a busy account's
+/// events (a day of the hourly-files archive, 1.17M events, is two files).
 pub const MAX_FILE_ROWS: u64 = 16 * ROW_GROUP_ROWS as u64;
 
 /// The `events` files being written across appends, one per partition, not yet committed.

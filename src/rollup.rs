@@ -114,8 +114,10 @@ impl Rollups {
             lake::partition_files(lake.events()).into_iter().filter(|f| self.counted.as_ref().is_none_or(|d| !d.contains(&f.path))).collect();
         tracing::debug!(done, pending = pending.len(), "rollup catch-up");
         if let Some(appended) = appended {
-            self.hold(appended)?;
-            if let Some(counted) = self.count_committed(lake, appended, &pending).await? {
+            let projected = appended.stored.iter().flat_map(|s| s.batches.iter()).map(project).collect::<Result<Vec<_>, _>>()?;
+            let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
+            self.hold(appended, &events);
+            if let Some(counted) = self.count_committed(lake, appended, &events, &pending).await? {
                 pending.retain(|f| !self.counted.as_ref().is_some_and(|d| d.contains(&f.path)));
                 out = counted;
             }
@@ -163,28 +165,17 @@ impl Rollups {
     }
 
     /// Counts the rows an append wrote to files it left open, and holds the counts.
-    fn hold(&mut self, appended: &AppendOutcome) -> Result<(), LakeError> {
-        let Some(stored) = &appended.stored else { return Ok(()) };
+    fn hold(&mut self, appended: &AppendOutcome, events: &[Events]) {
+        let Some(stored) = &appended.stored else { return };
         let files: HashSet<u64> = appended.committed.iter().map(|c| c.file).collect();
-        let committed = |p: &lake::StoredPartition| files.contains(&p.file);
-        if stored.partitions.iter().all(committed) {
-            return Ok(());
-        }
-        let projected = stored.batches.iter().map(project).collect::<Result<Vec<_>, _>>()?;
-        let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
-        for p in stored.partitions.iter().filter(|p| !committed(p)) {
+        for p in stored.partitions.iter().filter(|p| !files.contains(&p.file)) {
             let mut counts = RefCounts::new();
-            for &(b, r) in &p.rows {
-                if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
-                    counts.add(&p.region, &e);
-                }
-            }
+            counts.add_rows(p, events);
             let held = self.held.entry(p.file).or_default();
             held.events += counts.events;
             held.hours.extend(counts.hours.into_rows().into_iter().map(|(k, n)| (k.owned(), n)));
             held.minutes.extend(counts.minutes.into_rows().into_iter().map(|(k, n)| (k.owned(), n)));
         }
-        Ok(())
     }
 
     /// Counts the files an append committed from their rows in memory (this append's, and
@@ -193,7 +184,13 @@ impl Rollups {
     /// already counted or without a row count, a file rewritten without another writer's
     /// rows, rows that do not add up to the files' (which would be a bug), or another
     /// writer's commit first.
-    async fn count_committed(&mut self, lake: &Lake, appended: &AppendOutcome, pending: &[PartitionFile]) -> Result<Option<CatchUp>, LakeError> {
+    async fn count_committed(
+        &mut self,
+        lake: &Lake,
+        appended: &AppendOutcome,
+        events: &[Events<'_>],
+        pending: &[PartitionFile],
+    ) -> Result<Option<CatchUp>, LakeError> {
         if appended.committed.is_empty() {
             return Ok(None);
         }
@@ -214,16 +211,10 @@ impl Rollups {
             }
         }
         let Some(stored) = appended.stored.as_ref().filter(|_| readable) else { return Ok(None) };
-        let projected = stored.batches.iter().map(project).collect::<Result<Vec<_>, _>>()?;
-        let events = projected.iter().map(Events::new).collect::<Result<Vec<_>, _>>()?;
         let mut counts = RefCounts::new();
         let committed: HashSet<u64> = appended.committed.iter().map(|c| c.file).collect();
         for p in stored.partitions.iter().filter(|p| committed.contains(&p.file)) {
-            for &(b, r) in &p.rows {
-                if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
-                    counts.add(&p.region, &e);
-                }
-            }
+            counts.add_rows(p, events);
         }
         let in_files: u64 = files.iter().map(|(_, n)| n).sum();
         if counts.events + held_events != in_files {
@@ -415,6 +406,15 @@ struct RefCounts<'a> {
 impl<'a> RefCounts<'a> {
     fn new() -> Self {
         RefCounts { minutes: Windowed::default(), hours: Windowed::default(), events: 0 }
+    }
+
+    /// Counts the rows an append wrote to one partition's file (`events`: its batches).
+    fn add_rows(&mut self, p: &'a lake::StoredPartition, events: &[Events<'a>]) {
+        for &(b, r) in &p.rows {
+            if let Some(e) = events.get(b).and_then(|c| c.view(r)) {
+                self.add(&p.region, &e);
+            }
+        }
     }
 
     /// Counts one event of `region`: its minute, and its hour with its caller.

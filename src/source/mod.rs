@@ -592,18 +592,20 @@ impl SourceObject {
     /// arrive in the next day's first deliveries) shortly after the rest; in plain delivery
     /// order every commit got a piece of every region's day (a14: 107 files instead of 31).
     pub fn delivery_order_key(&self) -> (Option<&str>, Option<NaiveDate>, &str, &str) {
+        (self.key.region.as_deref(), self.key.date, self.stamp().unwrap_or(""), &self.location)
+    }
+
+    /// The `YYYYMMDDTHHmmZ` field of a CloudTrail file's name
+    /// (`<account>_CloudTrail_<region>_<stamp>_<random>.json.gz`: the 4th).
+    fn stamp(&self) -> Option<&str> {
         let name = self.location.rsplit(['/', '\\']).next().unwrap_or(&self.location);
-        // `<account>_CloudTrail_<region>_<stamp>_<random>.json.gz`: the stamp is the 4th field.
-        let stamp = name.split('_').nth(3).unwrap_or("");
-        (self.key.region.as_deref(), self.key.date, stamp, &self.location)
+        name.split('_').nth(3)
     }
 
     /// The delivery time in a CloudTrail file's name (`…_20240601T0005Z_…`), in µs since the
     /// epoch.
     pub fn delivered_at(&self) -> Option<i64> {
-        let name = self.location.rsplit(['/', '\\']).next().unwrap_or(&self.location);
-        let stamp = name.split('_').nth(3)?;
-        chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%MZ").ok().map(|t| t.and_utc().timestamp_micros())
+        chrono::NaiveDateTime::parse_from_str(self.stamp()?, "%Y%m%dT%H%MZ").ok().map(|t| t.and_utc().timestamp_micros())
     }
 
     /// Whether [`SourceObject::prefetch`] downloads this object whole: remote, and no larger
