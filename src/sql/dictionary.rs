@@ -192,7 +192,7 @@ fn rewrite(top: &Arc<dyn ExecutionPlan>, counted_by: Option<usize>, options: &Ar
 
 /// The dotted path of the few-valued string `expr` reads from the files: a column, or a
 /// field of a struct column (`useridentity['arn']`), as a view.
-fn few_valued(expr: &Arc<dyn PhysicalExpr>, files: &Schema) -> Option<String> {
+pub(super) fn few_valued(expr: &Arc<dyn PhysicalExpr>, files: &Schema) -> Option<String> {
     let leaf = |column: &Column| files.fields().get(column.index()).filter(|f| f.name() == column.name());
     let (path, t) = if let Some(column) = expr.downcast_ref::<Column>() {
         let field = leaf(column)?;
@@ -574,12 +574,14 @@ mod tests {
         }
     }
 
-    /// The plan and the answer of `sql`, with or without the rule. The table's scan is given
-    /// the lake's reader factory, which the rule builds on (a lake table's scan has it).
+    /// The plan and the answer of `sql`, with or without the rule (after
+    /// [`super::super::page_count::CountPages`], as in a session). The table's scan is given
+    /// the lake's reader factory, which the rules build on (a lake table's scan has it). Three
+    /// partitions over two files: each file is read in two byte ranges.
     async fn run(dir: &std::path::Path, sql: &str, rule: bool) -> (String, String) {
         let builder = datafusion::execution::SessionStateBuilder::new()
             .with_default_features()
-            .with_config(SessionConfig::new().with_target_partitions(2).with_batch_size(1_250))
+            .with_config(SessionConfig::new().with_target_partitions(3).with_batch_size(1_250).with_repartition_file_min_size(1))
             .with_physical_optimizer_rule(Arc::new(super::super::per_value::EvaluatePerValue))
             .with_physical_optimizer_rule(Arc::new(super::super::per_batch::CountPerBatch));
         let ctx = SessionContext::new_with_state(builder.build());
@@ -597,7 +599,13 @@ mod tests {
             })
             .data()
             .unwrap();
-        let plan = if rule { ReadDictionaries.optimize(plan, ctx.state().config_options()).unwrap() } else { plan };
+        let plan = match rule {
+            true => {
+                let options = ctx.state().config_options().clone();
+                ReadDictionaries.optimize(super::super::page_count::CountPages.optimize(plan, &options).unwrap(), &options).unwrap()
+            }
+            false => plan,
+        };
         let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
         let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true).to_string();
         (shown, arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string())
@@ -609,7 +617,10 @@ mod tests {
         write_files(dir.path());
         // (query, what its plan shows with the rule)
         let cases = [
-            ("SELECT useragent, count(*), count(useragent) FROM t GROUP BY 1 ORDER BY 1", "DictionaryCastExec: [useragent]"),
+            // Counted from the pages, with nulls and an empty string among the values.
+            ("SELECT useragent, count(*), count(useragent) FROM t GROUP BY 1 ORDER BY 1", "PageCountExec: useragent, 2 files"),
+            ("SELECT count(DISTINCT eventname) FROM t", "PageCountExec: eventname"),
+            ("SELECT useragent, count(*) FROM t WHERE v > 10 GROUP BY 1 ORDER BY 1", "DictionaryCastExec: [useragent]"),
             ("SELECT count(*) FROM t WHERE useragent LIKE '%python%' OR sourceipaddress LIKE '10.1.%'", "on_values(sourceipaddress"),
             ("SELECT count(*), sum(v) FROM t WHERE useragent LIKE 'aws-cli/2.%'", "on_values("),
             ("SELECT count(*) FROM t WHERE useragent IS NULL", "on_values("),
@@ -623,18 +634,19 @@ mod tests {
             // A count of another column, over keys nearly all distinct: the partition goes to
             // DataFusion's aggregate, the addresses turned back into views.
             ("SELECT count(*), sum(n) FROM (SELECT sourceipaddress, count(v) AS n FROM t GROUP BY 1)", "DictionaryCastExec: [sourceipaddress]"),
-            // The same by the histogram of keys (`count(*)`).
-            ("SELECT count(*), sum(n) FROM (SELECT sourceipaddress, count(*) AS n FROM t GROUP BY 1)", "DictionaryCastExec: [sourceipaddress]"),
+            // The same by the pages (`count(*)`).
+            ("SELECT count(*), sum(n) FROM (SELECT sourceipaddress, count(*) AS n FROM t GROUP BY 1)", "PageCountExec: sourceipaddress"),
         ];
         for (sql, shown) in cases {
             let (plain, answer) = run(dir.path(), sql, false).await;
-            assert!(!plain.contains("on_values") && !plain.contains("DictionaryCastExec"), "{sql}: {plain}");
+            assert!(!plain.contains("on_values") && !plain.contains("DictionaryCastExec") && !plain.contains("PageCountExec"), "{sql}: {plain}");
+            assert!(plain.contains(".parquet:"), "files read in ranges: {plain}");
             let (plan, same) = run(dir.path(), sql, true).await;
             assert_eq!(answer, same, "{sql}: {plan}");
             assert!(plan.contains(shown), "{sql}: {plan}");
             // (Which partitions read the two files depends on work stealing: one, or both.)
-            let handed_over = plan.contains("PerBatchCountExec") && !plan.contains("partitions_handed_over=0");
-            assert_eq!(handed_over, sql.contains("SELECT sourceipaddress, count("), "{sql}: {plan}");
+            let handed_over = plan.contains("PerBatchCountExec") && !plan.contains("PageCountExec") && !plan.contains("partitions_handed_over=0");
+            assert_eq!(handed_over, sql.contains("SELECT sourceipaddress, count(v)"), "{sql}: {plan}");
         }
         // The scan's own predicate still prunes row groups by the other columns' statistics
         // (and by the chosen one's, through a cast): one row group of four is read.

@@ -62,6 +62,7 @@ pub mod join_windows;
 pub mod json_filter;
 mod local_reads;
 pub mod output;
+pub mod page_count;
 pub mod per_batch;
 pub mod per_value;
 pub mod prefix_like;
@@ -170,6 +171,7 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // `json_filter`).
         // A filter on a mostly null column is applied as the files are read (see
         // `sparse_filter`).
+        // A count grouped by a few-valued string of a scan, from its pages (see `page_count`).
         // Few-valued strings only filtered or counted by are read as dictionaries (see
         // `dictionary`); after the rules whose nodes it reads, and before `sort_files`, which
         // asks the scan it finds for its newest row groups first.
@@ -181,6 +183,7 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
             .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues))
             .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows))
             .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters))
+            .with_physical_optimizer_rule(Arc::new(page_count::CountPages))
             .with_physical_optimizer_rule(Arc::new(dictionary::ReadDictionaries))
             .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles)),
     };

@@ -126,6 +126,11 @@ impl PerBatchCountExec {
         &self.keys
     }
 
+    /// Each count's argument, over the input.
+    pub(super) fn counted(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.counted
+    }
+
     /// The input counted.
     pub(super) fn input(&self) -> &Arc<dyn ExecutionPlan> {
         self.aggregate.input()
@@ -287,18 +292,8 @@ impl BatchCounter {
         }
         let picks = UInt32Array::from_iter(present.iter().map(|&b| (b < values).then_some(b as u32)));
         let key = arrow::compute::take(dictionary.values().as_ref(), &picks, None)?;
-        let wanted = self.schema.field(0).data_type();
-        let key = if key.data_type() == wanted { key } else { arrow::compute::cast(&key, wanted)? };
-        let mut columns = vec![key];
-        for count in counted {
-            let n = present.iter().map(|&b| match count {
-                None => 0,
-                Some(true) if b == values => 0,
-                Some(_) => totals[b],
-            });
-            columns.push(Arc::new(Int64Array::from_iter_values(n)));
-        }
-        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+        let totals: Vec<i64> = present.iter().map(|&b| totals[b]).collect();
+        counts_batch(&self.schema, key, &totals, counted).map(Some)
     }
 
     /// Each row's group and each group's first row, by the keys' identities copied side by side.
@@ -390,7 +385,7 @@ fn key_groups(keys: &arrow::array::Int32Array, values: usize) -> Option<(Vec<u32
 
 /// For each count, whether it counts the key's non-null rows (`count(key)`) rather than
 /// every row (`count(*)`, `count(1)`); None when a count reads another column.
-fn counted_by_key(keys: &[Arc<dyn PhysicalExpr>], counted: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<Option<bool>>> {
+pub(super) fn counted_by_key(keys: &[Arc<dyn PhysicalExpr>], counted: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<Option<bool>>> {
     let key = keys.first()?.downcast_ref::<Column>()?;
     let kind = |e: &Arc<dyn PhysicalExpr>| match (e.downcast_ref::<Literal>(), e.downcast_ref::<Column>()) {
         // A count of a null constant counts nothing.
@@ -399,6 +394,24 @@ fn counted_by_key(keys: &[Arc<dyn PhysicalExpr>], counted: &[Arc<dyn PhysicalExp
         _ => None,
     };
     counted.iter().map(kind).collect()
+}
+
+/// The partial count's batch (in `schema`) of distinct `keys`, a null one the nulls' group,
+/// seen `totals` times each: each count as [`counted_by_key`] gives it (None: a count of
+/// nothing; Some(true): of the key, which skips its nulls).
+pub(super) fn counts_batch(schema: &SchemaRef, keys: ArrayRef, totals: &[i64], counted: &[Option<bool>]) -> Result<RecordBatch> {
+    let wanted = schema.field(0).data_type();
+    let keys = if keys.data_type() == wanted { keys } else { arrow::compute::cast(&keys, wanted)? };
+    let mut columns = vec![Arc::clone(&keys)];
+    for count in counted {
+        let n = totals.iter().enumerate().map(|(i, total)| match count {
+            None => 0,
+            Some(true) if keys.is_null(i) => 0,
+            Some(_) => *total,
+        });
+        columns.push(Arc::new(Int64Array::from_iter_values(n)));
+    }
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// How many of `groups` (each row's group) fall in each of `count` groups. Four counters per
