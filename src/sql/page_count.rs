@@ -625,7 +625,7 @@ mod tests {
                 match (i / 500) % 3 {
                     // A stretch of one value: RLE runs.
                     0 => Some(format!("arn:aws:iam::123456789012:user/u{}", (i / 500) % distinct)),
-                    _ if r % 7 == 0 => None,
+                    _ if r.is_multiple_of(7) => None,
                     _ => Some(format!("arn:aws:iam::123456789012:user/u{}", r % distinct)),
                 }
             })
