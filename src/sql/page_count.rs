@@ -214,7 +214,7 @@ impl Reading {
                 // A file from before the column was added: every row null.
                 None => Tally { nulls: group.num_rows(), ..Tally::default() },
                 Some(c) => {
-                    let chunk = group.column(c);
+                    let chunk = group.columns().get(c).ok_or_else(|| context(ParquetError::General(format!("a row group without column {c}"))))?;
                     let (offset, length) = chunk.byte_range();
                     let bytes = reader.get_bytes(offset..offset + length).await.map_err(context)?;
                     let _timer = baseline.elapsed_compute().timer();
@@ -338,7 +338,7 @@ fn tally_pages(mut pages: impl PageReader, max_def: i16) -> Result<Tally, Parque
                 tally.values(encoding, &values, present)?;
             }
             Page::DataPageV2 { buf, num_values, encoding, num_nulls, def_levels_byte_len, rep_levels_byte_len, .. } => {
-                let skip = (def_levels_byte_len + rep_levels_byte_len) as usize;
+                let skip = def_levels_byte_len as usize + rep_levels_byte_len as usize;
                 let values = buf.slice(skip.min(buf.len())..);
                 if skip > buf.len() {
                     return Err(eof("a page's levels"));
@@ -558,6 +558,7 @@ mod tests {
     use arrow::array::{Array, AsArray, StringArray, StructArray};
     use arrow::datatypes::{DataType, Field, Fields, Schema};
     use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
     use parquet::file::metadata::ParquetMetaDataReader;
     use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 
@@ -645,6 +646,7 @@ mod tests {
                 "PLAIN RLE RLE_DICTIONARY v2",
             ),
             ("small row groups", base().set_max_row_group_row_count(Some(3000)).build(), "PLAIN RLE RLE_DICTIONARY"),
+            ("compressed pages", base().set_compression(Compression::ZSTD(Default::default())).build(), "PLAIN RLE RLE_DICTIONARY"),
             ("plain", base().set_dictionary_enabled(false).build(), "PLAIN RLE"),
             (
                 "dictionary overflowing to plain",
@@ -668,6 +670,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A damaged chunk (any byte changed) is an answer or an error, never a panic.
+    #[test]
+    fn damaged_chunks_are_errors_not_panics() {
+        let values = rows(3_000, 40);
+        let props = WriterProperties::builder().set_data_page_row_count_limit(500).set_write_batch_size(500).build();
+        let bytes = file(&values, |i| i % 11 == 3, props);
+        let metadata = ParquetMetaDataReader::new().parse_and_finish(&bytes).unwrap();
+        let column = metadata.file_metadata().schema_descr().column(0);
+        let group = metadata.row_group(0);
+        let meta = group.column(0);
+        let (offset, length) = meta.byte_range();
+        let chunk = bytes.slice(offset as usize..(offset + length) as usize).to_vec();
+        let (mut errors, mut state) = (0, 7u64);
+        for _ in 0..2_000 {
+            let mut damaged = chunk.clone();
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let at = (state >> 33) as usize % damaged.len();
+            damaged[at] = (state >> 17) as u8;
+            let chunk = Chunk { offset, bytes: Bytes::from(damaged) };
+            errors += usize::from(tally_chunk(chunk, meta, Arc::clone(&column), group.num_rows()).is_err());
+        }
+        assert!(errors > 0, "no damage was noticed");
     }
 
     #[test]
