@@ -576,7 +576,8 @@ mod tests {
 
     /// The plan and the answer of `sql`, with or without the rule (after
     /// [`super::super::page_count::CountPages`], as in a session). The table's scan is given
-    /// the lake's reader factory, which the rules build on (a lake table's scan has it). Three
+    /// the lake's reader factory and store URL, which the rules build on (a lake table's scan
+    /// has them). Three
     /// partitions over two files: each file is read in two byte ranges.
     async fn run(dir: &std::path::Path, sql: &str, rule: bool) -> (String, String) {
         let builder = datafusion::execution::SessionStateBuilder::new()
@@ -588,13 +589,18 @@ mod tests {
         ctx.register_parquet("t", dir.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
         let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
         let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+        // A lake table's scan names its store by a `prism-table` URL.
+        let lake_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("{}://test/", super::super::scan::TABLE_STORE_SCHEME)).unwrap();
+        ctx.register_object_store(lake_url.as_ref(), Arc::clone(&store));
         let plan = plan
             .transform_up(|node| {
                 let Some(config) = super::super::plan_rules::file_scan(&node) else { return Ok(Transformed::no(node)) };
                 let Some(source) = config.file_source().downcast_ref::<ParquetSource>() else { return Ok(Transformed::no(node)) };
                 let lake = NestedViews::new(Arc::new(DefaultParquetFileReaderFactory::new(Arc::clone(&store))), Vec::new());
                 let source = source.clone().with_parquet_file_reader_factory(Arc::new(lake));
-                let scan = DataSourceExec::from_data_source(FileScanConfigBuilder::from(config.clone()).with_source(Arc::new(source)).build());
+                let mut config = config.clone();
+                config.object_store_url = lake_url.clone();
+                let scan = DataSourceExec::from_data_source(FileScanConfigBuilder::from(config).with_source(Arc::new(source)).build());
                 Ok(Transformed::yes(scan as Arc<dyn ExecutionPlan>))
             })
             .data()

@@ -72,6 +72,7 @@ pub mod scan;
 pub mod sort_files;
 pub mod sparse_filter;
 pub mod udf;
+pub mod view_join;
 pub mod window;
 
 pub use catalog::LakeSchema;
@@ -171,6 +172,8 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // `json_filter`).
         // A filter on a mostly null column is applied as the files are read (see
         // `sparse_filter`).
+        // An inner join on one string key probed once per distinct value of a batch (see
+        // `view_join`).
         // A count grouped by a few-valued string of a scan, from its pages (see `page_count`).
         // Few-valued strings only filtered or counted by are read as dictionaries (see
         // `dictionary`); after the rules whose nodes it reads, and before `sort_files`, which
@@ -182,6 +185,7 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
             .with_physical_optimizer_rule(Arc::new(per_batch::CountPerBatch))
             .with_physical_optimizer_rule(Arc::new(distinct_values::DistinctValues))
             .with_physical_optimizer_rule(Arc::new(join_windows::JoinWindows))
+            .with_physical_optimizer_rule(Arc::new(view_join::JoinByViews))
             .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters))
             .with_physical_optimizer_rule(Arc::new(page_count::CountPages))
             .with_physical_optimizer_rule(Arc::new(dictionary::ReadDictionaries))

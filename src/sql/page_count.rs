@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use arrow::array::{ArrayRef, RecordBatch, StringViewBuilder};
 use arrow::datatypes::SchemaRef;
 use bytes::{Buf, Bytes};
 use datafusion::common::config::ConfigOptions;
@@ -106,6 +106,11 @@ impl PageCountExec {
         let key = key.downcast_ref::<Column>()?;
         let counted = counted_by_key(count.keys(), count.counted())?;
         let config = super::plan_rules::file_scan(count.input())?;
+        // Lake tables only: their files are Prism's own, written as this module reads them
+        // (other Parquet files keep DataFusion's reader, which casts and reads every encoding).
+        if !config.object_store_url.as_str().starts_with(super::scan::TABLE_STORE_SCHEME) {
+            return None;
+        }
         let source = config.file_source().downcast_ref::<ParquetSource>()?;
         let options = &source.table_parquet_options().global;
         // A predicate without pushed-down filters only prunes (a join's or a top-N's dynamic
@@ -280,7 +285,8 @@ struct Tally {
 impl Tally {
     /// The partial count's batch: one row per value present (and one for the nulls).
     fn into_batch(self, schema: &SchemaRef, counted: &[Option<bool>]) -> Result<RecordBatch, String> {
-        let mut keys = StringBuilder::new();
+        // Views: no 2 GiB limit on a row group's distinct values, as 32-bit offsets would have.
+        let mut keys = StringViewBuilder::new();
         let mut totals = Vec::new();
         let present = self.dictionary.iter().zip(&self.keyed).filter(|(_, n)| **n > 0);
         for (value, n) in present.chain(self.plain.iter()) {
@@ -303,9 +309,15 @@ fn tally_chunk(chunk: Chunk, meta: &ColumnChunkMetaData, column: ColumnDescPtr, 
     let pages = SerializedPageReader::new(Arc::new(chunk), meta, usize::try_from(rows).unwrap_or(0), None)?;
     // Levels in RLE, values in a dictionary or plain: what this module decodes.
     let decoded = meta.encodings().all(|e| matches!(e, Encoding::RLE | Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY | Encoding::PLAIN));
-    match decoded {
-        true => tally_pages(pages, column.max_def_level()),
-        false => tally_values(pages, column),
+    let tally = match decoded {
+        true => tally_pages(pages, column.max_def_level())?,
+        false => tally_values(pages, column)?,
+    };
+    // A chunk cut short at a page's end would otherwise count less, silently.
+    let counted = tally.nulls + tally.keyed.iter().sum::<i64>() + tally.plain.values().sum::<i64>();
+    match counted == rows {
+        true => Ok(tally),
+        false => Err(ParquetError::General(format!("its pages hold {counted} rows, its row group {rows}"))),
     }
 }
 
@@ -338,14 +350,20 @@ fn tally_pages(mut pages: impl PageReader, max_def: i16) -> Result<Tally, Parque
                 tally.values(encoding, &values, present)?;
             }
             Page::DataPageV2 { buf, num_values, encoding, num_nulls, def_levels_byte_len, rep_levels_byte_len, .. } => {
-                let skip = def_levels_byte_len as usize + rep_levels_byte_len as usize;
-                let values = buf.slice(skip.min(buf.len())..);
-                if skip > buf.len() {
-                    return Err(eof("a page's levels"));
-                }
-                let present = num_values.checked_sub(num_nulls).ok_or_else(|| ParquetError::General("a page with more nulls than values".into()))?;
-                tally.nulls += i64::from(num_nulls);
-                tally.values(encoding, &values, present as usize)?;
+                // Repetition levels (none here), definition levels, then the values. The levels
+                // are counted rather than the header's null count trusted.
+                let (from, to) = (rep_levels_byte_len as usize, rep_levels_byte_len as usize + def_levels_byte_len as usize);
+                let levels = buf.get(from..to).ok_or_else(|| eof("a page's levels"))?;
+                let present = match max_def {
+                    0 => num_values.checked_sub(num_nulls).ok_or_else(|| ParquetError::General("a page with more nulls than values".into()))? as usize,
+                    _ => {
+                        let mut present = Present { level: max_def as u32, rows: 0 };
+                        hybrid(levels, level_width, num_values as usize, &mut present)?;
+                        present.rows
+                    }
+                };
+                tally.nulls += i64::from(num_values) - present as i64;
+                tally.values(encoding, &buf.slice(to..), present)?;
             }
         }
     }

@@ -341,6 +341,11 @@ async fn time_ranges_top_n_and_sparse_filters_read_only_what_they_need() {
         }
         assert_eq!(got, by_arn, "{top}");
     }
+    // A join on the delivered file's name is probed once per distinct name of a batch
+    // (src/sql/view_join.rs): every event has its file in the journal.
+    let joined = "SELECT count(*) FROM events e JOIN ingested_files f ON e.sourcefile = f.sourcefile";
+    assert!(physical_plan(&ctx, joined).await.contains("ViewJoinExec"), "{}", physical_plan(&ctx, joined).await);
+    assert_eq!(count(&ctx, joined).await, all);
     let like = "SELECT count(*) FROM events WHERE useragent LIKE '%python%' OR sourceipaddress LIKE '10.%'";
     assert!(physical_plan(&ctx, like).await.contains("on_values("), "{}", physical_plan(&ctx, like).await);
     assert_eq!(count(&ctx, like).await, matching);
