@@ -577,8 +577,7 @@ mod tests {
     /// The plan and the answer of `sql`, with or without the rule (after
     /// [`super::super::page_count::CountPages`], as in a session). The table's scan is given
     /// the lake's reader factory and store URL, which the rules build on (a lake table's scan
-    /// has them). Three
-    /// partitions over two files: each file is read in two byte ranges.
+    /// has them). Three partitions over two files: each file is read in two byte ranges.
     async fn run(dir: &std::path::Path, sql: &str, rule: bool) -> (String, String) {
         let builder = datafusion::execution::SessionStateBuilder::new()
             .with_default_features()

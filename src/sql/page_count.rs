@@ -4,11 +4,12 @@
 //! … GROUP BY 1` over 4.5M events spent most of its time in parquet-rs building arrays it then
 //! only counted: each row's definition level decoded to an `i16` and folded into a validity
 //! bitmap, each row's dictionary key unpacked, moved to its slot among the nulls and checked.
-//! Where a partial count's input is a lake scan and nothing else (no filter, no limit),
-//! [`CountPages`] replaces both with a [`PageCountExec`], which reads each row group's chunk of
-//! the column and counts from its pages: a run of one key adds its length at once, bit-packed
-//! keys are unpacked eight at a time into a histogram, and a page's nulls are its values less
-//! those present. It passes on what the partial count did: one row per value present in a
+//! Where a partial count's input is a lake table's scan and nothing else (no filter, no
+//! limit), [`CountPages`] replaces both with a [`PageCountExec`], which reads each row group's
+//! chunk of the column and counts from its pages: a run of one key adds its length at once,
+//! bit-packed keys are unpacked eight at a time into a histogram, and a page's nulls are its
+//! rows less the values its definition levels mark present. Pages that hold another number of
+//! rows than their row group is an error, not a smaller count. It passes on what the partial count did: one row per value present in a
 //! row group, with its counts, for the final aggregate to add up.
 //!
 //! Pages whose values are plain (a writer's dictionary grew too large) are counted by their
