@@ -342,9 +342,7 @@ fn tally_pages(mut pages: impl PageReader, max_def: i16) -> Result<Tally, Parque
                     _ => {
                         let length = buf.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| eof("a page's levels"))?;
                         let levels = buf.get(4..4 + length).ok_or_else(|| eof("a page's levels"))?;
-                        let mut present = Present { level: max_def as u32, rows: 0 };
-                        hybrid(levels, level_width, num_values as usize, &mut present)?;
-                        (present.rows, buf.slice(4 + length..))
+                        (present(levels, level_width, num_values, max_def)?, buf.slice(4 + length..))
                     }
                 };
                 tally.nulls += i64::from(num_values) - present as i64;
@@ -357,11 +355,7 @@ fn tally_pages(mut pages: impl PageReader, max_def: i16) -> Result<Tally, Parque
                 let levels = buf.get(from..to).ok_or_else(|| eof("a page's levels"))?;
                 let present = match max_def {
                     0 => num_values.checked_sub(num_nulls).ok_or_else(|| ParquetError::General("a page with more nulls than values".into()))? as usize,
-                    _ => {
-                        let mut present = Present { level: max_def as u32, rows: 0 };
-                        hybrid(levels, level_width, num_values as usize, &mut present)?;
-                        present.rows
-                    }
+                    _ => present(levels, level_width, num_values, max_def)?,
                 };
                 tally.nulls += i64::from(num_values) - present as i64;
                 tally.values(encoding, &buf.slice(to..), present)?;
@@ -447,6 +441,13 @@ trait Runs {
     fn run(&mut self, value: u32, n: usize);
     /// Up to eight values bit-packed together.
     fn packed(&mut self, values: &[u32]);
+}
+
+/// How many of a page's `rows` levels (`width` bits each) are `max`: its values present.
+fn present(levels: &[u8], width: u8, rows: u32, max: i16) -> Result<usize, ParquetError> {
+    let mut present = Present { level: max as u32, rows: 0 };
+    hybrid(levels, width, rows as usize, &mut present)?;
+    Ok(present.rows)
 }
 
 /// Counts the levels equal to `level`: a page's values present.

@@ -81,8 +81,12 @@ impl ViewJoinExec {
             && !join.null_aware
             && views(left, &join.left)
             && views(right, &join.right);
-        let rebuilt = join.builder().build().ok()?;
-        plain.then(|| ViewJoinExec { join: Arc::new(rebuilt), built: Arc::default(), metrics: ExecutionPlanMetricsSet::new() })
+        if !plain {
+            return None;
+        }
+        // (A hash join is not `Clone`: a copy is rebuilt from its parts.)
+        let copy = join.builder().build().ok()?;
+        Some(ViewJoinExec { join: Arc::new(copy), built: Arc::default(), metrics: ExecutionPlanMetricsSet::new() })
     }
 }
 
