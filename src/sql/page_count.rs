@@ -692,6 +692,27 @@ mod tests {
         }
     }
 
+    /// Parquet files of a table that is not the lake's (`CREATE EXTERNAL TABLE`, a file named
+    /// in a query) keep DataFusion's reader: their writers may use what this module does not.
+    #[tokio::test]
+    async fn only_lake_tables_are_counted_from_their_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("b"), Some("a")]));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("useragent", DataType::Utf8, true)])), vec![values]).unwrap();
+        let mut writer = ArrowWriter::try_new(std::fs::File::create(dir.path().join("f.parquet")).unwrap(), batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let builder = datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(super::super::per_batch::CountPerBatch))
+            .with_physical_optimizer_rule(Arc::new(CountPages));
+        let ctx = datafusion::prelude::SessionContext::new_with_state(builder.build());
+        ctx.register_parquet("t", dir.path().to_str().unwrap(), Default::default()).await.unwrap();
+        let plan = ctx.sql("SELECT useragent, count(*) FROM t GROUP BY 1").await.unwrap().create_physical_plan().await.unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+        assert!(shown.contains("PerBatchCountExec") && !shown.contains("PageCountExec"), "{shown}");
+    }
+
     /// A damaged chunk (any byte changed) is an answer or an error, never a panic.
     #[test]
     fn damaged_chunks_are_errors_not_panics() {
