@@ -33,7 +33,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream};
 use futures::{StreamExt, TryStreamExt};
 
-use super::per_batch::{fold, group_rows};
+use super::per_batch::{fold, group_rows, view_or_null};
 
 /// The physical optimizer rule (see the module doc).
 #[derive(Debug, Default)]
@@ -133,12 +133,12 @@ impl Built {
         let views = keys.views();
         let hasher = foldhash::fast::RandomState::default();
         let mut table = hashbrown::HashTable::new();
-        let valid = keys.nulls().filter(|v| v.null_count() > 0).cloned();
-        let key = |row: usize| match &valid {
-            Some(v) if v.is_null(row) => (1, 0),
-            _ => (0, views[row]),
+        // Grouped as the per-batch count groups its keys (a null row's key is (1, 0)).
+        let grouped = match keys.nulls().filter(|v| v.null_count() > 0) {
+            Some(valid) => group_rows(n, view_or_null(views, valid.inner()), |&id| fold(id), &hasher, &mut table),
+            None => group_rows(n, |row| (0, views[row]), |&id| fold(id), &hasher, &mut table),
         };
-        match group_rows(n, key, |&id| fold(id), &hasher, &mut table) {
+        match grouped {
             // Each distinct value looked up once.
             Some((firsts, groups)) => {
                 let found: Vec<&[u32]> = firsts.iter().map(|&first| matches(first as usize)).collect();
