@@ -64,6 +64,12 @@ pub enum MaintainError {
     },
     #[error("compacting {partition}: read {read} rows where the Delta log counts {expected}; nothing was committed")]
     Count { partition: String, read: u64, expected: u64 },
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T, E = MaintainError> = std::result::Result<T, E>;
@@ -485,7 +491,18 @@ pub struct VacuumSummary {
     pub dry_run: bool,
     pub retention_hours: f64,
     pub tables: Vec<TableVacuum>,
+    /// A local lake's unfinished uploads: the staging files (`<name>#<n>`) a writer killed
+    /// mid-write leaves beside the name it never got to, in a table or under `AWSLogs/`.
+    pub unfinished_uploads: UnfinishedUploads,
     pub seconds: f64,
+}
+
+/// Staging files deleted (see [`VacuumSummary::unfinished_uploads`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnfinishedUploads {
+    pub files_deleted: u64,
+    /// Up to 20 of them, relative to the lake, for the report.
+    pub examples: Vec<String>,
 }
 
 /// Deletes, from every table of the lake, the data files that the current version does not
@@ -520,13 +537,71 @@ pub async fn vacuum(opts: &VacuumOptions) -> Result<VacuumSummary> {
             examples: metrics.files_deleted.into_iter().take(20).collect(),
         });
     }
+    // object_store writes a local file under a staging name and renames it; delta-rs lists
+    // through object_store, which hides staging names, so these are found here. (On S3 a put
+    // is atomic, and an unfinished multipart upload is the bucket lifecycle rule's.)
+    if let Ok(root) = lake.url().to_file_path() {
+        let older_than = std::time::SystemTime::now() - opts.retention.to_std().unwrap_or_default();
+        sweep_staging(&root, &root, older_than, opts.dry_run, &mut summary.unfinished_uploads)?;
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// object_store's staging name for a local upload: `<final name>#<digits>`.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(base, n)| !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes (or, in a dry run, lists) the staging files under `dir` last written before
+/// `older_than`. Symbolic links are neither followed nor deleted.
+fn sweep_staging(root: &std::path::Path, dir: &std::path::Path, older_than: std::time::SystemTime, dry_run: bool, found: &mut UnfinishedUploads) -> Result<()> {
+    let io = |context: String| move |source| MaintainError::Io { context, source };
+    let entries = std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io(format!("reading {}", path.display())))?;
+        if kind.is_dir() {
+            sweep_staging(root, &path, older_than, dry_run, found)?;
+            continue;
+        }
+        if !kind.is_file() || !entry.file_name().to_str().is_some_and(is_staging_name) {
+            continue;
+        }
+        let modified = entry.metadata().and_then(|m| m.modified()).map_err(io(format!("reading {}", path.display())))?;
+        if modified > older_than {
+            continue;
+        }
+        if !dry_run {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                // Renamed or deleted meanwhile (a writer finishing, a second vacuum): not ours.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(format!("deleting {}", path.display()))(e)),
+            }
+        }
+        found.files_deleted += 1;
+        if found.examples.len() < 20 {
+            found.examples.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_names_are_object_stores_own() {
+        for name in ["part-1.parquet#1", "x.json.gz#12345", "a#0"] {
+            assert!(is_staging_name(name), "{name}");
+        }
+        for name in ["part-1.parquet", "notes#v1", "#1", "x#", "x#1a", "x.json.gz"] {
+            assert!(!is_staging_name(name), "{name}");
+        }
+    }
 
     fn file(path: &str, period: &str, size: u64, modified: i64) -> TableFile {
         TableFile { path: path.into(), partition: vec![("eventperiod".into(), period.into())], size, modified, rows: Some(1) }

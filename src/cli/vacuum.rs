@@ -21,7 +21,9 @@ Examples:
   prism vacuum --lake ./lake --retention 1h
 
 Deletes the data files of every table that the lake's current version does not use: files
-replaced by `prism optimize`, and files a killed run wrote but never committed. Only files
+replaced by `prism optimize`, and files a killed run wrote but never committed (in a local
+lake also the half-written staging files, `<name>#<n>`, it left in a table or under
+`AWSLogs/`). Only files
 that left the table (or were written) longer ago than --retention go, so a query reading an
 older version, or a writer about to commit, keeps its files. With a short retention, run it
 when no other command is writing to the lake: a running ingest's uncommitted files would be
@@ -61,13 +63,22 @@ fn summary_text(s: &VacuumSummary) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let verb = if s.dry_run { "would delete" } else { "deleted" };
-    let total: u64 = s.tables.iter().map(|t| t.files_deleted).sum();
+    let total: u64 = s.tables.iter().map(|t| t.files_deleted).sum::<u64>() + s.unfinished_uploads.files_deleted;
     let _ = writeln!(out, "Vacuum of {} (retention {} h): {verb} {total} files in {:.1} s", s.lake, s.retention_hours, s.seconds);
     for t in s.tables.iter().filter(|t| t.files_deleted > 0) {
         let _ = writeln!(out, "  {:<13} {} files", t.table, t.files_deleted);
         if s.dry_run {
             for e in &t.examples {
-                let _ = writeln!(out, "    {e}");
+                let _ = writeln!(out, "    {}", prism::sql::output::for_terminal(e));
+            }
+        }
+    }
+    let unfinished = &s.unfinished_uploads;
+    if unfinished.files_deleted > 0 {
+        let _ = writeln!(out, "  {:<13} {} files", "unfinished", unfinished.files_deleted);
+        if s.dry_run {
+            for e in &unfinished.examples {
+                let _ = writeln!(out, "    {}", prism::sql::output::for_terminal(e));
             }
         }
     }

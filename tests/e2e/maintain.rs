@@ -223,10 +223,23 @@ async fn optimize_killed_at_any_point_leaves_the_same_rows_and_finishes_on_rerun
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    // Writers killed mid-upload leave object_store's staging files beside names never made.
+    let partition = files_under(&lake.join("events")).into_iter().find(|p| p.extension().is_some_and(|x| x == "parquet")).unwrap();
+    let insight_dir = lake.join("AWSLogs/123456789012/CloudTrail-Insight/us-east-1/2024/01/01");
+    std::fs::create_dir_all(&insight_dir).unwrap();
+    let staging = [partition.with_file_name("part-00000-killed.parquet#3"), insight_dir.join("x_CloudTrail-Insight.json.gz#1")];
+    let not_staging = insight_dir.join("notes#v1");
+    for f in staging.iter().chain([&not_staging]) {
+        std::fs::write(f, b"half").unwrap();
+    }
     let kept = vacuum("1w");
     assert_eq!(kept["tables"][0]["files_deleted"], 0, "{kept}");
+    assert_eq!(kept["unfinished_uploads"]["files_deleted"], 0, "{kept}");
     assert_eq!(parquet_on_disk(&lake), on_disk);
-    vacuum("0");
+    assert!(staging.iter().all(|f| f.exists()));
+    let swept = vacuum("0");
+    assert_eq!(swept["unfinished_uploads"]["files_deleted"], 2, "{swept}");
+    assert!(staging.iter().all(|f| !f.exists()) && not_staging.exists());
     assert_eq!(parquet_on_disk(&lake), files_after);
     assert_eq!(fingerprint(&lake).await, before);
     let ids: HashSet<Option<String>> = strings(&lake, "SELECT eventid FROM events").await.into_iter().collect();
