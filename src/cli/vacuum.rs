@@ -23,9 +23,8 @@ Examples:
 Deletes the data files of every table that the lake's current version does not use: files
 replaced by `prism optimize`, and files a killed run wrote but never committed (in a local
 lake also the half-written staging files, `<name>#<n>`, it left in a table or under
-`AWSLogs/`). Only files
-that left the table (or were written) longer ago than --retention go, so a query reading an
-older version, or a writer about to commit, keeps its files. With a short retention, run it
+`AWSLogs/`). Only files that left the table (or were written) longer ago than --retention
+go, so a query reading an older version, or a writer about to commit, keeps its files. With a short retention, run it
 when no other command is writing to the lake: a running ingest's uncommitted files would be
 deleted and its commit would then name missing files.";
 
@@ -65,19 +64,12 @@ fn summary_text(s: &VacuumSummary) -> String {
     let verb = if s.dry_run { "would delete" } else { "deleted" };
     let total: u64 = s.tables.iter().map(|t| t.files_deleted).sum::<u64>() + s.unfinished_uploads.files_deleted;
     let _ = writeln!(out, "Vacuum of {} (retention {} h): {verb} {total} files in {:.1} s", s.lake, s.retention_hours, s.seconds);
-    for t in s.tables.iter().filter(|t| t.files_deleted > 0) {
-        let _ = writeln!(out, "  {:<13} {} files", t.table, t.files_deleted);
-        if s.dry_run {
-            for e in &t.examples {
-                let _ = writeln!(out, "    {}", prism::sql::output::for_terminal(e));
-            }
-        }
-    }
     let unfinished = &s.unfinished_uploads;
-    if unfinished.files_deleted > 0 {
-        let _ = writeln!(out, "  {:<13} {} files", "unfinished", unfinished.files_deleted);
+    let sections = s.tables.iter().map(|t| (t.table.as_str(), t.files_deleted, &t.examples));
+    for (name, deleted, examples) in sections.chain([("unfinished", unfinished.files_deleted, &unfinished.examples)]).filter(|section| section.1 > 0) {
+        let _ = writeln!(out, "  {name:<13} {deleted} files");
         if s.dry_run {
-            for e in &unfinished.examples {
+            for e in examples {
                 let _ = writeln!(out, "    {}", prism::sql::output::for_terminal(e));
             }
         }
