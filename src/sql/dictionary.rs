@@ -193,6 +193,12 @@ fn rewrite(top: &Arc<dyn ExecutionPlan>, counted_by: Option<usize>, options: &Ar
 /// The dotted path of the few-valued string `expr` reads from the files: a column, or a
 /// field of a struct column (`useridentity['arn']`), as a view.
 pub(super) fn few_valued(expr: &Arc<dyn PhysicalExpr>, files: &Schema) -> Option<String> {
+    few_valued_as(expr, files).filter(|(_, t)| *t == DataType::Utf8View).map(|(path, _)| path)
+}
+
+/// [`few_valued`] in whatever type the scan reads it (a view, or a dictionary once
+/// [`ReadDictionaries`] chose it), with that type.
+pub(super) fn few_valued_as(expr: &Arc<dyn PhysicalExpr>, files: &Schema) -> Option<(String, DataType)> {
     let leaf = |column: &Column| files.fields().get(column.index()).filter(|f| f.name() == column.name());
     let (path, t) = if let Some(column) = expr.downcast_ref::<Column>() {
         let field = leaf(column)?;
@@ -206,7 +212,7 @@ pub(super) fn few_valued(expr: &Arc<dyn PhysicalExpr>, files: &Schema) -> Option
         let (_, child) = children.find(name)?;
         (format!("{}.{name}", field.name()), child.data_type().clone())
     };
-    (t == DataType::Utf8View && crate::lake::FEW_VALUED_COLUMNS.contains(&path.as_str())).then_some(path)
+    crate::lake::FEW_VALUED_COLUMNS.contains(&path.as_str()).then_some((path, t))
 }
 
 /// `predicate` with each of `retyped` (the chosen outputs' expressions: a column, or a field
@@ -534,7 +540,7 @@ impl ExecutionPlan for DictionaryCastExec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use arrow::array::{Int64Array, StringArray};
     use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -579,6 +585,15 @@ mod tests {
     /// the lake's reader factory and store URL, which the rules build on (a lake table's scan
     /// has them). Three partitions over two files: each file is read in two byte ranges.
     async fn run(dir: &std::path::Path, sql: &str, rule: bool) -> (String, String) {
+        let rules: Vec<Arc<dyn PhysicalOptimizerRule>> = match rule {
+            true => vec![Arc::new(super::super::page_count::CountPages), Arc::new(ReadDictionaries)],
+            false => Vec::new(),
+        };
+        run_with(dir, sql, &rules).await
+    }
+
+    /// [`run`] with `rules`, in order, on the plan over the lake-style scans.
+    pub(in crate::sql) async fn run_with(dir: &std::path::Path, sql: &str, rules: &[Arc<dyn PhysicalOptimizerRule>]) -> (String, String) {
         let builder = datafusion::execution::SessionStateBuilder::new()
             .with_default_features()
             .with_config(SessionConfig::new().with_target_partitions(3).with_batch_size(1_250).with_repartition_file_min_size(1))
@@ -604,13 +619,8 @@ mod tests {
             })
             .data()
             .unwrap();
-        let plan = match rule {
-            true => {
-                let options = ctx.state().config_options().clone();
-                ReadDictionaries.optimize(super::super::page_count::CountPages.optimize(plan, &options).unwrap(), &options).unwrap()
-            }
-            false => plan,
-        };
+        let options = ctx.state().config_options().clone();
+        let plan = rules.iter().fold(plan, |plan, rule| rule.optimize(plan, &options).unwrap());
         let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
         let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true).to_string();
         (shown, arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string())

@@ -68,6 +68,7 @@ pub mod per_value;
 pub mod prefix_like;
 mod plan_rules;
 pub mod repl;
+pub mod row_group_skip;
 pub mod scan;
 pub mod sort_files;
 pub mod sparse_filter;
@@ -189,6 +190,7 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
             .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters))
             .with_physical_optimizer_rule(Arc::new(page_count::CountPages))
             .with_physical_optimizer_rule(Arc::new(dictionary::ReadDictionaries))
+            .with_physical_optimizer_rule(Arc::new(row_group_skip::SkipRowGroups))
             .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());

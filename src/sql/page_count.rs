@@ -239,9 +239,9 @@ impl Reading {
 
 /// A column chunk's bytes, read where the file holds them: the page reader asks by offsets
 /// in the file.
-struct Chunk {
-    offset: u64,
-    bytes: Bytes,
+pub(super) struct Chunk {
+    pub(super) offset: u64,
+    pub(super) bytes: Bytes,
 }
 
 impl Chunk {
@@ -414,7 +414,7 @@ fn tally_values(pages: impl PageReader + 'static, column: ColumnDescPtr) -> Resu
 }
 
 /// `n` values in Parquet's plain encoding of byte arrays: each a 4-byte length and its bytes.
-fn plain_values(buf: &Bytes, n: usize) -> Result<Vec<Bytes>, ParquetError> {
+pub(super) fn plain_values(buf: &Bytes, n: usize) -> Result<Vec<Bytes>, ParquetError> {
     let mut values = Vec::with_capacity(n.min(buf.len() / 4));
     let mut at = 0usize;
     for _ in 0..n {
