@@ -454,7 +454,7 @@ async fn dictionary(
     let Some(leaf) = schema.columns().iter().position(|c| c.path().string() == path) else {
         return Ok(Some(Arc::new(StringArray::from(vec![None::<&str>]))));
     };
-    let chunk = group.column(leaf);
+    let Some(chunk) = group.columns().get(leaf) else { return Ok(None) };
     let Some(offset) = chunk.dictionary_page_offset().filter(|_| all_dictionary(chunk)) else { return Ok(None) };
     let (Ok(offset), Ok(end)) = (u64::try_from(offset), u64::try_from(chunk.data_page_offset())) else { return Ok(None) };
     if end <= offset {
