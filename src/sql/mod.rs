@@ -180,6 +180,8 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
         // `dictionary`); after the rules whose nodes it reads, and before `sort_files`, which
         // asks the scan it finds for its newest row groups first.
         // A top-N reads the files nearest its top first (see `sort_files`).
+        // Row groups whose dictionaries hold no value a filter accepts are not read (see
+        // `row_group_skip`); last, so that `sort_files` still finds the scan under a filter.
         _ => builder
             .with_physical_optimizer_rule(Arc::new(json_filter::PrefilterJson))
             .with_physical_optimizer_rule(Arc::new(per_value::EvaluatePerValue))
@@ -190,8 +192,8 @@ fn base_session(workers: Option<&[Url]>) -> Result<SessionContext, SqlError> {
             .with_physical_optimizer_rule(Arc::new(sparse_filter::SparseFilters))
             .with_physical_optimizer_rule(Arc::new(page_count::CountPages))
             .with_physical_optimizer_rule(Arc::new(dictionary::ReadDictionaries))
-            .with_physical_optimizer_rule(Arc::new(row_group_skip::SkipRowGroups))
-            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles)),
+            .with_physical_optimizer_rule(Arc::new(sort_files::SortFiles))
+            .with_physical_optimizer_rule(Arc::new(row_group_skip::SkipRowGroups)),
     };
     let mut ctx = SessionContext::new_with_state(builder.build());
     // requestparameters, responseelements and the other free-form columns are JSON text.
