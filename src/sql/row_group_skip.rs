@@ -351,9 +351,11 @@ impl Planner {
             .map(|(g, p, path)| (g, p, dictionary_range(&metadata, g, path)))
             .collect();
         let ranges: Vec<std::ops::Range<u64>> = wanted.iter().filter_map(|(_, _, r)| r.clone().filter(|r| !r.is_empty())).collect();
+        let asked = ranges.len();
+        // Not the pages asked for (an error, or another number of them): none is known.
         let mut fetched = match ranges.is_empty() {
             true => Vec::new(),
-            false => reader.get_byte_ranges(ranges).await.unwrap_or_default(),
+            false => reader.get_byte_ranges(ranges).await.ok().filter(|pages| pages.len() == asked).unwrap_or_default(),
         }
         .into_iter();
         self.bytes.add(fetched.as_slice().iter().map(Bytes::len).sum());
