@@ -27,8 +27,8 @@ use bytes::{Buf, Bytes};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileSource, ParquetSource};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
@@ -106,13 +106,7 @@ impl PageCountExec {
         let [key] = count.keys() else { return None };
         let key = key.downcast_ref::<Column>()?;
         let counted = counted_by_key(count.keys(), count.counted())?;
-        let config = super::plan_rules::file_scan(count.input())?;
-        // Lake tables only: their files are Prism's own, written as this module reads them
-        // (other Parquet files keep DataFusion's reader, which casts and reads every encoding).
-        if !config.object_store_url.as_str().starts_with(super::scan::TABLE_STORE_SCHEME) {
-            return None;
-        }
-        let source = config.file_source().downcast_ref::<ParquetSource>()?;
+        let (config, source) = super::plan_rules::lake_scan(count.input())?;
         let options = &source.table_parquet_options().global;
         // A predicate without pushed-down filters only prunes (a join's or a top-N's dynamic
         // filter): every row read still reaches the count.
@@ -123,9 +117,6 @@ impl PageCountExec {
         let expr = &projection.iter().nth(key.index())?.expr;
         let path = super::dictionary::few_valued(expr, FileSource::table_schema(source).file_schema())?;
         let groups: Vec<Vec<PartitionedFile>> = config.file_groups.iter().map(|g| g.files().to_vec()).collect();
-        if groups.iter().flatten().any(|f| !f.extensions.is_empty()) {
-            return None;
-        }
         let reading = Reading {
             factory: Arc::clone(source.parquet_file_reader_factory()?),
             metadata_size_hint: options.metadata_size_hint,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::physical_plan::{FileScanConfig, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
@@ -160,4 +160,20 @@ pub(super) fn recompute() -> ReplaceChildrenOptions {
 /// The file scan of `plan`, if it is a `DataSourceExec` over files.
 pub(super) fn file_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
     plan.downcast_ref::<DataSourceExec>().and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
+}
+
+/// `plan`'s files and Parquet source, if it is a lake table's scan whose files carry no
+/// access plan of their own. Lake tables only: their files are Prism's own, written as the
+/// rules that read pages and dictionaries themselves expect (other Parquet files keep
+/// DataFusion's reader, which casts and reads every encoding).
+pub(super) fn lake_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<(&FileScanConfig, &ParquetSource)> {
+    let config = file_scan(plan)?;
+    if !config.object_store_url.as_str().starts_with(super::scan::TABLE_STORE_SCHEME) {
+        return None;
+    }
+    let source = config.file_source().downcast_ref::<ParquetSource>()?;
+    if config.file_groups.iter().flat_map(|g| g.files()).any(|f| !f.extensions.is_empty()) {
+        return None;
+    }
+    Some((config, source))
 }

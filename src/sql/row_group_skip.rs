@@ -30,7 +30,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, ParquetFileReaderFactory};
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, FileSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
@@ -191,27 +191,12 @@ pub struct RowGroupSkipExec {
     metrics: ExecutionPlanMetricsSet,
 }
 
-/// `plan`'s files and Parquet source, if it is a lake table's scan whose files carry no
-/// access plan of their own.
-fn lake_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<(&FileScanConfig, &ParquetSource)> {
-    let config = super::plan_rules::file_scan(plan)?;
-    // Lake tables only: their files are Prism's own, written with these columns' dictionaries.
-    if !config.object_store_url.as_str().starts_with(super::scan::TABLE_STORE_SCHEME) {
-        return None;
-    }
-    let source = config.file_source().downcast_ref::<ParquetSource>()?;
-    if config.file_groups.iter().flat_map(|g| g.files()).any(|f| !f.extensions.is_empty()) {
-        return None;
-    }
-    Some((config, source))
-}
-
 impl RowGroupSkipExec {
     /// The node for `filter`'s input, if it is a lake table's scan and `filter` tests a
     /// few-valued column it reads.
     fn try_new(filter: &FilterExec) -> Option<RowGroupSkipExec> {
         let scan = filter.input();
-        let (_, source) = lake_scan(scan)?;
+        let (_, source) = super::plan_rules::lake_scan(scan)?;
         let projection: Vec<Arc<dyn PhysicalExpr>> = FileSource::projection(source)?.iter().map(|p| Arc::clone(&p.expr)).collect();
         let files = FileSource::table_schema(source).file_schema();
         let test = Test::of(filter.predicate(), &projection, files, &scan.schema());
@@ -254,7 +239,9 @@ impl ExecutionPlan for RowGroupSkipExec {
         let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return Err(DataFusionError::Internal("RowGroupSkipExec has one child".into()));
         };
-        if lake_scan(&input).is_none_or(|(_, source)| source.parquet_file_reader_factory().is_none()) || input.schema() != self.input.schema() {
+        if super::plan_rules::lake_scan(&input).is_none_or(|(_, source)| source.parquet_file_reader_factory().is_none())
+            || input.schema() != self.input.schema()
+        {
             return Ok(input);
         }
         let node = RowGroupSkipExec { input, test: Arc::clone(&self.test), paths: Arc::clone(&self.paths), metrics: ExecutionPlanMetricsSet::new() };
@@ -267,7 +254,7 @@ impl ExecutionPlan for RowGroupSkipExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let internal = |what: &str| DataFusionError::Internal(format!("RowGroupSkipExec {what}"));
-        let (config, source) = lake_scan(&self.input).ok_or_else(|| internal("over another scan"))?;
+        let (config, source) = super::plan_rules::lake_scan(&self.input).ok_or_else(|| internal("over another scan"))?;
         // The scan's own reader factory, as it is now (a later rule may have rebuilt the scan).
         let factory = Arc::clone(source.parquet_file_reader_factory().ok_or_else(|| internal("over a scan without a reader factory"))?);
         let files = config.file_groups.get(partition).ok_or_else(|| internal(&format!("has no partition {partition}")))?.files().to_vec();
@@ -506,6 +493,8 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
     use parquet::file::reader::FileReader;
+
+    use datafusion::datasource::physical_plan::ParquetSource;
 
     use super::*;
     use crate::sql::dictionary::tests::run_with;
